@@ -1,0 +1,274 @@
+"""The per-tensor steps a conversion plan is made of.
+
+A plan is a list of ops. Each op names the input tensors it consumes and the output tensors it
+makes, can tell the outputs' shapes from the inputs' shapes without touching data (so writers
+can lay out headers ahead), and turns input tensors into output tensors when the stream reaches
+it. Every input key of a checkpoint must be consumed by exactly one op (a ``Drop`` counts), so
+nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Name, shape and dtype of a tensor that will exist."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+
+
+class Op:
+    """Base of all plan steps."""
+
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    kind: str = "op"
+
+    def out_specs(self, ins: Sequence[Spec]) -> list[Spec]:
+        raise NotImplementedError
+
+    def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Rename(Op):
+    """One tensor under a new name (the name may be unchanged)."""
+
+    src: str
+    dst: str
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.src,)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.dst,)
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "kept" if self.src == self.dst else "renamed"
+
+    def out_specs(self, ins: Sequence[Spec]) -> list[Spec]:
+        return [Spec(self.dst, ins[0].shape, ins[0].dtype)]
+
+    def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [tensors[0]]
+
+
+@dataclass(frozen=True)
+class Regroup(Op):
+    """Cut each input into equal chunks along ``dim`` and build outputs from lists of chunks.
+
+    Chunks are numbered across inputs in order: input 0's chunks first. This one op covers a
+    qkv split (one input, three chunks, one chunk per output), a fuse (three inputs of one chunk
+    each, all into one output) and CogVideoX's adaLN regrouping (12 chunks into two outputs of
+    six). ``reshape`` optionally gives an output its final shape (a 1x1 conv <-> Linear).
+    """
+
+    srcs: tuple[str, ...]
+    dsts: tuple[str, ...]
+    chunks: tuple[int, ...]
+    assign: tuple[tuple[int, ...], ...]
+    dim: int = 0
+    reshape: tuple[tuple[int, ...] | None, ...] | None = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.chunks) != len(self.srcs) or len(self.assign) != len(self.dsts):
+            raise ValueError("Regroup: chunks must match srcs and assign must match dsts")
+        total = sum(self.chunks)
+        used = sorted(i for a in self.assign for i in a)
+        if used != list(range(total)):
+            raise ValueError(f"Regroup: every one of the {total} chunks must be used exactly once")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.srcs
+
+    @property
+    def outputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.dsts
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        if self.label:
+            return self.label
+        if len(self.srcs) == 1 and len(self.dsts) > 1:
+            return "split"
+        if len(self.srcs) > 1 and len(self.dsts) == 1:
+            return "fused"
+        return "regrouped"
+
+    def _chunk_shapes(self, ins: Sequence[Spec]) -> list[tuple[int, ...]]:
+        shapes = []
+        for spec, n in zip(ins, self.chunks):
+            size = spec.shape[self.dim]
+            if size % n:
+                from weightsmith.errors import ConversionError
+
+                raise ConversionError(
+                    f"tensor {spec.name!r} has {size} rows along dim {self.dim}, not divisible into {n} parts",
+                    hint="the checkpoint does not have the shapes this family expects; check --family",
+                )
+            s = list(spec.shape)
+            s[self.dim] = size // n
+            shapes.extend([tuple(s)] * n)
+        return shapes
+
+    def out_specs(self, ins: Sequence[Spec]) -> list[Spec]:
+        cs = self._chunk_shapes(ins)
+        dtype = ins[0].dtype
+        out = []
+        for i, (name, idx) in enumerate(zip(self.dsts, self.assign)):
+            s = list(cs[idx[0]])
+            s[self.dim] = sum(cs[j][self.dim] for j in idx)
+            shape = tuple(s)
+            if self.reshape and self.reshape[i] is not None:
+                shape = tuple(self.reshape[i])  # type: ignore[arg-type]
+            out.append(Spec(name, shape, dtype))
+        return out
+
+    def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        pieces: list[torch.Tensor] = []
+        for t, n in zip(tensors, self.chunks):
+            pieces.extend(torch.chunk(t, n, dim=self.dim))
+        out = []
+        for i, idx in enumerate(self.assign):
+            t = pieces[idx[0]] if len(idx) == 1 else torch.cat([pieces[j] for j in idx], dim=self.dim)
+            if self.reshape and self.reshape[i] is not None:
+                t = t.reshape(self.reshape[i])
+            out.append(t.contiguous())
+        return out
+
+
+def Split(src: str, dsts: Sequence[str], dim: int = 0) -> Regroup:  # noqa: N802 - reads like a class
+    """One tensor cut into equal parts, one per output (qkv -> q, k, v)."""
+    return Regroup((src,), tuple(dsts), (len(dsts),), tuple((i,) for i in range(len(dsts))), dim)
+
+
+def Fuse(srcs: Sequence[str], dst: str, dim: int = 0) -> Regroup:  # noqa: N802
+    """Equal-shaped tensors concatenated into one (q, k, v -> qkv)."""
+    return Regroup(tuple(srcs), (dst,), (1,) * len(srcs), (tuple(range(len(srcs))),), dim)
+
+
+@dataclass(frozen=True)
+class Reshape(Op):
+    """One tensor renamed and reshaped (same number of elements)."""
+
+    src: str
+    dst: str
+    shape: tuple[int, ...]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.src,)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.dst,)
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "reshaped"
+
+    def out_specs(self, ins: Sequence[Spec]) -> list[Spec]:
+        if math.prod(ins[0].shape) != math.prod(self.shape):
+            from weightsmith.errors import ConversionError
+
+            raise ConversionError(f"cannot reshape {self.src!r} from {list(ins[0].shape)} to {list(self.shape)}")
+        return [Spec(self.dst, tuple(self.shape), ins[0].dtype)]
+
+    def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [tensors[0].reshape(self.shape).contiguous()]
+
+
+@dataclass(frozen=True)
+class Drop(Op):
+    """An input deliberately left out of the output, with the reason shown in the summary."""
+
+    src: str
+    reason: str = ""
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.src,)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ()
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "dropped"
+
+    def out_specs(self, ins: Sequence[Spec]) -> list[Spec]:
+        return []
+
+    def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return []
+
+
+@dataclass(frozen=True)
+class Derive(Op):
+    """An output the target layout needs but the source does not store (a fixed table, zeros).
+
+    ``make`` builds it from nothing; it must be deterministic.
+    """
+
+    dst: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    make: Callable[[], torch.Tensor] = field(compare=False)
+    reason: str = ""
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ()
+
+    @property
+    def outputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.dst,)
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "derived"
+
+    def out_specs(self, ins: Sequence[Spec]) -> list[Spec]:
+        return [Spec(self.dst, tuple(self.shape), self.dtype)]
+
+    def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        t = self.make()
+        if tuple(t.shape) != tuple(self.shape):
+            raise AssertionError(f"Derive {self.dst}: made {tuple(t.shape)}, promised {self.shape}")
+        return [t.to(self.dtype).contiguous()]
+
+
+def run_in_memory(ops: Sequence[Op], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Apply a plan to a state dict held in memory (tests, small LoRA files)."""
+    consumed: set[str] = set()
+    out: dict[str, torch.Tensor] = {}
+    for op in ops:
+        ins = [state[k] for k in op.inputs]
+        consumed.update(op.inputs)
+        for name, t in zip(op.outputs, op.apply(ins)):
+            if name in out:
+                raise AssertionError(f"plan writes {name!r} twice")
+            out[name] = t
+    missing = set(state) - consumed
+    if missing:
+        raise AssertionError(f"plan leaves keys unconsumed: {sorted(missing)[:5]}")
+    return out

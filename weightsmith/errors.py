@@ -1,0 +1,68 @@
+"""One exception tree for everything a user can get wrong.
+
+Every message says what was wrong and what to do about it; the CLI prints it on one line and
+exits with ``exit_code`` (2 for bad input or usage, 1 for a failed verification gate).
+"""
+
+from __future__ import annotations
+
+
+class WeightsmithError(Exception):
+    """Base of every error weightsmith raises on purpose."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}; {hint}")
+
+    def one_line(self) -> str:
+        """The message as the CLI prints it: a single line."""
+        return " ".join(str(self).split())
+
+
+class UsageError(WeightsmithError):
+    """Options that contradict each other or name something that does not exist."""
+
+
+class InputError(WeightsmithError):
+    """Something wrong with an input path or file."""
+
+
+class NotFoundError(InputError):
+    """A path, shard or component that should be there is not."""
+
+
+class UnsupportedFormatError(InputError):
+    """A file or folder whose container weightsmith does not read."""
+
+
+class CorruptFileError(InputError):
+    """A file whose bytes contradict its own header: truncated, wrong magic, lying offsets."""
+
+
+class UnsafeFileError(InputError):
+    """A pickle that asks to run code; it is refused, never executed."""
+
+
+class DetectionError(InputError):
+    """The family, layout or variant could not be told, or contradicts what was asked for."""
+
+
+class ConversionError(WeightsmithError):
+    """A checkpoint that does not fit the conversion asked for (missing or unexpected keys, shapes)."""
+
+
+class QuantizationError(WeightsmithError):
+    """A tensor or scheme that cannot be quantized as asked."""
+
+
+class OutputError(WeightsmithError):
+    """The destination cannot be written (exists, not writable, no space)."""
+
+
+class GateFailed(WeightsmithError):
+    """A verification gate failed: the artifact is not faithful enough."""
+
+    exit_code = 1

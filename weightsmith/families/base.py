@@ -1,0 +1,202 @@
+"""What a family module declares, and the registry that finds it.
+
+A family (CogVideoX, Wan, Sana) is one module under ``weightsmith/families/`` that registers one
+``Component`` subclass per model component it knows (transformer, VAE). A component declares
+its layouts and variants, tells itself apart from others by key names and shapes (``detect``),
+builds the conversion plan between any two of its layouts (``plan``), derives a Diffusers
+``config.json`` from shapes, and builds a tiny random-weight instance of the real diffusers
+class for tests. Adding a family means registering components, never editing a chain of ifs.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from weightsmith.convert.ops import Op
+from weightsmith.io.base import TensorInfo
+
+# The prefix ComfyUI-style single files (and SAT) put before DiT keys.
+DIFFUSION_PREFIX = "model.diffusion_model."
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What a checkpoint is: family, component, layout and variant.
+
+    ``variant`` is None when the weights cannot tell (the report then says why in ``notes``).
+    ``prefix`` is the key prefix found in front of every model key (``""`` when none).
+    """
+
+    family: str
+    component: str
+    layout: str
+    variant: str | None
+    prefix: str = ""
+    notes: tuple[str, ...] = ()
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "component": self.component,
+            "layout": self.layout,
+            "variant": self.variant,
+            "prefix": self.prefix,
+            "notes": list(self.notes),
+            "facts": dict(self.facts),
+        }
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Options a family honours when planning a conversion.
+
+    ``prefix``: key prefix to put in front of every output key (original layout only, e.g.
+    ``model.diffusion_model.`` for ComfyUI). ``config``: the source's Diffusers config when known,
+    which some reverse conversions need (Sana's positional table size, for instance).
+    """
+
+    prefix: str = ""
+    config: Mapping[str, Any] | None = None
+
+
+class KeyView:
+    """The keys of a checkpoint with one prefix stripped: the question-asking side of detection."""
+
+    def __init__(self, infos: Mapping[str, TensorInfo], prefix: str = "") -> None:
+        self.prefix = prefix
+        self.infos = {k[len(prefix) :]: v for k, v in infos.items() if k.startswith(prefix)}
+
+    def has(self, *keys: str) -> bool:
+        return all(k in self.infos for k in keys)
+
+    def any(self, *keys: str) -> bool:
+        return any(k in self.infos for k in keys)
+
+    def shape(self, key: str) -> tuple[int, ...] | None:
+        info = self.infos.get(key)
+        return None if info is None else info.shape
+
+    def matching(self, pattern: str) -> list[str]:
+        rx = re.compile(pattern)
+        return [k for k in self.infos if rx.fullmatch(k)]
+
+    def count_indices(self, pattern: str) -> int:
+        """How many distinct values the one ``(\\d+)`` group in ``pattern`` takes (layer counts)."""
+        rx = re.compile(pattern)
+        seen = set()
+        for k in self.infos:
+            m = rx.match(k)
+            if m:
+                seen.add(int(m.group(1)))
+        return len(seen)
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+
+class Component(ABC):
+    """One model component of one family (e.g. CogVideoX transformer), in all its layouts."""
+
+    family: ClassVar[str]
+    component: ClassVar[str]  # "transformer" or "vae"
+    layouts: ClassVar[tuple[str, ...]]  # e.g. ("sat", "diffusers") or ("original", "diffusers")
+    variants: ClassVar[tuple[str, ...]]
+    diffusers_class: ClassVar[str]  # name in the diffusers package
+
+    @abstractmethod
+    def detect(self, infos: Mapping[str, TensorInfo], config: Mapping[str, Any] | None = None) -> Detection | None:
+        """This component's Detection if the keys are its own, else None. Never guesses a variant."""
+
+    @abstractmethod
+    def plan(
+        self,
+        detection: Detection,
+        infos: Mapping[str, TensorInfo],
+        target_layout: str,
+        options: PlanOptions = PlanOptions(),
+    ) -> list[Op]:
+        """Ops that turn ``infos`` (in ``detection.layout``, with ``detection.prefix``) into ``target_layout``.
+
+        Every input key must be consumed by one op; unknown input keys raise ConversionError
+        naming the first few.
+        """
+
+    @abstractmethod
+    def diffusers_config(self, detection: Detection, infos: Mapping[str, TensorInfo]) -> dict[str, Any]:
+        """The diffusers class's config (``__init__`` kwargs) that fits these diffusers-layout shapes."""
+
+    @abstractmethod
+    def tiny_model(self, variant: str, seed: int = 0) -> torch.nn.Module:
+        """A tiny random-weight instance of the real diffusers class shaped like ``variant``."""
+
+    def class_name(self, variant: str | None = None) -> str:
+        """The diffusers class for ``variant`` (override where variants use different classes)."""
+        return self.diffusers_class
+
+    def model_class(self, variant: str | None = None) -> type:
+        import diffusers
+
+        return getattr(diffusers, self.class_name(variant))
+
+
+_REGISTRY: dict[tuple[str, str], Component] = {}
+
+
+def register(cls: type[Component]) -> type[Component]:
+    """Class decorator: make a component known to detection, conversion and the CLI."""
+    key = (cls.family, cls.component)
+    if key in _REGISTRY:
+        raise ValueError(f"component {key} registered twice")
+    _REGISTRY[key] = cls()
+    return cls
+
+
+def components() -> list[Component]:
+    _load_builtin()
+    return list(_REGISTRY.values())
+
+
+def get_component(family: str, component: str) -> Component:
+    _load_builtin()
+    try:
+        return _REGISTRY[(family, component)]
+    except KeyError:
+        from weightsmith.errors import UsageError
+
+        known = ", ".join(sorted({f for f, _ in _REGISTRY}))
+        raise UsageError(f"unknown family/component {family}/{component}", hint=f"known families: {known}") from None
+
+
+def families() -> list[str]:
+    _load_builtin()
+    return sorted({f for f, _ in _REGISTRY})
+
+
+def _load_builtin() -> None:
+    # Importing the package registers the built-in families (see families/__init__.py).
+    import weightsmith.families  # noqa: F401
+
+
+def detect(infos: Mapping[str, TensorInfo], config: Mapping[str, Any] | None = None) -> Detection | None:
+    """The first registered component that recognises these keys, or None (unknown model)."""
+    for comp in components():
+        det = comp.detect(infos, config)
+        if det is not None:
+            return det
+    return None
+
+
+def find_prefix(keys: Iterable[str], marker_keys: Iterable[str], prefixes: Iterable[str]) -> str | None:
+    """The prefix (from ``prefixes``, "" included) under which any of ``marker_keys`` appears."""
+    keyset = set(keys)
+    for p in prefixes:
+        if any(p + m in keyset for m in marker_keys):
+            return p
+    return None

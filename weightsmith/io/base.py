@@ -1,0 +1,153 @@
+"""What every container reader hands out: names, shapes and dtypes first, data only on demand."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# safetensors' dtype names, which we also use as the on-disk names of plain tensors.
+DTYPE_NAMES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+NAME_DTYPES: dict[str, torch.dtype] = {v: k for k, v in DTYPE_NAMES.items()}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The on-disk name of a torch dtype (``torch.bfloat16`` -> ``"BF16"``)."""
+    try:
+        return DTYPE_NAMES[dtype]
+    except KeyError:
+        return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as a reader sees it before any data is read.
+
+    ``shape`` is in torch order. ``dtype`` is what ``Checkpoint.get`` returns; ``storage`` names
+    how the bytes lie on disk (``"BF16"``, or a GGUF quant type such as ``"Q4_K"``).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    storage: str
+    nbytes: int
+    source: str = ""
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def quantized(self) -> bool:
+        return self.storage not in NAME_DTYPES
+
+
+@dataclass
+class Checkpoint(ABC):
+    """A lazily opened checkpoint of one model component.
+
+    ``infos`` are known without reading tensor data; ``get`` reads one tensor. ``config`` holds a
+    Diffusers ``config.json`` when the container has one.
+    """
+
+    path: Path
+    container: str
+    infos: dict[str, TensorInfo]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+    files: list[Path] = field(default_factory=list)
+
+    def keys(self) -> list[str]:
+        return list(self.infos)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.infos
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self.infos[name]
+        except KeyError:
+            from weightsmith.errors import NotFoundError
+
+            raise NotFoundError(
+                f"{self.path} has no tensor named {name!r}", hint="run `weightsmith inspect` to list its tensors"
+            ) from None
+
+    def get(self, name: str) -> torch.Tensor:
+        """Read one tensor (CPU, its stored dtype; GGUF quant types come back dequantized)."""
+        self.info(name)
+        return self._read(name)
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.infos:
+            yield name, self.get(name)
+
+    @abstractmethod
+    def _read(self, name: str) -> torch.Tensor: ...
+
+    def close(self) -> None:
+        """Release file handles and maps."""
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def bytes_on_disk(self) -> int:
+        return sum(p.stat().st_size for p in self.files if p.exists())
+
+
+@dataclass
+class PipelineCheckpoint:
+    """A Diffusers pipeline folder: ``model_index.json`` and one checkpoint per weighted component."""
+
+    path: Path
+    model_index: dict[str, Any]
+    components: dict[str, Checkpoint]
+    container: str = "diffusers-pipeline"
+
+    def close(self) -> None:
+        for c in self.components.values():
+            c.close()
+
+    def __enter__(self) -> PipelineCheckpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def infos_shapes(infos: Mapping[str, TensorInfo]) -> dict[str, tuple[int, ...]]:
+    return {k: v.shape for k, v in infos.items()}
+
+
+def infos_from_state_dict(state: Mapping[str, torch.Tensor], source: str = "") -> dict[str, TensorInfo]:
+    """TensorInfos for tensors held in memory (tests, and writers planning from a state dict)."""
+    return {
+        k: TensorInfo(k, tuple(t.shape), t.dtype, dtype_name(t.dtype), t.numel() * t.element_size(), source)
+        for k, t in state.items()
+    }
