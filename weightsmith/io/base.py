@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,20 +61,41 @@ class TensorInfo:
         return self.storage not in NAME_DTYPES
 
 
-@dataclass
 class Checkpoint(ABC):
     """A lazily opened checkpoint of one model component.
 
-    ``infos`` are known without reading tensor data; ``get`` reads one tensor. ``config`` holds a
-    Diffusers ``config.json`` when the container has one.
+    ``infos`` are known without reading tensor data (sharded files read only the headers they
+    need); ``get`` reads one tensor. ``config`` holds a Diffusers ``config.json`` when the
+    container has one; ``metadata`` holds the container's own metadata.
     """
 
-    path: Path
-    container: str
-    infos: dict[str, TensorInfo]
-    metadata: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] | None = None
-    files: list[Path] = field(default_factory=list)
+    def __init__(
+        self,
+        path: Path,
+        container: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+        files: list[Path] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.container = container
+        self.metadata: dict[str, Any] = metadata or {}
+        self.config = config
+        self.files: list[Path] = files or []
+        self._infos: dict[str, TensorInfo] | None = None
+
+    @property
+    def infos(self) -> dict[str, TensorInfo]:
+        if self._infos is None:
+            self._infos = self._load_infos()
+        return self._infos
+
+    @abstractmethod
+    def _load_infos(self) -> dict[str, TensorInfo]: ...
+
+    @abstractmethod
+    def _read(self, name: str) -> torch.Tensor: ...
 
     def keys(self) -> list[str]:
         return list(self.infos)
@@ -92,7 +113,8 @@ class Checkpoint(ABC):
             from weightsmith.errors import NotFoundError
 
             raise NotFoundError(
-                f"{self.path} has no tensor named {name!r}", hint="run `weightsmith inspect` to list its tensors"
+                f"{self.path} has no tensor named {name!r}",
+                hint="run `weightsmith inspect` to list its tensors",
             ) from None
 
     def get(self, name: str) -> torch.Tensor:
@@ -101,13 +123,10 @@ class Checkpoint(ABC):
         return self._read(name)
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for name in self.infos:
+        for name in self.keys():
             yield name, self.get(name)
 
-    @abstractmethod
-    def _read(self, name: str) -> torch.Tensor: ...
-
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most containers hold nothing to release
         """Release file handles and maps."""
 
     def __enter__(self) -> Checkpoint:

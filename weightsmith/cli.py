@@ -1,0 +1,97 @@
+"""The command line: one click group; errors become one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+import click
+
+from weightsmith import __version__
+from weightsmith.errors import WeightsmithError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="weightsmith")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Convert, quantize and verify CogVideoX, Wan and Sana checkpoints.
+
+    \b
+    Exit codes: 0 success, 1 a verification gate failed, 2 bad input or usage.
+    Run `weightsmith COMMAND --help` for each command's options.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=str))
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a machine-readable report (schema weightsmith.inspect/1)."
+)
+def inspect(path: str, as_json: bool) -> None:
+    """Describe a checkpoint without loading it.
+
+    PATH may be a .safetensors file, a *.safetensors.index.json, a torch pickle
+    (.pt .pth .bin .ckpt, read safely), a SAT folder, a Diffusers component or pipeline
+    folder, or a .gguf file. Reports container, family, layout, variant, parameter count,
+    dtypes, bytes on disk, quantized tensor types and metadata. Unknown models are reported
+    as unknown.
+
+    \b
+    Example:
+      weightsmith inspect Wan2.1-T2V-1.3B/ --json | jq .detection
+    """
+    from weightsmith.inspect import describe, format_report
+
+    report = describe(path)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        click.echo(format_report(report))
+
+
+@cli.command()
+@click.option(
+    "--out", default="reports/demo", show_default=True, help="Folder for the demo's models and reports."
+)
+def demo(out: str) -> None:
+    """Build tiny models of every family, write them in every container and inspect them."""
+    from weightsmith.demo import run_demo
+
+    run_demo(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning weightsmith errors into one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="weightsmith", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except WeightsmithError as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {e.one_line()}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; no output was left behind", err=True)
+        sys.exit(130)
+    except MemoryError:
+        click.echo("error: out of memory; try a machine with more RAM or a smaller --shard-size", err=True)
+        sys.exit(2)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: never a bare traceback
+        if debug:
+            traceback.print_exc()
+        click.echo(f"internal error: {type(e).__name__}: {e}; rerun with --debug and report it", err=True)
+        sys.exit(3)

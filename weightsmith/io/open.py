@@ -1,0 +1,175 @@
+"""``open_checkpoint``: any supported file or folder to a lazily opened checkpoint.
+
+Containers register a predicate and an opener; the first that claims a path opens it. Adding a
+container means registering one more, not editing this function.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from weightsmith.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
+from weightsmith.io.base import Checkpoint, PipelineCheckpoint
+from weightsmith.io.gguf_io import GGUF_MAGIC, GGUFCheckpoint
+from weightsmith.io.safetensors_io import SafetensorsCheckpoint, ShardedSafetensorsCheckpoint
+from weightsmith.io.torch_io import PICKLE_SUFFIXES, SatCheckpoint, TorchCheckpoint
+
+# File names Diffusers (and transformers, for text encoders) give component weights, by preference.
+WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    claims: Callable[[Path], bool]
+    open: Callable[[Path], Checkpoint | PipelineCheckpoint]
+
+
+_CONTAINERS: list[Container] = []
+
+
+def register_container(name: str, claims: Callable[[Path], bool]) -> Callable:
+    def deco(fn: Callable[[Path], Checkpoint | PipelineCheckpoint]) -> Callable:
+        _CONTAINERS.append(Container(name, claims, fn))
+        return fn
+
+    return deco
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(
+            f"{path} is not valid JSON ({e.__class__.__name__})", hint="fix or re-download it"
+        ) from None
+    if not isinstance(data, dict):
+        raise CorruptFileError(f"{path} is not a JSON object")
+    return data
+
+
+@register_container("gguf", lambda p: p.is_file() and (p.suffix == ".gguf" or _magic(p, 4) == GGUF_MAGIC))
+def _open_gguf(path: Path) -> Checkpoint:
+    return GGUFCheckpoint(path)
+
+
+@register_container(
+    "safetensors-sharded", lambda p: p.is_file() and p.name.endswith(".safetensors.index.json")
+)
+def _open_index(path: Path) -> Checkpoint:
+    return ShardedSafetensorsCheckpoint(path)
+
+
+@register_container("safetensors", lambda p: p.is_file() and p.suffix == ".safetensors")
+def _open_safetensors(path: Path) -> Checkpoint:
+    return SafetensorsCheckpoint(path)
+
+
+@register_container("torch", lambda p: p.is_file() and p.suffix in PICKLE_SUFFIXES)
+def _open_torch(path: Path) -> Checkpoint:
+    return TorchCheckpoint(path)
+
+
+@register_container("sat", lambda p: p.is_dir() and (p / "latest").is_file())
+def _open_sat(path: Path) -> Checkpoint:
+    return SatCheckpoint(path)
+
+
+@register_container("diffusers-pipeline", lambda p: p.is_dir() and (p / "model_index.json").is_file())
+def _open_pipeline(path: Path) -> PipelineCheckpoint:
+    index = _read_json(path / "model_index.json")
+    comps: dict[str, Checkpoint] = {}
+    for name, spec in sorted(index.items()):
+        if name.startswith("_") or not isinstance(spec, list) or spec[:1] == [None]:
+            continue
+        sub = path / name
+        if sub.is_dir() and _find_weights(sub) is not None:
+            comps[name] = open_component_folder(sub)
+    if not comps:
+        raise NotFoundError(f"{path} is a pipeline folder but none of its components has weights")
+    return PipelineCheckpoint(path, index, comps)
+
+
+@register_container("diffusers", lambda p: p.is_dir() and _find_weights(p) is not None)
+def open_component_folder(path: Path) -> Checkpoint:
+    weights = _find_weights(path)
+    if weights is None:
+        raise NotFoundError(
+            f"{path} holds no weights file", hint="expected diffusion_pytorch_model.safetensors"
+        )
+    ckpt = open_checkpoint(weights)
+    assert isinstance(ckpt, Checkpoint)
+    cfg = path / "config.json"
+    if cfg.is_file():
+        ckpt.config = _read_json(cfg)
+        ckpt.files.append(cfg)
+    ckpt.container = f"diffusers-folder ({ckpt.container})"
+    ckpt.path = path
+    return ckpt
+
+
+def _find_weights(folder: Path) -> Path | None:
+    for stem in WEIGHT_STEMS:
+        for cand in (
+            f"{stem}.safetensors.index.json",
+            f"{stem}.safetensors",
+            f"{stem}.bin.index.json",
+            f"{stem}.bin",
+        ):
+            if (folder / cand).is_file():
+                if cand.endswith(".bin.index.json"):
+                    continue  # sharded pickles are not supported; fall through to a clear error below
+                return folder / cand
+    variants = sorted(folder.glob("diffusion_pytorch_model.*.safetensors"))
+    return variants[0] if len(variants) == 1 else None
+
+
+def _magic(path: Path, n: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint | PipelineCheckpoint:
+    """Open any supported checkpoint file or folder lazily (see DESIGN.md, Contracts)."""
+    p = Path(path)
+    if not p.exists():
+        raise NotFoundError(f"{p} does not exist", hint="check the path")
+    for c in _CONTAINERS:
+        if c.claims(p):
+            return c.open(p)
+    if p.is_dir():
+        if not any(p.iterdir()):
+            raise NotFoundError(
+                f"{p} is an empty folder", hint="point weightsmith at a checkpoint file or folder"
+            )
+        raise UnsupportedFormatError(
+            f"{p} is not a checkpoint folder (no config.json + weights, model_index.json, or SAT 'latest')",
+            hint="point weightsmith at the weights file or the model folder",
+        )
+    raise UnsupportedFormatError(
+        f"{p}: unsupported file type {p.suffix or '(no suffix)'}",
+        hint="weightsmith reads .safetensors, .safetensors.index.json, .pt/.pth/.bin/.ckpt, .gguf and SAT folders",
+    )
+
+
+def open_single(path: str | Path, component: str | None = None) -> Checkpoint:
+    """Open a checkpoint of one component; for a pipeline folder pick ``component`` (default transformer)."""
+    ck = open_checkpoint(path)
+    if isinstance(ck, PipelineCheckpoint):
+        name = component or ("transformer" if "transformer" in ck.components else next(iter(ck.components)))
+        if name not in ck.components:
+            raise NotFoundError(
+                f"pipeline {path} has no component {name!r}", hint=f"choose one of {', '.join(ck.components)}"
+            )
+        for other, c in ck.components.items():
+            if other != name:
+                c.close()
+        return ck.components[name]
+    return ck

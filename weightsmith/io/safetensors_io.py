@@ -1,0 +1,294 @@
+"""safetensors: strict header validation, lazy reads, streaming writes.
+
+The header is parsed and checked here before the safetensors library sees the file, so a file
+whose header lies (offsets past the end, sizes that contradict shapes, holes, overlaps) gets a
+one-line error naming the tensor, without allocating more than the header itself. Data is then
+read through ``safetensors.safe_open`` (memory-mapped), one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from safetensors import safe_open
+
+from weightsmith.errors import CorruptFileError, UnsupportedFormatError
+from weightsmith.io.base import NAME_DTYPES, Checkpoint, TensorInfo, dtype_name
+
+# The safetensors library refuses headers above 100 MB; so do we, before reading them.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+ITEM_SIZES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "F8_E8M0": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "F64": 8,
+    "I64": 8,
+    "U64": 8,
+}
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
+    """Parse and validate a safetensors header: (tensor infos, metadata, data start offset)."""
+    size = path.stat().st_size
+    if size < 8:
+        raise CorruptFileError(
+            f"{path} is {size} bytes, too short to be a safetensors file", hint="re-download it"
+        )
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8 or n > MAX_HEADER_BYTES:
+            raise CorruptFileError(
+                f"{path}: header length {n} does not fit a {size}-byte file (truncated, or not safetensors)",
+                hint="re-download or re-export the file",
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CorruptFileError(f"{path}: header is not valid JSON (not a safetensors file?)") from None
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"{path}: header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise CorruptFileError(f"{path}: __metadata__ is not a JSON object")
+    data_size = size - 8 - n
+    infos: dict[str, TensorInfo] = {}
+    spans: list[tuple[int, int, str]] = []
+    for name, entry in header.items():
+        infos[name] = _check_entry(path, name, entry, data_size)
+        begin, end = entry["data_offsets"]
+        spans.append((begin, end, name))
+    spans.sort()
+    pos = 0
+    for begin, end, name in spans:
+        if begin != pos:
+            what = (
+                "overlaps another tensor"
+                if begin < pos
+                else f"leaves a hole of {begin - pos} bytes before it"
+            )
+            raise CorruptFileError(
+                f"{path}: tensor {name!r} {what}", hint="the file is corrupt; re-export it"
+            )
+        pos = end
+    if pos != data_size:
+        raise CorruptFileError(
+            f"{path}: tensors cover {pos} bytes but the file holds {data_size} data bytes (truncated or padded)",
+            hint="re-download or re-export the file",
+        )
+    return infos, {str(k): str(v) for k, v in meta.items()}, 8 + n
+
+
+def _check_entry(path: Path, name: str, entry: Any, data_size: int) -> TensorInfo:
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+        raise CorruptFileError(f"{path}: header entry for {name!r} lacks dtype, shape or data_offsets")
+    dt, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dt not in ITEM_SIZES:
+        raise UnsupportedFormatError(
+            f"{path}: tensor {name!r} has dtype {dt!r}, which weightsmith does not read"
+        )
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise CorruptFileError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
+    if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
+        raise CorruptFileError(f"{path}: tensor {name!r} has invalid data_offsets {offs!r}")
+    begin, end = offs
+    if not 0 <= begin <= end <= data_size:
+        raise CorruptFileError(
+            f"{path}: tensor {name!r} claims bytes {begin}..{end} but the data section has {data_size}",
+            hint="the file is truncated or its header lies; re-download it",
+        )
+    nbytes = math.prod(shape) * ITEM_SIZES[dt]
+    if nbytes != end - begin:
+        raise CorruptFileError(
+            f"{path}: tensor {name!r} of shape {shape} {dt} needs {nbytes} bytes but its offsets span {end - begin}",
+            hint="the header lies; re-export the file",
+        )
+    torch_dtype = NAME_DTYPES.get(dt, torch.uint8)
+    return TensorInfo(name, tuple(shape), torch_dtype, dt, nbytes, str(path))
+
+
+class SafetensorsFile:
+    """One safetensors file opened lazily: header on open, data per tensor through safe_open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.infos, self.metadata, self.data_start = read_header(path)
+        self._handle: Any = None
+        self.opened = 0  # how often the data was opened (tests: reads touch only their shard)
+
+    def read(self, name: str) -> torch.Tensor:
+        if self._handle is None:
+            self._handle = safe_open(str(self.path), framework="pt", device="cpu")
+            self.opened += 1
+        return self._handle.get_tensor(name)
+
+    def close(self) -> None:
+        self._handle = None
+
+
+class SafetensorsCheckpoint(Checkpoint):
+    """A single .safetensors file."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = SafetensorsFile(path)
+        super().__init__(path, "safetensors", metadata=dict(self.file.metadata), files=[path])
+
+    def _load_infos(self) -> dict[str, TensorInfo]:
+        return self.file.infos
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self.file.read(name)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ShardedSafetensorsCheckpoint(Checkpoint):
+    """Shards listed by a ``*.safetensors.index.json``; a read opens only the shard that holds it."""
+
+    def __init__(self, index_path: Path) -> None:
+        try:
+            index = json.loads(index_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CorruptFileError(
+                f"{index_path} is not valid JSON", hint="re-download the index file"
+            ) from None
+        wm = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(wm, dict) or not wm:
+            raise CorruptFileError(f"{index_path} has no weight_map", hint="re-download the index file")
+        folder = index_path.parent
+        self.weight_map: dict[str, str] = {}
+        for name, fname in wm.items():
+            if not isinstance(fname, str) or Path(fname).name != fname or not fname:
+                raise CorruptFileError(
+                    f"{index_path}: shard name {fname!r} for {name!r} is not a plain file name"
+                )
+            self.weight_map[str(name)] = fname
+        shard_names = sorted(set(self.weight_map.values()))
+        missing = [s for s in shard_names if not (folder / s).is_file()]
+        if missing:
+            from weightsmith.errors import NotFoundError
+
+            raise NotFoundError(
+                f"shard {missing[0]} named in {index_path.name} is missing"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                hint="download every shard listed in the index",
+            )
+        self.shards: dict[str, SafetensorsFile] = {}
+        meta = index.get("metadata") or {}
+        super().__init__(
+            index_path,
+            "safetensors-sharded",
+            metadata={str(k): v for k, v in meta.items()} if isinstance(meta, dict) else {},
+            files=[index_path] + [folder / s for s in shard_names],
+        )
+
+    def shard(self, fname: str) -> SafetensorsFile:
+        if fname not in self.shards:
+            self.shards[fname] = SafetensorsFile(self.path.parent / fname)
+        return self.shards[fname]
+
+    def keys(self) -> list[str]:
+        return list(self.weight_map)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.weight_map
+
+    def __len__(self) -> int:
+        return len(self.weight_map)
+
+    def info(self, name: str) -> TensorInfo:
+        fname = self.weight_map.get(name)
+        if fname is None:
+            return super().info(name)  # raises NotFoundError
+        infos = self.shard(fname).infos
+        if name not in infos:
+            raise CorruptFileError(
+                f"{self.path.name} maps {name!r} to {fname}, which does not hold it",
+                hint="the index and shards do not match; re-download them",
+            )
+        return infos[name]
+
+    def _load_infos(self) -> dict[str, TensorInfo]:
+        return {name: self.info(name) for name in self.weight_map}
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self.shard(self.weight_map[name]).read(name)
+
+    def close(self) -> None:
+        for s in self.shards.values():
+            s.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def build_header(
+    specs: Sequence[tuple[str, tuple[int, ...], torch.dtype]], metadata: Mapping[str, str] | None
+) -> bytes:
+    """The header bytes (length prefix included) for tensors laid out in ``specs`` order."""
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for name, shape, dtype in specs:
+        n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {
+            "dtype": dtype_name(dtype),
+            "shape": list(shape),
+            "data_offsets": [offset, offset + n],
+        }
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # 8-byte alignment of the data section, as safetensors does
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write_tensor_bytes(f: BinaryIO, t: torch.Tensor) -> None:
+    """Write a tensor's bytes (little-endian, C order) without a second full copy when avoidable."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    if t.numel() == 0:
+        return
+    f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+
+def write_safetensors_stream(
+    f: BinaryIO,
+    specs: Sequence[tuple[str, tuple[int, ...], torch.dtype]],
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write one safetensors file: header from ``specs``, then tensors as they arrive, in that order."""
+    f.write(build_header(specs, metadata))
+    it = iter(tensors)
+    for name, shape, dtype in specs:
+        try:
+            got_name, t = next(it)
+        except StopIteration:
+            raise AssertionError(f"stream ended before {name!r}") from None
+        if got_name != name or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+            raise AssertionError(
+                f"stream gave {got_name!r} {tuple(t.shape)} {t.dtype}, expected {name!r} {tuple(shape)} {dtype}"
+            )
+        write_tensor_bytes(f, t)
