@@ -189,7 +189,9 @@ class Reshape(Op):
         if math.prod(ins[0].shape) != math.prod(self.shape):
             from weightsmith.errors import ConversionError
 
-            raise ConversionError(f"cannot reshape {self.src!r} from {list(ins[0].shape)} to {list(self.shape)}")
+            raise ConversionError(
+                f"cannot reshape {self.src!r} from {list(ins[0].shape)} to {list(self.shape)}"
+            )
         return [Spec(self.dst, tuple(self.shape), ins[0].dtype)]
 
     def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -111,7 +111,9 @@ class Component(ABC):
     diffusers_class: ClassVar[str]  # name in the diffusers package
 
     @abstractmethod
-    def detect(self, infos: Mapping[str, TensorInfo], config: Mapping[str, Any] | None = None) -> Detection | None:
+    def detect(
+        self, infos: Mapping[str, TensorInfo], config: Mapping[str, Any] | None = None
+    ) -> Detection | None:
         """This component's Detection if the keys are its own, else None. Never guesses a variant."""
 
     @abstractmethod
@@ -171,7 +173,9 @@ def get_component(family: str, component: str) -> Component:
         from weightsmith.errors import UsageError
 
         known = ", ".join(sorted({f for f, _ in _REGISTRY}))
-        raise UsageError(f"unknown family/component {family}/{component}", hint=f"known families: {known}") from None
+        raise UsageError(
+            f"unknown family/component {family}/{component}", hint=f"known families: {known}"
+        ) from None
 
 
 def families() -> list[str]:

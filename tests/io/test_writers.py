@@ -1,0 +1,121 @@
+"""Writers: streaming, atomic, deterministic, readable by the real libraries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from weightsmith.errors import OutputError, UsageError
+from weightsmith.io import open_checkpoint
+from weightsmith.io.writers import parse_size, write_diffusers_component, write_safetensors, write_sat
+
+
+def _state():
+    g = torch.Generator().manual_seed(1)
+    return {
+        "a.weight": torch.randn(16, 8, generator=g),
+        "b.weight": torch.randn(3, 3, generator=g).to(torch.float16),
+        "c.scale": torch.randn(5, generator=g).to(torch.bfloat16),
+        "d.empty": torch.zeros(0, 4),
+        "e.fp8": torch.randn(4, 4, generator=g).to(torch.float8_e4m3fn),
+    }
+
+
+def _specs(state):
+    return [(k, tuple(v.shape), v.dtype) for k, v in state.items()]
+
+
+def test_safetensors_roundtrip_through_the_library(tmp_path):
+    state = _state()
+    write_safetensors(tmp_path / "m.safetensors", _specs(state), state.items(), {"x": "y"})
+    back = load_file(str(tmp_path / "m.safetensors"))
+    assert set(back) == set(state)
+    for k in state:
+        assert back[k].dtype == state[k].dtype
+        assert torch.equal(back[k].view(torch.uint8), state[k].contiguous().view(torch.uint8))
+    assert open_checkpoint(tmp_path / "m.safetensors").metadata == {"format": "pt", "x": "y"}
+
+
+def test_output_is_deterministic(tmp_path):
+    state = _state()
+    write_safetensors(tmp_path / "1.safetensors", _specs(state), state.items())
+    write_safetensors(tmp_path / "2.safetensors", _specs(state), state.items())
+    assert (tmp_path / "1.safetensors").read_bytes() == (tmp_path / "2.safetensors").read_bytes()
+
+
+def test_failed_stream_leaves_nothing(tmp_path):
+    state = _state()
+
+    def broken():
+        yield "a.weight", state["a.weight"]
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        write_safetensors(tmp_path / "m.safetensors", _specs(state), broken())
+    with pytest.raises(RuntimeError):
+        write_diffusers_component(tmp_path / "c", _specs(state), broken(), {})
+    with pytest.raises(RuntimeError):
+        write_sat(tmp_path / "s", _specs(state), broken())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_destination_is_refused_unless_overwrite(tmp_path):
+    state = _state()
+    (tmp_path / "m.safetensors").write_text("keep me")
+    with pytest.raises(OutputError):
+        write_safetensors(tmp_path / "m.safetensors", _specs(state), state.items())
+    assert (tmp_path / "m.safetensors").read_text() == "keep me"
+    write_safetensors(tmp_path / "m.safetensors", _specs(state), state.items(), overwrite=True)
+    assert set(load_file(str(tmp_path / "m.safetensors"))) == set(state)
+
+
+def test_sharded_index_follows_diffusers(tmp_path):
+    state = _state()
+    write_diffusers_component(
+        tmp_path / "c", _specs(state), state.items(), {"_class_name": "X"}, max_shard_size=300
+    )
+    files = sorted(p.name for p in (tmp_path / "c").iterdir())
+    index = json.loads((tmp_path / "c" / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    n = len(set(index["weight_map"].values()))
+    assert n > 1
+    assert f"diffusion_pytorch_model-00001-of-{n:05d}.safetensors" in files
+    assert index["metadata"]["total_size"] == sum(v.numel() * v.element_size() for v in state.values())
+    assert list(index["weight_map"]) == sorted(index["weight_map"])
+    assert load_file(str(tmp_path / "c" / index["weight_map"]["a.weight"]))["a.weight"].equal(
+        state["a.weight"]
+    )
+
+
+def test_sat_writer(tmp_path):
+    state = _state()
+    del state["e.fp8"]
+    write_sat(tmp_path / "sat", _specs(state), state.items())
+    assert (tmp_path / "sat" / "latest").read_text().strip() == "1"
+    raw = torch.load(tmp_path / "sat" / "1" / "mp_rank_00_model_states.pt", weights_only=True)
+    assert set(raw) == {"module"}
+    ck = open_checkpoint(tmp_path / "sat")
+    assert ck.container == "sat"
+    for k in state:
+        assert torch.equal(ck.get(k), state[k])
+
+
+def test_stream_order_is_checked(tmp_path):
+    state = _state()
+    with pytest.raises(AssertionError):
+        write_safetensors(tmp_path / "m.safetensors", _specs(state), reversed(list(state.items())))
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "n"), [("5GB", 5 * 10**9), ("500MB", 5 * 10**8), ("2GiB", 2 * 2**30), ("123", 123)]
+)
+def test_parse_size(text, n):
+    assert parse_size(text) == n
+
+
+def test_parse_size_rejects_nonsense():
+    with pytest.raises(UsageError):
+        parse_size("five gigs")
