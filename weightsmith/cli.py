@@ -55,6 +55,64 @@ def inspect(path: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("src", type=click.Path(path_type=str))
+@click.argument("dst", type=click.Path(path_type=str))
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    type=click.Choice(["diffusers", "original", "sat"]),
+    help="Target layout: diffusers (component folder), original (Wan/Sana reference names), sat (CogVideoX).",
+)
+@click.option("--family", type=click.Choice(["cogvideox", "wan", "sana"]), help="Insist on this family.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["keep", "fp32", "bf16", "fp16"]),
+    default="keep",
+    show_default=True,
+    help="Cast floating-point tensors while streaming.",
+)
+@click.option(
+    "--shard-size", default="5GB", show_default=True, help="Largest safetensors shard (e.g. 5GB, 500MB)."
+)
+@click.option(
+    "--prefix", default="", help="Key prefix for original-layout output, e.g. 'model.diffusion_model.'."
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace DST if it exists (only once the new output is complete)."
+)
+def convert(
+    src: str, dst: str, to: str, family: str | None, dtype: str, shard_size: str, prefix: str, overwrite: bool
+) -> None:
+    """Convert SRC into another layout, streaming tensor by tensor.
+
+    SRC is any checkpoint `inspect` reads (a file, a SAT folder, a Diffusers component or
+    pipeline folder). Family, layout and variant are detected. Output is written under a
+    temporary name and renamed into place only when complete.
+
+    \b
+    DST by target layout:
+      diffusers  a component folder (config.json + sharded safetensors + index)
+      original   a .safetensors file, a .pth/.pt file, or a folder of shards
+      sat        a SAT folder (latest + 1/mp_rank_00_model_states.pt); a VAE: a .pt file
+
+    \b
+    Examples:
+      weightsmith convert CogVideoX-2b-sat/transformer cogvideox-2b/transformer --to diffusers
+      weightsmith convert Wan2.1-T2V-1.3B-Diffusers/transformer wan.safetensors --to original \\
+          --prefix model.diffusion_model. --dtype bf16
+    """
+    from weightsmith.convert.run import convert as run_convert
+
+    result = run_convert(
+        src, dst, to, family=family, dtype=dtype, shard_size=shard_size, prefix=prefix, overwrite=overwrite
+    )
+    for line in result.lines:
+        click.echo(line, err=True)
+    click.echo(str(result.dst))
+
+
+@cli.command()
 @click.option(
     "--out", default="reports/demo", show_default=True, help="Folder for the demo's models and reports."
 )

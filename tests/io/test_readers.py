@@ -58,6 +58,9 @@ def test_sharded_read_touches_only_its_shard(tmp_path):
     assert set(ck.shards) == {own}
     assert ck.shards[own].opened == 1
     assert sorted(ck.keys()) == sorted(state)
+    # The same through the component folder.
+    folder = open_checkpoint(tmp_path / "c")
+    assert torch.equal(folder.get(name), state[name])
 
 
 def test_diffusers_component_folder(tmp_path):

@@ -14,7 +14,7 @@ def dequantize_gguf(data: np.ndarray, qtype: str, shape: tuple[int, ...]) -> tor
     except ImportError:
         dequantize = None
     if dequantize is not None:
-        return dequantize(torch.from_numpy(np.ascontiguousarray(data)), qtype, shape)
+        return dequantize(torch.from_numpy(np.array(data, copy=True)), qtype, shape)
     from gguf.constants import GGMLQuantizationType
     from gguf.quants import dequantize as np_dequantize
 

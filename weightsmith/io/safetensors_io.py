@@ -124,6 +124,15 @@ def _check_entry(path: Path, name: str, entry: Any, data_size: int) -> TensorInf
     return TensorInfo(name, tuple(shape), torch_dtype, dt, nbytes, str(path))
 
 
+def _open_for_reading(path: Path) -> Any:
+    # pread reads each tensor's bytes on demand; a memory map would leave every page it touched
+    # resident in our address space, so streaming a 30 GB checkpoint would show 30 GB of RSS.
+    try:
+        return safe_open(str(path), framework="pt", device="cpu", backend="pread")
+    except TypeError:  # safetensors < 0.8 has no backend choice
+        return safe_open(str(path), framework="pt", device="cpu")
+
+
 class SafetensorsFile:
     """One safetensors file opened lazily: header on open, data per tensor through safe_open."""
 
@@ -135,7 +144,7 @@ class SafetensorsFile:
 
     def read(self, name: str) -> torch.Tensor:
         if self._handle is None:
-            self._handle = safe_open(str(self.path), framework="pt", device="cpu")
+            self._handle = _open_for_reading(self.path)
             self.opened += 1
         return self._handle.get_tensor(name)
 
@@ -174,6 +183,7 @@ class ShardedSafetensorsCheckpoint(Checkpoint):
         if not isinstance(wm, dict) or not wm:
             raise CorruptFileError(f"{index_path} has no weight_map", hint="re-download the index file")
         folder = index_path.parent
+        self.folder = folder
         self.weight_map: dict[str, str] = {}
         for name, fname in wm.items():
             if not isinstance(fname, str) or Path(fname).name != fname or not fname:
@@ -202,7 +212,7 @@ class ShardedSafetensorsCheckpoint(Checkpoint):
 
     def shard(self, fname: str) -> SafetensorsFile:
         if fname not in self.shards:
-            self.shards[fname] = SafetensorsFile(self.path.parent / fname)
+            self.shards[fname] = SafetensorsFile(self.folder / fname)
         return self.shards[fname]
 
     def keys(self) -> list[str]:

@@ -1,0 +1,186 @@
+"""The streaming conversion engine: a family's plan, validated, then run tensor by tensor.
+
+``make_plan`` asks the detected family component for its ops and checks them against the
+checkpoint (every key consumed exactly once, no output written twice) before anything is
+written; ``stream`` then reads one op's inputs at a time, applies the op, casts, and yields the
+outputs in the order the writers laid out their headers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from weightsmith.convert.ops import Op, Spec
+from weightsmith.errors import ConversionError, DetectionError, UsageError
+from weightsmith.families import Detection, PlanOptions, detect, get_component
+from weightsmith.io.base import Checkpoint
+
+DTYPES: dict[str, torch.dtype | None] = {
+    "keep": None,
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+CASTABLE = {torch.float32, torch.float16, torch.bfloat16, torch.float64}
+
+
+def parse_dtype(name: str) -> torch.dtype | None:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise UsageError(f"unknown --dtype {name!r}", hint=f"choose one of {', '.join(DTYPES)}") from None
+
+
+def first_keys(keys: Any, n: int = 3) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(repr(k) for k in keys[:n])
+    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+@dataclass
+class Plan:
+    """A validated conversion: source, what it is, the ops and the output specs in write order."""
+
+    source: Checkpoint
+    detection: Detection
+    target_layout: str
+    ops: list[Op]
+    specs: list[Spec]
+    cast: torch.dtype | None = None
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def spec_tuples(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        return [(s.name, s.shape, s.dtype) for s in self.specs]
+
+    def output_infos(self) -> dict[str, Any]:
+        from weightsmith.io.base import TensorInfo, dtype_name
+
+        return {
+            s.name: TensorInfo(s.name, s.shape, s.dtype, dtype_name(s.dtype), s.nbytes) for s in self.specs
+        }
+
+
+def resolve_detection(ckpt: Checkpoint, family: str | None = None) -> Detection:
+    """Detect what ``ckpt`` is; with ``family`` forced, insist that family recognises it."""
+    if family:
+        hits = [c.detect(ckpt.infos, ckpt.config) for c in _components_of(family)]
+        hits = [h for h in hits if h is not None]
+        if not hits:
+            found = detect(ckpt.infos, ckpt.config)
+            seen = (
+                f"it looks like {found.family} {found.component}"
+                if found
+                else "its keys match no known family"
+            )
+            raise DetectionError(
+                f"{ckpt.path} is not a {family} checkpoint: {seen}",
+                hint="drop --family to let weightsmith detect it",
+            )
+        return hits[0]
+    det = detect(ckpt.infos, ckpt.config)
+    if det is None:
+        sample = first_keys(ckpt.keys())
+        raise DetectionError(
+            f"{ckpt.path}: keys match no known family (first keys: {sample})",
+            hint="check the file is a CogVideoX, Wan or Sana transformer or VAE, or pass --family",
+        )
+    return det
+
+
+def _components_of(family: str) -> list:
+    from weightsmith.families import components, families
+
+    if family not in families():
+        raise UsageError(f"unknown family {family!r}", hint=f"choose one of {', '.join(families())}")
+    return [c for c in components() if c.family == family]
+
+
+def make_plan(
+    ckpt: Checkpoint,
+    target_layout: str,
+    *,
+    family: str | None = None,
+    dtype: str = "keep",
+    prefix: str = "",
+    detection: Detection | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> Plan:
+    """Build and validate the plan that turns ``ckpt`` into ``target_layout``."""
+    det = detection or resolve_detection(ckpt, family)
+    comp = get_component(det.family, det.component)
+    if target_layout not in comp.layouts:
+        raise UsageError(
+            f"{det.family} {det.component} has no {target_layout!r} layout",
+            hint=f"choose one of {', '.join(comp.layouts)}",
+        )
+    cast = parse_dtype(dtype)
+    infos = ckpt.infos
+    ops = comp.plan(det, infos, target_layout, PlanOptions(prefix=prefix, config=config or ckpt.config))
+    consumed: Counter = Counter(k for op in ops for k in op.inputs)
+    unknown = [k for k in consumed if k not in infos]
+    if unknown:
+        raise ConversionError(f"plan reads keys the checkpoint lacks: {first_keys(unknown)}")
+    twice = [k for k, n in consumed.items() if n > 1]
+    left = [k for k in infos if k not in consumed]
+    if twice or left:
+        raise ConversionError(
+            f"{det.family} {det.component}: keys not accounted for: {first_keys(left or twice)}",
+            hint="the checkpoint has keys this family does not know; check --family or report it",
+        )
+    ops = sorted(ops, key=lambda op: (op.outputs[0] if op.outputs else "", op.inputs))
+    specs: list[Spec] = []
+    counts: Counter = Counter()
+    examples: dict[str, list[str]] = defaultdict(list)
+    for op in ops:
+        ins = [Spec(k, infos[k].shape, infos[k].dtype) for k in op.inputs]
+        outs = op.out_specs(ins)
+        if cast is not None:
+            outs = [Spec(s.name, s.shape, cast) if s.dtype in CASTABLE else s for s in outs]
+        specs.extend(outs)
+        counts[op.kind] += 1
+        if len(examples[op.kind]) < 3:
+            examples[op.kind].append(f"{', '.join(op.inputs) or '-'} -> {', '.join(op.outputs) or '-'}")
+    names = Counter(s.name for s in specs)
+    dup = [k for k, n in names.items() if n > 1]
+    if dup:
+        raise ConversionError(f"plan writes keys twice: {first_keys(dup)}")
+    return Plan(ckpt, det, target_layout, ops, specs, cast, counts, dict(examples))
+
+
+def stream(plan: Plan, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield output tensors in ``plan.specs`` order, reading one op's inputs at a time."""
+    from weightsmith.progress import bar
+
+    it = iter(plan.specs)
+    with bar(total=len(plan.specs), desc="convert", unit="tensor", enabled=progress) as pbar:
+        for op in plan.ops:
+            if not op.outputs:
+                continue
+            outs = op.apply([plan.source.get(k) for k in op.inputs])
+            for t in outs:
+                spec = next(it)
+                if plan.cast is not None and t.dtype in CASTABLE and t.dtype != spec.dtype:
+                    t = t.to(spec.dtype)
+                yield spec.name, t
+                pbar.update(1)
+
+
+def summary_lines(plan: Plan) -> list[str]:
+    """A short account of what the conversion did (renamed, split, fused, dropped, derived)."""
+    d = plan.detection
+    lines = [
+        f"{d.family} {d.component} {d.variant or '(variant unknown)'}: {d.layout} -> {plan.target_layout}, "
+        f"{len(plan.source.infos)} tensors in, {len(plan.specs)} out"
+        + (f", cast to {str(plan.cast).removeprefix('torch.')}" if plan.cast else "")
+    ]
+    for kind in sorted(plan.counts):
+        ex = plan.examples.get(kind, [])
+        lines.append(f"  {kind:10s} {plan.counts[kind]:5d}   e.g. {ex[0] if ex else ''}")
+    return lines
