@@ -302,3 +302,4 @@ def write_safetensors_stream(
                 f"stream gave {got_name!r} {tuple(t.shape)} {t.dtype}, expected {name!r} {tuple(shape)} {dtype}"
             )
         write_tensor_bytes(f, t)
+        del t  # let it go before the stream makes the next one
