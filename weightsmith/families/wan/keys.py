@@ -1,0 +1,126 @@
+"""Key-name machinery shared by the Wan components: two-way templates, prefixes, key errors.
+
+Wan conversions are pure renames, so a layout pair is a table of template pairs such as
+``blocks.{i}.self_attn.q.{p}`` <-> ``blocks.{i}.attn1.to_q.{p}``. A template matches a whole key
+(never a substring), so the same table renames in both directions without the ordered
+``str.replace`` tricks (placeholder swaps, ``modulation`` vs ``head.modulation``) that a
+substring map needs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+from weightsmith.errors import ConversionError
+from weightsmith.families.base import PlanOptions
+
+DEFAULT_OPTIONS = PlanOptions()
+
+# What each placeholder may stand for. Names not listed match one dotted token of digits.
+FIELDS: dict[str, str] = {
+    "p": r"weight|bias",
+    "B": r"blocks|vace_blocks",
+    "e": r"encoder|decoder",
+}
+_TOKEN = re.compile(r"\{(\w+)\}")
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    parts = _TOKEN.split(template)
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(f"(?P<{part}>{FIELDS.get(part, r'[0-9]+')})")
+        else:
+            out.append(re.escape(part))
+    return re.compile("".join(out))
+
+
+def _fill(template: str, groups: Mapping[str, str]) -> str:
+    return _TOKEN.sub(lambda m: groups[m.group(1)], template)
+
+
+class KeyMap:
+    """A one-to-one renaming between two layouts, given as ``(a_template, b_template)`` pairs.
+
+    Both templates of a pair must use the same placeholders. The first pair whose template
+    matches the whole key wins; tables are written so that at most one can match.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
+        for a, b in pairs:
+            if sorted(_TOKEN.findall(a)) != sorted(_TOKEN.findall(b)):
+                raise ValueError(f"KeyMap pair {a!r} <-> {b!r} uses different placeholders")
+        self.pairs = tuple(pairs)
+        self._ab = [(_compile(a), b) for a, b in pairs]
+        self._ba = [(_compile(b), a) for a, b in pairs]
+
+    @staticmethod
+    def _apply(table: list[tuple[re.Pattern[str], str]], key: str) -> str | None:
+        for rx, target in table:
+            m = rx.fullmatch(key)
+            if m:
+                return _fill(target, m.groupdict())
+        return None
+
+    def a_to_b(self, key: str) -> str | None:
+        """``key`` (layout a) in layout b, or None when no template knows it."""
+        return self._apply(self._ab, key)
+
+    def b_to_a(self, key: str) -> str | None:
+        """``key`` (layout b) in layout a, or None when no template knows it."""
+        return self._apply(self._ba, key)
+
+
+def find_prefix(keys: Iterable[str], markers: Sequence[str]) -> str | None:
+    """The shortest prefix under which every marker key exists ("" included), or None.
+
+    Any prefix ending in "." is accepted (``model.diffusion_model.``, ``diffusion_model.``,
+    ``transformer.``, ...): the markers themselves are what makes the match trustworthy.
+    """
+    keyset = set(keys)
+    first = markers[0]
+    candidates = set()
+    for k in keyset:
+        if k.endswith(first):
+            p = k[: len(k) - len(first)]
+            if p == "" or p.endswith("."):
+                candidates.add(p)
+    for p in sorted(candidates, key=lambda s: (len(s), s)):
+        if all(p + m in keyset for m in markers):
+            return p
+    return None
+
+
+def locate(keys: Iterable[str], markers: Mapping[str, Sequence[str]]) -> tuple[str, str] | None:
+    """(layout, prefix) of the first layout whose marker keys all appear under one prefix."""
+    keys = list(keys)
+    for layout, ms in markers.items():
+        prefix = find_prefix(keys, ms)
+        if prefix is not None:
+            return layout, prefix
+    return None
+
+
+def name_some(keys: Iterable[str], n: int = 5) -> str:
+    """The first ``n`` keys (sorted) for an error message, with a count of the rest."""
+    ks = sorted(keys)
+    shown = ", ".join(repr(k) for k in ks[:n])
+    return shown + (f" and {len(ks) - n} more" if len(ks) > n else "")
+
+
+def check_keys(what: str, unknown: Iterable[str], missing: Iterable[str]) -> None:
+    """Raise ConversionError for keys this layout does not know, or ones it needs but lacks."""
+    unknown = list(unknown)
+    missing = list(missing)
+    if unknown:
+        raise ConversionError(
+            f"{len(unknown)} key(s) are not part of a {what}: {name_some(unknown)}",
+            hint="the checkpoint holds tensors this conversion does not know; check --family or strip them",
+        )
+    if missing:
+        raise ConversionError(
+            f"{len(missing)} key(s) a {what} needs are missing: {name_some(missing)}",
+            hint="the checkpoint is incomplete (a shard missing?) or not the model it looks like",
+        )
