@@ -79,10 +79,24 @@ def inspect(path: str, as_json: bool) -> None:
     "--prefix", default="", help="Key prefix for original-layout output, e.g. 'model.diffusion_model.'."
 )
 @click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=str),
+    help="A Diffusers config.json (or its folder) for a source that has none, when shapes leave something open.",
+)
+@click.option(
     "--overwrite", is_flag=True, help="Replace DST if it exists (only once the new output is complete)."
 )
 def convert(
-    src: str, dst: str, to: str, family: str | None, dtype: str, shard_size: str, prefix: str, overwrite: bool
+    src: str,
+    dst: str,
+    to: str,
+    family: str | None,
+    dtype: str,
+    shard_size: str,
+    prefix: str,
+    config: str | None,
+    overwrite: bool,
 ) -> None:
     """Convert SRC into another layout, streaming tensor by tensor.
 
@@ -105,7 +119,15 @@ def convert(
     from weightsmith.convert.run import convert as run_convert
 
     result = run_convert(
-        src, dst, to, family=family, dtype=dtype, shard_size=shard_size, prefix=prefix, overwrite=overwrite
+        src,
+        dst,
+        to,
+        family=family,
+        dtype=dtype,
+        shard_size=shard_size,
+        prefix=prefix,
+        overwrite=overwrite,
+        config=config,
     )
     for line in result.lines:
         click.echo(line, err=True)

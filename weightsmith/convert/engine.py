@@ -52,6 +52,7 @@ class Plan:
     ops: list[Op]
     specs: list[Spec]
     cast: torch.dtype | None = None
+    source_config: dict[str, Any] | None = None
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
@@ -122,7 +123,8 @@ def make_plan(
         )
     cast = parse_dtype(dtype)
     infos = ckpt.infos
-    ops = comp.plan(det, infos, target_layout, PlanOptions(prefix=prefix, config=config or ckpt.config))
+    source_config = dict(config or ckpt.config or {}) or None
+    ops = comp.plan(det, infos, target_layout, PlanOptions(prefix=prefix, config=source_config))
     consumed: Counter = Counter(k for op in ops for k in op.inputs)
     unknown = [k for k in consumed if k not in infos]
     if unknown:
@@ -151,7 +153,7 @@ def make_plan(
     dup = [k for k, n in names.items() if n > 1]
     if dup:
         raise ConversionError(f"plan writes keys twice: {first_keys(dup)}")
-    return Plan(ckpt, det, target_layout, ops, specs, cast, counts, dict(examples))
+    return Plan(ckpt, det, target_layout, ops, specs, cast, source_config, counts, dict(examples))
 
 
 def stream(plan: Plan, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from weightsmith.errors import UsageError
 from weightsmith.families import Detection, get_component
 from weightsmith.io import Checkpoint, PipelineCheckpoint, open_checkpoint
 from weightsmith.io.atomic import atomic_dir
+from weightsmith.io.base import CONFIG_METADATA_KEY
 from weightsmith.io.writers import parse_size as _parse_size
 from weightsmith.io.writers import (
     write_diffusers_component,
@@ -30,25 +32,32 @@ class ConvertResult:
 
 
 def output_config(plan: Plan) -> dict:
-    """config.json for a Diffusers output, derived from the output shapes and detected variant."""
+    """config.json for a Diffusers output: derived from the output shapes and detected variant,
+    with config-only knobs (sample sizes, RoPE lengths...) taken from the source's own config
+    when it has one."""
+    import inspect as pyinspect
+
     import diffusers
 
     comp = get_component(plan.detection.family, plan.detection.component)
-    out_det = Detection(
-        plan.detection.family,
-        plan.detection.component,
-        "diffusers",
-        plan.detection.variant,
-        "",
-        plan.detection.notes,
-        plan.detection.facts,
-    )
+    d = plan.detection
+    out_det = Detection(d.family, d.component, "diffusers", d.variant, "", d.notes, d.facts)
     cfg = comp.diffusers_config(out_det, plan.output_infos())
+    params = pyinspect.signature(comp.model_class(d.variant).__init__).parameters
+    knobs = {k: v for k, v in (plan.source_config or {}).items() if k in params and k not in cfg}
     return {
-        "_class_name": comp.class_name(plan.detection.variant),
+        "_class_name": comp.class_name(d.variant),
         "_diffusers_version": diffusers.__version__,
+        **knobs,
         **cfg,
     }
+
+
+def provenance_config(plan: Plan) -> dict | None:
+    """The Diffusers config to embed in original/SAT output, so converting back loses nothing."""
+    if plan.source_config is None:
+        return None
+    return {k: v for k, v in plan.source_config.items() if not k.startswith("_")} or None
 
 
 def write_plan(plan: Plan, dst: Path, *, shard_size: str, overwrite: bool, progress: bool) -> Path:
@@ -58,9 +67,11 @@ def write_plan(plan: Plan, dst: Path, *, shard_size: str, overwrite: bool, progr
     layout, component = plan.target_layout, plan.detection.component
     if layout == "diffusers":
         return write_diffusers_component(dst, specs, tensors, output_config(plan), shard_size, overwrite)
+    cfg = provenance_config(plan)
+    meta = {CONFIG_METADATA_KEY: json.dumps(cfg, sort_keys=True)} if cfg else {}
     if layout == "sat":
         if component == "transformer":
-            return write_sat(dst, specs, tensors, overwrite)
+            return write_sat(dst, specs, tensors, overwrite, diffusers_config=cfg)
         if dst.suffix not in (".pt", ".pth"):
             raise UsageError(
                 f"a SAT {component} is a single torch file", hint="give DST ending in .pt (e.g. 3d-vae.pt)"
@@ -68,12 +79,12 @@ def write_plan(plan: Plan, dst: Path, *, shard_size: str, overwrite: bool, progr
         return write_torch_file(dst, specs, tensors, overwrite)
     # original layout: a single file, or a folder of shards
     if dst.suffix == ".safetensors":
-        return write_safetensors(dst, specs, tensors, overwrite=overwrite)
+        return write_safetensors(dst, specs, tensors, meta, overwrite=overwrite)
     if dst.suffix in (".pt", ".pth", ".ckpt"):
         wrap = "state_dict" if plan.detection.family == "sana" and component == "transformer" else None
-        return write_torch_file(dst, specs, tensors, overwrite, wrap=wrap)
+        return write_torch_file(dst, specs, tensors, overwrite, wrap=wrap, side=meta if wrap else None)
     with atomic_dir(dst, overwrite) as tmp:
-        write_shards_into(tmp, specs, tensors, _parse_size(shard_size))
+        write_shards_into(tmp, specs, tensors, _parse_size(shard_size), metadata=meta)
     return dst
 
 
@@ -88,8 +99,13 @@ def convert(
     prefix: str = "",
     overwrite: bool = False,
     progress: bool = True,
+    config: str | Path | None = None,
 ) -> ConvertResult:
-    """Convert a component checkpoint or a whole pipeline folder into layout ``to``."""
+    """Convert a component checkpoint or a whole pipeline folder into layout ``to``.
+
+    ``config``: a Diffusers config.json (or its folder) describing the source, for checkpoints
+    whose shapes leave something open (e.g. a tiny model's attention head count).
+    """
     if to not in LAYOUTS:
         raise UsageError(f"unknown layout {to!r}", hint=f"choose one of {', '.join(LAYOUTS)}")
     _parse_size(shard_size)
@@ -98,6 +114,8 @@ def convert(
     try:
         if isinstance(ck, PipelineCheckpoint):
             return _convert_pipeline(ck, dst, to, family, dtype, shard_size, prefix, overwrite, progress)
+        if config is not None:
+            ck.config = load_config(config)
         plan = make_plan(ck, to, family=family, dtype=dtype, prefix=prefix)
         write_plan(plan, dst, shard_size=shard_size, overwrite=overwrite, progress=progress)
         return ConvertResult(dst, summary_lines(plan))
@@ -154,3 +172,23 @@ def _maybe_plan(comp: Checkpoint, to: str, family: str | None, dtype: str, prefi
     if to not in get_component(det.family, det.component).layouts:
         return None
     return make_plan(comp, to, dtype=dtype, prefix=prefix, detection=det)
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a Diffusers config.json given as a file or the folder holding it."""
+    from weightsmith.errors import CorruptFileError, NotFoundError
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    if not p.is_file():
+        raise NotFoundError(
+            f"config {p} does not exist", hint="pass a config.json or the folder that holds one"
+        )
+    try:
+        cfg = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CorruptFileError(f"{p} is not valid JSON") from None
+    if not isinstance(cfg, dict):
+        raise CorruptFileError(f"{p} is not a JSON object")
+    return cfg

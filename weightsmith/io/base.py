@@ -11,6 +11,10 @@ from typing import Any
 
 import torch
 
+# Metadata key under which weightsmith stores the Diffusers config in files that have no
+# config.json of their own (original and SAT layouts), so converting back loses nothing.
+CONFIG_METADATA_KEY = "weightsmith.diffusers_config"
+
 # safetensors' dtype names, which we also use as the on-disk names of plain tensors.
 DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float64: "F64",
@@ -99,6 +103,9 @@ class Checkpoint(ABC):
 
     def keys(self) -> list[str]:
         return list(self.infos)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
 
     def __contains__(self, name: object) -> bool:
         return name in self.infos

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from weightsmith.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
-from weightsmith.io.base import Checkpoint, PipelineCheckpoint
+from weightsmith.io.base import CONFIG_METADATA_KEY, Checkpoint, PipelineCheckpoint
 from weightsmith.io.gguf_io import GGUF_MAGIC, GGUFCheckpoint
 from weightsmith.io.safetensors_io import SafetensorsCheckpoint, ShardedSafetensorsCheckpoint
 from weightsmith.io.torch_io import PICKLE_SUFFIXES, SatCheckpoint, TorchCheckpoint
@@ -138,7 +138,28 @@ def _magic(path: Path, n: int) -> bytes:
 
 def open_checkpoint(path: str | Path) -> Checkpoint | PipelineCheckpoint:
     """Open any supported checkpoint file or folder lazily (see DESIGN.md, Contracts)."""
-    p = Path(path)
+    ck = _open(Path(path))
+    if isinstance(ck, Checkpoint) and ck.config is None:
+        ck.config = embedded_config(ck)
+    return ck
+
+
+def embedded_config(ck: Checkpoint) -> dict[str, Any] | None:
+    """The Diffusers config weightsmith embedded in a file without config.json, if any."""
+    raw = ck.metadata.get(CONFIG_METADATA_KEY)
+    if raw is None and ck.container == "sat":
+        side = ck.path / "diffusers_config.json"
+        raw = side.read_text() if side.is_file() else None
+    if raw is None:
+        return None
+    try:
+        cfg = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError:
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _open(p: Path) -> Checkpoint | PipelineCheckpoint:
     if not p.exists():
         raise NotFoundError(f"{p} does not exist", hint="check the path")
     for c in _CONTAINERS:

@@ -144,6 +144,7 @@ def write_sat(
     overwrite: bool = False,
     iteration: str = SAT_ITERATION,
     model_config: Mapping[str, Any] | None = None,
+    diffusers_config: Mapping[str, Any] | None = None,
 ) -> Path:
     """A SAT folder: ``latest`` + ``<iteration>/mp_rank_00_model_states.pt`` holding ``{"module": ...}``.
 
@@ -161,6 +162,10 @@ def write_sat(
         (tmp / "latest").write_text(f"{iteration}\n")
         (tmp / iteration).mkdir()
         torch.save({"module": state}, tmp / iteration / "mp_rank_00_model_states.pt")
+        if diffusers_config is not None:
+            (tmp / "diffusers_config.json").write_text(
+                json.dumps(dict(diffusers_config), indent=2, sort_keys=True) + "\n"
+            )
         if model_config is not None:
             (tmp / "model_config.json").write_text(
                 json.dumps(dict(model_config), indent=2, sort_keys=True) + "\n"
@@ -174,14 +179,19 @@ def write_torch_file(
     tensors: Iterable[tuple[str, torch.Tensor]],
     overwrite: bool = False,
     wrap: str | None = None,
+    side: Mapping[str, str] | None = None,
 ) -> Path:
-    """A single torch pickle (e.g. CogVideoX's SAT ``3d-vae.pt``), optionally wrapped as ``{wrap: sd}``."""
+    """A single torch pickle (e.g. CogVideoX's SAT ``3d-vae.pt``), optionally wrapped as ``{wrap: sd}``.
+
+    ``side`` entries (strings) are stored beside the weights when wrapped; readers report them as metadata.
+    """
     state = {}
     it = iter(tensors)
     for name, _shape, _dtype in specs:
         got, t = next(it)
         assert got == name
         state[name] = t.detach().cpu().contiguous()
+    obj: dict[str, Any] = {wrap: state, **(side or {})} if wrap else state
     with atomic_file(dst, overwrite) as tmp:
-        torch.save({wrap: state} if wrap else state, tmp)
+        torch.save(obj, tmp)
     return Path(dst)

@@ -1,0 +1,159 @@
+"""Tiny random-weight models of every family, component and variant, saved in every container.
+
+Built from the real diffusers classes (each family's ``tiny_model``) and converted to the other
+layouts through the same family plans a full-size model goes through. Tests and the demo use
+these; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from weightsmith.convert.ops import run_in_memory
+from weightsmith.families import Detection, PlanOptions, components, get_component
+from weightsmith.io.base import infos_from_state_dict
+from weightsmith.io.writers import write_diffusers_component, write_safetensors, write_sat, write_torch_file
+
+GGUF_ARCH = {"wan": "wan", "cogvideox": "cogvideox", "sana": "sana"}
+
+# Containers each layout is saved in. "prefixed" is a single safetensors file whose keys carry
+# ComfyUI's ``model.diffusion_model.`` prefix.
+CONTAINERS = {
+    "diffusers": ("diffusers-folder", "safetensors", "safetensors-sharded", "torch", "gguf"),
+    "original": ("safetensors", "prefixed", "torch", "safetensors-sharded", "gguf"),
+    "sat": ("sat",),
+}
+
+
+@dataclass(frozen=True)
+class Fixture:
+    family: str
+    component: str
+    variant: str
+    layout: str
+    container: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}-{self.component}-{self.variant}-{self.layout}-{self.container}"
+
+
+def fixtures() -> Iterator[Fixture]:
+    """Every (family, component, variant, layout, container) the tiny models are saved in."""
+    for comp in components():
+        for variant in comp.variants:
+            for layout in comp.layouts:
+                containers = CONTAINERS[layout]
+                if layout == "sat" and comp.component != "transformer":
+                    containers = ("torch",)
+                for container in containers:
+                    yield Fixture(comp.family, comp.component, variant, layout, container)
+
+
+@lru_cache(maxsize=64)
+def _diffusers_state(family: str, component: str, variant: str, seed: int) -> tuple[dict, dict]:
+    comp = get_component(family, component)
+    model = comp.tiny_model(variant, seed)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    return state, config
+
+
+def tiny_state(
+    family: str, component: str, variant: str, layout: str, seed: int = 0, prefix: str = ""
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tiny model's weights in ``layout`` and its Diffusers config."""
+    state, config = _diffusers_state(family, component, variant, seed)
+    state = dict(state)
+    if layout == "diffusers" and not prefix:
+        return state, dict(config)
+    comp = get_component(family, component)
+    det = Detection(family, component, "diffusers", variant)
+    ops = comp.plan(det, infos_from_state_dict(state), layout, PlanOptions(prefix=prefix, config=config))
+    return run_in_memory(ops, state), dict(config)
+
+
+def _specs(state: Mapping[str, torch.Tensor]) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    return [(k, tuple(v.shape), v.dtype) for k, v in sorted(state.items())]
+
+
+def _items(state: Mapping[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    for k in sorted(state):
+        yield k, state[k]
+
+
+def save_fixture(fx: Fixture, folder: str | Path, seed: int = 0) -> Path:
+    """Write one tiny fixture under ``folder``; returns the path to hand to ``open_checkpoint``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = "model.diffusion_model." if fx.container == "prefixed" else ""
+    state, config = tiny_state(fx.family, fx.component, fx.variant, fx.layout, seed, prefix)
+    comp = get_component(fx.family, fx.component)
+    base = folder / fx.name
+    if fx.container == "diffusers-folder":
+        cfg = {"_class_name": comp.class_name(fx.variant), **config}
+        return write_diffusers_component(base, _specs(state), _items(state), cfg, overwrite=True)
+    if fx.container in ("safetensors", "prefixed"):
+        return write_safetensors(
+            base.with_suffix(".safetensors"), _specs(state), _items(state), overwrite=True
+        )
+    if fx.container == "safetensors-sharded":
+        total = sum(v.numel() * v.element_size() for v in state.values())
+        write_diffusers_component(
+            base, _specs(state), _items(state), None, max(total // 3, 1), overwrite=True
+        )
+        return base / "diffusion_pytorch_model.safetensors.index.json"
+    if fx.container == "torch":
+        wrap = (
+            "state_dict"
+            if (fx.family, fx.component, fx.layout) == ("sana", "transformer", "original")
+            else None
+        )
+        return write_torch_file(
+            base.with_suffix(".pt"), _specs(state), _items(state), overwrite=True, wrap=wrap
+        )
+    if fx.container == "sat":
+        return write_sat(base, _specs(state), _items(state), overwrite=True)
+    if fx.container == "gguf":
+        return _write_gguf_fixture(base.with_suffix(".gguf"), state, GGUF_ARCH[fx.family])
+    raise ValueError(f"unknown container {fx.container}")
+
+
+def _write_gguf_fixture(path: Path, state: Mapping[str, torch.Tensor], arch: str) -> Path:
+    """A plain (F32/F16) GGUF of the state dict. Tensors of more than 4 dims are stored with their
+    trailing dims merged and the true shape in ``comfy.gguf.orig_shape.<name>``, as ComfyUI-GGUF reads."""
+    import gguf
+    import numpy as np
+
+    if path.exists():
+        path.unlink()
+    w = gguf.GGUFWriter(str(path), arch)
+    for name in sorted(state):
+        t = state[name].detach().float() if state[name].dtype == torch.bfloat16 else state[name].detach()
+        a = t.numpy()
+        if a.ndim > 4:
+            w.add_array(f"comfy.gguf.orig_shape.{name}", list(a.shape))
+            a = a.reshape(*a.shape[:3], -1)
+        w.add_tensor(name, np.ascontiguousarray(a))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def save_diffusers_config(family: str, component: str, variant: str, folder: str | Path) -> Path:
+    """A local Diffusers folder (config.json + weights) for ``from_single_file(config=...)`` tests."""
+    comp = get_component(family, component)
+    model = comp.tiny_model(variant, 0)
+    model.save_pretrained(str(folder))
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    assert cfg["_class_name"] == comp.class_name(variant)
+    return Path(folder)
