@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from weightsmith.convert.ops import run_in_memory
-from weightsmith.families import Detection, PlanOptions, components, get_component
+from weightsmith.families import PlanOptions, components, get_component
 from weightsmith.io.base import infos_from_state_dict
 from weightsmith.io.writers import write_diffusers_component, write_safetensors, write_sat, write_torch_file
 
@@ -75,8 +75,11 @@ def tiny_state(
     if layout == "diffusers" and not prefix:
         return state, dict(config)
     comp = get_component(family, component)
-    det = Detection(family, component, "diffusers", variant)
-    ops = comp.plan(det, infos_from_state_dict(state), layout, PlanOptions(prefix=prefix, config=config))
+    infos = infos_from_state_dict(state)
+    det = comp.detect(infos, config)
+    if det is None or det.variant != variant:
+        raise AssertionError(f"tiny {family} {component} {variant} detects as {det}")
+    ops = comp.plan(det, infos, layout, PlanOptions(prefix=prefix, config=config))
     return run_in_memory(ops, state), dict(config)
 
 
