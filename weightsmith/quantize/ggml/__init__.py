@@ -1,0 +1,123 @@
+"""GGUF quantization kernels in torch, byte-identical to ggml's reference quantizer.
+
+``quantize`` turns a float tensor into the uint8 rows a GGUF file stores for a ggml type; ``dequantize``
+reads them back. Both are vectorised over blocks, run on the input's device (CPU or CUDA), and
+reproduce ggml's C code (built without floating-point contraction) bit for bit, with or without an
+importance matrix. See ``common.py`` for the rules that make that hold.
+
+Types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gguf
+import torch
+
+from weightsmith.errors import QuantizationError
+
+from . import floats, iquants, kquants, legacy  # noqa: F401  (registers the kernels)
+from .types import GGMLKernel, get_kernel, register, registered_types
+
+__all__ = [
+    "GGMLKernel",
+    "dequantize",
+    "get_kernel",
+    "quantize",
+    "register",
+    "registered_types",
+    "byte_shape",
+]
+
+QType = str | int | gguf.GGMLQuantizationType
+
+
+def byte_shape(shape: Sequence[int], qtype: QType) -> tuple[int, ...]:
+    """Shape of the uint8 array that stores a tensor of ``shape`` as ``qtype`` (like gguf's helper)."""
+    k = get_kernel(qtype)
+    shape = tuple(int(s) for s in shape)
+    if not shape:
+        shape = (1,)
+    _check_row(shape, k)
+    return (*shape[:-1], shape[-1] // k.block_size * k.type_size)
+
+
+def _check_row(shape: tuple[int, ...], k: type[GGMLKernel]) -> None:
+    if shape[-1] % k.block_size:
+        raise QuantizationError(
+            f"cannot store a tensor of shape {list(shape)} as {k.name}: its rows have {shape[-1]} elements, "
+            f"which is not a multiple of the {k.name} block size {k.block_size}",
+            hint="keep this tensor in F16/BF16/F32, or pick a type whose block size divides the row length",
+        )
+
+
+def _rows_per_chunk(k: type[GGMLKernel], n: int) -> int:
+    return max(1, k.chunk_elems // max(n, 1))
+
+
+def quantize(tensor: torch.Tensor, qtype: QType, imatrix: torch.Tensor | None = None) -> torch.Tensor:
+    """Quantize ``tensor`` (rows = last dim) to ggml type ``qtype``; returns uint8 ``byte_shape(...)``.
+
+    ``imatrix`` holds one importance weight per column (length ``tensor.shape[-1]``), as produced by
+    llama.cpp's imatrix tool; types that ignore it (floats, Q8_0) accept and ignore it. The result is
+    on ``tensor``'s device and byte-identical to ``ggml_quantize_chunk``.
+    """
+    k = get_kernel(qtype)
+    if not isinstance(tensor, torch.Tensor):
+        raise QuantizationError(f"expected a torch.Tensor to quantize, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise QuantizationError(
+            f"cannot quantize a {tensor.dtype} tensor to {k.name}", hint="convert it to a float dtype first"
+        )
+    shape = tuple(tensor.shape) or (1,)
+    _check_row(shape, k)
+    n = shape[-1]
+    x = tensor.detach().reshape(-1, n).to(torch.float32).contiguous()
+    out = torch.empty((x.shape[0], n // k.block_size * k.type_size), dtype=torch.uint8, device=x.device)
+    if x.numel() == 0:
+        return out.reshape(byte_shape(shape, k.qtype))
+    qw = None
+    if imatrix is not None and k.uses_imatrix:
+        qw = imatrix.detach().reshape(-1).to(device=x.device, dtype=torch.float32).contiguous()
+        if qw.numel() != n:
+            raise QuantizationError(
+                f"importance matrix has {qw.numel()} weights but the rows of the tensor have {n} elements",
+                hint="pass the imatrix entry that belongs to this tensor (one weight per input column)",
+            )
+    if k.needs_finite and not bool(torch.isfinite(x).all()):
+        raise QuantizationError(
+            f"cannot quantize to {k.name}: the tensor holds NaN or infinite values",
+            hint="fix the checkpoint, or keep this tensor in F16/BF16/F32",
+        )
+    step = _rows_per_chunk(k, n)
+    for r0 in range(0, x.shape[0], step):
+        out[r0 : r0 + step] = k.quantize_rows(x[r0 : r0 + step], qw)
+    return out.reshape(byte_shape(shape, k.qtype))
+
+
+def dequantize(data: torch.Tensor, qtype: QType, shape: Sequence[int]) -> torch.Tensor:
+    """Decode uint8 ggml rows back to float32 of ``shape`` (the tensor's logical shape), same device."""
+    k = get_kernel(qtype)
+    shape = tuple(int(s) for s in shape) or (1,)
+    expected = byte_shape(shape, k.qtype)
+    if data.dtype != torch.uint8:
+        raise QuantizationError(f"expected uint8 {k.name} data, got {data.dtype}")
+    if data.numel() != _prod(expected):
+        raise QuantizationError(
+            f"{k.name} data has {data.numel()} bytes, but a tensor of shape {list(shape)} needs {_prod(expected)}",
+            hint="check the type and shape recorded for this tensor",
+        )
+    rows = data.reshape(-1, expected[-1])
+    if rows.shape[0] == 0:
+        return torch.empty(shape, dtype=torch.float32, device=data.device)
+    step = max(1, _rows_per_chunk(k, shape[-1]) * 16)
+    parts = [k.dequantize_rows(rows[r0 : r0 + step]) for r0 in range(0, rows.shape[0], step)]
+    return torch.cat(parts).reshape(shape)
+
+
+def _prod(shape: Sequence[int]) -> int:
+    p = 1
+    for s in shape:
+        p *= s
+    return p
