@@ -46,7 +46,7 @@ def child(mode: str, folder: str, gb: float, shard_gb: float) -> None:
         else:
             ck = open_checkpoint(dst)
             total = 0.0
-            for name in ck.keys():
+            for name in ck:
                 total += float(ck.get(name)[0, 0])
         result["seconds"] = time.perf_counter() - t0
     result.update(mode=mode, base_anon=s.base_anon, peak_anon=s.peak_anon, hwm=s.hwm)
@@ -67,7 +67,17 @@ def main() -> None:
     rows = []
     try:
         for mode in ("write", "read"):
-            cmd = [sys.executable, __file__, "--gb", str(a.gb), "--shard-gb", str(a.shard_gb), "--child", mode, tmp]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--gb",
+                str(a.gb),
+                "--shard-gb",
+                str(a.shard_gb),
+                "--child",
+                mode,
+                tmp,
+            ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(rows[-1])
