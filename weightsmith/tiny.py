@@ -130,21 +130,15 @@ def save_fixture(fx: Fixture, folder: str | Path, seed: int = 0) -> Path:
 
 
 def _write_gguf_fixture(path: Path, state: Mapping[str, torch.Tensor], arch: str) -> Path:
-    """A plain (F32/F16) GGUF of the state dict. Tensors of more than 4 dims are stored with their
-    trailing dims merged and the true shape in ``comfy.gguf.orig_shape.<name>``, as ComfyUI-GGUF reads."""
+    """A plain (F32/F16) GGUF of the state dict, 5-D tensors included as gguf-py writes them."""
     import gguf
-    import numpy as np
 
     if path.exists():
         path.unlink()
     w = gguf.GGUFWriter(str(path), arch)
     for name in sorted(state):
-        t = state[name].detach().float() if state[name].dtype == torch.bfloat16 else state[name].detach()
-        a = t.numpy()
-        if a.ndim > 4:
-            w.add_array(f"comfy.gguf.orig_shape.{name}", list(a.shape))
-            a = a.reshape(*a.shape[:3], -1)
-        w.add_tensor(name, np.ascontiguousarray(a))
+        t = state[name].detach()
+        w.add_tensor(name, (t.float() if t.dtype == torch.bfloat16 else t).contiguous().numpy())
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -136,7 +136,7 @@ def _gguf_tensor_info(name: bytes, dims: list[int], ttype: int = 0, offset: int 
 
 def test_gguf_too_many_dims(tmp_path, run_cli):
     p = tmp_path / "m.gguf"
-    p.write_bytes(_gguf_bytes(1, 0, _gguf_tensor_info(b"w", [2, 2, 2, 2, 2, 2, 2])) + b"\0" * 512)
+    p.write_bytes(_gguf_bytes(1, 0, _gguf_tensor_info(b"w", [2] * 12)) + b"\0" * 512)
     _expect_clean_failure(run_cli, p, "dimensions")
 
 

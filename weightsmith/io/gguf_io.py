@@ -20,7 +20,9 @@ from weightsmith.errors import CorruptFileError, UnsupportedFormatError
 from weightsmith.io.base import Checkpoint, TensorInfo
 
 GGUF_MAGIC = b"GGUF"
-MAX_DIMS = 4  # GGML_MAX_DIMS
+# ggml's C reader stops at 4 dims, but published Wan GGUFs hold a 5-D F32 patch embedding that
+# gguf-py, ComfyUI-GGUF and diffusers all read; anything past 8 is taken as corruption.
+MAX_DIMS = 8
 # Fixed sizes of scalar GGUF value types, by type id.
 _SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY = 8, 9
@@ -93,9 +95,9 @@ def scan_header(path: Path) -> dict[str, Any]:
         for _ in range(n_tensors):
             name = c.string("tensor name")
             n_dims = c.u32("tensor dims")
-            if not 1 <= n_dims <= MAX_DIMS:
+            if n_dims > MAX_DIMS:
                 raise CorruptFileError(
-                    f"{path}: tensor {name[:80]!r} has {n_dims} dimensions; GGUF allows 1 to 4"
+                    f"{path}: tensor {name[:80].decode('utf-8', 'replace')!r} has {n_dims} dimensions; at most {MAX_DIMS} are plausible"
                 )
             dims = [c.u64("tensor shape") for _ in range(n_dims)]
             ttype = c.u32("tensor type")
@@ -105,23 +107,23 @@ def scan_header(path: Path) -> dict[str, Any]:
                 block, tsize = GGML_QUANT_SIZES[qt]
             except (ValueError, KeyError):
                 raise UnsupportedFormatError(
-                    f"{path}: tensor {name[:80]!r} has unknown GGML type {ttype}"
+                    f"{path}: tensor {name[:80].decode('utf-8', 'replace')!r} has unknown GGML type {ttype}"
                 ) from None
-            if dims[0] % block:
+            if dims and dims[0] % block:
                 raise CorruptFileError(
-                    f"{path}: tensor {name[:80]!r} rows of {dims[0]} are not whole {qt.name} blocks"
+                    f"{path}: tensor {name[:80].decode('utf-8', 'replace')!r} rows of {dims[0]} are not whole {qt.name} blocks"
                 )
             nbytes = math.prod(dims) // block * tsize
             if nbytes > size:
                 raise CorruptFileError(
-                    f"{path}: tensor {name[:80]!r} of shape {dims} needs {nbytes} bytes, more than the file holds"
+                    f"{path}: tensor {name[:80].decode('utf-8', 'replace')!r} of shape {dims} needs {nbytes} bytes, more than the file holds"
                 )
             tensors.append((name.decode("utf-8", "replace"), offset, nbytes))
         data_start = c.pos + (-c.pos % alignment)
         for name, offset, nbytes in tensors:
             if data_start + offset + nbytes > size:
                 raise CorruptFileError(
-                    f"{path}: tensor {name[:80]!r} lies past the end of the file (truncated)",
+                    f"{path}: tensor {name[:80].decode('utf-8', 'replace')!r} lies past the end of the file (truncated)",
                     hint="re-download the file",
                 )
     return {"version": version, "n_tensors": n_tensors, "n_kv": n_kv, "alignment": alignment}
