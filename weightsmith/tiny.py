@@ -123,7 +123,9 @@ def save_fixture(fx: Fixture, folder: str | Path, seed: int = 0) -> Path:
             base.with_suffix(".pt"), _specs(state), _items(state), overwrite=True, wrap=wrap
         )
     if fx.container == "sat":
-        return write_sat(base, _specs(state), _items(state), overwrite=True)
+        # As `convert --to sat` writes it: with the Diffusers config beside the weights, since a
+        # tiny 2B and 5B differ in no weight.
+        return write_sat(base, _specs(state), _items(state), overwrite=True, diffusers_config=config)
     if fx.container == "gguf":
         return _write_gguf_fixture(base.with_suffix(".gguf"), state, GGUF_ARCH[fx.family])
     raise ValueError(f"unknown container {fx.container}")

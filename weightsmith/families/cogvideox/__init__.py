@@ -6,7 +6,6 @@ this package registers both components (``cogvideox/transformer`` and ``cogvideo
 
 from weightsmith.families.cogvideox.transformer import (
     CogVideoXTransformer,
-    sincos_3d_table,
     tiny_transformer_config,
 )
 from weightsmith.families.cogvideox.vae import CogVideoXVAE, tiny_vae_config
@@ -14,7 +13,6 @@ from weightsmith.families.cogvideox.vae import CogVideoXVAE, tiny_vae_config
 __all__ = [
     "CogVideoXTransformer",
     "CogVideoXVAE",
-    "sincos_3d_table",
     "tiny_transformer_config",
     "tiny_vae_config",
 ]

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
 
-from weightsmith.convert.ops import Derive, Drop, Fuse, Op, Regroup, Rename, Spec, Split
+from weightsmith.convert.ops import Drop, Fuse, Op, Regroup, Rename, Spec, Split
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.base import (
     DIFFUSION_PREFIX,
@@ -364,13 +363,6 @@ def _transformer_facts(
         facts["positional"] = "sincos" if hidden == 1920 else "rope"
         notes.append(f"2B vs 5B told from the hidden size {hidden} of the released models")
         return ("2b" if hidden == 1920 else "5b"), facts, notes
-    if layout == SAT:
-        # SAT's 2B keeps its sincos table as a parameter in the state dict (weightsmith writes it);
-        # the RoPE 5B has no positional weights at all. (The released 2B file may lack the table,
-        # hence the hidden-size rule above comes first.)
-        facts["positional"] = "rope"
-        notes.append("no positional table in a SAT 1.0 T2V checkpoint: the RoPE (5B) design")
-        return "5b", facts, notes
     notes.append(
         "the weights cannot tell CogVideoX-2B (sincos positions) from 5B (RoPE) in this layout; "
         "pass the Diffusers config (use_rotary_positional_embeddings)"
@@ -380,54 +372,6 @@ def _transformer_facts(
 
 # --------------------------------------------------------------------------------------------
 # The 2B's sincos positional table, as SAT computes it
-# --------------------------------------------------------------------------------------------
-
-
-def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
-    """[len(positions), dim]: sin of position*freq in the first half, cos in the second (float64)."""
-    freqs = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
-    freqs = 1.0 / 10000**freqs
-    angles = torch.outer(positions.to(torch.float64), freqs)
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
-
-
-def sincos_3d_table(
-    hidden: int,
-    frames: int,
-    height: int,
-    width: int,
-    text_length: int,
-    spatial_scale: float = 1.875,
-    temporal_scale: float = 1.0,
-) -> torch.Tensor:
-    """SAT's ``Basic3DPositionEmbeddingMixin`` table, [1, text_length + frames*height*width, hidden], float64.
-
-    Rows for the text tokens are zero. Each video token (frame-major, then row-major within a
-    frame) gets hidden/4 temporal channels followed by 3*hidden/4 spatial ones; the spatial half
-    is x (column) first, then y (row). Positions are float32 ``arange / scale`` and the
-    frequencies float64 ``1 / 10000**(k / (d/2))``, as in SAT's numpy code (and Diffusers'
-    ``get_3d_sincos_pos_embed``, which reproduces it).
-    """
-    if hidden % 16:
-        raise ConversionError(f"hidden size {hidden} is not a multiple of 16, so no 3D sincos table fits it")
-    d_t = hidden // 4
-    d_s = hidden - d_t
-    ys = torch.arange(height, dtype=torch.float32) / spatial_scale
-    xs = torch.arange(width, dtype=torch.float32) / spatial_scale
-    x_pos = xs.repeat(height)
-    y_pos = ys.repeat_interleave(width)
-    spatial = torch.cat([_sincos_1d(d_s // 2, x_pos), _sincos_1d(d_s // 2, y_pos)], dim=1)
-    ts = torch.arange(frames, dtype=torch.float32) / temporal_scale
-    temporal = _sincos_1d(d_t, ts)
-    n = height * width
-    video = torch.cat(
-        [temporal[:, None, :].expand(frames, n, d_t), spatial[None, :, :].expand(frames, n, d_s)], dim=-1
-    ).reshape(frames * n, hidden)
-    table = torch.zeros(1, text_length + frames * n, hidden, dtype=torch.float64)
-    table[0, text_length:] = video
-    return table
-
-
 def _grid_settings(
     generation: str | None, facts: Mapping[str, Any], config: Mapping[str, Any] | None
 ) -> dict[str, Any]:
@@ -472,28 +416,6 @@ def _grid_from_rows(
         "sample_frames": frames,
         "max_text_seq_length": text,
     }
-
-
-def _make_sat_sincos(
-    hidden: int, settings: Mapping[str, Any], patch: int
-) -> tuple[tuple[int, ...], Callable[[], torch.Tensor]]:
-    """Shape and deferred maker of the 2B table for these grid settings (data only when the stream runs)."""
-    frames = (int(settings["sample_frames"]) - 1) // int(settings["temporal_compression_ratio"]) + 1
-    h = int(settings["sample_height"]) // patch
-    w = int(settings["sample_width"]) // patch
-    text = int(settings["max_text_seq_length"])
-    shape = (1, text + frames * h * w, hidden)
-    make = partial(
-        sincos_3d_table,
-        hidden,
-        frames,
-        h,
-        w,
-        text,
-        float(settings["spatial_interpolation_scale"]),
-        float(settings["temporal_interpolation_scale"]),
-    )
-    return shape, make
 
 
 @register
@@ -666,43 +588,11 @@ class CogVideoXTransformer(Component):
                     "CogVideoX-2B's fixed sincos table; Diffusers recomputes it as a non-persistent buffer",
                 )
             ]
-        if target != SAT:
-            return []
-        facts = detection.facts
-        if (
-            variant is None
-            and facts.get("generation") == "1.0"
-            and facts.get("in_channels") == facts.get("out_channels")
-        ):
-            raise ConversionError(
-                "cannot tell CogVideoX-2B from 5B, so it is unknown whether SAT needs the sincos table",
-                hint="pass the Diffusers config.json (use_rotary_positional_embeddings) with the checkpoint",
-            )
-        if variant != "2b":
-            return []
-        # Derived: SAT's 2B stores Basic3DPositionEmbeddingMixin.pos_embedding, a fixed table that
-        # Diffusers never saves. We compute it as SAT's reinit() does: hidden size from
-        # patch_embed.text_proj rows, patch size from the Conv2d kernel; sample height/width/frames,
-        # max_text_seq_length, temporal_compression_ratio and the interpolation scales from the
-        # plan's config, else the detection's config, else the released 2B values (60x90 latents,
-        # 49 frames -> 13 latent frames, 226 text tokens, scale 1.875 spatial / 1.0 temporal). Text
-        # rows are zero. dtype follows the model's own weights. The official SAT->Diffusers converter
-        # has no rule that consumes this key (layouts.md 2.3; test_sat_output_matches_official_converter).
-        hidden = int(facts["hidden_size"])
-        patch = int(facts["patch_size"])
-        settings = _grid_settings(facts.get("generation"), facts, options.config)
-        shape, make = _make_sat_sincos(hidden, settings, patch)
-        dtype_key = detection.prefix + _T_NAMES[detection.layout]["text_proj"]
-        dtype = infos[dtype_key].dtype if dtype_key in infos else torch.float32
-        return [
-            Derive(
-                outs[0],
-                shape,
-                dtype,
-                make,
-                reason="CogVideoX-2B sincos table SAT keeps in its state dict, computed from the grid",
-            )
-        ]
+        # Diffusers -> SAT: nothing is derived. SAT's 2B builds its sincos table in reinit() and
+        # loads with strict=False, while the official SAT -> Diffusers converter keeps any table it
+        # finds (rule 17 renames it to patch_embed.pos_embedding) and then loads strictly, which a
+        # 2B model refuses. Leaving it out is what makes our SAT output convert back exactly.
+        return []
 
     # ---------------------------------------------------------------- config
     def diffusers_config(self, detection: Detection, infos: Mapping[str, TensorInfo]) -> dict[str, Any]:
