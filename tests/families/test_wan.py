@@ -177,18 +177,23 @@ def test_original_names_follow_wan():
 # -- diffusers' own converter reads what we write ------------------------------------------
 
 
-def from_single_file(cls, sd, tmp_path, model):
+def from_single_file(cls, sd, tmp_path, model, **kwargs):
     path = tmp_path / "single.safetensors"
     save_file(sd, str(path))
     model.save_pretrained(tmp_path / "config")
-    return cls.from_single_file(str(path), config=str(tmp_path / "config"), local_files_only=True).eval()
+    return cls.from_single_file(
+        str(path), config=str(tmp_path / "config"), local_files_only=True, **kwargs
+    ).eval()
 
 
 @pytest.mark.parametrize("variant", T.variants)
 def test_transformer_original_loads_in_diffusers(variant, tmp_path):
     model = tiny("transformer", variant)
     _, orig = convert(T, state("transformer", variant), "original", model.config, "model.diffusion_model.")
-    loaded = from_single_file(T.model_class(variant), orig, tmp_path, model)
+    # FLF2V: diffusers leaves the tensor it cannot map unloaded; with accelerate installed that
+    # means a meta tensor, so load eagerly to compare the rest.
+    eager = {"low_cpu_mem_usage": False} if variant == "2.1-flf2v" else {}
+    loaded = from_single_file(T.model_class(variant), orig, tmp_path, model, **eager)
     want = dict(model.state_dict())
     got = dict(loaded.state_dict())
     if variant == "2.1-flf2v":
