@@ -1,0 +1,219 @@
+"""Module names of each family's native layout, tied to Diffusers module names, from the families' own maps.
+
+A LoRA names modules, not tensors. Rather than keep a second table per family, the names here
+are derived from the family modules:
+
+* Wan: the whole-key template table ``weightsmith.families.wan.transformer.KEYMAP`` is read with
+  ``.weight`` appended to a module name (and stripped again); musubi-tuner's
+  ``blocks_0_self_attn_q`` names are the same templates with dots written as underscores.
+* CogVideoX: the family's own SAT -> Diffusers plan, run on a synthetic checkpoint (a
+  meta-device ``CogVideoXTransformer3DModel`` with the LoRA's layer count, converted to SAT names
+  by the family's reverse plan). Each ``.weight`` op of that plan is one ``Link``: a Rename, or a
+  one-input Regroup that cuts the SAT rows into Diffusers modules (qkv -> to_q/to_k/to_v,
+  adaLN -> norm1/norm2). The same op applied to a LoRA's ``up`` rows maps a LoRA on the fused
+  SAT module. Any layer count works: nothing counts keys.
+* Sana has no native LoRA format; its Diffusers module names (for telling families apart) come
+  from a meta-device ``SanaTransformer2DModel``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from weightsmith.convert.ops import Op, Regroup, Rename, Spec
+from weightsmith.families.base import DIFFUSION_PREFIX
+from weightsmith.families.wan.keys import KeyMap
+from weightsmith.families.wan.transformer import KEYMAP as WAN_KEYMAP
+from weightsmith.io.base import TensorInfo, infos_from_state_dict
+
+FAMILIES = ("wan", "cogvideox", "sana")
+_W = ".weight"
+
+
+# ------------------------------------------------------------------------------------------- Wan
+def wan_to_diffusers(native: str) -> tuple[str, bool] | None:
+    """Diffusers name of a Wan original module (or parameter, flagged True), or None if Wan has none."""
+    key = WAN_KEYMAP.a_to_b(native + _W)
+    if key is not None and key.endswith(_W):
+        return key[: -len(_W)], False
+    key = WAN_KEYMAP.a_to_b(native)
+    if key is not None and not key.endswith((_W, ".bias")):
+        return key, True
+    return None
+
+
+def wan_from_diffusers(module: str, param: bool = False) -> str | None:
+    """Wan original name of a Diffusers module (or parameter), or None."""
+    if param:
+        return WAN_KEYMAP.b_to_a(module)
+    key = WAN_KEYMAP.b_to_a(module + _W)
+    return key[: -len(_W)] if key is not None else None
+
+
+@lru_cache(maxsize=1)
+def _musubi_map() -> KeyMap:
+    pairs = []
+    for native, _ in WAN_KEYMAP.pairs:
+        tpl = native[: -len(".{p}")] if native.endswith(".{p}") else native
+        pairs.append((tpl.replace(".", "_"), tpl))
+    return KeyMap(pairs)
+
+
+def musubi_to_native(name: str) -> str | None:
+    """Wan original module for a musubi-tuner name (``blocks_0_self_attn_q`` -> ``blocks.0.self_attn.q``)."""
+    return _musubi_map().a_to_b(name)
+
+
+# ------------------------------------------------------------------------------------- CogVideoX
+@dataclass(frozen=True)
+class Link:
+    """One native (SAT) module and the Diffusers module(s) its weight becomes, with the family's op."""
+
+    native: str
+    diffusers: tuple[str, ...]
+    op: Op
+
+    @property
+    def partitions_match(self) -> bool:
+        """Whether Diffusers module i is exactly row block i of the native weight (qkv), so that a
+        native LoRA with one partition per output maps partition i to module i."""
+        if isinstance(self.op, Rename):
+            return True
+        if isinstance(self.op, Regroup) and len(self.op.srcs) == 1:
+            n = len(self.diffusers)
+            return (
+                self.op.chunks == (n,)
+                and self.op.assign == tuple((i,) for i in range(n))
+                and self.op.dim == 0
+            )
+        return False
+
+    def rows_to_diffusers(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """Cut a tensor whose rows are the native module's output rows into the Diffusers modules' rows."""
+        if isinstance(self.op, Rename):
+            return [t]
+        return self.op.apply([t])
+
+
+@dataclass(frozen=True)
+class CogVideoXNames:
+    """SAT <-> Diffusers module links of a CogVideoX DiT with ``num_layers`` blocks."""
+
+    num_layers: int
+    by_native: dict[str, Link]
+    by_diffusers: dict[str, tuple[Link, int]]
+
+
+_COG_VARIANT = "1.5-5b-i2v"  # the variant with every Linear a CogVideoX DiT can have (ofs embedding too)
+SAT_PREFIX = DIFFUSION_PREFIX  # SAT keys sit under model.diffusion_model.
+
+
+def _meta_state(cls: type, config: dict) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        model = cls(**config)
+    return dict(model.state_dict())
+
+
+@lru_cache(maxsize=8)
+def cogvideox_names(num_layers: int) -> CogVideoXNames:
+    """Links for ``num_layers`` blocks, read off the CogVideoX family's own plans (no table here)."""
+    import diffusers
+
+    from weightsmith.families import PlanOptions, get_component
+    from weightsmith.families.cogvideox import tiny_transformer_config
+
+    comp = get_component("cogvideox", "transformer")
+    config = {**tiny_transformer_config(_COG_VARIANT), "num_layers": max(1, num_layers)}
+    infos = infos_from_state_dict(_meta_state(diffusers.CogVideoXTransformer3DModel, config))
+    det = comp.detect(infos, config)
+    assert det is not None, "the CogVideoX family no longer recognises its own model"
+    options = PlanOptions(config=config)
+    sat: dict[str, TensorInfo] = {}
+    for op in comp.plan(det, infos, "sat", options):
+        ins = [Spec(k, infos[k].shape, infos[k].dtype) for k in op.inputs]
+        for s in op.out_specs(ins):
+            sat[s.name] = TensorInfo(s.name, s.shape, s.dtype, "F32", 0)
+    sat_det = comp.detect(sat, config)
+    assert sat_det is not None and sat_det.layout == "sat"
+    by_native: dict[str, Link] = {}
+    by_diff: dict[str, tuple[Link, int]] = {}
+    for op in comp.plan(sat_det, sat, "diffusers", options):
+        if len(op.inputs) != 1 or not op.inputs[0].endswith(_W) or not op.outputs:
+            continue
+        if not all(o.endswith(_W) for o in op.outputs):
+            continue
+        native = op.inputs[0].removeprefix(sat_det.prefix)[: -len(_W)]
+        link = Link(native, tuple(o[: -len(_W)] for o in op.outputs), op)
+        by_native[native] = link
+        for i, d in enumerate(link.diffusers):
+            by_diff[d] = (link, i)
+    return CogVideoXNames(num_layers, by_native, by_diff)
+
+
+_COG_BLOCK = re.compile(r"(?:transformer\.layers|mixins\.adaln_layer\.\w+)\.(\d+)\.")
+_DIFF_BLOCK = re.compile(r"(?:transformer_blocks|blocks|vace_blocks)\.(\d+)\.")
+
+
+def layers_needed(names: Iterable[str], native: bool = False) -> int:
+    """1 + the highest block index the names mention (0 when none do)."""
+    rx = _COG_BLOCK if native else _DIFF_BLOCK
+    top = -1
+    for n in names:
+        m = rx.match(n)
+        if m:
+            top = max(top, int(m.group(1)))
+    return top + 1
+
+
+# ------------------------------------------------------------------------------------------ Sana
+@lru_cache(maxsize=8)
+def sana_modules(num_layers: int) -> frozenset[str]:
+    """Module names (holders of .weight/.bias) of a Sana transformer with every optional part."""
+    import diffusers
+
+    from weightsmith.families import get_component
+
+    comp = get_component("sana", "transformer")
+    config = {**comp.tiny_config("sprint"), "num_layers": max(1, num_layers)}  # type: ignore[attr-defined]
+    state = _meta_state(diffusers.SanaTransformer2DModel, config)
+    return frozenset(k.rsplit(".", 1)[0] for k in state if k.endswith((_W, ".bias")))
+
+
+# ----------------------------------------------------------------------------- family of names
+def diffusers_families(modules: Iterable[str]) -> list[str]:
+    """Families whose Diffusers transformer has every one of these modules (possibly several)."""
+    mods = sorted(set(modules))
+    if not mods:
+        return []
+    n = layers_needed(mods)
+    found = []
+    if all(wan_from_diffusers(m) is not None for m in mods):
+        found.append("wan")
+    if not found or any(m.startswith("transformer_blocks.") for m in mods):
+        cog = cogvideox_names(max(n, 1)).by_diffusers
+        if all(m in cog for m in mods):
+            found.append("cogvideox")
+        sana = sana_modules(max(n, 1))
+        if all(m in sana for m in mods):
+            found.append("sana")
+    return found
+
+
+def unknown_diffusers_modules(family: str, modules: Iterable[str]) -> list[str]:
+    """The modules a family's Diffusers transformer does not have."""
+    mods = sorted(set(modules))
+    n = max(layers_needed(mods), 1)
+    if family == "wan":
+        return [m for m in mods if wan_from_diffusers(m) is None]
+    if family == "cogvideox":
+        cog = cogvideox_names(n).by_diffusers
+        return [m for m in mods if m not in cog]
+    if family == "sana":
+        sana = sana_modules(n)
+        return [m for m in mods if m not in sana]
+    return mods

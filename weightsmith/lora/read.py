@@ -1,0 +1,394 @@
+"""Reading a LoRA file and telling its family and format from its key names.
+
+Formats read (``Lora.format``):
+
+* ``diffusers``: PEFT keys ``transformer.<module>.lora_A.weight`` / ``lora_B.weight`` (optional
+  ``lora_B.bias``), Diffusers module names, for Wan, CogVideoX and Sana. Alphas come from the
+  ``lora_adapter_metadata`` Diffusers stores in the safetensors header (``lora_alpha``,
+  ``alpha_pattern``, ``use_rslora``); without it the scale is 1, as Diffusers assumes.
+* ``wan-original``: ComfyUI / Wan names ``diffusion_model.blocks.0.self_attn.q.lora_down.weight``
+  (or ``lora_A``/``lora_B``; prefix ``diffusion_model.``, ``model.diffusion_model.`` or none) with
+  optional ``.alpha``, ``.diff`` (full weight delta) and ``.diff_b`` (bias delta).
+* ``wan-musubi``: musubi-tuner's ``lora_unet_blocks_0_self_attn_q.lora_down.weight`` + ``.alpha``.
+* ``cogvideox-sat``: SwissArmyTransformer LoRA keys
+  ``model.diffusion_model.transformer.layers.N.attention.query_key_value.matrix_A.{0,1,2}`` /
+  ``matrix_B.*`` and ``attention.dense.matrix_A.0``, alone or inside a whole LoRA-trained SAT
+  checkpoint (its other tensors are ignored). SAT scales by ``lora_alpha / r`` with
+  ``lora_alpha`` 1 by default (``sat_alpha``).
+
+Pickles are read through ``weightsmith.io`` (weights_only, never executed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from weightsmith.errors import ConversionError, InputError, UsageError
+from weightsmith.io import PipelineCheckpoint, open_checkpoint
+from weightsmith.lora.model import Lora, LoraModule, fold, name_some
+from weightsmith.lora.names import (
+    FAMILIES,
+    SAT_PREFIX,
+    cogvideox_names,
+    diffusers_families,
+    layers_needed,
+    musubi_to_native,
+    unknown_diffusers_modules,
+    wan_to_diffusers,
+)
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what Diffusers' save_lora_weights writes
+METADATA_KEY = "lora_adapter_metadata"  # Diffusers' safetensors metadata key for the LoraConfig
+FORMATS = ("diffusers", "wan-original", "wan-musubi", "cogvideox-sat")
+
+# Key suffix -> role. Both naming schemes: kohya/ComfyUI (lora_down/lora_up) and PEFT (lora_A/lora_B).
+_ROLES: tuple[tuple[str, str], ...] = (
+    (".lora_down.weight", "down"),
+    (".lora_A.weight", "down"),
+    (".lora_up.weight", "up"),
+    (".lora_B.weight", "up"),
+    (".lora_B.bias", "peft_bias"),
+    (".lora_up.bias", "peft_bias"),
+    (".diff_b", "bias"),
+    (".diff", "diff"),
+    (".alpha", "alpha"),
+)
+_DORA = (".dora_scale", ".lora_magnitude_vector")
+_SAT_KEY = re.compile(r"(?P<module>.+)\.matrix_(?P<ab>[AB])\.(?P<part>\d+)")
+_MUSUBI = "lora_unet_"
+# Keys of other pipeline components a transformer LoRA file may carry; left out with a note.
+_FOREIGN = ("text_encoder.", "text_encoder_2.", "lora_te_", "lora_te1_", "lora_te2_")
+_NATIVE_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+_PREFIXES = (*_NATIVE_PREFIXES, "transformer.", "base_model.model.", "")
+
+
+def read_lora(path: str | Path, family: str | None = None, *, sat_alpha: float = 1.0) -> Lora:
+    """Read and check a LoRA file (or a folder holding ``pytorch_lora_weights.safetensors``).
+
+    ``family`` insists on a family (and settles CogVideoX vs Sana when only attention modules are
+    named); ``sat_alpha`` is the ``lora_alpha`` a SAT LoRA was trained with.
+    """
+    state, metadata = load_state(path)
+    return lora_from_state_dict(state, metadata, family=family, sat_alpha=sat_alpha, source=str(path))
+
+
+def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """All tensors of a LoRA file and its container metadata (LoRAs are small: read whole)."""
+    p = Path(path)
+    if p.is_dir() and (p / LORA_WEIGHT_NAME).is_file():
+        p = p / LORA_WEIGHT_NAME
+    ck = open_checkpoint(p)
+    if isinstance(ck, PipelineCheckpoint):
+        ck.close()
+        raise InputError(
+            f"{path} is a Diffusers pipeline folder, not a LoRA",
+            hint=f"point at the LoRA file or the folder holding {LORA_WEIGHT_NAME}",
+        )
+    try:
+        state = {k: ck.get(k) for k in ck}
+        return state, dict(ck.metadata)
+    finally:
+        ck.close()
+
+
+def lora_from_state_dict(
+    state: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    family: str | None = None,
+    sat_alpha: float = 1.0,
+    source: str = "",
+) -> Lora:
+    """Detect the format and family of LoRA keys and turn them into Diffusers-named entries."""
+    if family is not None and family not in FAMILIES:
+        raise UsageError(f"unknown family {family!r}", hint=f"choose one of {', '.join(FAMILIES)}")
+    src = source or "LoRA"
+    if not state:
+        raise InputError(f"{src} holds no tensors", hint="check the file")
+    foreign = [k for k in state if k.startswith(_FOREIGN)]
+    own = {k: v for k, v in state.items() if k not in set(foreign)}
+    if not own:
+        raise InputError(
+            f"{src} holds only text-encoder LoRA keys", hint="weightsmith handles transformer LoRAs"
+        )
+    dora = [k for k in own if k.endswith(_DORA)]
+    if dora:
+        raise ConversionError(
+            f"{src} is a DoRA (keys such as {name_some(dora, 2)}); DoRA is not supported",
+            hint="use a plain LoRA, or merge the DoRA into the base with the tool that trained it",
+        )
+    if any(_SAT_KEY.fullmatch(k) for k in own):
+        lora = _read_sat(own, family, sat_alpha, src)
+    elif any(k.startswith(_MUSUBI) for k in own):
+        lora = _read_musubi(own, family, src)
+    else:
+        lora = _read_dotted(own, metadata or {}, family, src)
+    if foreign:
+        lora.notes.append(f"left out {len(foreign)} text-encoder keys (e.g. {foreign[0]!r})")
+    lora.check()
+    lora.modules.sort(key=lambda m: m.module)
+    return lora
+
+
+# ------------------------------------------------------------------------------------- grouping
+def _split_role(rest: str) -> tuple[str, str] | None:
+    for suffix, role in _ROLES:
+        if rest.endswith(suffix) and len(rest) > len(suffix):
+            return rest[: -len(suffix)], role
+    return None
+
+
+def _group(
+    keys: Mapping[str, torch.Tensor], name_of: Callable[[str], str | None]
+) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """{module: {role: tensor}} for keys whose stripped name ``name_of`` gives; the rest are unknown."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    unknown = []
+    for key, t in keys.items():
+        rest = name_of(key)
+        split = _split_role(rest) if rest is not None else None
+        if split is None:
+            unknown.append(key)
+            continue
+        module, role = split
+        slot = groups.setdefault(module, {})
+        if role in slot:
+            raise ConversionError(f"LoRA module {module!r} has two {role} tensors (e.g. {key!r})")
+        slot[role] = t
+    return groups, unknown
+
+
+def _alpha_value(t: torch.Tensor, key: str) -> float:
+    if t.numel() != 1:
+        raise ConversionError(
+            f"alpha {key!r} has {t.numel()} values, expected one", hint="the file is corrupt"
+        )
+    return float(t.reshape(()).item())
+
+
+def _entry(
+    module: str, parts: Mapping[str, torch.Tensor], alpha: float | None, param: bool = False
+) -> LoraModule:
+    if "alpha" in parts:
+        alpha = _alpha_value(parts["alpha"], module + ".alpha")
+    bias = parts.get("bias")
+    down = parts.get("down")
+    if "peft_bias" in parts:
+        if bias is not None:
+            raise ConversionError(f"LoRA module {module!r} has both a diff_b and a lora_B.bias")
+        # PEFT multiplies lora_B.bias by alpha/rank like the product; a diff_b is added as it is.
+        bias = parts["peft_bias"]
+        if alpha is not None and down is not None:
+            bias = fold(bias, alpha / down.shape[0])
+    return LoraModule(
+        module=module,
+        down=down,
+        up=parts.get("up"),
+        alpha=alpha,
+        bias=bias,
+        diff=parts.get("diff"),
+        param=param,
+    )
+
+
+def _refuse_unknown(src: str, unknown: list[str], what: str) -> None:
+    if unknown:
+        raise ConversionError(
+            f"{src}: {len(unknown)} key(s) are not {what}: {name_some(unknown)}",
+            hint="check that this is a LoRA for a CogVideoX, Wan or Sana transformer",
+        )
+
+
+def _wrong_family(src: str, found: str, fmt: str, asked: str) -> ConversionError:
+    return ConversionError(
+        f"{src} is a {found} LoRA ({fmt} format), not a {asked} one",
+        hint=f"use a {asked} LoRA, or drop --family / use a {found} base",
+    )
+
+
+# ----------------------------------------------------------------------------- native Wan names
+def _native_wan(groups: dict[str, dict[str, torch.Tensor]], fmt: str, family: str | None, src: str) -> Lora:
+    if family not in (None, "wan"):
+        raise _wrong_family(src, "wan", fmt, family)
+    modules = []
+    for native, parts in groups.items():
+        mapped = wan_to_diffusers(native)
+        assert mapped is not None
+        modules.append(_entry(mapped[0], parts, None, mapped[1]))
+    return Lora("wan", fmt, modules, src)
+
+
+def _read_musubi(state: Mapping[str, torch.Tensor], family: str | None, src: str) -> Lora:
+    def name_of(key: str) -> str | None:
+        if not key.startswith(_MUSUBI):
+            return None
+        name, dot, role = key[len(_MUSUBI) :].partition(".")
+        native = musubi_to_native(name)
+        return None if native is None or not dot else f"{native}.{role}"
+
+    groups, unknown = _group(state, name_of)
+    _refuse_unknown(src, unknown, "musubi-tuner Wan LoRA keys")
+    return _native_wan(groups, "wan-musubi", family, src)
+
+
+# ------------------------------------------------------------------------ dotted names, any family
+def _read_dotted(
+    state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any], family: str | None, src: str
+) -> Lora:
+    prefix = next(p for p in _PREFIXES if all(k.startswith(p) for k in state))
+    groups, unknown = _group(state, lambda k: k[len(prefix) :])
+    _refuse_unknown(src, unknown, "LoRA keys (lora_A/lora_B, lora_down/lora_up, alpha, diff, diff_b)")
+    modules = list(groups)
+    native_ok = all(wan_to_diffusers(m) is not None for m in modules)
+    fams = [] if (native_ok and prefix in _NATIVE_PREFIXES) else diffusers_families(modules)
+    if native_ok and (prefix != "transformer." or not fams):
+        return _native_wan(groups, "wan-original", family, src)
+    if not fams:
+        if family is not None:
+            bad = unknown_diffusers_modules(family, modules)
+            raise ConversionError(
+                f"{src}: {len(bad)} LoRA module(s) are not part of a {family} transformer: {name_some(bad)}",
+                hint="the LoRA is for another family or model; check it matches the base",
+            )
+        bad = [m for m in modules if wan_to_diffusers(m) is None and not diffusers_families([m])]
+        if bad:
+            raise ConversionError(
+                f"{src}: {len(bad)} LoRA module(s) belong to no CogVideoX, Wan or Sana transformer: "
+                f"{name_some(bad)}",
+                hint="the LoRA is for another model",
+            )
+        raise ConversionError(
+            f"{src}: the LoRA's module names mix families (e.g. {name_some(modules, 3)})",
+            hint="check the file; pass --family to see which names do not fit",
+        )
+    if family is not None and family not in fams:
+        bad = unknown_diffusers_modules(family, modules)
+        raise ConversionError(
+            f"{src}: {len(bad)} LoRA module(s) are not part of a {family} transformer: {name_some(bad)}",
+            hint=f"this looks like a {' or '.join(fams)} LoRA; check it matches the base",
+        )
+    alpha_of = _peft_alphas(metadata, src)
+    entries = []
+    for module, parts in groups.items():
+        rank = int(parts["down"].shape[0]) if "down" in parts else None
+        entries.append(_entry(module, parts, alpha_of(module, rank)))
+    chosen = family or (fams[0] if len(fams) == 1 else None)
+    lora = Lora(chosen, "diffusers", entries, src, candidates=tuple(fams))
+    if chosen is None:
+        lora.notes.append(f"module names fit {' and '.join(fams)}; pass --family to choose")
+    return lora
+
+
+def _pattern_value(patterns: Mapping[str, Any], module: str) -> Any:
+    """PEFT's rule for rank_pattern/alpha_pattern keys: a key matches a module name ending in it."""
+    for key, value in patterns.items():
+        try:
+            hit = re.match(rf"(.*\.)?({key})$", module) is not None
+        except re.error:
+            hit = module == key or module.endswith("." + key)
+        if hit:
+            return value
+    return None
+
+
+def _peft_alphas(metadata: Mapping[str, Any], src: str) -> Callable[[str, int | None], float | None]:
+    """Per-module alpha from Diffusers' stored LoraConfig, or a function giving None (scale 1)."""
+    raw = metadata.get(METADATA_KEY)
+    if not raw:
+        return lambda module, rank: None
+    try:
+        cfg = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except (json.JSONDecodeError, TypeError, ValueError):
+        raise ConversionError(
+            f"{src}: {METADATA_KEY} metadata is not valid JSON", hint="check the file"
+        ) from None
+    if not isinstance(cfg, dict):
+        raise ConversionError(f"{src}: {METADATA_KEY} metadata is not a JSON object")
+    if any(k.startswith("transformer.") for k in cfg):
+        cfg = {k[len("transformer.") :]: v for k, v in cfg.items() if k.startswith("transformer.")}
+    if cfg.get("use_dora"):
+        raise ConversionError(f"{src} is a DoRA (use_dora in its metadata); DoRA is not supported")
+    base_alpha = cfg.get("lora_alpha")
+    patterns = cfg.get("alpha_pattern") or {}
+    rslora = bool(cfg.get("use_rslora"))
+
+    def alpha_of(module: str, rank: int | None) -> float | None:
+        if rank is None:
+            return None
+        alpha = _pattern_value(patterns, module)
+        alpha = base_alpha if alpha is None else alpha
+        if not isinstance(alpha, (int, float)):
+            return None
+        # rsLoRA scales by alpha / sqrt(r); as an alpha over r that is alpha * sqrt(r).
+        eff = float(alpha) * math.sqrt(rank) if rslora else float(alpha)
+        return None if eff == rank else eff
+
+    return alpha_of
+
+
+# ----------------------------------------------------------------------------------- CogVideoX SAT
+def _read_sat(state: Mapping[str, torch.Tensor], family: str | None, sat_alpha: float, src: str) -> Lora:
+    if family not in (None, "cogvideox"):
+        raise _wrong_family(src, "cogvideox", "cogvideox-sat", family)
+    if not (sat_alpha > 0 and math.isfinite(sat_alpha)):
+        raise UsageError(f"SAT lora_alpha must be a positive number, got {sat_alpha}")
+    prefix = SAT_PREFIX
+    parts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    ignored = 0
+    for key, t in state.items():
+        m = _SAT_KEY.fullmatch(key.removeprefix(prefix))
+        if m is None:
+            ignored += 1  # a LoRA-trained SAT checkpoint keeps every base weight beside the LoRA
+            continue
+        slot = parts.setdefault(m["module"], {}).setdefault(int(m["part"]), {})
+        slot["down" if m["ab"] == "A" else "up"] = t
+    names = cogvideox_names(max(layers_needed(parts, native=True), 1))
+    unknown = sorted(n for n in parts if n not in names.by_native)
+    if unknown:
+        raise ConversionError(
+            f"{src}: {len(unknown)} SAT LoRA module(s) are not part of a CogVideoX transformer: "
+            f"{name_some(unknown)}",
+            hint="check that this is a CogVideoX SAT LoRA",
+        )
+    entries: list[LoraModule] = []
+    for native in sorted(parts):
+        link = names.by_native[native]
+        by_part = parts[native]
+        k = len(by_part)
+        if sorted(by_part) != list(range(k)):
+            raise ConversionError(
+                f"{src}: SAT LoRA module {native!r} has partitions {sorted(by_part)}, expected 0..{k - 1}"
+            )
+        for j, p in by_part.items():
+            if set(p) != {"down", "up"}:
+                lack = "matrix_B" if "up" not in p else "matrix_A"
+                raise ConversionError(f"{src}: SAT LoRA module {native!r} partition {j} has no {lack}")
+        n = len(link.diffusers)
+        if k == n and link.partitions_match:
+            for j, d in enumerate(link.diffusers):
+                entries.append(LoraModule(d, by_part[j]["down"], by_part[j]["up"], alpha=sat_alpha))
+        elif k == 1:
+            # One LoRA over the fused module: its up rows are cut as the base weight's rows are.
+            ups = link.rows_to_diffusers(by_part[0]["up"])
+            for d, up in zip(link.diffusers, ups):
+                entries.append(LoraModule(d, by_part[0]["down"], up.contiguous(), alpha=sat_alpha))
+        else:
+            raise ConversionError(
+                f"{src}: SAT LoRA module {native!r} has {k} partitions but maps to {n} Diffusers modules "
+                f"({', '.join(link.diffusers)})",
+                hint="expected one partition per module (qkv: 3) or a single partition",
+            )
+    lora = Lora("cogvideox", "cogvideox-sat", entries, src)
+    lora.notes.append(f"SAT scale lora_alpha/r with lora_alpha = {sat_alpha:g}")
+    if ignored:
+        lora.notes.append(
+            f"left out {ignored} non-LoRA tensors (base weights of a LoRA-trained SAT checkpoint)"
+        )
+    return lora

@@ -1,0 +1,271 @@
+"""Writing a LoRA's entries in a target format.
+
+* ``diffusers``: PEFT keys ``transformer.<module>.lora_A.weight`` / ``lora_B.weight`` (and
+  ``lora_B.bias`` for a bias delta), in ``pytorch_lora_weights.safetensors`` as Diffusers'
+  ``save_lora_weights`` names it. No alpha is stored: Diffusers then loads every module at
+  alpha == rank (scale 1), so a module's scale alpha/rank is folded into its ``lora_A`` (computed
+  in float32, stored in lora_A's dtype). A scale of exactly 1 leaves the tensors untouched, so a
+  PEFT -> original -> PEFT round trip is bit-identical.
+* ``original`` (Wan / ComfyUI): ``diffusion_model.<Wan module>.lora_down.weight`` /
+  ``lora_up.weight`` / ``.alpha`` (float32; the source's alpha, or the rank when it had none),
+  ``.diff_b`` and ``.diff``. Tensors are copied as they are.
+* ``sat`` (CogVideoX): ``model.diffusion_model.<SAT module>.matrix_A.i`` / ``matrix_B.i``, one
+  partition per Diffusers module of a fused SAT module (qkv: to_q, to_k, to_v), a missing one
+  zero-filled, ranks padded with zeros to the largest. SAT scales by ``sat_alpha / r``; each
+  entry's own scale is folded into its ``matrix_A`` (so SAT -> PEFT -> SAT with a power-of-two
+  rank is bit-identical).
+
+Full-weight diffs (``.diff``) and bias deltas without a low-rank pair have no PEFT or SAT key.
+A diff of a Linear weight goes to PEFT exactly as an identity-factor pair (``identity_factors``);
+all-zero diffs (what trainers store for norms) are dropped with a note; any other is refused
+unless ``drop_diffs`` (fusing into the base applies them all).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from weightsmith.errors import ConversionError, UsageError
+from weightsmith.io.writers import write_safetensors, write_sat, write_torch_file
+from weightsmith.lora.model import Lora, LoraModule, fold, name_some
+from weightsmith.lora.names import SAT_PREFIX, Link, cogvideox_names, layers_needed, wan_from_diffusers
+from weightsmith.lora.read import LORA_WEIGHT_NAME
+
+TARGETS = ("diffusers", "original", "sat")
+PEFT_PREFIX = "transformer."
+ORIGINAL_PREFIX = "diffusion_model."  # ComfyUI's LoRA prefix, which Diffusers' Wan converter expects
+
+
+def _is_zero(t: torch.Tensor | None) -> bool:
+    return t is not None and not bool(torch.count_nonzero(t))
+
+
+def identity_factors(diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(down, up) with ``up @ down == diff`` exactly: the diff on one side, an identity on the other.
+
+    The smaller side gets the identity (rank = min(out, in)); Diffusers' own Wan converter uses
+    the same idea for ``head.head.diff``. Multiplying by an identity is exact in floating point.
+    """
+    out_f, in_f = diff.shape
+    if out_f <= in_f:
+        return diff.contiguous(), torch.eye(out_f, dtype=diff.dtype)
+    return torch.eye(in_f, dtype=diff.dtype), diff.contiguous()
+
+
+def _strip_inexpressible(lora: Lora, what: str, drop_diffs: bool) -> tuple[list[LoraModule], list[str]]:
+    """Entries reduced to what ``what`` can hold; zero diffs dropped, others refused or dropped.
+
+    For PEFT, a full diff of a Linear weight (2-D) without a low-rank pair is written exactly as
+    an identity-factor LoRA (``identity_factors``), which also carries its bias delta.
+    """
+    notes: list[str] = []
+    zero, nonzero = [], []
+    out = []
+    carried = 0
+    peft = what != "SAT"
+    for m in lora.modules:
+        down, up, alpha, diff, bias = m.down, m.up, m.alpha, m.diff, m.bias
+        linear_diff = peft and down is None and diff is not None and diff.ndim == 2 and not m.param
+        if linear_diff and not (_is_zero(diff) and (bias is None or _is_zero(bias))):
+            down, up = identity_factors(diff)  # type: ignore[arg-type]
+            alpha, diff = None, None
+            carried += 1
+        if diff is not None:
+            (zero if _is_zero(diff) else nonzero).append(m.module + " (diff)")
+            diff = None
+        if bias is not None and (down is None or not peft):
+            (zero if _is_zero(bias) else nonzero).append(m.module + " (diff_b)")
+            bias = None
+        if down is not None or bias is not None:
+            out.append(LoraModule(m.module, down, up, alpha, bias, None, m.param))
+    if nonzero and not drop_diffs:
+        raise ConversionError(
+            f"{lora.source}: {len(nonzero)} full-weight or bias diff(s) cannot be written as a {what} LoRA: "
+            f"{name_some(nonzero)}",
+            hint="fuse the LoRA into the base instead (weightsmith convert --lora), or pass --drop-diffs",
+        )
+    if carried:
+        notes.append(
+            f"wrote {carried} full-weight diffs exactly as identity-factor LoRAs (rank min(out, in))"
+        )
+    if zero:
+        notes.append(f"left out {len(zero)} all-zero diffs (e.g. {sorted(zero)[0]}); they change nothing")
+    if nonzero:
+        notes.append(f"DROPPED {len(nonzero)} non-zero diffs (--drop-diffs), e.g. {sorted(nonzero)[0]}")
+    if not out:
+        raise ConversionError(f"{lora.source}: nothing left to write as a {what} LoRA", hint="check the file")
+    return out, notes
+
+
+# ------------------------------------------------------------------------------------ PEFT
+def peft_state_dict(lora: Lora, *, drop_diffs: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Diffusers PEFT keys for a LoRA of any family, alpha/rank folded into lora_A."""
+    modules, notes = _strip_inexpressible(lora, "Diffusers PEFT", drop_diffs)
+    sd: dict[str, torch.Tensor] = {}
+    folded = set()
+    for m in modules:
+        key = PEFT_PREFIX + m.module
+        if m.has_lowrank:
+            assert m.down is not None and m.up is not None
+            if m.scale != 1.0:
+                folded.add(m.scale)
+            sd[f"{key}.lora_A.weight"] = fold(m.down, m.scale)
+            sd[f"{key}.lora_B.weight"] = m.up.contiguous()
+        if m.bias is not None:
+            sd[f"{key}.lora_B.bias"] = m.bias.contiguous()
+    if folded:
+        notes.append(
+            "alpha/rank folded into lora_A (scale " + ", ".join(f"{s:g}" for s in sorted(folded)) + ")"
+        )
+    return sd, notes
+
+
+# ------------------------------------------------------------------------------- Wan original
+def original_state_dict(lora: Lora) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Wan original / ComfyUI keys (``diffusion_model.`` prefix), tensors unchanged."""
+    if lora.family != "wan":
+        raise UsageError(
+            f"the original LoRA format is Wan's; {lora.source} is a {lora.family or 'CogVideoX/Sana'} LoRA",
+            hint="use --to diffusers (or --to sat for CogVideoX)",
+        )
+    sd: dict[str, torch.Tensor] = {}
+    bad = []
+    for m in lora.modules:
+        native = wan_from_diffusers(m.module, m.param)
+        if native is None:
+            bad.append(m.module)
+            continue
+        key = ORIGINAL_PREFIX + native
+        if m.has_lowrank:
+            assert m.down is not None and m.up is not None
+            sd[f"{key}.lora_down.weight"] = m.down.contiguous()
+            sd[f"{key}.lora_up.weight"] = m.up.contiguous()
+            alpha = m.alpha if m.alpha is not None else float(m.down.shape[0])
+            sd[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+        if m.bias is not None:
+            sd[f"{key}.diff_b"] = m.bias.contiguous()
+        if m.diff is not None:
+            sd[f"{key}.diff"] = m.diff.contiguous()
+    if bad:
+        raise ConversionError(f"{lora.source}: Wan has no original name for {name_some(bad)}")
+    notes = []
+    if any(m.alpha is None and m.has_lowrank for m in lora.modules):
+        notes.append("alpha written as the rank (scale 1), as the source stored no alpha")
+    return sd, notes
+
+
+# -------------------------------------------------------------------------------- CogVideoX SAT
+def sat_state_dict(
+    lora: Lora, *, sat_alpha: float = 1.0, drop_diffs: bool = False
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """SAT LoraMixin keys (``matrix_A.i`` / ``matrix_B.i``) for a CogVideoX LoRA."""
+    if lora.family not in ("cogvideox", None) or (lora.family is None and "cogvideox" not in lora.candidates):
+        raise UsageError(
+            f"the SAT LoRA format is CogVideoX's; {lora.source} is a {lora.family} LoRA",
+            hint="use --to diffusers (or --to original for Wan)",
+        )
+    if not sat_alpha > 0:
+        raise UsageError(f"SAT lora_alpha must be positive, got {sat_alpha}")
+    modules, notes = _strip_inexpressible(lora, "SAT", drop_diffs)
+    names = cogvideox_names(max(layers_needed(m.module for m in modules), 1))
+    grouped: dict[str, tuple[Link, dict[int, LoraModule]]] = {}
+    bad = []
+    for m in modules:
+        hit = names.by_diffusers.get(m.module)
+        if hit is None:
+            bad.append(m.module)
+            continue
+        link, i = hit
+        grouped.setdefault(link.native, (link, {}))[1][i] = m
+    if bad:
+        raise ConversionError(
+            f"{lora.source}: {len(bad)} module(s) have no SAT counterpart: {name_some(bad)}",
+            hint="the LoRA is not a CogVideoX transformer LoRA",
+        )
+    sd: dict[str, torch.Tensor] = {}
+    prefix = SAT_PREFIX
+    for native in sorted(grouped):
+        link, parts = grouped[native]
+        if len(link.diffusers) > 1 and not link.partitions_match:
+            raise ConversionError(
+                f"{lora.source}: SAT LoRA cannot express separate LoRAs on {', '.join(link.diffusers)} "
+                f"(one SAT module {native!r} whose rows are regrouped)",
+                hint="convert to diffusers instead, or fuse the LoRA into the base",
+            )
+        rank = max(int(m.down.shape[0]) for m in parts.values())  # type: ignore[union-attr]
+        sample = next(iter(parts.values()))
+        assert sample.down is not None and sample.up is not None
+        dtype = sample.down.dtype
+        for i in range(len(link.diffusers)):
+            m = parts.get(i)
+            if m is None:
+                a = torch.zeros((rank, *sample.down.shape[1:]), dtype=dtype)
+                b = torch.zeros((sample.up.shape[0], rank, *sample.up.shape[2:]), dtype=sample.up.dtype)
+            else:
+                assert m.down is not None and m.up is not None
+                # SAT multiplies by sat_alpha / rank; this entry wants m.scale.
+                a = _pad_rows(fold(m.down, m.scale * rank / sat_alpha), rank)
+                b = _pad_cols(m.up, rank)
+            sd[f"{prefix}{native}.matrix_A.{i}"] = a
+            sd[f"{prefix}{native}.matrix_B.{i}"] = b
+    if any(len(p) < len(link.diffusers) for link, p in grouped.values()):
+        notes.append("zero-filled the partitions of fused SAT modules that the LoRA does not touch")
+    notes.append(f"SAT scale lora_alpha/r with lora_alpha = {sat_alpha:g}; entry scales folded into matrix_A")
+    return sd, notes
+
+
+def _pad_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    if t.shape[0] == n:
+        return t.contiguous()
+    pad = torch.zeros((n - t.shape[0], *t.shape[1:]), dtype=t.dtype)
+    return torch.cat([t, pad], dim=0)
+
+
+def _pad_cols(t: torch.Tensor, n: int) -> torch.Tensor:
+    if t.shape[1] == n:
+        return t.contiguous()
+    pad = torch.zeros((t.shape[0], n - t.shape[1], *t.shape[2:]), dtype=t.dtype)
+    return torch.cat([t, pad], dim=1)
+
+
+# ------------------------------------------------------------------------------------ files
+def lora_output_path(dst: str | Path, target: str) -> Path:
+    """Where a LoRA goes: DST itself when it names a file, else DST/pytorch_lora_weights.safetensors (PEFT)."""
+    p = Path(dst)
+    if target == "diffusers" and p.suffix != ".safetensors":
+        return p / LORA_WEIGHT_NAME
+    return p
+
+
+def write_state(
+    sd: Mapping[str, torch.Tensor],
+    dst: str | Path,
+    target: str,
+    *,
+    overwrite: bool = False,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write LoRA tensors, sorted by key, atomically: safetensors, or for SAT a .pt / SAT folder."""
+    if target not in TARGETS:
+        raise UsageError(f"unknown LoRA format {target!r}", hint=f"choose one of {', '.join(TARGETS)}")
+    out = lora_output_path(dst, target)
+    names = sorted(sd)
+    specs = [(k, tuple(sd[k].shape), sd[k].dtype) for k in names]
+    items = ((k, sd[k].contiguous()) for k in names)
+    if out.suffix == ".safetensors":
+        folder = Path(dst)
+        if out.parent == folder and folder.parent.is_dir():
+            folder.mkdir(exist_ok=True)  # DST names the LoRA folder Diffusers loads from
+        return write_safetensors(out, specs, items, dict(metadata or {}), overwrite=overwrite)
+    if target != "sat":
+        raise UsageError(
+            f"{dst}: a {target} LoRA is written as .safetensors", hint="give DST ending in .safetensors"
+        )
+    if out.suffix in (".pt", ".pth"):
+        side = {"weightsmith": json.dumps(dict(metadata or {}), sort_keys=True)} if metadata else None
+        return write_torch_file(out, specs, items, overwrite, wrap="module", side=side)
+    return write_sat(out, specs, items, overwrite)
