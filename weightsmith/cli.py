@@ -10,6 +10,7 @@ import click
 
 from weightsmith import __version__
 from weightsmith.errors import WeightsmithError
+from weightsmith.lora.cli import lora_command, lora_options, resolve_lora_options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -87,6 +88,7 @@ def inspect(path: str, as_json: bool) -> None:
 @click.option(
     "--overwrite", is_flag=True, help="Replace DST if it exists (only once the new output is complete)."
 )
+@lora_options
 def convert(
     src: str,
     dst: str,
@@ -97,6 +99,8 @@ def convert(
     prefix: str,
     config: str | None,
     overwrite: bool,
+    lora: tuple[str, ...],
+    lora_scale: float,
 ) -> None:
     """Convert SRC into another layout, streaming tensor by tensor.
 
@@ -128,8 +132,78 @@ def convert(
         prefix=prefix,
         overwrite=overwrite,
         config=config,
+        loras=resolve_lora_options(lora, lora_scale),
     )
     for line in result.lines:
+        click.echo(line, err=True)
+    click.echo(str(result.dst))
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=str))
+@click.argument("dst", type=click.Path(path_type=str))
+@click.option(
+    "--scheme", required=True, help="e.g. gguf:Q4_K_M, gguf:Q8_0, gguf:F16 (see README for the table)."
+)
+@click.option(
+    "--imatrix",
+    type=click.Path(path_type=str),
+    help="llama.cpp imatrix file (GGUF or .dat) for the K/IQ types.",
+)
+@click.option("--keep", multiple=True, help="Glob of tensor names to keep unquantized (repeatable).")
+@click.option("--family", type=click.Choice(["cogvideox", "wan", "sana"]), help="Insist on this family.")
+@click.option(
+    "--device", default="auto", show_default=True, help="Where the kernels run: auto, cpu, cuda, cuda:N."
+)
+@click.option(
+    "--config", type=click.Path(path_type=str), help="Diffusers config.json for a source that has none."
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace DST if it exists (only once the new file is complete)."
+)
+def quantize(
+    src: str,
+    dst: str,
+    scheme: str,
+    imatrix: str | None,
+    keep: tuple[str, ...],
+    family: str | None,
+    device: str,
+    config: str | None,
+    overwrite: bool,
+) -> None:
+    """Quantize the transformer in SRC into DST with a named scheme.
+
+    \b
+    GGUF (--scheme gguf:TYPE): DST is one .gguf file with original-layout tensor names,
+    which ComfyUI-GGUF and diffusers' from_single_file load as it is (Wan's 5-D patch
+    embedding included). TYPE is a recipe: Q8_0 Q6_K Q5_K_M Q5_K_S Q5_1 Q5_0 Q4_K_M Q4_K_S
+    Q4_1 Q4_0 Q3_K_L Q3_K_M Q3_K_S Q2_K IQ4_NL IQ4_XS F16 BF16 F32. Kernels are torch,
+    byte-identical to ggml's reference quantizer, on CPU or GPU.
+
+    A per-layer table (type, SQNR in dB, bytes before and after) is printed and written
+    beside DST as DST.layers.json.
+
+    \b
+    Examples:
+      weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan2.1-t2v-14b-Q4_K_M.gguf --scheme gguf:Q4_K_M
+      weightsmith quantize wan.safetensors wan-Q3_K_M.gguf --scheme gguf:Q3_K_M --imatrix wan.imatrix.gguf
+    """
+    from weightsmith.quantize.schemes import find_scheme
+
+    fam = find_scheme(scheme)
+    result = fam.run(
+        src,
+        dst,
+        scheme,
+        imatrix=imatrix,
+        keep=keep,
+        family=family,
+        device=device,
+        overwrite=overwrite,
+        config=config,
+    )
+    for line in result.summary_lines():
         click.echo(line, err=True)
     click.echo(str(result.dst))
 
@@ -143,6 +217,9 @@ def demo(out: str) -> None:
     from weightsmith.demo import run_demo
 
     run_demo(out)
+
+
+cli.add_command(lora_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -164,3 +164,43 @@ def test_pipeline_folder_converts_every_component(tmp_path, run_cli):
     )
     assert r.code == 0, r.err
     _assert_same(pipe / "transformer", tmp_path / "back")
+
+
+def _wan_lora(path, seed=0, rank=2):
+    """A PEFT LoRA on every attention projection of the tiny Wan transformer."""
+    src = open_single(
+        save_fixture(Fixture("wan", "transformer", "2.1-t2v", "diffusers", "diffusers-folder"), path)
+    )
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for k in src.keys():
+        if ".attn1.to_" in k and k.endswith(".weight"):
+            out_f, in_f = src.info(k).shape
+            mod = k.removesuffix(".weight")
+            state[f"transformer.{mod}.lora_A.weight"] = torch.randn(rank, in_f, generator=g) * 0.1
+            state[f"transformer.{mod}.lora_B.weight"] = torch.randn(out_f, rank, generator=g) * 0.1
+    save_file(state, str(path / "lora.safetensors"))
+    return path / "lora.safetensors", state
+
+
+def test_lora_fused_while_converting(tmp_path, run_cli):
+    src = save_fixture(Fixture("wan", "transformer", "2.1-t2v", "diffusers", "diffusers-folder"), tmp_path)
+    lora, state = _wan_lora(tmp_path)
+    r = run_cli("convert", src, tmp_path / "fused", "--to", "diffusers", "--lora", f"{lora}:0.5")
+    assert r.code == 0, r.err
+    base, fused = open_single(src), open_single(tmp_path / "fused")
+    key = "blocks.0.attn1.to_q.weight"
+    delta = (
+        state["transformer.blocks.0.attn1.to_q.lora_B.weight"]
+        @ state["transformer.blocks.0.attn1.to_q.lora_A.weight"]
+    )
+    torch.testing.assert_close(fused.get(key), base.get(key) + 0.5 * delta, rtol=1e-6, atol=1e-7)
+    assert torch.equal(
+        fused.get("blocks.0.ffn.net.0.proj.weight"), base.get("blocks.0.ffn.net.0.proj.weight")
+    )
+    # Fusing into another layout goes through a temporary Diffusers folder and gives the same weights.
+    r = run_cli("convert", src, tmp_path / "fused.safetensors", "--to", "original", "--lora", f"{lora}:0.5")
+    assert r.code == 0, r.err
+    orig = load_file(str(tmp_path / "fused.safetensors"))
+    assert torch.equal(orig["blocks.0.self_attn.q.weight"], fused.get(key))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".fused")]

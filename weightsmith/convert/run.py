@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from weightsmith.convert.engine import Plan, make_plan, stream, summary_lines
 from weightsmith.errors import UsageError
@@ -60,10 +63,13 @@ def provenance_config(plan: Plan) -> dict | None:
     return {k: v for k, v in plan.source_config.items() if not k.startswith("_")} or None
 
 
-def write_plan(plan: Plan, dst: Path, *, shard_size: str, overwrite: bool, progress: bool) -> Path:
-    """Write a plan's output in the container its target layout calls for."""
+def write_plan(
+    plan: Plan, dst: Path, *, shard_size: str, overwrite: bool, progress: bool, tensors: Any = None
+) -> Path:
+    """Write a plan's output in the container its target layout calls for (``tensors``: a stream
+    to write instead of the plan's own, e.g. one with LoRAs fused in)."""
     specs = plan.spec_tuples
-    tensors = stream(plan, progress)
+    tensors = stream(plan, progress) if tensors is None else tensors
     layout, component = plan.target_layout, plan.detection.component
     if layout == "diffusers":
         return write_diffusers_component(dst, specs, tensors, output_config(plan), shard_size, overwrite)
@@ -100,12 +106,45 @@ def convert(
     overwrite: bool = False,
     progress: bool = True,
     config: str | Path | None = None,
+    loras: Sequence[tuple[str, float]] = (),
 ) -> ConvertResult:
     """Convert a component checkpoint or a whole pipeline folder into layout ``to``.
 
     ``config``: a Diffusers config.json (or its folder) describing the source, for checkpoints
     whose shapes leave something open (e.g. a tiny model's attention head count).
+    ``loras``: (path, strength) pairs fused into the transformer while streaming. LoRAs are fused
+    in the Diffusers layout; for another target the fused model passes through a temporary
+    Diffusers folder beside DST, removed at the end.
     """
+    if loras and to != "diffusers":
+        dst = Path(dst)
+        if dst.exists() and not overwrite:
+            from weightsmith.errors import OutputError
+
+            raise OutputError(f"{dst} already exists", hint="choose another destination or pass --overwrite")
+        with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", suffix=".fused", dir=dst.parent) as tmp:
+            first = convert(
+                src,
+                Path(tmp) / "fused",
+                "diffusers",
+                family=family,
+                shard_size=shard_size,
+                progress=progress,
+                config=config,
+                loras=loras,
+            )
+            second = convert(
+                Path(tmp) / "fused",
+                dst,
+                to,
+                family=family,
+                dtype=dtype,
+                shard_size=shard_size,
+                prefix=prefix,
+                overwrite=overwrite,
+                progress=progress,
+            )
+        return ConvertResult(dst, first.lines + second.lines)
     if to not in LAYOUTS:
         raise UsageError(f"unknown layout {to!r}", hint=f"choose one of {', '.join(LAYOUTS)}")
     _parse_size(shard_size)
@@ -117,8 +156,15 @@ def convert(
         if config is not None:
             ck.config = load_config(config)
         plan = make_plan(ck, to, family=family, dtype=dtype, prefix=prefix)
-        write_plan(plan, dst, shard_size=shard_size, overwrite=overwrite, progress=progress)
-        return ConvertResult(dst, summary_lines(plan))
+        extra: list[str] = []
+        tensors = None
+        if loras:
+            from weightsmith.lora import fused_stream
+
+            tensors = fused_stream(plan, list(loras), progress=progress)
+            extra = list(tensors.lines)
+        write_plan(plan, dst, shard_size=shard_size, overwrite=overwrite, progress=progress, tensors=tensors)
+        return ConvertResult(dst, summary_lines(plan) + extra)
     finally:
         ck.close()
 

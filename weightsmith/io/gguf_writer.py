@@ -1,0 +1,114 @@
+"""Streaming GGUF writer on top of gguf's ``GGUFWriter``.
+
+Every tensor's name, shape and ggml type is registered first, so the header and tensor table are
+written before any data; then tensors are written one at a time, in that order, as the stream
+produces them. The file is written under a temporary name and renamed when complete. Tensors of
+any rank are stored as gguf-py writes them (Wan's 5-D patch embedding included), which is what
+ComfyUI-GGUF and diffusers read without any fix-up step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from weightsmith.io.atomic import atomic_file
+
+# Tensor names longer than this break ComfyUI-GGUF's converter and most C readers.
+MAX_NAME = 127
+
+
+@dataclass(frozen=True)
+class GGUFTensorSpec:
+    """A tensor as it will be stored: torch-order shape and ggml type name (``"Q4_K"``, ``"F32"``)."""
+
+    name: str
+    shape: tuple[int, ...]
+    qtype: str
+
+    @property
+    def nbytes(self) -> int:
+        import gguf
+
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[self.qtype]]
+        n = int(np.prod(self.shape)) if self.shape else 1
+        return n // block * size
+
+
+def _add_kv(w: Any, key: str, value: Any) -> None:
+    import gguf
+
+    if isinstance(value, bool):
+        w.add_bool(key, value)
+    elif isinstance(value, int):
+        w.add_uint32(key, value) if 0 <= value < 2**32 else w.add_int64(key, value)
+    elif isinstance(value, float):
+        w.add_float32(key, value)
+    elif isinstance(value, str):
+        w.add_string(key, value)
+    elif isinstance(value, (list, tuple)):
+        w.add_array(key, list(value))
+    else:
+        raise TypeError(f"cannot store metadata {key!r} of type {type(value).__name__}")
+    del gguf
+
+
+def tensor_bytes(t: torch.Tensor, qtype: str) -> np.ndarray:
+    """The array GGUFWriter writes for ``t`` already encoded as ``qtype`` (floats or uint8 blocks)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    if qtype == "BF16" and t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy()
+    return t.numpy()
+
+
+def write_gguf(
+    dst: str | Path,
+    arch: str,
+    specs: Sequence[GGUFTensorSpec],
+    tensors: Iterable[tuple[str, np.ndarray]],
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a GGUF file: metadata and tensor table from ``specs``, then the stream's arrays in order.
+
+    Each array must already be in its stored form: float32/float16 values for F32/F16, int16 bit
+    patterns for BF16, uint8 blocks for quantized types.
+    """
+    import gguf
+
+    for s in specs:
+        if len(s.name) > MAX_NAME:
+            from weightsmith.errors import OutputError
+
+            raise OutputError(f"tensor name {s.name[:60]!r}... is longer than {MAX_NAME} characters")
+    w = gguf.GGUFWriter(path=None, arch=arch)
+    for key, value in (metadata or {}).items():
+        _add_kv(w, key, value)
+    for s in specs:
+        qt = gguf.GGMLQuantizationType[s.qtype]
+        w.add_tensor_info(s.name, list(s.shape), np.dtype(np.float32), s.nbytes, raw_dtype=qt)
+    it = iter(tensors)
+    with atomic_file(dst, overwrite) as tmp:
+        try:
+            w.write_header_to_file(path=tmp)
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            for s in specs:
+                name, arr = next(it)
+                if name != s.name or arr.nbytes != s.nbytes:
+                    raise AssertionError(
+                        f"stream gave {name!r} ({arr.nbytes} bytes), expected {s.name!r} ({s.nbytes})"
+                    )
+                w.write_tensor_data(arr)
+                del arr
+        finally:
+            w.close()
+    return Path(dst)
