@@ -149,3 +149,19 @@ def _install(
         ref = expected[k]
         floats[k] = v.to(ref.dtype) if ref.is_floating_point() else v
     model.load_state_dict(floats, strict=False, assign=True)
+
+
+def _register() -> None:
+    from weightsmith.load import ArtifactLoader, register_loader
+
+    def load(
+        path: Path, *, device: Any, dtype: torch.dtype | None, config: Any, family: str | None
+    ) -> nn.Module:
+        return load_gguf_model(
+            path, device=device, compute_dtype=dtype or torch.float32, config=config, family=family
+        )
+
+    register_loader(ArtifactLoader("gguf", lambda ck: isinstance(ck, GGUFCheckpoint), load))
+
+
+_register()
