@@ -138,18 +138,22 @@ def test_pipeline_folder_converts_every_component(tmp_path, run_cli):
     import shutil
 
     pipe = tmp_path / "pipe"
+    # Wan 2.2 A14B: two experts (high noise: transformer, low noise: transformer_2) and a VAE.
     for comp, fx in {
-        "transformer": Fixture("wan", "transformer", "2.1-t2v", "diffusers", "diffusers-folder"),
+        "transformer": Fixture("wan", "transformer", "2.2-i2v-a14b", "diffusers", "diffusers-folder"),
+        "transformer_2": Fixture("wan", "transformer", "2.2-i2v-a14b", "diffusers", "diffusers-folder"),
         "vae": Fixture("wan", "vae", "2.1", "diffusers", "diffusers-folder"),
     }.items():
         shutil.copytree(save_fixture(fx, tmp_path / "build" / comp), pipe / comp)
     (pipe / "scheduler").mkdir()
     (pipe / "scheduler" / "scheduler_config.json").write_text("{}")
     index = {
-        "_class_name": "WanPipeline",
+        "_class_name": "WanImageToVideoPipeline",
         "transformer": ["diffusers", "WanTransformer3DModel"],
+        "transformer_2": ["diffusers", "WanTransformer3DModel"],
         "vae": ["diffusers", "AutoencoderKLWan"],
         "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+        "boundary_ratio": 0.9,
     }
     (pipe / "model_index.json").write_text(json.dumps(index))
     r = run_cli("convert", pipe, tmp_path / "orig", "--to", "original")
@@ -164,6 +168,14 @@ def test_pipeline_folder_converts_every_component(tmp_path, run_cli):
     )
     assert r.code == 0, r.err
     _assert_same(pipe / "transformer", tmp_path / "back")
+    orig2 = open_single(tmp_path / "orig" / "transformer_2" / "diffusion_pytorch_model.safetensors")
+    assert "blocks.0.self_attn.q.weight" in orig2  # converted, not copied
+    assert (tmp_path / "orig" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    r = run_cli("convert", tmp_path / "orig", tmp_path / "back-pipe", "--to", "diffusers")
+    assert r.code == 0, r.err
+    for comp in ("transformer", "transformer_2", "vae"):
+        _assert_same(pipe / comp, tmp_path / "back-pipe" / comp)
+    assert json.loads((tmp_path / "back-pipe" / "model_index.json").read_text())["boundary_ratio"] == 0.9
 
 
 def _wan_lora(path, seed=0, rank=2):
