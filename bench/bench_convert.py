@@ -71,7 +71,11 @@ def build(name: str, folder: Path, shard_gb: float) -> Path:
 
 def child(kind: str, src: str, dst: str, to: str, shard_gb: float) -> None:
     sys.path.insert(0, str(ROOT / "bench"))
+    import diffusers  # noqa: F401 - imported before sampling: its import is not the conversion's memory
     from memlib import PeakSampler
+
+    import weightsmith.convert.run  # noqa: F401
+    import weightsmith.families  # noqa: F401
 
     with PeakSampler() as s:
         t0 = time.perf_counter()

@@ -23,8 +23,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 
 def child(src: str, dst: str, recipe: str) -> None:
+    import diffusers  # noqa: F401 - imported before sampling: its import is not the job's memory
     from memlib import PeakSampler
 
+    import weightsmith.families  # noqa: F401
+    import weightsmith.quantize.ggml  # noqa: F401
     from weightsmith.quantize.gguf_quantize import quantize_gguf
 
     with PeakSampler() as s:
