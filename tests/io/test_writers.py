@@ -119,3 +119,59 @@ def test_parse_size(text, n):
 def test_parse_size_rejects_nonsense():
     with pytest.raises(UsageError):
         parse_size("five gigs")
+
+
+def _tracked_stream(state, alive):
+    """Yields the tensors as fresh copies, and checks the writer let go of the previous one."""
+    import gc
+    import weakref
+
+    prev = None
+    for k, v in state.items():
+        if prev is not None:
+            gc.collect()
+            alive.append(prev() is not None)
+        t = v.clone()
+        prev = weakref.ref(t)
+        yield k, t
+        del t
+
+
+@pytest.mark.parametrize("writer", ["safetensors", "sat"])
+def test_writers_hold_one_tensor_at_a_time(tmp_path, writer):
+    state = _state()
+    del state["e.fp8"]
+    alive: list[bool] = []
+    if writer == "sat":
+        write_sat(tmp_path / "out", _specs(state), _tracked_stream(state, alive))
+        back = torch.load(tmp_path / "out" / "1" / "mp_rank_00_model_states.pt", weights_only=True)["module"]
+    else:
+        write_safetensors(tmp_path / "out.safetensors", _specs(state), _tracked_stream(state, alive))
+        back = load_file(str(tmp_path / "out.safetensors"))
+    assert alive and not any(alive), "a previous tensor was still referenced when the next was made"
+    for k, v in state.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v)
+
+
+def test_streamed_torch_file_loads_like_torch_save(tmp_path):
+    from weightsmith.io.writers import write_torch_file
+
+    state = _state()
+    del state["e.fp8"]
+    write_torch_file(tmp_path / "a.pt", _specs(state), state.items(), wrap="state_dict", side={"note": "x"})
+    torch.save({"state_dict": state, "note": "x"}, tmp_path / "b.pt")
+    a = torch.load(tmp_path / "a.pt", weights_only=True, mmap=True)
+    b = torch.load(tmp_path / "b.pt", weights_only=True, mmap=True)
+    assert a.keys() == b.keys() and a["note"] == "x"
+    for k in state:
+        assert a["state_dict"][k].dtype == b["state_dict"][k].dtype
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k])
+
+
+def test_float8_torch_file_falls_back_to_torch_save(tmp_path):
+    from weightsmith.io.writers import write_torch_file
+
+    state = {"w": torch.randn(4, 4).to(torch.float8_e4m3fn)}
+    write_torch_file(tmp_path / "f8.pt", _specs(state), state.items())
+    back = torch.load(tmp_path / "f8.pt", weights_only=True)
+    assert torch.equal(back["w"].view(torch.uint8), state["w"].view(torch.uint8))

@@ -137,6 +137,30 @@ def write_diffusers_component(
     return Path(dst)
 
 
+def _save_torch(
+    path: Path,
+    specs: Sequence[SpecT],
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    wrap: str | None,
+    side: Mapping[str, Any] | None = None,
+) -> None:
+    """torch's zip format, streamed one tensor at a time (in memory only for dtypes torch's
+    pickle has no typed storage for, i.e. float8)."""
+    from weightsmith.io.torch_writer import supports, write_torch_zip
+
+    if supports(specs):
+        write_torch_zip(path, specs, tensors, wrap, side)
+        return
+    state: dict[str, torch.Tensor] = {}
+    it = iter(tensors)
+    for name, shape, dtype in specs:
+        got, t = next(it)
+        if got != name or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+            raise AssertionError(f"stream gave {got!r}, expected {name!r}")
+        state[name] = t.detach().cpu().contiguous()
+    torch.save({wrap: state, **dict(side or {})} if wrap else state, path)
+
+
 def write_sat(
     dst: str | Path,
     specs: Sequence[SpecT],
@@ -146,22 +170,12 @@ def write_sat(
     model_config: Mapping[str, Any] | None = None,
     diffusers_config: Mapping[str, Any] | None = None,
 ) -> Path:
-    """A SAT folder: ``latest`` + ``<iteration>/mp_rank_00_model_states.pt`` holding ``{"module": ...}``.
-
-    SAT keeps a model-parallel rank in one pickle, so this file is the shard: it is assembled in
-    memory (one shard, as for the other writers) and saved with torch's zip format.
-    """
-    state: dict[str, torch.Tensor] = {}
-    it = iter(tensors)
-    for name, shape, dtype in specs:
-        got, t = next(it)
-        if got != name or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
-            raise AssertionError(f"stream gave {got!r}, expected {name!r}")
-        state[name] = t.detach().cpu().contiguous()
+    """A SAT folder: ``latest`` + ``<iteration>/mp_rank_00_model_states.pt`` holding ``{"module": ...}``,
+    streamed one tensor at a time."""
     with atomic_dir(dst, overwrite) as tmp:
         (tmp / "latest").write_text(f"{iteration}\n")
         (tmp / iteration).mkdir()
-        torch.save({"module": state}, tmp / iteration / "mp_rank_00_model_states.pt")
+        _save_torch(tmp / iteration / "mp_rank_00_model_states.pt", specs, tensors, "module")
         if diffusers_config is not None:
             (tmp / "diffusers_config.json").write_text(
                 json.dumps(dict(diffusers_config), indent=2, sort_keys=True) + "\n"
@@ -185,13 +199,6 @@ def write_torch_file(
 
     ``side`` entries (strings) are stored beside the weights when wrapped; readers report them as metadata.
     """
-    state = {}
-    it = iter(tensors)
-    for name, _shape, _dtype in specs:
-        got, t = next(it)
-        assert got == name
-        state[name] = t.detach().cpu().contiguous()
-    obj: dict[str, Any] = {wrap: state, **(side or {})} if wrap else state
     with atomic_file(dst, overwrite) as tmp:
-        torch.save(obj, tmp)
+        _save_torch(tmp, specs, tensors, wrap, side if wrap else None)
     return Path(dst)
