@@ -10,6 +10,7 @@ Types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import gguf
@@ -85,14 +86,14 @@ def quantize(tensor: torch.Tensor, qtype: QType, imatrix: torch.Tensor | None = 
                 f"importance matrix has {qw.numel()} weights but the rows of the tensor have {n} elements",
                 hint="pass the imatrix entry that belongs to this tensor (one weight per input column)",
             )
-    if k.needs_finite and not bool(torch.isfinite(x).all()):
+    if k.needs_finite and not _all_finite(x):
         raise QuantizationError(
             f"cannot quantize to {k.name}: the tensor holds NaN or infinite values",
             hint="fix the checkpoint, or keep this tensor in F16/BF16/F32",
         )
     step = _rows_per_chunk(k, n)
     for r0 in range(0, x.shape[0], step):
-        out[r0 : r0 + step] = k.quantize_rows(x[r0 : r0 + step], qw)
+        k.quantize_into(x[r0 : r0 + step], qw, out[r0 : r0 + step])
     return out.reshape(byte_shape(shape, k.qtype))
 
 
@@ -114,6 +115,13 @@ def dequantize(data: torch.Tensor, qtype: QType, shape: Sequence[int]) -> torch.
     step = max(1, _rows_per_chunk(k, shape[-1]) * 16)
     parts = [k.dequantize_rows(rows[r0 : r0 + step]) for r0 in range(0, rows.shape[0], step)]
     return torch.cat(parts).reshape(shape)
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether x holds no NaN/inf; a plain sum settles the common case in one cheap pass."""
+    if math.isfinite(float(x.sum())):
+        return True
+    return bool(torch.isfinite(x).all())
 
 
 def _prod(shape: Sequence[int]) -> int:

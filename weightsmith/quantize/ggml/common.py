@@ -6,6 +6,7 @@ throughout this package:
 * every arithmetic step is a separate torch op in the C evaluation order: ``a*b + c`` is never fused,
   ``w*x*l`` is ``(w*x)*l``;
 * sums are sequential float32 accumulations (``seq_sum``), never torch's pairwise/vectorised sums;
+* square roots are correctly rounded (``sqrtf``; torch's own CPU sqrt is not always);
 * divisions are true divisions by device tensors (``fdiv``): ``c / t`` in torch is ``c * (1/t)``,
   and CUDA turns ``t / scalar`` into a multiplication by the reciprocal;
 * ties follow the C loops: the first element wins a strict ``>`` search (``argmax`` keeps the first),
@@ -17,6 +18,7 @@ slices of a sequential sum are contiguous. Search steps add an axis: ``(n, S, B)
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +26,27 @@ import torch
 F32 = torch.float32
 #: ggml's "all zero" threshold (GROUP_MAX_EPS)
 GROUP_MAX_EPS = 1e-15
+
+
+_scratch = threading.local()
+
+
+def scratch(name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reusable per-thread work buffer (contents undefined).
+
+    Chunked kernels ask for the same sizes over and over; reusing buffers avoids the allocator
+    handing back fresh pages (glibc maps big blocks anew), which on CPU costs more than the ops.
+    """
+    cache: dict = _scratch.__dict__.setdefault("buffers", {})
+    n = 1
+    for s in shape:
+        n *= s
+    key = (name, dtype, device)
+    buf = cache.get(key)
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(n, dtype=dtype, device=device)
+        cache[key] = buf
+    return buf[:n].view(tuple(shape))
 
 
 def fconst(value: float, like: torch.Tensor) -> torch.Tensor:
@@ -65,6 +88,15 @@ def rint(f: torch.Tensor) -> torch.Tensor:
     return torch.round(f)
 
 
+def sqrtf(t: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded float32 square root, like C's ``sqrtf``.
+
+    torch's CPU kernel (SLEEF, AVX-512 builds) is off by one ulp for some inputs; the square root of a
+    float32 taken in float64 and rounded once to float32 is always the correctly rounded result.
+    """
+    return torch.sqrt(t.to(torch.float64)).to(F32)
+
+
 def fp16_round(t: torch.Tensor) -> torch.Tensor:
     """``GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(t))``: round to nearest even half, back to float32."""
     return t.to(torch.float16).to(F32)
@@ -81,25 +113,82 @@ def seq_sum(t: torch.Tensor, from_zero: bool = True) -> torch.Tensor:
     ``from_zero`` starts from ``0.0f`` (``s = 0; s += t[i]``), which turns a leading ``-0.0`` into
     ``+0.0``; otherwise the sum starts from ``t[0]`` (``s = t[0]; s += t[i]`` for i >= 1).
     """
-    acc = t[0] + 0.0 if from_zero else t[0].clone()
-    for i in range(1, t.shape[0]):
-        acc += t[i]
+    rows = t.unbind(0)
+    acc = rows[0] + 0.0 if from_zero else rows[0].clone()
+    for r in rows[1:]:
+        acc.add_(r)
     return acc
+
+
+def _absmax_from_extremes(
+    mn: torch.Tensor, mx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(amax, signed max, tie)`` from per-block min and max; ``tie`` marks blocks holding +a and -a."""
+    amn, amx = mn.abs(), mx.abs()
+    amax = torch.maximum(amn, amx)
+    smax = torch.where(amn > amx, mn, mx)
+    smax = torch.where(amax > 0, smax, fconst(0.0, mn))  # all-zero block: +0.0
+    return amax, smax, (mn == -mx) & (mx > 0)
 
 
 def first_absmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(amax, max)`` over dim 0: the largest |x| and the signed value where it first occurs.
 
-    Matches ``if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }`` starting from 0.
+    Matches ``if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }`` starting from
+    ``amax = max = 0.0f`` (an all-zero block keeps ``max = +0.0``). Computed from min and max
+    (torch's argmax is slow); only blocks holding both +a and -a need the first-occurrence rule,
+    and get it from an argmax on that subset.
     """
-    ax = x.abs()
-    idx = ax.argmax(0, keepdim=True)
-    return ax.gather(0, idx)[0], x.gather(0, idx)[0]
+    amax, smax, tie = _absmax_from_extremes(x.amin(0), x.amax(0))
+    if bool(tie.any()):
+        idx = tie.nonzero().squeeze(1)
+        sub = x.index_select(1, idx)
+        first = sub.gather(0, sub.abs().argmax(0, keepdim=True))[0]
+        smax = smax.index_copy(0, idx, first)
+    return amax, smax
+
+
+def signed_absmax_rows(xb: torch.Tensor) -> torch.Tensor:
+    """:func:`first_absmax`'s signed max for the rows of ``xb`` (B, n), from one min and one max.
+
+    ``max + min`` has the sign of the extreme with the larger magnitude (exactly: a float sum of
+    two values of different magnitude never rounds to the other sign or to 0). Where it is 0 the
+    block holds +a and -a, or is all zero; those blocks take the first-occurrence rule on a subset.
+    """
+    mn, mx = xb.amin(1), xb.amax(1)
+    s = mx + mn
+    smax = torch.copysign(torch.maximum(mx, -mn), s)
+    if float(s.abs().amin()) == 0:
+        idx = (s == 0).nonzero().squeeze(1)
+        _, first = first_absmax(xb.index_select(0, idx).t())
+        smax = smax.index_copy(0, idx, first)
+    return smax
+
+
+def recip_or_zero_fast(d: torch.Tensor) -> torch.Tensor:
+    """``d ? 1/d : 0`` where ``1/d`` is finite; also 0 where it overflows (|d| < 2**-128, C's
+    conversions of the resulting inf are undefined there anyway)."""
+    return torch.nan_to_num(fdiv(1.0, d), posinf=0.0, neginf=0.0)
 
 
 def first_min(x: torch.Tensor) -> torch.Tensor:
     """Minimum over dim 0 with the sign of zero of its first occurrence (``if (x[i] < min) min = x[i]``)."""
-    return x.gather(0, x.argmin(0, keepdim=True))[0]
+    mn = x.amin(0)
+    zero = mn == 0
+    if bool(zero.any()):
+        idx = zero.nonzero().squeeze(1)
+        sub = x.index_select(1, idx)
+        mn = mn.index_copy(0, idx, sub.gather(0, sub.argmin(0, keepdim=True))[0])
+    return mn
+
+
+def first_min_rows(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(min, max)`` of the rows of ``xb`` (B, n); a zero min carries the sign of its first occurrence."""
+    mn = xb.amin(1)
+    if float(mn.abs().amin()) == 0:
+        idx = (mn == 0).nonzero().squeeze(1)
+        mn = mn.index_copy(0, idx, first_min(xb.index_select(0, idx).t()))
+    return mn, xb.amax(1)
 
 
 def pack_low_high(lo: torch.Tensor, hi: torch.Tensor, shift: int) -> torch.Tensor:
@@ -107,11 +196,29 @@ def pack_low_high(lo: torch.Tensor, hi: torch.Tensor, shift: int) -> torch.Tenso
     return (lo.to(torch.uint8) | (hi.to(torch.uint8) << shift)).to(torch.uint8)
 
 
+_BYTE_BITS_MAGIC = 0x0102040810204080  # gathers bit 0 of each byte of a u64 into its top byte
+_LOW_NIBBLES = 0x0F0F0F0F0F0F0F0F
+
+
 def pack_bits_le(bits: torch.Tensor) -> torch.Tensor:
-    """Pack 0/1 values along the last dim (a multiple of 8) into bytes, bit k of byte b = bits[8b+k]."""
-    b = bits.to(torch.uint8).reshape(*bits.shape[:-1], -1, 8)
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=bits.device)
-    return (b * weights).sum(-1, dtype=torch.uint8)
+    """Pack 0/1 values along the last dim (a multiple of 8) into bytes, bit k of byte b = bits[8b+k].
+
+    Works on 64-bit words: eight 0/1 bytes ``sum b_k << 8k`` times the magic constant put
+    ``sum b_k << k`` in the top byte without carries (one multiply per output byte).
+    """
+    w = bits.to(torch.uint8).contiguous().view(torch.int64)
+    return ((w * _BYTE_BITS_MAGIC) >> 56).to(torch.uint8)
+
+
+def pack_nibbles(q: torch.Tensor, half: int) -> torch.Tensor:
+    """``q[..., j] & 15 | (q[..., j + half] & 15) << 4`` for j < half, on 64-bit words (half % 8 == 0).
+
+    ``q`` is uint8 ``(B, 2*half)`` or ``(B, G, 2*half)``; the result has ``half`` bytes per group.
+    """
+    w = q.contiguous().view(torch.int64)
+    k = half // 8
+    w = w.view(*w.shape[:-1], 2, k) & _LOW_NIBBLES
+    return (w[..., 0, :] | (w[..., 1, :] << 4)).view(torch.uint8)
 
 
 def unpack_bits_le(data: torch.Tensor) -> torch.Tensor:
@@ -125,12 +232,6 @@ def unpack_bits_le(data: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _gather_step(values: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
-    """Pick step ``sel[b]`` of ``values`` (n, S, B) for every block b -> (n, B)."""
-    n, _, b = values.shape
-    return values.gather(1, sel.view(1, 1, b).expand(n, 1, b))[:, 0]
-
-
 def _qx_numerators(nmax: int, device: torch.device) -> torch.Tensor:
     """``-nmax`` then ``-(nmax + 0.1f*is)`` for is = -9..9 without 0, all in float32."""
     steps = torch.tensor([s for s in range(-9, 10) if s != 0], dtype=F32)
@@ -141,32 +242,36 @@ def _qx_numerators(nmax: int, device: torch.device) -> torch.Tensor:
 def make_qx_quants(x: torch.Tensor, nmax: int, w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """ggml ``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)``: signed scale and ``L = l + nmax``.
 
-    ``w=None`` means the rmse_type 1 weights ``x*x``. All-zero blocks (max |x| < 1e-15) give
-    scale 0 and L = 0 (not ``nmax``), exactly as the C code leaves them.
+    ``w=None`` means the rmse_type 1 weights ``x*x``. The 19 trial scales ``-(nmax + 0.1*is)/max``
+    are independent; each is one vectorised pass, the acceptance ``sumlx^2 > best*suml2`` is replayed
+    in order and the levels of the kept trial are recomputed at the end. All-zero blocks
+    (max |x| < 1e-15) give scale 0 and L = 0 (not ``nmax``), exactly as the C code leaves them.
     """
     n, nb = x.shape
     amax, mx = first_absmax(x)
     if w is None:
         w = x * x
-    nums = _qx_numerators(nmax, x.device)
-    iscale = nums[:, None] / mx[None, :]  # (S, B)
-    # |iscale*x| <= nmax + 0.9, so rounding in float is nearest_int
-    lv = rint(x[:, None, :] * iscale[None]).clamp_(-nmax, nmax - 1)  # (n, S, B)
-    prods = torch.empty((n, 2, *lv.shape[1:]), dtype=F32, device=x.device)
-    torch.mul((w * x)[:, None, :], lv, out=prods[:, 0])
-    torch.mul(w[:, None, :] * lv, lv, out=prods[:, 1])
-    sumlx, suml2 = seq_sum(prods)
+    wx = w * x
     zero = fconst(0.0, x)
-    scale = torch.where(suml2[0] != 0, fdiv(sumlx[0], suml2[0]), zero)
-    best = scale * sumlx[0]
-    sel = torch.zeros(nb, dtype=torch.int64, device=x.device)
-    for k in range(1, nums.shape[0]):
-        lx, l2 = sumlx[k], suml2[k]
-        take = (l2 > 0) & (lx * lx > best * l2)
-        scale = torch.where(take, fdiv(lx, l2), scale)
-        best = torch.where(take, scale * lx, best)
-        sel = torch.where(take, k, sel)
-    L = _gather_step(lv, sel) + nmax
+    prods = scratch("qx_prods", (n, 2, nb), F32, x.device)
+    v = scratch("qx_v", (n, nb), F32, x.device)
+    scale = best = sel = zero
+    for k, num in enumerate(_qx_numerators(nmax, torch.device("cpu")).tolist()):
+        isc = fdiv(num, mx)
+        # |iscale*x| <= nmax + 0.9, so rounding in float is nearest_int
+        lv = torch.mul(x, isc, out=v).round_().clamp_(-nmax, nmax - 1)
+        torch.mul(wx, lv, out=prods[:, 0])
+        torch.mul(w, lv, out=prods[:, 1]).mul_(lv)
+        sumlx, suml2 = seq_sum(prods)
+        if k == 0:
+            scale = torch.where(suml2 != 0, fdiv(sumlx, suml2), zero)
+            best, sel = scale * sumlx, isc
+            continue
+        take = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        scale = torch.where(take, fdiv(sumlx, suml2), scale)
+        best = torch.where(take, scale * sumlx, best)
+        sel = torch.where(take, isc, sel)
+    L = rint(x * sel).clamp_(-nmax, nmax - 1) + nmax
     is_zero = amax < GROUP_MAX_EPS
     L = torch.where(is_zero[None, :], zero, L)
     scale = torch.where(is_zero, zero, scale)
@@ -235,39 +340,59 @@ def make_qkx_quants(
     Affine fit ``x ~ scale*L + min`` with ``min <= 0``: a first guess from the range, then nstep+1 trial
     scales ``(rmin + rdelta*is + nmax)/(max - min)``, each refit by weighted least squares and kept if
     its weighted error is strictly smaller. A kept trial also moves ``min``, which the next trials
-    divide by, so the trials run in order (each one vectorised over all blocks).
+    divide by, so the trials run in order (each one vectorised over all blocks). The levels of the
+    kept trial are recomputed once at the end from the (min, iscale) it used.
     Returns ``(scale, the_min, L)`` with ``the_min = -min >= 0``.
     """
     n, nb = x.shape
     zero = fconst(0.0, x)
     mn = first_min(x)
     mx = x.amax(0)
+    xmin = mn
     sum_w = seq_sum(w, from_zero=False)
     sum_x = seq_sum(w * x, from_zero=False)
     mn = torch.where(mn > 0, zero, mn)
     degenerate = mx == mn
     iscale = fdiv(float(nmax), mx - mn)
     scale = fdiv(1.0, iscale)
-    L = rint(iscale * (x - mn)).clamp_(0, nmax)  # 0 <= iscale*(x-min) <= nmax
-    diff = scale * L + mn - x
-    err = diff.abs() if use_mad else diff * diff
-    best = seq_sum(w * err)
+    # exact nearest_int: with a subnormal range, iscale overflows and C's wrap-around decides L
+    L0 = nearest_int(iscale * (x - mn)).clamp_(0, nmax).to(F32)
+    diff = scale * L0 + mn - x
+    err = diff.abs_() if use_mad else diff.mul_(diff)
+    best = seq_sum(err.mul_(w))
+
+    def levels(v: torch.Tensor, isc: torch.Tensor, exact: bool) -> torch.Tensor:
+        """Trial levels from ``v = iscale*(x - min)``, in place where possible."""
+        if guarded:
+            # l = v > 0 ? nearest_int(MIN(v, nmax)) : 0: clamp(rint(v)) for every v but NaN, which only
+            # an infinite iscale (a min moved onto max) produces and which must give 0
+            if not bool(torch.isfinite(isc).all()):
+                torch.nan_to_num_(v, nan=0.0)
+            return v.round_().clamp_(0, nmax)
+        if exact:  # replay nearest_int's wrap-around for |v| > 4194303 (e.g. a min moved next to max)
+            return nearest_int(v).clamp_(0, nmax).to(F32)
+        return v.round_().clamp_(0, nmax)
 
     nums = _qkx_numerators(nmax, rmin, rdelta, nstep, torch.device("cpu")).tolist()
-    prods = torch.empty((n, 3, nb), dtype=F32, device=x.device)
+    prods = scratch("qkx_prods", (n, 3, nb), F32, x.device)
     wl, wll, wlx = prods[:, 0], prods[:, 1], prods[:, 2]
+    v = scratch("qkx_v", (n, nb), F32, x.device)
+    e = scratch("qkx_e", (n, nb), F32, x.device)
+    sel_mn = mn
+    sel_isc = zero.expand(nb)
+    took = torch.zeros(nb, dtype=torch.bool, device=x.device)
+    any_exact = False
     for num in nums:
-        isc = fdiv(num, mx - mn)
-        v = (x - mn) * isc
-        if guarded:
-            # v > 0 ? nearest_int(MIN(v, nmax)) : 0; NaN only where all of a block's l are 0 in C,
-            # which gives D = 0 there as NaN does here
-            lv = v.round_().clamp_(0, nmax)
-        elif bool((v.abs() > 4194303.0).any()):
-            # a kept fit can move min next to max: replay nearest_int's wrap-around exactly
-            lv = nearest_int(v).clamp_(0, nmax).to(F32)
-        else:
-            lv = v.round_().clamp_(0, nmax)
+        rng = mx - mn
+        isc = fdiv(num, rng)
+        exact = False
+        if not guarded:
+            # |v| <= |isc| * max(max - min, |min - xmin|); exact nearest_int only if that may pass 4194303
+            maxdev = torch.maximum(rng, (mn - xmin).abs())
+            exact = not float((isc.abs() * maxdev).amax()) < 4.0e6
+            any_exact |= exact
+        torch.sub(x, mn, out=v)
+        lv = levels(v.mul_(isc), isc, exact)
         torch.mul(w, lv, out=wl)
         torch.mul(wl, lv, out=wll)
         torch.mul(wl, x, out=wlx)
@@ -278,21 +403,22 @@ def make_qkx_quants(
         pos = this_min > 0
         this_min = torch.where(pos, zero, this_min)
         this_scale = torch.where(pos, fdiv(sum_xl, sum_l2), this_scale)
-        d = lv * this_scale
-        d += this_min
-        d -= x
+        torch.mul(lv, this_scale, out=e)
+        e.add_(this_min).sub_(x)
         if use_mad:
-            d.abs_()
+            e.abs_()
         else:
-            d.mul_(d)
-        d *= w
-        cur = seq_sum(d)
+            e.mul_(e)
+        cur = seq_sum(e.mul_(w))
         take = (D > 0) & (cur < best)
         best = torch.where(take, cur, best)
         scale = torch.where(take, this_scale, scale)
+        sel_mn = torch.where(take, mn, sel_mn)
+        sel_isc = torch.where(take, isc, sel_isc)
+        took |= take
         mn = torch.where(take, this_min, mn)
-        L = torch.where(take, lv, L)
-    L = torch.where(degenerate, zero, L)
+    lsel = levels((x - sel_mn) * sel_isc, sel_isc, any_exact)
+    L = torch.where(took & ~degenerate, lsel, torch.where(degenerate, zero, L0))
     scale = torch.where(degenerate, zero, scale)
     return scale, -mn, L
 

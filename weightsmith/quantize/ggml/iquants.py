@@ -20,7 +20,9 @@ from .common import (
     nearest_int,
     pack_low_high,
     recip_or_zero,
+    scratch,
     seq_sum,
+    sqrtf,
 )
 from .types import GGMLKernel, register
 
@@ -29,37 +31,67 @@ KVALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 
 NTRY = 7
 
 
-def _tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Levels as float32, and the midpoints ``val[k-1] + val[k]`` (doubled, exact) for k = 1..15."""
-    values = torch.tensor(KVALUES, dtype=F32, device=device)
-    return values, values[:-1] + values[1:]
+# best_index_int8 picks level k once 2v >= val[k-1] + val[k]; those sums are integers, so the level
+# depends only on floor(2v), which a lookup table over [_LO, _HI] maps to the level (and its value).
+_LO = KVALUES[0] + KVALUES[1] - 1
+_HI = KVALUES[-2] + KVALUES[-1]
+_LUTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def best_index(v: torch.Tensor, mids2: torch.Tensor) -> torch.Tensor:
-    """ggml ``best_index_int8``: level k is chosen once ``2v >= val[k-1] + val[k]`` (ties go up)."""
-    return torch.bucketize(v + v, mids2, right=True)
+def _luts(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(level index, level value) for every ``floor(2v)`` in ``[_LO, _HI]``."""
+    if device not in _LUTS:
+        values = torch.tensor(KVALUES, dtype=F32)
+        mids2 = values[:-1] + values[1:]
+        f = torch.arange(_LO, _HI + 1, dtype=F32)
+        idx = (f[:, None] >= mids2[None, :]).sum(1)
+        _LUTS[device] = (idx.to(torch.uint8).to(device), values[idx].to(device))
+    return _LUTS[device]
 
 
-def _block_scales(
-    x: torch.Tensor, w: torch.Tensor, values: torch.Tensor, mids2: torch.Tensor
-) -> torch.Tensor:
-    """Per 32-block scale ``d`` (B,) from the initial guess and the 2*NTRY+1 trials; x, w: (32, B)."""
+def _lut_pos(v: torch.Tensor) -> torch.Tensor:
+    """Flat table positions of ``floor(2v)``; NaN maps to level 0 as in C (all tests false)."""
+    f = torch.floor(v + v)
+    torch.nan_to_num_(f, nan=float(_LO), posinf=float(_HI), neginf=float(_LO))
+    return f.clamp_(_LO, _HI).sub_(_LO).to(torch.int32).view(-1)
+
+
+def best_index(v: torch.Tensor) -> torch.Tensor:
+    """ggml ``best_index_int8`` over the IQ4 levels (uint8 indices, same shape as v)."""
+    return _luts(v.device)[0].index_select(0, _lut_pos(v)).view(v.shape)
+
+
+def _level_values(v: torch.Tensor) -> torch.Tensor:
+    """``values[best_index(v)]`` as float32."""
+    return _luts(v.device)[1].index_select(0, _lut_pos(v)).view(v.shape)
+
+
+def _block_scales(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Per 32-block scale ``d`` (B,) from the initial guess and the 2*NTRY+1 trials; x, w: (32, B).
+
+    Trials are independent (the max they divide by is fixed), so each is one vectorised pass; the
+    acceptance ``sumqx^2 > best*sumq2`` is replayed in order.
+    """
     amax, mx = first_absmax(x)
     zero = fconst(0.0, x)
-    d0 = fdiv(-mx, float(KVALUES[0]))  # ntry > 0: d = -max/values[0]
-    nums = torch.arange(-NTRY, NTRY + 1, dtype=F32, device=x.device) + float(KVALUES[0])
-    ids = torch.cat([fdiv(1.0, d0)[None], nums[:, None] / mx[None, :]])  # (S, B)
-    q = values[best_index(x[:, None, :] * ids[None], mids2)]  # (32, S, B)
-    wq = w[:, None, :] * q
-    prods = torch.stack([wq * x[:, None, :], wq * q], dim=1)
-    sumqx, sumq2 = seq_sum(prods)
-    d = torch.where(sumq2[0] > 0, fdiv(sumqx[0], sumq2[0]), zero)
-    best = d * sumqx[0]
-    for k in range(1, ids.shape[0]):
-        qx, q2 = sumqx[k], sumq2[k]
-        take = (q2 > 0) & (qx * qx > best * q2)
-        d = torch.where(take, fdiv(qx, q2), d)
-        best = torch.where(take, d * qx, best)
+    n, nb = x.shape
+    prods = scratch("iq4_prods", (n, 2, nb), F32, x.device)
+    d = best = zero
+    inv = [fdiv(1.0, fdiv(-mx, float(KVALUES[0])))]  # ntry > 0: d = -max/values[0]
+    inv += [fdiv(float(itry + KVALUES[0]), mx) for itry in range(-NTRY, NTRY + 1)]
+    for k, ids in enumerate(inv):
+        q = _level_values(x * ids)
+        torch.mul(w, q, out=prods[:, 1])  # w*q, then (w*q)*x and (w*q)*q as in C
+        torch.mul(prods[:, 1], x, out=prods[:, 0])
+        prods[:, 1].mul_(q)
+        sumqx, sumq2 = seq_sum(prods)
+        if k == 0:
+            d = torch.where(sumq2 > 0, fdiv(sumqx, sumq2), zero)
+            best = d * sumqx
+            continue
+        take = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+        d = torch.where(take, fdiv(sumqx, sumq2), d)
+        best = torch.where(take, d * sumqx, best)
     return torch.where(amax < GROUP_MAX_EPS, zero, d)
 
 
@@ -71,7 +103,7 @@ def _weights(x: torch.Tensor, imatrix: torch.Tensor | None, super_block: int) ->
     xt = xs.t().contiguous()
     sigma2 = seq_sum(xt * xt) * fconst(2.0 / super_block, x)
     qw = imatrix.reshape(-1, super_block).repeat(x.shape[0], 1)
-    return (qw * torch.sqrt(sigma2[:, None] + xs * xs)).reshape(x.shape)
+    return (qw * sqrtf(sigma2[:, None] + xs * xs)).reshape(x.shape)
 
 
 def _pack_q4(L: torch.Tensor) -> torch.Tensor:
@@ -93,17 +125,16 @@ class IQ4_NL(GGMLKernel):
 
     @classmethod
     def quantize_rows(cls, x: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor:
-        values, mids2 = _tables(x.device)
         xt = x.reshape(-1, 32).t().contiguous()
         wt = _weights(x, imatrix, 32).reshape(-1, 32).t().contiguous()
-        d = _block_scales(xt, wt, values, mids2)
-        L = best_index(x.reshape(-1, 32) * recip_or_zero(d)[:, None], mids2)
+        d = _block_scales(xt, wt)
+        L = best_index(x.reshape(-1, 32) * recip_or_zero(d)[:, None])
         out = torch.cat([fp16_bytes(d), _pack_q4(L)], dim=1)
         return out.reshape(x.shape[0], -1)
 
     @classmethod
     def dequantize_rows(cls, data: torch.Tensor) -> torch.Tensor:
-        values, _ = _tables(data.device)
+        values = _luts(data.device)[1].new_tensor(KVALUES)
         b = data.reshape(-1, cls.type_size)
         d = b[:, :2].contiguous().view(torch.float16).to(F32)
         return (d * _unpack_q4(b[:, 2:], values)).reshape(data.shape[0], -1)
@@ -121,16 +152,15 @@ class IQ4_XS(GGMLKernel):
 
     @classmethod
     def quantize_rows(cls, x: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor:
-        values, mids2 = _tables(x.device)
         xt = x.reshape(-1, 32).t().contiguous()
         wt = _weights(x, imatrix, 256).reshape(-1, 32).t().contiguous()
-        scales = _block_scales(xt, wt, values, mids2).view(-1, 8)
+        scales = _block_scales(xt, wt).view(-1, 8)
         nb = scales.shape[0]
         _, max_scale = first_absmax(scales.t())
         d = fdiv(-max_scale, 32.0)
         ls = nearest_int(recip_or_zero(d)[:, None] * scales).clamp_(-32, 31)
         dl = d[:, None] * ls.to(F32)
-        L = best_index(x.reshape(nb, 8, 32) * recip_or_zero(dl)[..., None], mids2).reshape(-1, 32)
+        L = best_index(x.reshape(nb, 8, 32) * recip_or_zero(dl)[..., None]).reshape(-1, 32)
         ls = ls + 32
         lo = ls & 0xF
         scales_l = (lo[:, 0::2] | (lo[:, 1::2] << 4)).to(torch.uint8)
@@ -142,7 +172,7 @@ class IQ4_XS(GGMLKernel):
 
     @classmethod
     def dequantize_rows(cls, data: torch.Tensor) -> torch.Tensor:
-        values, _ = _tables(data.device)
+        values = _luts(data.device)[1].new_tensor(KVALUES)
         b = data.reshape(-1, cls.type_size)
         d = b[:, :2].contiguous().view(torch.float16).to(F32)
         sh = b[:, 2].to(torch.int32) | (b[:, 3].to(torch.int32) << 8)

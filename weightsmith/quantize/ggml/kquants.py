@@ -27,6 +27,7 @@ from .common import (
     nearest_int,
     pack_low_high,
     seq_sum,
+    sqrtf,
 )
 from .types import GGMLKernel, register
 
@@ -52,7 +53,7 @@ def _imatrix_weights(x: torch.Tensor, imatrix: torch.Tensor, factor: float) -> t
     """``qw[j] * sqrtf(sigma2 + x[j]*x[j])`` as (NB, 256)."""
     xs = x.reshape(-1, QK_K)
     qw = imatrix.reshape(-1, QK_K).repeat(x.shape[0], 1)
-    return qw * torch.sqrt(_sigma2(x, factor) + xs * xs)
+    return qw * sqrtf(_sigma2(x, factor) + xs * xs)
 
 
 def _positive_max(t: torch.Tensor) -> torch.Tensor:
@@ -268,7 +269,7 @@ class _Q45K(GGMLKernel):
         sub = _sub_t(x, 32)
         zero = fconst(0.0, x)
         if imatrix is None:
-            av_x = torch.sqrt(fdiv(seq_sum(sub * sub), 32.0))
+            av_x = sqrtf(fdiv(seq_sum(sub * sub), 32.0))
             w = av_x + sub.abs()
             scales, mins, L = make_qkx_quants(
                 sub, w, cls.nmax, cls.rmin, 0.1, cls.nstep, False, guarded=False

@@ -15,15 +15,16 @@ import torch
 from .common import (
     F32,
     fdiv,
-    first_absmax,
-    first_min,
-    fp16_bytes,
+    first_min_rows,
     make_qkx_quants,
     make_qx_quants,
     pack_bits_le,
-    pack_low_high,
-    recip_or_zero,
+    pack_nibbles,
+    recip_or_zero_fast,
+    scratch,
     seq_sum,
+    signed_absmax_rows,
+    sqrtf,
     unpack_bits_le,
 )
 from .types import GGMLKernel, register
@@ -36,7 +37,7 @@ def _row_weights(x: torch.Tensor, imatrix: torch.Tensor) -> torch.Tensor:
     """``qw[j] * sqrtf(sigma2 + x[j]*x[j])`` with ``sigma2 = sum(x^2)/n_per_row`` (sequential sum)."""
     xt = x.t().contiguous()
     sigma2 = fdiv(seq_sum(xt * xt), float(x.shape[1]))
-    return imatrix[None, :] * torch.sqrt(sigma2[:, None] + x * x)
+    return imatrix[None, :] * sqrtf(sigma2[:, None] + x * x)
 
 
 def _blocks_t(t: torch.Tensor) -> torch.Tensor:
@@ -44,14 +45,14 @@ def _blocks_t(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, QK).t().contiguous()
 
 
-def _nibbles(q: torch.Tensor) -> torch.Tensor:
-    """(B, 32) small ints -> (B, 16) bytes: ``q[j] | q[j+16] << 4``."""
-    return pack_low_high(q[:, :16] & 0xF, q[:, 16:] & 0xF, 4)
+def _put_nibbles(out: torch.Tensor, col: int, q: torch.Tensor) -> None:
+    """(B, 32) uint8 levels -> 16 bytes at ``col``: ``q[j] & 15 | (q[j+16] & 15) << 4``."""
+    out[:, col : col + 16] = pack_nibbles(q, 16)
 
 
-def _high_bits(q: torch.Tensor) -> torch.Tensor:
-    """(B, 32) 5-bit ints -> (B, 4) bytes of ``qh``: bit j = bit 4 of q[j] (little-endian u32)."""
-    return pack_bits_le((q >> 4) & 1)
+def _put_high_bits(out: torch.Tensor, col: int, q: torch.Tensor) -> None:
+    """(B, 32) 5-bit levels -> ``qh`` (u32 LE) at ``col``: bit j = bit 4 of q[j]."""
+    out[:, col : col + 4] = pack_bits_le((q >> 4) & 1)
 
 
 def _unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
@@ -59,29 +60,55 @@ def _unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
     return torch.cat([qs & 0xF, qs >> 4], dim=-1)
 
 
-def _trunc_q(v: torch.Tensor) -> torch.Tensor:
-    """``(int8_t)v`` for v in [0, 32): truncation toward zero, as int32."""
-    return v.trunc().to(torch.int32)
+def _work(xb: torch.Tensor) -> torch.Tensor:
+    """Float scratch of ``xb``'s shape."""
+    return scratch("legacy_f", xb.shape, F32, xb.device)
 
 
-@register
-class Q8_0(GGMLKernel):
-    qtype = T.Q8_0
-    uses_imatrix = False
+def _put_f16(out: torch.Tensor, col: int, t: torch.Tensor) -> None:
+    """Write fp16(t) little-endian into bytes ``col, col+1`` of every block (col even)."""
+    out.view(torch.int16)[:, col // 2].copy_(t.to(torch.float16).view(torch.int16))
+
+
+class _LegacyKernel(GGMLKernel):
+    """Shared plumbing: quantize_rows allocates, quantize_into writes blocks in place."""
+
     chunk_elems = 1 << 16
 
     @classmethod
     def quantize_rows(cls, x: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor:
+        out = torch.empty((x.shape[0], x.shape[1] // QK * cls.type_size), dtype=torch.uint8, device=x.device)
+        cls.quantize_into(x, imatrix, out)
+        return out
+
+    @classmethod
+    def quantize_into(cls, x: torch.Tensor, imatrix: torch.Tensor | None, out: torch.Tensor) -> None:
+        cls._write(x, imatrix, out.view(-1, cls.type_size))
+
+    @classmethod
+    def _write(cls, x: torch.Tensor, imatrix: torch.Tensor | None, out: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+@register
+class Q8_0(_LegacyKernel):
+    """Layout: d (fp16), qs[32] (int8). ``d = max|x|/127``, ``q = roundf(x/d)``."""
+
+    qtype = T.Q8_0
+    uses_imatrix = False
+
+    @classmethod
+    def _write(cls, x: torch.Tensor, imatrix: torch.Tensor | None, out: torch.Tensor) -> None:
         xb = x.reshape(-1, QK)
-        amax = xb.abs().amax(1, keepdim=True)
-        d = fdiv(amax, 127.0)
-        v = xb * recip_or_zero(d)
-        # roundf: half away from zero = trunc(v) + trunc(2*frac), frac = v - trunc(v) (both exact)
-        t = v.trunc()
-        frac = v - t
-        q = (t + (frac + frac).trunc_()).to(torch.int8).view(torch.uint8)
-        out = torch.cat([fp16_bytes(d[:, 0]), q], dim=1)
-        return out.reshape(x.shape[0], -1)
+        v = _work(xb)
+        t = scratch("legacy_f2", xb.shape, F32, xb.device)
+        d = fdiv(torch.abs(xb, out=v).amax(1), 127.0)
+        torch.mul(xb, recip_or_zero_fast(d)[:, None], out=v)
+        # roundf (half away from zero) = trunc(2v) - trunc(v): 2v is exact, trunc(2v) = 2*trunc(v) + trunc(2*frac)
+        torch.trunc(v, out=t)
+        v.add_(v).trunc_().sub_(t)
+        out[:, 2:].view(torch.int8).copy_(v)
+        _put_f16(out, 0, d)
 
     @classmethod
     def dequantize_rows(cls, data: torch.Tensor) -> torch.Tensor:
@@ -91,29 +118,29 @@ class Q8_0(GGMLKernel):
         return (q * d).reshape(data.shape[0], -1)
 
 
-class _SymmetricLegacy(GGMLKernel):
+class _SymmetricLegacy(_LegacyKernel):
     """Q4_0 / Q5_0: ``x = d * (q - 2**(bits-1))``."""
 
     bits: int
 
     @classmethod
     def _levels(cls, x: torch.Tensor, imatrix: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scale d (B,) and levels q (B, 32) in [0, 2**bits)."""
+        """Scale d (B,) and levels q (B, 32) uint8 in [0, 2**bits)."""
         half = 1 << (cls.bits - 1)
         if imatrix is not None:
             w = _blocks_t(_row_weights(x, imatrix))
             d, L = make_qx_quants(_blocks_t(x), half, w)
-            return d, L.t().to(torch.int32)
+            return d, L.t().to(torch.uint8)
         xb = x.reshape(-1, QK)
-        _, mx = first_absmax(xb.t())
-        d = fdiv(mx, -float(half))
-        v = xb * recip_or_zero(d)[:, None]
-        v += half + 0.5
-        q = _trunc_q(v).clamp_(max=(1 << cls.bits) - 1)
-        return d, q
+        v = _work(xb)
+        d = fdiv(signed_absmax_rows(xb), -float(half))
+        torch.mul(xb, recip_or_zero_fast(d)[:, None], out=v)
+        v.add_(half + 0.5)  # (x*id) + 8.5f: two roundings, as in C
+        q = v.to(torch.int8).clamp_(max=(1 << cls.bits) - 1)  # (int8_t) truncates toward zero; v > 0
+        return d, q.view(torch.uint8)
 
 
-class _AffineLegacy(GGMLKernel):
+class _AffineLegacy(_LegacyKernel):
     """Q4_1 / Q5_1: ``x = d * q + m``."""
 
     bits: int
@@ -122,35 +149,36 @@ class _AffineLegacy(GGMLKernel):
     def _levels(
         cls, x: torch.Tensor, imatrix: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Scale d (B,), offset m (B,) and levels q (B, 32)."""
+        """Scale d (B,), offset m (B,) and levels q (B, 32) uint8."""
         nmax = (1 << cls.bits) - 1
         if imatrix is not None:
             w = _blocks_t(_row_weights(x, imatrix))
             d, the_min, L = make_qkx_quants(_blocks_t(x), w, nmax, -0.9, 0.05, 36, False, guarded=True)
-            return d, -the_min, L.t().to(torch.int32)
+            return d, -the_min, L.t().to(torch.uint8)
         xb = x.reshape(-1, QK)
-        xt = xb.t()
-        mn = first_min(xt)
-        mx = xt.amax(0)
+        v = _work(xb)
+        mn, mx = first_min_rows(xb)
         d = fdiv(mx - mn, float(nmax))
-        v = (xb - mn[:, None]) * recip_or_zero(d)[:, None]
-        v += 0.5
-        q = _trunc_q(v)
+        torch.sub(xb, mn[:, None], out=v)
+        v.mul_(recip_or_zero_fast(d)[:, None]).add_(0.5)
+        q = v.to(torch.int8)  # (uint8_t) truncation toward zero; 0 <= v < 32
         if cls.bits == 4:  # Q4_1 clamps with MIN(15, .); Q5_1 keeps the low 5 bits of a uint8
-            q = q.clamp_(max=nmax)
-        return d, mn, q
+            q.clamp_(max=nmax)
+        return d, mn, q.view(torch.uint8)
 
 
 @register
 class Q4_0(_SymmetricLegacy):
+    """Layout: d (fp16), qs[16] (element j low nibble, j+16 high nibble)."""
+
     qtype = T.Q4_0
     bits = 4
 
     @classmethod
-    def quantize_rows(cls, x: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor:
+    def _write(cls, x: torch.Tensor, imatrix: torch.Tensor | None, out: torch.Tensor) -> None:
         d, q = cls._levels(x, imatrix)
-        out = torch.cat([fp16_bytes(d), _nibbles(q)], dim=1)
-        return out.reshape(x.shape[0], -1)
+        _put_f16(out, 0, d)
+        _put_nibbles(out, 2, q)
 
     @classmethod
     def dequantize_rows(cls, data: torch.Tensor) -> torch.Tensor:
@@ -162,15 +190,17 @@ class Q4_0(_SymmetricLegacy):
 
 @register
 class Q5_0(_SymmetricLegacy):
+    """Layout: d (fp16), qh (u32 LE: bit j = bit 4 of level j), qs[16] (low nibbles)."""
+
     qtype = T.Q5_0
     bits = 5
 
     @classmethod
-    def quantize_rows(cls, x: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor:
+    def _write(cls, x: torch.Tensor, imatrix: torch.Tensor | None, out: torch.Tensor) -> None:
         d, q = cls._levels(x, imatrix)
-        # layout: d (fp16), qh (u32: bit j = bit 4 of q[j]), qs[16] (low nibbles)
-        out = torch.cat([fp16_bytes(d), _high_bits(q), _nibbles(q)], dim=1)
-        return out.reshape(x.shape[0], -1)
+        _put_f16(out, 0, d)
+        _put_high_bits(out, 2, q)
+        _put_nibbles(out, 6, q)
 
     @classmethod
     def dequantize_rows(cls, data: torch.Tensor) -> torch.Tensor:
@@ -183,14 +213,17 @@ class Q5_0(_SymmetricLegacy):
 
 @register
 class Q4_1(_AffineLegacy):
+    """Layout: d (fp16), m (fp16), qs[16]."""
+
     qtype = T.Q4_1
     bits = 4
 
     @classmethod
-    def quantize_rows(cls, x: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor:
+    def _write(cls, x: torch.Tensor, imatrix: torch.Tensor | None, out: torch.Tensor) -> None:
         d, m, q = cls._levels(x, imatrix)
-        out = torch.cat([fp16_bytes(d), fp16_bytes(m), _nibbles(q)], dim=1)
-        return out.reshape(x.shape[0], -1)
+        _put_f16(out, 0, d)
+        _put_f16(out, 2, m)
+        _put_nibbles(out, 4, q)
 
     @classmethod
     def dequantize_rows(cls, data: torch.Tensor) -> torch.Tensor:
@@ -203,14 +236,18 @@ class Q4_1(_AffineLegacy):
 
 @register
 class Q5_1(_AffineLegacy):
+    """Layout: d (fp16), m (fp16), qh (u32 LE), qs[16]."""
+
     qtype = T.Q5_1
     bits = 5
 
     @classmethod
-    def quantize_rows(cls, x: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor:
+    def _write(cls, x: torch.Tensor, imatrix: torch.Tensor | None, out: torch.Tensor) -> None:
         d, m, q = cls._levels(x, imatrix)
-        out = torch.cat([fp16_bytes(d), fp16_bytes(m), _high_bits(q), _nibbles(q)], dim=1)
-        return out.reshape(x.shape[0], -1)
+        _put_f16(out, 0, d)
+        _put_f16(out, 2, m)
+        _put_high_bits(out, 4, q)
+        _put_nibbles(out, 8, q)
 
     @classmethod
     def dequantize_rows(cls, data: torch.Tensor) -> torch.Tensor:

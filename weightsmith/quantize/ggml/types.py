@@ -46,6 +46,12 @@ class GGMLKernel(ABC):
         """float32 ``(R, n)`` -> uint8 ``(R, n // block_size * type_size)``."""
 
     @classmethod
+    def quantize_into(cls, x: torch.Tensor, imatrix: torch.Tensor | None, out: torch.Tensor) -> None:
+        """Like :meth:`quantize_rows`, writing into ``out`` (uint8, contiguous rows); kernels may
+        override it to skip the intermediate result."""
+        out.copy_(cls.quantize_rows(x, imatrix))
+
+    @classmethod
     @abstractmethod
     def dequantize_rows(cls, data: torch.Tensor) -> torch.Tensor:
         """uint8 ``(R, nbytes)`` -> float32 ``(R, nbytes // type_size * block_size)``."""
