@@ -1,0 +1,180 @@
+"""What goes into a generation besides the weights: prompt embeddings, the negative prompt, an image.
+
+Prompt embeddings are computed once and handed to every pipeline as ``prompt_embeds``, so the
+baseline and each candidate see the same numbers and no text encoder runs per candidate. They come
+from (in order of preference) a safetensors file of embeddings, a text file of prompts encoded once
+at full precision by the baseline pipeline's own text encoder, or the seed (tiny fixtures and
+text-encoder-free checks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from weightsmith.errors import InputError, UsageError
+
+# Text length of seeded embeddings when the transformer config does not fix one (the lengths the
+# released pipelines pad to).
+TEXT_LEN = {"wan": 512, "sana": 300}
+
+
+@dataclass
+class Prompt:
+    """One prompt's embeddings (batch 1). ``mask``s are Sana's attention masks."""
+
+    label: str
+    embeds: torch.Tensor
+    negative: torch.Tensor | None
+    mask: torch.Tensor | None = None
+    negative_mask: torch.Tensor | None = None
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for t in (self.embeds, self.negative, self.mask, self.negative_mask):
+            if t is not None:
+                h.update(str((tuple(t.shape), str(t.dtype))).encode())
+                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def text_shape(family: str, config: dict[str, Any], text_len: int | None) -> tuple[int, int]:
+    """(tokens, width) of the prompt embeddings a transformer takes."""
+    if family == "cogvideox":
+        width = int(config["text_embed_dim"])
+        length = text_len or int(config.get("max_text_seq_length", 226))
+    elif family == "wan":
+        width, length = int(config["text_dim"]), text_len or TEXT_LEN["wan"]
+    elif family == "sana":
+        width, length = int(config["caption_channels"]), text_len or TEXT_LEN["sana"]
+    else:  # pragma: no cover - every family is listed
+        raise UsageError(f"no prompt layout known for family {family}")
+    return length, width
+
+
+def seeded_prompt(family: str, config: dict[str, Any], seed: int, text_len: int | None = None) -> Prompt:
+    """Prompt embeddings drawn from ``seed`` (unit normal), shaped for this transformer."""
+    length, width = text_shape(family, config, text_len)
+    g = torch.Generator().manual_seed(1_000_003 * (seed + 1))
+    emb = torch.randn(1, length, width, generator=g)
+    neg = torch.randn(1, length, width, generator=g)
+    mask = torch.ones(1, length, dtype=torch.long) if family == "sana" else None
+    return Prompt(f"seed{seed}", emb, neg, mask, None if mask is None else mask.clone())
+
+
+def load_prompt_file(path: str | Path, family: str) -> list[Prompt]:
+    """Prompts from a safetensors file: ``prompt_embeds`` [N, L, D] and optionally
+    ``negative_prompt_embeds``, ``prompt_attention_mask``, ``negative_prompt_attention_mask``."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(
+            f"--prompts {p} does not exist", hint="pass a .safetensors file of embeddings or a .txt"
+        )
+    try:
+        d = load_file(str(p))
+    except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
+        raise InputError(f"--prompts {p} is not a readable safetensors file ({e})") from None
+    if "prompt_embeds" not in d or d["prompt_embeds"].dim() != 3:
+        raise InputError(
+            f"--prompts {p} holds no 'prompt_embeds' tensor of shape [N, tokens, width]",
+            hint="save one with safetensors.torch.save_file({'prompt_embeds': ...}, path)",
+        )
+    n = d["prompt_embeds"].shape[0]
+
+    def row(key: str, i: int) -> torch.Tensor | None:
+        return d[key][i : i + 1].clone() if key in d else None
+
+    out = []
+    for i in range(n):
+        mask = row("prompt_attention_mask", i)
+        if family == "sana" and mask is None:
+            mask = torch.ones(1, d["prompt_embeds"].shape[1], dtype=torch.long)
+        nmask = row("negative_prompt_attention_mask", i)
+        if family == "sana" and nmask is None and "negative_prompt_embeds" in d:
+            nmask = torch.ones(1, d["negative_prompt_embeds"].shape[1], dtype=torch.long)
+        out.append(
+            Prompt(f"prompt{i}", row("prompt_embeds", i), row("negative_prompt_embeds", i), mask, nmask)
+        )
+    return out
+
+
+def encode_text_prompts(
+    folder: str | Path,
+    family: str,
+    pipeline_cls: type,
+    prompts: list[str],
+    negative: str,
+    device: torch.device,
+) -> list[Prompt]:
+    """Encode text prompts once, at full precision, with the baseline pipeline folder's text encoder."""
+    folder = Path(folder)
+    if not (folder / "text_encoder").is_dir() or not (folder / "tokenizer").is_dir():
+        raise UsageError(
+            f"text prompts need a text encoder, and {folder} has none",
+            hint="pass --prompts as a .safetensors file of embeddings, or a pipeline folder with text_encoder/",
+        )
+    skip = {k: None for k in ("transformer", "transformer_2", "vae", "image_encoder", "image_processor")}
+    pipe = pipeline_cls.from_pretrained(str(folder), torch_dtype=torch.float32, local_files_only=True, **skip)
+    pipe.text_encoder.to(device)
+    out = []
+    with torch.no_grad():
+        for i, text in enumerate(prompts):
+            if family == "sana":
+                pe, pm, ne, nm = pipe.encode_prompt(
+                    prompt=text, do_classifier_free_guidance=True, negative_prompt=negative, device=device
+                )
+            else:
+                pe, ne = pipe.encode_prompt(
+                    prompt=text, negative_prompt=negative, do_classifier_free_guidance=True, device=device
+                )
+                pm = nm = None
+            out.append(
+                Prompt(
+                    f"prompt{i}",
+                    pe.float().cpu(),
+                    ne.float().cpu(),
+                    None if pm is None else pm.cpu(),
+                    None if nm is None else nm.cpu(),
+                )
+            )
+    del pipe
+    return out
+
+
+def seeded_image(seed: int, height: int, width: int) -> Any:
+    """A smooth random RGB picture (PIL) for image-to-video runs without ``--image``."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(7_919 * (seed + 1))
+    small = torch.rand(1, 3, 4, 4, generator=g)
+    big = F.interpolate(small, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+    arr = (big[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+def load_image(path: str | Path, height: int, width: int) -> Any:
+    """The ``--image`` file as RGB, resized to the generation size."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(path).convert("RGB")
+    except (OSError, UnidentifiedImageError):
+        raise InputError(f"--image {path} is not a readable image", hint="pass a PNG or JPEG file") from None
+    return img.resize((width, height), Image.BICUBIC)
+
+
+def image_digest(img: Any) -> str:
+    return hashlib.sha256(img.tobytes()).hexdigest()[:16]
+
+
+def seeded_image_embeds(seed: int, tokens: int, width: int) -> torch.Tensor:
+    """CLIP image-encoder hidden states drawn from ``seed`` (Wan 2.1 I2V/FLF2V without an image encoder)."""
+    g = torch.Generator().manual_seed(104_729 * (seed + 1))
+    return torch.randn(1, tokens, width, generator=g)
