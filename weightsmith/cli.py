@@ -252,3 +252,10 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         click.echo(f"internal error: {type(e).__name__}: {e}; rerun with --debug and report it", err=True)
         sys.exit(3)
+
+
+from weightsmith.verify.cli import imatrix_command, sensitivity_command, verify_command  # noqa: E402
+
+cli.add_command(verify_command)
+cli.add_command(sensitivity_command)
+cli.add_command(imatrix_command)
