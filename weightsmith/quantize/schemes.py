@@ -43,3 +43,4 @@ def find_scheme(scheme: str) -> SchemeFamily:
 
 def _load() -> None:
     import weightsmith.quantize.gguf_quantize  # noqa: F401 - registers gguf:*
+    import weightsmith.quantize.linear_quantize  # noqa: F401 - registers int8, fp8, int4...

@@ -1,0 +1,308 @@
+"""`weightsmith quantize SRC DST --scheme {int8,fp8,fp8-tensor,fp8-e5m2,int4,int4-g64,int4-g32,int4-asym}`:
+a transformer's Linear weights as INT8/FP8/INT4 safetensors, in the layout their consumers load.
+
+* ``--format compressed-tensors`` (default; DST a folder): a Diffusers component folder whose
+  config.json is the Diffusers config plus compressed-tensors' ``quantization_config``, and whose
+  safetensors hold each quantized Linear as that format defines it (see ``linear_formats``).
+* ``--format comfy`` (Wan; DST a ``.safetensors`` file): ComfyUI's scaled-fp8 file in Wan's
+  original layout, for fp8-tensor and fp8-e5m2. Chosen by default when DST ends in .safetensors.
+
+The run streams like the GGUF runner: open lazily, detect, plan the conversion to the output
+layout, then quantize each tensor the policy selects on the chosen device as the stream reaches
+it; the writer holds one tensor at a time. Each run records per layer the scheme, the weight's
+SQNR and the bytes before and after (``DST.layers.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from weightsmith import __version__
+from weightsmith.convert.engine import Plan, make_plan, resolve_detection, stream
+from weightsmith.convert.ops import Rename
+from weightsmith.errors import UsageError
+from weightsmith.families import Detection, get_component
+from weightsmith.io import Checkpoint, open_single
+from weightsmith.io.base import CONFIG_METADATA_KEY, dtype_name
+from weightsmith.io.writers import SpecT, write_diffusers_component, write_safetensors
+from weightsmith.quantize.gguf_quantize import (
+    LayerRecord,
+    QuantizeResult,
+    pick_device,
+    sqnr_db,
+    write_layer_report,
+)
+from weightsmith.quantize.linear_formats import (
+    SCHEME_KEY,
+    SOURCE_DTYPE_KEY,
+    check_activations,
+    comfy_marker_spec,
+    comfy_specs,
+    comfy_tensors,
+    ct_format,
+    ct_quantization_config,
+    ct_specs,
+    ct_tensors,
+    open_view,
+)
+from weightsmith.quantize.linear_policy import KeepBlocks, LinearPolicy, parse_keep_blocks
+from weightsmith.quantize.linear_schemes import (
+    LINEAR_SCHEMES,
+    LinearScheme,
+    get_linear_scheme,
+    quantize_weight,
+)
+from weightsmith.quantize.schemes import SchemeFamily, register_scheme_family
+
+FORMATS = ("compressed-tensors", "comfy")
+
+
+def resolve_format(fmt: str | None, scheme: LinearScheme, dst: Path) -> str:
+    """The output layout: as asked, else ComfyUI for a .safetensors DST or a ComfyUI-only scheme."""
+    if fmt in (None, "auto"):
+        fmt = (
+            "comfy" if dst.suffix == ".safetensors" or scheme.formats == ("comfy",) else "compressed-tensors"
+        )
+    if fmt not in FORMATS:
+        raise UsageError(
+            f"--format {fmt} does not hold {scheme.name} weights", hint=f"choose one of {', '.join(FORMATS)}"
+        )
+    if fmt not in scheme.formats:
+        hint = (
+            "compressed-tensors stores fp8 as e4m3fn only: use --scheme fp8 or fp8-tensor, or --format comfy (Wan)"
+            if fmt == "compressed-tensors"
+            else "use --scheme fp8-tensor or fp8-e5m2 with --format comfy"
+        )
+        raise UsageError(f"--scheme {scheme.name} cannot be written as {fmt}", hint=hint)
+    if fmt == "comfy" and dst.suffix != ".safetensors":
+        raise UsageError(
+            f"ComfyUI output {dst} should be one .safetensors file", hint="name DST like wan-fp8.safetensors"
+        )
+    if fmt == "compressed-tensors" and dst.suffix == ".safetensors":
+        raise UsageError(
+            f"compressed-tensors output {dst} is a component folder", hint="give DST without .safetensors"
+        )
+    return fmt
+
+
+def linear_cli_kwargs(
+    scheme: str, fmt: str | None, keep_blocks: str | None, activations: str | None
+) -> dict[str, Any]:
+    """Extra keyword arguments the quantize command passes to the scheme runner.
+
+    GGUF recipes take none of these: naming one with a gguf: scheme is a usage error."""
+    if scheme.lower().startswith("gguf:"):
+        if fmt not in (None, "gguf") or keep_blocks or activations:
+            raise UsageError(
+                "--format, --keep-blocks and --activations apply to int8/fp8/int4 schemes",
+                hint="drop them for gguf: recipes (the GGUF file is the format)",
+            )
+        return {}
+    if fmt == "gguf":
+        raise UsageError(
+            f"--format gguf needs a gguf: scheme, not {scheme!r}", hint="e.g. --scheme gguf:Q8_0"
+        )
+    out: dict[str, Any] = {}
+    if fmt is not None:
+        out["format"] = fmt
+    if keep_blocks:
+        parse_keep_blocks(keep_blocks)  # fail before any work
+        out["keep_blocks"] = keep_blocks
+    if activations:
+        out["activations"] = activations
+    return out
+
+
+def _meta_model(det: Detection, cfg: dict[str, Any]) -> torch.nn.Module:
+    cls = get_component(det.family, det.component).model_class(det.variant)
+    with torch.device("meta"):
+        return cls(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+
+
+def linear_weight_names(det: Detection, cfg: dict[str, Any]) -> set[str]:
+    """Diffusers names of every nn.Linear weight in the family's class built with ``cfg``."""
+    model = _meta_model(det, cfg)
+    return {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def _rename_map(plan: Plan) -> dict[str, str]:
+    return {op.src: op.dst for op in plan.ops if isinstance(op, Rename)}
+
+
+def open_source(src: str | Path, config: str | Path | None) -> Checkpoint:
+    """The source checkpoint; a quantized artifact is seen dequantized (so it can be re-quantized)."""
+    ck = open_single(src)
+    if config is not None:
+        from weightsmith.convert.run import load_config
+
+        ck.config = load_config(config)
+    view = open_view(ck)
+    return view if view is not None else ck
+
+
+def _source_dtype(ck: Checkpoint) -> torch.dtype:
+    dt = getattr(ck, "logical_dtype", None)
+    if dt is not None:
+        return dt
+    floats = [i.dtype for i in ck.infos.values() if i.dtype in (torch.float32, torch.float16, torch.bfloat16)]
+    return max(set(floats), key=floats.count) if floats else torch.float32
+
+
+def quantize_linear(
+    src: str | Path,
+    dst: str | Path,
+    scheme: str,
+    *,
+    imatrix: str | Path | None = None,
+    keep: tuple[str, ...] = (),
+    family: str | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    config: str | Path | None = None,
+    report: bool = True,
+    format: str | None = None,  # noqa: A002 - the CLI's option name
+    keep_blocks: str | KeepBlocks | None = None,
+    activations: str | None = None,
+    shard_size: str = "5GB",
+    **_: Any,
+) -> QuantizeResult:
+    """Quantize a transformer's Linear weights with an INT8/FP8/INT4 scheme into ``dst``."""
+    t0 = time.perf_counter()
+    ls = get_linear_scheme(scheme)
+    dst = Path(dst)
+    fmt = resolve_format(format, ls, dst)
+    check_activations(ls, activations, fmt)
+    if imatrix is not None:
+        raise UsageError(
+            "--imatrix applies to GGUF K/IQ recipes only", hint=f"drop it for --scheme {ls.name}"
+        )
+    kb = keep_blocks if isinstance(keep_blocks, KeepBlocks) else parse_keep_blocks(keep_blocks)
+    dev = pick_device(device)
+    ck = open_source(src, config)
+    try:
+        det = resolve_detection(ck, family)
+        if det.component != "transformer":
+            raise UsageError(
+                f"{src} is a {det.family} {det.component}; {ls.name} quantizes transformers",
+                hint="point at the transformer (a pipeline folder's transformer is picked automatically)",
+            )
+        plan_d = make_plan(ck, "diffusers", detection=det)
+        from weightsmith.convert.run import output_config, provenance_config
+
+        cfg = output_config(plan_d)
+        linear = linear_weight_names(det, cfg)
+        if fmt == "compressed-tensors":
+            out_plan, to_diffusers = plan_d, {s.name: s.name for s in plan_d.specs}
+        else:
+            if det.family != "wan":
+                raise UsageError(
+                    f"--format comfy writes Wan's original layout; this is {det.family}",
+                    hint="use --format compressed-tensors (--scheme fp8 or fp8-tensor)",
+                )
+            out_plan = make_plan(ck, "original", detection=det, prefix="")
+            src_to_d, src_to_o = _rename_map(plan_d), _rename_map(out_plan)
+            to_diffusers = {o: src_to_d[s] for s, o in src_to_o.items() if s in src_to_d}
+        policy = LinearPolicy(det.family, ls, linear, to_diffusers.values(), keep, kb)
+        decisions = {
+            s.name: (
+                policy.decide(to_diffusers[s.name], s.shape, s.name)
+                if s.name in to_diffusers
+                else policy.decide("", s.shape)
+            )
+            for s in out_plan.specs
+        }
+        afmt = ct_format(ls, activations)
+        specs: list[SpecT] = []
+        ignore: set[str] = set()
+        for s in out_plan.specs:
+            d = decisions[s.name]
+            if d.quantize:
+                module = s.name.removesuffix(".weight")
+                if fmt == "compressed-tensors":
+                    specs += ct_specs(module, s.shape, ls, afmt)  # type: ignore[arg-type]
+                else:
+                    specs += comfy_specs(module, s.shape, ls)
+            else:
+                specs.append((s.name, s.shape, s.dtype))
+                if s.name.endswith(".weight"):
+                    ignore.add(s.name.removesuffix(".weight"))
+        if not any(d.quantize for d in decisions.values()):
+            narrow = any(d.reason.startswith("row ") for d in decisions.values())
+            raise UsageError(
+                f"{ls.name}: no Linear weight of {src} is left to quantize"
+                + (f" (rows do not split into groups of {ls.group_size})" if narrow else ""),
+                hint="choose a smaller group (int4-g32) or int8/fp8"
+                if narrow
+                else "loosen --keep / --keep-blocks",
+            )
+        layers: list[LayerRecord] = []
+        meta = {
+            SCHEME_KEY: ls.name,
+            SOURCE_DTYPE_KEY: dtype_name(_source_dtype(ck)),
+            "weightsmith.version": __version__,
+        }
+        if activations:
+            meta["weightsmith.activations"] = activations
+
+        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, t in stream(out_plan, progress):
+                d = decisions[name]
+                before = t.numel() * t.element_size()
+                if not d.quantize:
+                    layers.append(
+                        LayerRecord(name, tuple(t.shape), dtype_name(t.dtype), d.reason, before, before)
+                    )
+                    yield name, t
+                    continue
+                qw = quantize_weight(t, ls, dev, name)
+                err = sqnr_db(t.to(dev), qw.dequantize())
+                module = name.removesuffix(".weight")
+                items = (
+                    ct_tensors(module, qw, afmt) if fmt == "compressed-tensors" else comfy_tensors(module, qw)
+                )
+                after = sum(x.numel() * x.element_size() for _, x in items)
+                layers.append(LayerRecord(name, tuple(t.shape), ls.name, d.reason, before, after, err))
+                del qw, t
+                for k, x in items:
+                    yield k, x.cpu()
+
+        if fmt == "compressed-tensors":
+            qcfg = ct_quantization_config(ls, activations, sorted(ignore))
+            write_diffusers_component(
+                dst, specs, tensors(), {**cfg, "quantization_config": qcfg}, shard_size, overwrite, meta
+            )
+        else:
+            prov = provenance_config(out_plan)
+            if prov:
+                meta[CONFIG_METADATA_KEY] = json.dumps(prov, sort_keys=True)
+            marker_spec, marker = comfy_marker_spec(ls)
+
+            def with_marker() -> Iterator[tuple[str, torch.Tensor]]:
+                yield from tensors()
+                yield marker_spec[0], marker
+
+            write_safetensors(dst, [*specs, marker_spec], with_marker(), meta, overwrite=overwrite)
+    finally:
+        ck.close()
+    label = ls.name + (f" (W8A8 {activations} activations)" if activations else "") + f", {fmt}"
+    result = QuantizeResult(dst, label, layers, time.perf_counter() - t0)
+    if report:
+        result.report_path = write_layer_report(dst, result)
+    return result
+
+
+register_scheme_family(
+    SchemeFamily(
+        "linear",
+        lambda s: s.lower() in LINEAR_SCHEMES,
+        quantize_linear,
+        lambda: list(LINEAR_SCHEMES),
+    )
+)

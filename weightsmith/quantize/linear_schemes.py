@@ -1,0 +1,290 @@
+"""INT8, FP8 and INT4 weight schemes for Linear layers: the numbers, independent of any file layout.
+
+A ``LinearScheme`` says how one 2-D weight becomes integers (or fp8 values) and scales; the
+kernels here quantize and dequantize it in torch, on whatever device the tensor is on, with the
+same result on CPU and CUDA (only IEEE-exact operations: abs-max, one division, round-half-even,
+clamp, a cast). The layouts that store the result (compressed-tensors, ComfyUI scaled fp8) live
+in ``linear_formats``. Adding a scheme is registering one more ``LinearScheme``.
+
+Conventions (chosen so that compressed-tensors' own compressor, given our scales, produces our
+integers, and its decompressor our weights):
+
+* symmetric int: ``scale = absmax / qmax`` with ``qmax = 2**(bits-1) - 1`` (int8: 127, int4: 7),
+  ``q = clamp(round(w / scale), -qmax, qmax)``;
+* asymmetric int (groups): the range is widened to include 0, ``scale = (max - min) / (2**bits - 1)``,
+  ``zp = clamp(round(qmin - min / scale), qmin, qmax)``, ``q = clamp(round(w / scale + zp), qmin, qmax)``
+  with ``qmin, qmax = -2**(bits-1), 2**(bits-1) - 1``;
+* fp8: ``scale = absmax / finfo(fp8).max``, ``q = clamp(w / scale, -max, max).to(fp8)``;
+* an all-zero row or group gets scale 1 (no division by zero);
+* scales are float32; dequantization is ``(q - zp) * scale`` computed in the scale's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from weightsmith.errors import QuantizationError, UsageError
+
+GRANULARITIES = ("channel", "tensor", "group")
+
+
+@dataclass(frozen=True)
+class LinearScheme:
+    """How one Linear weight is quantized (see the module docstring for the arithmetic)."""
+
+    name: str
+    kind: str  # "int" or "float"
+    bits: int
+    granularity: str  # "channel" (one scale per output row), "tensor" or "group"
+    group_size: int | None = None
+    symmetric: bool = True
+    fp8_dtype: torch.dtype | None = None
+    formats: tuple[str, ...] = ("compressed-tensors",)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("int", "float") or self.granularity not in GRANULARITIES:
+            raise ValueError(f"bad scheme {self}")
+        if (self.granularity == "group") != (self.group_size is not None):
+            raise ValueError(f"{self.name}: group_size goes with granularity 'group'")
+        if self.kind == "float" and (self.fp8_dtype is None or not self.symmetric):
+            raise ValueError(f"{self.name}: float schemes are symmetric fp8")
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) + (1 if self.symmetric else 0)
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1
+
+    @property
+    def fmax(self) -> float:
+        assert self.fp8_dtype is not None
+        return float(torch.finfo(self.fp8_dtype).max)
+
+    def fits(self, in_features: int) -> bool:
+        """Whether a row of ``in_features`` splits into whole groups."""
+        return self.group_size is None or in_features % self.group_size == 0
+
+
+LINEAR_SCHEMES: dict[str, LinearScheme] = {}
+
+
+def register_linear_scheme(scheme: LinearScheme) -> LinearScheme:
+    LINEAR_SCHEMES[scheme.name] = scheme
+    return scheme
+
+
+register_linear_scheme(
+    LinearScheme("int8", "int", 8, "channel", description="int8, symmetric, one scale per output channel")
+)
+register_linear_scheme(
+    LinearScheme(
+        "fp8", "float", 8, "channel", fp8_dtype=torch.float8_e4m3fn, description="float8_e4m3fn, per channel"
+    )
+)
+register_linear_scheme(
+    LinearScheme(
+        "fp8-tensor",
+        "float",
+        8,
+        "tensor",
+        fp8_dtype=torch.float8_e4m3fn,
+        formats=("compressed-tensors", "comfy"),
+        description="float8_e4m3fn, one scale per tensor (ComfyUI's scaled fp8)",
+    )
+)
+register_linear_scheme(
+    LinearScheme(
+        "fp8-e5m2",
+        "float",
+        8,
+        "tensor",
+        fp8_dtype=torch.float8_e5m2,
+        formats=("comfy",),
+        description="float8_e5m2, one scale per tensor (ComfyUI only: compressed-tensors has no e5m2)",
+    )
+)
+for _g, _name in ((128, "int4"), (64, "int4-g64"), (32, "int4-g32")):
+    register_linear_scheme(
+        LinearScheme(_name, "int", 4, "group", _g, description=f"int4, symmetric, groups of {_g} (W4A16)")
+    )
+register_linear_scheme(
+    LinearScheme(
+        "int4-asym", "int", 4, "group", 128, symmetric=False, description="int4, zero points, groups of 128"
+    )
+)
+
+
+def get_linear_scheme(name: str) -> LinearScheme:
+    try:
+        return LINEAR_SCHEMES[name.lower()]
+    except KeyError:
+        raise UsageError(
+            f"unknown scheme {name!r}", hint=f"choose one of {', '.join(LINEAR_SCHEMES)} or gguf:TYPE"
+        ) from None
+
+
+@dataclass
+class QuantizedWeight:
+    """One quantized 2-D weight.
+
+    ``data`` holds the values as int8 (int schemes) or fp8, or, when ``packed_bits`` is set, as
+    int32 words packed the compressed-tensors way (kept packed at run time to save memory).
+    ``scale`` is (out, 1) per channel, (out, n_groups) per group, or one element per tensor;
+    ``zero_point`` (asymmetric only) is int8 (out, n_groups).
+    """
+
+    scheme: LinearScheme
+    data: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor | None
+    shape: tuple[int, int]
+    packed_bits: int | None = None
+
+    def values(self) -> torch.Tensor:
+        """The quantized values, unpacked (int8 or fp8), shaped like the weight."""
+        if self.packed_bits is None:
+            return self.data
+        return unpack_int32(self.data, self.packed_bits, self.shape[1])
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight the stored numbers encode, in the scale's dtype (float32 for ours)."""
+        return dequantize(self.values(), self.scale, self.zero_point, self.scheme)
+
+    def to(self, device: torch.device | str) -> QuantizedWeight:
+        zp = self.zero_point.to(device) if self.zero_point is not None else None
+        return QuantizedWeight(
+            self.scheme, self.data.to(device), self.scale.to(device), zp, self.shape, self.packed_bits
+        )
+
+    @property
+    def nbytes(self) -> int:
+        ts = [self.data, self.scale] + ([self.zero_point] if self.zero_point is not None else [])
+        return sum(t.numel() * t.element_size() for t in ts)
+
+
+def quantize_weight(
+    w: torch.Tensor, scheme: LinearScheme, device: torch.device | str | None = None, name: str = "weight"
+) -> QuantizedWeight:
+    """Quantize one 2-D weight with ``scheme`` on ``device`` (default: where ``w`` is)."""
+    if w.ndim != 2:
+        raise QuantizationError(
+            f"{name}: {scheme.name} quantizes 2-D Linear weights, got shape {list(w.shape)}"
+        )
+    x = w.to(device=device or w.device, dtype=torch.float32)
+    out, inn = x.shape
+    if not bool(torch.isfinite(x).all()):
+        raise QuantizationError(
+            f"{name} holds NaN or infinite values", hint=f"keep it unquantized with --keep '{name}'"
+        )
+    if not scheme.fits(inn):
+        raise QuantizationError(
+            f"{name}: row of {inn} is not a multiple of {scheme.name}'s group of {scheme.group_size}",
+            hint="keep it with --keep, or choose a scheme with a smaller group (int4-g64, int4-g32)",
+        )
+    one = torch.ones((), dtype=torch.float32, device=x.device)
+    if scheme.kind == "float":
+        amax = (
+            x.abs().amax(dim=1, keepdim=True)
+            if scheme.granularity == "channel"
+            else x.abs().amax().reshape(1)
+        )
+        scale = torch.where(amax > 0, amax / scheme.fmax, one)
+        q = (x / scale).clamp(-scheme.fmax, scheme.fmax).to(scheme.fp8_dtype)  # type: ignore[arg-type]
+        return QuantizedWeight(scheme, q, scale, None, (out, inn))
+    if scheme.granularity == "group":
+        xv = x.view(out, inn // scheme.group_size, scheme.group_size)  # type: ignore[operator]
+    elif scheme.granularity == "channel":
+        xv = x.view(out, 1, inn)
+    else:
+        xv = x.view(1, 1, out * inn)
+    if scheme.symmetric:
+        amax = xv.abs().amax(dim=-1)
+        scale = torch.where(amax > 0, amax / scheme.qmax, one)
+        q = torch.round(xv / scale.unsqueeze(-1)).clamp(scheme.qmin, scheme.qmax)
+        zp = None
+    else:
+        lo = xv.amin(dim=-1).clamp(max=0)
+        hi = xv.amax(dim=-1).clamp(min=0)
+        scale = (hi - lo) / float(scheme.qmax - scheme.qmin)
+        scale = torch.where(scale > 0, scale, one)
+        zpf = torch.round(scheme.qmin - lo / scale).clamp(scheme.qmin, scheme.qmax)
+        q = torch.round(xv / scale.unsqueeze(-1) + zpf.unsqueeze(-1)).clamp(scheme.qmin, scheme.qmax)
+        zp = zpf.to(torch.int8)
+    q = q.to(torch.int8).view(out, inn)
+    if scheme.granularity == "tensor":
+        scale = scale.reshape(1)
+    return QuantizedWeight(scheme, q, scale, zp, (out, inn))
+
+
+def dequantize(
+    q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, scheme: LinearScheme
+) -> torch.Tensor:
+    """``(q - zero_point) * scale`` in the scale's dtype, per channel, tensor or group.
+
+    The operations and their order are compressed-tensors' (and torchao's, in float32), so all
+    three give the same bits."""
+    v = q.to(scale.dtype)
+    if scheme.granularity == "group":
+        out, inn = q.shape
+        v = v.view(out, -1, scheme.group_size)  # type: ignore[arg-type]
+        if zero_point is not None:
+            v = v - zero_point.to(scale.dtype).unsqueeze(-1)
+        return (v * scale.unsqueeze(-1)).view(out, inn)
+    if zero_point is not None:
+        v = v - zero_point.to(scale.dtype)
+    return v * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# compressed-tensors' int32 packing: value + 2**(bits-1) as an unsigned field, element i of a row
+# at bit i*bits of the row's bit stream, 32 bits a word (for 4 and 8 bits no field straddles).
+
+
+def pack_int32(q: torch.Tensor, bits: int, dim: int = 1, rows_per_chunk: int = 4096) -> torch.Tensor:
+    """Pack int8 values along ``dim`` (1: rows of a weight; 0: columns, as zero points are)."""
+    if bits not in (4, 8):
+        raise QuantizationError(f"packing {bits}-bit values is not supported (only 4 and 8)")
+    if dim == 0:
+        return pack_int32(q.t(), bits, 1, rows_per_chunk).t().contiguous()
+    per = 32 // bits
+    rows, cols = q.shape
+    shifts = torch.arange(per, device=q.device, dtype=torch.int64) * bits
+    out = []
+    for start in range(0, rows, rows_per_chunk):  # bounded int64 temporaries
+        u = q[start : start + rows_per_chunk].to(torch.int64) + (1 << (bits - 1))
+        if cols % per:
+            u = F.pad(u, (0, per - cols % per))
+        words = (u.view(u.shape[0], -1, per) << shifts).sum(-1)
+        out.append(torch.where(words >= 2**31, words - 2**32, words).to(torch.int32))
+    return torch.cat(out) if len(out) != 1 else out[0]
+
+
+def unpack_int32(packed: torch.Tensor, bits: int, cols: int, dim: int = 1) -> torch.Tensor:
+    """Inverse of ``pack_int32``: int8 values, ``cols`` of them along ``dim``."""
+    if bits not in (4, 8):
+        raise QuantizationError(f"unpacking {bits}-bit values is not supported (only 4 and 8)")
+    if dim == 0:
+        return unpack_int32(packed.t(), bits, cols, 1).t().contiguous()
+    rows = packed.shape[0]
+    if sys.byteorder == "little" or packed.device.type != "cpu":
+        # Each int32 word is four bytes, lowest first: split bytes (and nibbles) without int64.
+        b = packed.contiguous().view(torch.uint8).view(rows, -1)
+        u = torch.stack((b & 0xF, b >> 4), dim=-1).view(rows, -1) if bits == 4 else b
+        return (u[:, :cols].to(torch.int16) - (1 << (bits - 1))).to(torch.int8)
+    per = 32 // bits
+    shifts = torch.arange(per, device=packed.device, dtype=torch.int64) * bits
+    w = packed.to(torch.int64) & 0xFFFFFFFF
+    u = ((w.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).reshape(rows, -1)[:, :cols]
+    return (u - (1 << (bits - 1))).to(torch.int8)
+
+
+def packed_cols(cols: int, bits: int) -> int:
+    return math.ceil(cols * bits / 32)
