@@ -143,7 +143,23 @@ def convert(
 @click.argument("src", type=click.Path(path_type=str))
 @click.argument("dst", type=click.Path(path_type=str))
 @click.option(
-    "--scheme", required=True, help="e.g. gguf:Q4_K_M, gguf:Q8_0, gguf:F16 (see README for the table)."
+    "--scheme",
+    required=True,
+    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-asym.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["gguf", "compressed-tensors", "comfy"]),
+    help="Output layout for int8/fp8/int4 schemes (default: comfy for a .safetensors DST, else compressed-tensors).",
+)
+@click.option(
+    "--keep-blocks", help="Keep the first N and last M transformer blocks unquantized: first:N,last:M."
+)
+@click.option(
+    "--activations",
+    type=click.Choice(["int8", "fp8"]),
+    help="Record W8A8: dynamic per-token int8 (with --scheme int8) or fp8 (with fp8, fp8-tensor) activations.",
 )
 @click.option(
     "--imatrix",
@@ -171,6 +187,9 @@ def quantize(
     device: str,
     config: str | None,
     overwrite: bool,
+    fmt: str | None,
+    keep_blocks: str | None,
+    activations: str | None,
 ) -> None:
     """Quantize the transformer in SRC into DST with a named scheme.
 
@@ -181,6 +200,14 @@ def quantize(
     Q4_1 Q4_0 Q3_K_L Q3_K_M Q3_K_S Q2_K IQ4_NL IQ4_XS F16 BF16 F32. Kernels are torch,
     byte-identical to ggml's reference quantizer, on CPU or GPU.
 
+    \b
+    INT8/FP8/INT4 (--scheme int8|fp8|fp8-tensor|fp8-e5m2|int4|int4-g64|int4-g32|int4-asym):
+    Linear weights only; embeddings, modulation, norms and the head stay in high precision.
+      --format compressed-tensors  DST is a Diffusers component folder whose config.json
+                                   carries compressed-tensors' quantization_config
+      --format comfy               DST is a ComfyUI scaled-fp8 .safetensors (Wan, original
+                                   layout; fp8-tensor or fp8-e5m2)
+
     A per-layer table (type, SQNR in dB, bytes before and after) is printed and written
     beside DST as DST.layers.json.
 
@@ -188,7 +215,10 @@ def quantize(
     Examples:
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan2.1-t2v-14b-Q4_K_M.gguf --scheme gguf:Q4_K_M
       weightsmith quantize wan.safetensors wan-Q3_K_M.gguf --scheme gguf:Q3_K_M --imatrix wan.imatrix.gguf
+      weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-int4/ --scheme int4 --keep-blocks first:1,last:1
+      weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-fp8-scaled.safetensors --scheme fp8-tensor
     """
+    from weightsmith.quantize.linear_quantize import linear_cli_kwargs
     from weightsmith.quantize.schemes import find_scheme
 
     fam = find_scheme(scheme)
@@ -202,6 +232,7 @@ def quantize(
         device=device,
         overwrite=overwrite,
         config=config,
+        **linear_cli_kwargs(scheme, fmt, keep_blocks, activations),
     )
     for line in result.summary_lines():
         click.echo(line, err=True)
