@@ -116,6 +116,13 @@ def convert(
     in the Diffusers layout; for another target the fused model passes through a temporary
     Diffusers folder beside DST, removed at the end.
     """
+    from weightsmith.quantize.runtime import dequantize_to_plain, quantized_artifact_kind
+
+    if quantized_artifact_kind(src) is not None:  # compressed-tensors / ComfyUI fp8: dequantized
+        return dequantize_to_plain(
+            src, dst, to=to, dtype=dtype, family=family, shard_size=shard_size, prefix=prefix,
+            overwrite=overwrite, progress=progress, config=config, loras=loras,
+        )  # fmt: skip
     if loras and to != "diffusers":
         dst = Path(dst)
         if dst.exists() and not overwrite:
