@@ -121,6 +121,7 @@ def evaluate(
 ) -> list[GateResult]:
     """Every gate and built-in check for one candidate."""
     out: list[GateResult] = []
+    failures = list(dict.fromkeys(failures))  # the same failure on every seed is named once
     nonfinite = [f for f in failures if "NaN" in f]
     frames = [f for f in failures if f not in nonfinite]
     out.append(GateResult(name, "finite", "finite", "; ".join(nonfinite) or "yes", not nonfinite))

@@ -201,11 +201,8 @@ class _Runner:
             )
         return self._base_modules[expert]
 
-    def release_baseline(self, keep: tuple[str, ...] = ()) -> None:
-        for k in list(self._base_modules):
-            if k not in keep:
-                del self._base_modules[k]
-        _collect(self.device)
+    def release_baseline(self) -> None:
+        self._base_modules.clear()
 
     def parts(self, experts: dict[str, nn.Module]) -> Parts:
         two = experts.get("transformer_2")
@@ -516,6 +513,15 @@ def _run_candidate(
         cand.bytes / base_bytes if base_bytes else math.nan,
         load_seconds=load_s,
     )
+    bad = [f"{e}.{n}" for e, m in experts.items() for n in nonfinite_weights(m)]
+    if bad:  # fails at once: nothing to generate
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        why = f"NaN/Inf in the candidate's weights: {', '.join(bad[:3])}{more}"
+        res.items = [ItemScore(it.prompt.label, it.seed, {}, failures=[why]) for it in items]
+        tick.update(len(items))
+        del experts
+        runner.release_baseline()
+        return res
     gens = runner.run(experts, items, tick)
     for it, gen in zip(items, gens):
         score = compare(base_gens[it.index], gen, it.prompt.label, it.seed)
@@ -525,6 +531,15 @@ def _run_candidate(
     del experts, gens
     runner.release_baseline()
     return res
+
+
+def nonfinite_weights(model: nn.Module) -> list[str]:
+    """Names of floating-point parameters and buffers holding NaN or Inf."""
+    out = []
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            out.append(name)
+    return out
 
 
 def _merge(per_rank: list[list[CandidateResult]]) -> list[CandidateResult]:

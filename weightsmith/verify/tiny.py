@@ -24,7 +24,7 @@ _WAN = {
     "out_channels": 16,
     "text_dim": 64,
     "freq_dim": 256,
-    "ffn_dim": 512,
+    "ffn_dim": 256,
     "num_layers": 2,
     "cross_attn_norm": True,
     "qk_norm": "rms_norm_across_heads",

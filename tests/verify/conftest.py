@@ -1,0 +1,86 @@
+"""Tiny pipelines and candidates shared by the verifier tests (built once per session)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from weightsmith.verify.tiny import TINY_SIZE, save_tiny_pipeline
+
+# The generation every verifier test runs: 2 steps at the tiny size, short seeded prompts.
+GEN = ["--steps", "2", "--height", "32", "--width", "32", "--frames", "5", "--text-len", "8"]
+
+
+def settings(**kw):
+    from weightsmith.verify.settings import GenerationSettings
+
+    h, w, f = TINY_SIZE[kw.pop("family", "wan")]
+    base = {"height": h, "width": w, "frames": f, "steps": 2, "text_len": 8}
+    base.update(kw)
+    return GenerationSettings(**base)
+
+
+def edited_copy(src: Path, dst: Path, edit) -> Path:
+    """A copy of a Diffusers component folder with ``edit(state)`` applied to its weights."""
+    shutil.copytree(src, dst)
+    f = dst / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(f))
+    edit(state)
+    save_file(state, str(f))
+    return dst
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, much faster on a busy machine (no spinning workers)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def wan(tmp_path_factory) -> dict[str, Path]:
+    """A tiny Wan 2.1 T2V pipeline and candidates: identical, converted, broken and quantized."""
+    from weightsmith.convert.run import convert
+    from weightsmith.quantize.gguf_quantize import quantize_gguf
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _wan(tmp_path_factory, convert, quantize_gguf)
+    finally:
+        torch.set_num_threads(n)
+
+
+def _wan(tmp_path_factory, convert, quantize_gguf) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("wan")
+    pipe = save_tiny_pipeline(root / "pipe", "wan", "2.1-t2v")
+    tr = pipe / "transformer"
+    out = {"pipe": pipe, "transformer": tr, "vae": pipe / "vae", "root": root, "cache": root / "cache"}
+    out["original"] = convert(tr, root / "wan-original.safetensors", "original", progress=False).dst
+
+    def zero(state):
+        state["blocks.0.ffn.net.2.weight"].zero_()
+
+    def nan(state):
+        state["blocks.1.attn1.to_q.weight"][0, 0] = float("nan")
+
+    def overflow(state):  # finite weights whose activations overflow float32
+        state["blocks.0.ffn.net.2.weight"].mul_(1e37)
+
+    out["zeroed"] = edited_copy(tr, root / "zeroed-layer", zero)
+    out["nan"] = edited_copy(tr, root / "nan-weight", nan)
+    out["overflow"] = edited_copy(tr, root / "overflow", overflow)
+    for recipe in ("Q8_0", "Q2_K"):
+        out[recipe] = quantize_gguf(tr, root / f"wan-{recipe}.gguf", f"gguf:{recipe}", progress=False).dst
+    assert json.loads((pipe / "model_index.json").read_text())["_class_name"] == "WanPipeline"
+    assert torch.isnan(
+        load_file(str(out["nan"] / "diffusion_pytorch_model.safetensors"))["blocks.1.attn1.to_q.weight"]
+    ).any()
+    return out
