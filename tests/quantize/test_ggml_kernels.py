@@ -119,7 +119,7 @@ def test_f32_roundtrip() -> None:
 
 def _special_values() -> torch.Tensor:
     bits = np.array([0x7FC00001, 0xFFC12345, 0x7F800001, 0x7F800000, 0xFF800000, 0x00000001, 0x80000001,
-                     0x80000000, 0x3F808000, 0x3F818000, 0x477FF000, 0x38000000, 0x33800000, 0x7F7FFFFF],
+                     0x80000000, 0x3F808000, 0x3F818000, 0x477FF000, 0x38000000, 0x33800000, 0x7F7FFFFF, 0x00018000, 0x807F8000],
                     dtype=np.uint32)  # fmt: skip
     return torch.from_numpy(np.concatenate([bits.view(np.float32), _random(1, 50).numpy()[0]]))
 
@@ -239,3 +239,15 @@ def test_cuda_matches_cpu(qtype: str, with_imatrix: bool) -> None:
     assert torch.equal(q.cpu(), quantize(x, qtype, im))
     y = dequantize(q, qtype, x.shape)
     assert y.device.type == "cuda" and torch.equal(y.cpu(), dequantize(q.cpu(), qtype, x.shape))
+
+
+def test_non_contiguous_input_and_ignored_imatrix() -> None:
+    x = _random(64, 512, seed=4)
+    xt = x.t().contiguous().t()  # same values, column-major storage
+    assert not xt.is_contiguous()
+    for qtype in ["Q8_0", "Q4_K", "BF16"]:
+        assert torch.equal(quantize(xt, qtype), quantize(x, qtype))
+    im = torch.rand(512) + 0.1
+    for qtype in ["F32", "F16", "BF16", "Q8_0"]:  # ggml ignores importance weights for these
+        assert torch.equal(quantize(x, qtype, im), quantize(x, qtype))
+    assert not torch.equal(quantize(x, "Q4_0", im), quantize(x, "Q4_0"))

@@ -53,8 +53,10 @@ def _check_row(shape: tuple[int, ...], k: type[GGMLKernel]) -> None:
         )
 
 
-def _rows_per_chunk(k: type[GGMLKernel], n: int) -> int:
-    return max(1, k.chunk_elems // max(n, 1))
+def _rows_per_chunk(k: type[GGMLKernel], n: int, device: torch.device) -> int:
+    """Rows per kernel call: cache-sized on CPU; on a GPU, large enough to fill it."""
+    elems = k.chunk_elems if device.type == "cpu" else max(k.chunk_elems, 1 << 24)
+    return max(1, elems // max(n, 1))
 
 
 def quantize(tensor: torch.Tensor, qtype: QType, imatrix: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,7 +93,7 @@ def quantize(tensor: torch.Tensor, qtype: QType, imatrix: torch.Tensor | None = 
             f"cannot quantize to {k.name}: the tensor holds NaN or infinite values",
             hint="fix the checkpoint, or keep this tensor in F16/BF16/F32",
         )
-    step = _rows_per_chunk(k, n)
+    step = _rows_per_chunk(k, n, x.device)
     for r0 in range(0, x.shape[0], step):
         k.quantize_into(x[r0 : r0 + step], qw, out[r0 : r0 + step])
     return out.reshape(byte_shape(shape, k.qtype))
@@ -112,9 +114,13 @@ def dequantize(data: torch.Tensor, qtype: QType, shape: Sequence[int]) -> torch.
     rows = data.reshape(-1, expected[-1])
     if rows.shape[0] == 0:
         return torch.empty(shape, dtype=torch.float32, device=data.device)
-    step = max(1, _rows_per_chunk(k, shape[-1]) * 16)
-    parts = [k.dequantize_rows(rows[r0 : r0 + step]) for r0 in range(0, rows.shape[0], step)]
-    return torch.cat(parts).reshape(shape)
+    step = _rows_per_chunk(k, shape[-1], data.device) * 16  # decoding is light: bigger chunks
+    if step >= rows.shape[0]:
+        return k.dequantize_rows(rows).reshape(shape)
+    out = torch.empty((rows.shape[0], shape[-1]), dtype=torch.float32, device=data.device)
+    for r0 in range(0, rows.shape[0], step):
+        out[r0 : r0 + step] = k.dequantize_rows(rows[r0 : r0 + step])
+    return out.reshape(shape)
 
 
 def _all_finite(x: torch.Tensor) -> bool:

@@ -68,6 +68,19 @@ def recip_or_zero(d: torch.Tensor) -> torch.Tensor:
     return torch.where(d != 0, fdiv(1.0, d), fconst(0.0, d))
 
 
+def where_blocks(mask: torch.Tensor, a: torch.Tensor | float, b: torch.Tensor) -> torch.Tensor:
+    """``torch.where(mask, a, b)`` with a per-block mask broadcast over the leading dims of ``b``.
+
+    torch's CPU ``where`` is slow on large tensors, and the masks here (all-zero blocks, zero
+    scales) are nearly always uniform, so the select only runs when it changes something.
+    """
+    if not bool(mask.any()):
+        return b
+    if bool(mask.all()) and not isinstance(a, torch.Tensor):
+        return torch.full_like(b, a)
+    return torch.where(mask, a, b)
+
+
 def steps_f32(values: Sequence[float]) -> torch.Tensor:
     """A 1-D float32 tensor of per-step constants computed elsewhere in float32."""
     return torch.tensor(list(values), dtype=F32)
@@ -273,9 +286,7 @@ def make_qx_quants(x: torch.Tensor, nmax: int, w: torch.Tensor | None) -> tuple[
         sel = torch.where(take, isc, sel)
     L = rint(x * sel).clamp_(-nmax, nmax - 1) + nmax
     is_zero = amax < GROUP_MAX_EPS
-    L = torch.where(is_zero[None, :], zero, L)
-    scale = torch.where(is_zero, zero, scale)
-    return scale, L
+    return torch.where(is_zero, zero, scale), where_blocks(is_zero, 0.0, L)
 
 
 def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,7 +326,7 @@ def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tens
     zero = fconst(0.0, x)
     scale = torch.where(suml2 > 0, fdiv(sumlx, suml2), zero)
     is_zero = amax < GROUP_MAX_EPS
-    return torch.where(is_zero, zero, scale), torch.where(is_zero[None, :], zero, L)
+    return torch.where(is_zero, zero, scale), where_blocks(is_zero, 0.0, L)
 
 
 def _qkx_numerators(nmax: int, rmin: float, rdelta: float, nstep: int, device: torch.device) -> torch.Tensor:
@@ -410,7 +421,7 @@ def make_qkx_quants(
         else:
             e.mul_(e)
         cur = seq_sum(e.mul_(w))
-        take = (D > 0) & (cur < best)
+        take = (D > 0) & (cur < best) & ~degenerate  # C returns before the trials for those
         best = torch.where(take, cur, best)
         scale = torch.where(take, this_scale, scale)
         sel_mn = torch.where(take, mn, sel_mn)
@@ -418,7 +429,9 @@ def make_qkx_quants(
         took |= take
         mn = torch.where(take, this_min, mn)
     lsel = levels((x - sel_mn) * sel_isc, sel_isc, any_exact)
-    L = torch.where(took & ~degenerate, lsel, torch.where(degenerate, zero, L0))
+    # small integer levels: the blend L0 + took*(lsel - L0) is exact and much faster than where
+    L = lsel.sub_(L0).mul_(took.to(F32)).add_(L0)
+    L = where_blocks(degenerate, 0.0, L)
     scale = torch.where(degenerate, zero, scale)
     return scale, -mn, L
 

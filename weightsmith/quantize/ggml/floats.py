@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import gguf
 import torch
 
@@ -53,13 +55,15 @@ class BF16Kernel(GGMLKernel):
 
     @classmethod
     def quantize_rows(cls, x: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor:
-        # ggml_compute_fp32_to_bf16: NaN -> quiet NaN keeping sign and top payload bits, else
-        # round to nearest even on the upper 16 bits (torch's own cast makes every NaN 0x7FC0).
-        u = x.contiguous().view(torch.int32)
-        is_nan = (u & 0x7FFFFFFF) > 0x7F800000
-        rounded = (u + (0x7FFF + ((u >> 16) & 1))) >> 16  # no int32 overflow for non-NaN inputs
-        quiet = (u >> 16) | 64
-        out = torch.where(is_nan, quiet, rounded).to(torch.int16)
+        # ggml_compute_fp32_to_bf16: round to nearest even on the upper 16 bits (torch's cast does
+        # the same, subnormals included), NaN -> quiet NaN keeping sign and payload (torch's cast
+        # makes every NaN 0xFFFF, so NaNs are redone here)
+        out = x.to(torch.bfloat16).view(torch.int16)
+        if not math.isfinite(float(x.sum())):
+            nan = torch.isnan(x)
+            if bool(nan.any()):
+                out = out.clone()
+                out[nan] = ((x.contiguous().view(torch.int32)[nan] >> 16) | 64).to(torch.int16)
         return out.view(torch.uint8)
 
     @classmethod

@@ -28,6 +28,7 @@ from .common import (
     pack_low_high,
     seq_sum,
     sqrtf,
+    where_blocks,
 )
 from .types import GGMLKernel, register
 
@@ -71,7 +72,7 @@ def _requant(
     """
     num = x if dm is None else x + dm[..., None]
     q = nearest_int(fdiv(num, dj[..., None])).clamp_(lo, hi)
-    return torch.where((dj != 0)[..., None], q, L)
+    return where_blocks((dj == 0)[..., None], L, q)
 
 
 def _pack_2bit(L: torch.Tensor) -> torch.Tensor:
@@ -402,7 +403,7 @@ class Q6_K(GGMLKernel):
         qh = h[:, :, 0] | (h[:, :, 1] << 2) | (h[:, :, 2] << 4) | (h[:, :, 3] << 6)
         out = torch.cat([ql.reshape(nb, 128), qh.reshape(nb, 64), sc.to(torch.int8).view(torch.uint8),
                          fp16_bytes(d)], dim=1)  # fmt: skip
-        out = torch.where((max_abs < GROUP_MAX_EPS)[:, None], 0, out)
+        out = where_blocks((max_abs < GROUP_MAX_EPS)[:, None], 0, out)
         return out.reshape(x.shape[0], -1)
 
     @classmethod

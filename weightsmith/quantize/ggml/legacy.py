@@ -134,9 +134,13 @@ class _SymmetricLegacy(_LegacyKernel):
         xb = x.reshape(-1, QK)
         v = _work(xb)
         d = fdiv(signed_absmax_rows(xb), -float(half))
-        torch.mul(xb, recip_or_zero_fast(d)[:, None], out=v)
+        inv = recip_or_zero_fast(d)
+        torch.mul(xb, inv[:, None], out=v)
         v.add_(half + 0.5)  # (x*id) + 8.5f: two roundings, as in C
         q = v.to(torch.int8).clamp_(max=(1 << cls.bits) - 1)  # (int8_t) truncates toward zero; v > 0
+        overflow = (inv == 0) & (d != 0)  # subnormal d: 1/d = inf, and x86 converts inf to 0
+        if bool(overflow.any()):
+            q[overflow] = 0
         return d, q.view(torch.uint8)
 
 
