@@ -83,8 +83,8 @@ class Candidate:
         return sum(s.bytes for s in self.experts.values())
 
 
-def parse_spec(spec: str) -> dict[str, Path] | Path:
-    """``PATH`` or ``transformer=PATH,transformer_2=PATH``."""
+def parse_spec(spec: str, need_first: bool = True) -> dict[str, Path] | Path:
+    """``PATH`` or ``transformer=PATH,transformer_2=PATH`` (a candidate may name one expert)."""
     if "=" not in spec:
         return Path(spec)
     out: dict[str, Path] = {}
@@ -96,7 +96,7 @@ def parse_spec(spec: str) -> dict[str, Path] | Path:
                 f"cannot read {spec!r}", hint="write PATH or transformer=PATH,transformer_2=PATH"
             )
         out[name] = Path(value.strip())
-    if "transformer" not in out:
+    if need_first and "transformer" not in out:
         raise UsageError(f"{spec!r} names no transformer=PATH", hint="the first expert is always needed")
     return out
 
@@ -194,7 +194,7 @@ def resolve_candidates(specs: list[str], baseline: Baseline, consumers: str = "b
     """CANDIDATE arguments as Candidates; a GGUF of Wan/Sana also as its diffusers-loader twin."""
     out: list[Candidate] = []
     for spec in specs:
-        parsed = parse_spec(spec)
+        parsed = parse_spec(spec, need_first=False)
         if isinstance(parsed, Path) and (parsed / "model_index.json").is_file():
             names = open_checkpoint(parsed)
             assert isinstance(names, PipelineCheckpoint)
@@ -204,6 +204,12 @@ def resolve_candidates(specs: list[str], baseline: Baseline, consumers: str = "b
         else:
             paths = parsed if isinstance(parsed, dict) else {"transformer": parsed}
             experts = {e: describe_source(p, "transformer") for e, p in paths.items()}
+        extra = [e for e in experts if e not in baseline.experts]
+        if extra:
+            raise UsageError(
+                f"candidate {spec!r} names {extra[0]}, which the baseline does not have",
+                hint="give the baseline both experts (a pipeline folder or transformer=..,transformer_2=..)",
+            )
         for e, s in experts.items():
             _check_matches(s, baseline, e)
         label = spec if isinstance(parsed, dict) else parsed.name
