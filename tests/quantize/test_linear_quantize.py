@@ -188,8 +188,13 @@ def _report(path: Path) -> dict[str, dict]:
 
 
 @cache
+def _loaded(family: str, scheme: str, acts: str | None, fmt: str | None, backend: str) -> nn.Module:
+    return load_quantized(_artifact(family, scheme, acts, fmt), backend=backend)
+
+
+@cache
 def _output(family: str, scheme: str, acts: str | None, fmt: str | None, backend: str) -> torch.Tensor:
-    return _run(load_quantized(_artifact(family, scheme, acts, fmt), backend=backend), family)
+    return _run(_loaded(family, scheme, acts, fmt, backend), family)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -197,6 +202,7 @@ def _root(work):
     _ROOT[:] = [work]
     yield
     _build.cache_clear()
+    _loaded.cache_clear()
     _output.cache_clear()
 
 
@@ -261,7 +267,7 @@ def test_compressed_tensors_compressor_gives_our_tensors_and_decompresses_them(s
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("shape", [(5, 13), (3, 40), (16, 8)])
+@pytest.mark.parametrize("shape", [(5, 13), (3, 40), (16, 8), (1, 64), (24, 1)])
 def test_packing_is_compressed_tensors_packing(bits, shape, monkeypatch):
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
 
@@ -274,6 +280,7 @@ def test_packing_is_compressed_tensors_packing(bits, shape, monkeypatch):
         assert torch.equal(unpack_from_int32(ours, bits, torch.Size(shape), packed_dim=dim), q)
         # the arithmetic path big-endian hosts take
         monkeypatch.setattr(linear_schemes, "sys", SimpleNamespace(byteorder="big"))
+        assert torch.equal(pack_int32(q, bits, dim=dim, rows_per_chunk=2), ours)
         assert torch.equal(unpack_int32(ours, bits, shape[dim], dim=dim), q)
         monkeypatch.undo()
 
@@ -344,8 +351,8 @@ def test_output_close_to_full_precision_and_torchao_matches_reference(family, sc
     key = scheme + (f"+{acts}" if acts else "")
     reference = _output(family, scheme, acts, fmt, "reference")
     assert sqnr_db(ref, reference) > OUTPUT_SQNR[key], (key, sqnr_db(ref, reference))
-    m_ref = load_quantized(path, backend="reference")
-    m_ao = load_quantized(path, backend="torchao")
+    m_ref = _loaded(family, scheme, acts, fmt, "reference")
+    m_ao = _loaded(family, scheme, acts, fmt, "torchao")
     checked = 0
     for name, mod in m_ref.named_modules():
         if isinstance(mod, QuantLinear):
@@ -540,3 +547,64 @@ def test_bad_input_api():
         load_quantized(_artifact("wan", "int4"), activations="int8")
     with pytest.raises(UsageError, match="not a compressed-tensors folder"):
         load_quantized(_source("wan"))
+
+
+@pytest.mark.parametrize("preset", ["W8A16", "W4A16_ASYM", "FP8_DYNAMIC"])
+def test_reads_checkpoints_compressed_tensors_itself_writes(work, preset, run_cli):
+    """Another tool's file: a bf16 model whose scales and zero points compressed-tensors computed
+    (its own int8 range [-128, 127], bf16 scales) and its compressor packed. We read it as its
+    decompressor does, and run it."""
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.compressors.format import infer_module_format
+    from compressed_tensors.entrypoints.convert.converters.ct_dequantizer import CompressedTensorsDequantizer
+    from compressed_tensors.quantization import QuantizationConfig, preset_name_to_scheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+    from safetensors.torch import save_file
+
+    model = _model("wan")
+    state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    scheme = preset_name_to_scheme(preset, ["Linear"])
+    fmt = infer_module_format(nn.Linear, scheme).value
+    comp = BaseCompressor.get_value_from_registry(fmt)
+    args = scheme.weights
+    out: dict[str, torch.Tensor] = {}
+    targets = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("blocks.")]
+    for k, v in state.items():
+        if k.removesuffix(".weight") not in targets or not k.endswith(".weight"):
+            out[k] = v
+            continue
+        view = v.view(v.shape[0], -1, args.group_size) if args.group_size else v.view(v.shape[0], 1, -1)
+        scale, zp = calculate_qparams(view.amin(-1), view.amax(-1), args)
+        given = {"weight": v, "weight_scale": scale, "weight_zero_point": zp.to(torch.int8)}
+        for kk, t in comp.compress(given, scheme).items():
+            out[f"{k.removesuffix('weight')}{kk}"] = t.contiguous()
+    folder = work / f"foreign-{preset}"
+    folder.mkdir()
+    qc = QuantizationConfig(config_groups={"group_0": scheme}, format=fmt, quantization_status="compressed")
+    ignore = sorted({k.rsplit(".", 1)[0] for k in out if k.endswith(".weight")} - set(targets))
+    cfg = {"_class_name": "WanTransformer3DModel", **WIDE["wan"][1]}
+    cfg["quantization_config"] = {**qc.model_dump(), "ignore": ignore, "quant_method": "compressed-tensors"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    save_file(out, str(folder / "diffusion_pytorch_model.safetensors"))
+    theirs = CompressedTensorsDequantizer(folder, dtype=torch.float32).validate(
+        load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    )
+    assert (
+        run_cli(
+            "convert", folder, work / f"foreign-{preset}-plain", "--to", "diffusers", "--dtype", "fp32"
+        ).code
+        == 0
+    )
+    ours = load_file(str(work / f"foreign-{preset}-plain" / "diffusion_pytorch_model.safetensors"))
+    assert sorted(ours) == sorted(theirs)
+    for k in ours:
+        assert torch.equal(ours[k], theirs[k]), k
+    m = load_model(folder, dtype=torch.bfloat16)
+    assert type(m.blocks[0].attn1.to_q.weight).__name__ in (
+        "Int8Tensor",
+        "IntxUnpackedToInt8Tensor",
+        "Float8Tensor",
+    )
+    ref = _run(_model("wan"), "wan")
+    got = _run(load_quantized(folder, backend="reference", dtype=torch.float32), "wan")
+    assert sqnr_db(ref, got) > 20

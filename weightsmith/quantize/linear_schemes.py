@@ -180,15 +180,13 @@ def quantize_weight(
         )
     x = w.to(device=device or w.device, dtype=torch.float32)
     out, inn = x.shape
-    if not bool(torch.isfinite(x).all()):
-        raise QuantizationError(
-            f"{name} holds NaN or infinite values", hint=f"keep it unquantized with --keep '{name}'"
-        )
     if not scheme.fits(inn):
         raise QuantizationError(
             f"{name}: row of {inn} is not a multiple of {scheme.name}'s group of {scheme.group_size}",
             hint="keep it with --keep, or choose a scheme with a smaller group (int4-g64, int4-g32)",
         )
+    if x.data_ptr() == w.data_ptr():
+        x = x.clone()  # the in-place steps below must not touch the caller's tensor
     one = torch.ones((), dtype=torch.float32, device=x.device)
     if scheme.kind == "float":
         amax = (
@@ -196,8 +194,9 @@ def quantize_weight(
             if scheme.granularity == "channel"
             else x.abs().amax().reshape(1)
         )
+        _check_finite(amax, name)
         scale = torch.where(amax > 0, amax / scheme.fmax, one)
-        q = (x / scale).clamp(-scheme.fmax, scheme.fmax).to(scheme.fp8_dtype)  # type: ignore[arg-type]
+        q = x.div_(scale).clamp_(-scheme.fmax, scheme.fmax).to(scheme.fp8_dtype)  # type: ignore[arg-type]
         return QuantizedWeight(scheme, q, scale, None, (out, inn))
     if scheme.granularity == "group":
         xv = x.view(out, inn // scheme.group_size, scheme.group_size)  # type: ignore[operator]
@@ -207,21 +206,31 @@ def quantize_weight(
         xv = x.view(1, 1, out * inn)
     if scheme.symmetric:
         amax = xv.abs().amax(dim=-1)
+        _check_finite(amax, name)
         scale = torch.where(amax > 0, amax / scheme.qmax, one)
-        q = torch.round(xv / scale.unsqueeze(-1)).clamp(scheme.qmin, scheme.qmax)
+        q = xv.div_(scale.unsqueeze(-1)).round_().clamp_(scheme.qmin, scheme.qmax)
         zp = None
     else:
         lo = xv.amin(dim=-1).clamp(max=0)
         hi = xv.amax(dim=-1).clamp(min=0)
+        _check_finite(hi - lo, name)
         scale = (hi - lo) / float(scheme.qmax - scheme.qmin)
         scale = torch.where(scale > 0, scale, one)
         zpf = torch.round(scheme.qmin - lo / scale).clamp(scheme.qmin, scheme.qmax)
-        q = torch.round(xv / scale.unsqueeze(-1) + zpf.unsqueeze(-1)).clamp(scheme.qmin, scheme.qmax)
+        q = xv.div_(scale.unsqueeze(-1)).add_(zpf.unsqueeze(-1)).round_().clamp_(scheme.qmin, scheme.qmax)
         zp = zpf.to(torch.int8)
     q = q.to(torch.int8).view(out, inn)
     if scheme.granularity == "tensor":
         scale = scale.reshape(1)
     return QuantizedWeight(scheme, q, scale, zp, (out, inn))
+
+
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    """A NaN or infinity anywhere in a row reaches its abs-max: one cheap check on the reduced tensor."""
+    if not bool(torch.isfinite(t).all()):
+        raise QuantizationError(
+            f"{name} holds NaN or infinite values", hint=f"keep it unquantized with --keep '{name}'"
+        )
 
 
 def dequantize(
@@ -254,15 +263,25 @@ def pack_int32(q: torch.Tensor, bits: int, dim: int = 1, rows_per_chunk: int = 4
         raise QuantizationError(f"packing {bits}-bit values is not supported (only 4 and 8)")
     if dim == 0:
         return pack_int32(q.t(), bits, 1, rows_per_chunk).t().contiguous()
-    per = 32 // bits
     rows, cols = q.shape
+    if sys.byteorder == "little" or q.device.type != "cpu":
+        # Little-endian words: byte j of a row holds values 2j, 2j+1 (4-bit, low nibble first) or j.
+        u = (q.to(torch.int16) + (1 << (bits - 1))).to(torch.uint8)
+        if bits == 4:
+            if cols % 2:
+                u = F.pad(u, (0, 1))
+            u = u[:, 0::2] | (u[:, 1::2] << 4)
+        if u.shape[1] % 4:
+            u = F.pad(u, (0, 4 - u.shape[1] % 4))
+        return u.contiguous().view(-1).view(torch.int32).view(rows, -1)
+    per = 32 // bits
     shifts = torch.arange(per, device=q.device, dtype=torch.int64) * bits
     out = []
     for start in range(0, rows, rows_per_chunk):  # bounded int64 temporaries
-        u = q[start : start + rows_per_chunk].to(torch.int64) + (1 << (bits - 1))
+        u64 = q[start : start + rows_per_chunk].to(torch.int64) + (1 << (bits - 1))
         if cols % per:
-            u = F.pad(u, (0, per - cols % per))
-        words = (u.view(u.shape[0], -1, per) << shifts).sum(-1)
+            u64 = F.pad(u64, (0, per - cols % per))
+        words = (u64.view(u64.shape[0], -1, per) << shifts).sum(-1)
         out.append(torch.where(words >= 2**31, words - 2**32, words).to(torch.int32))
     return torch.cat(out) if len(out) != 1 else out[0]
 

@@ -267,8 +267,8 @@ def load_quantized(
 ) -> nn.Module:
     """The family's diffusers model with this artifact's quantized Linear layers kept quantized.
 
-    ``dtype`` is the compute dtype of quantized layers (default float32) and, when given, the
-    dtype plain weights are cast to. ``activations``: None follows the artifact (W8A8 when it
+    ``dtype`` is the compute dtype of quantized layers (default: the model's recorded precision)
+    and, when given, the dtype plain weights are cast to. ``activations``: None follows the artifact (W8A8 when it
     records dynamic activation quantization), ``"none"`` forces weight-only, ``"int8"``/``"fp8"``
     asks for W8A8. ``backend``: ``auto``, ``reference`` or ``torchao`` (see the module docstring).
     """
@@ -281,8 +281,8 @@ def load_quantized(
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}", hint=f"choose one of {', '.join(BACKENDS)}")
     dev = torch.device(device)
-    compute = dtype or torch.float32
     view = _open(path, config)
+    compute = dtype or view.logical_dtype
     try:
         acts = view.activations if activations is None else (None if activations == "none" else activations)
         det = resolve_detection(view, family)
