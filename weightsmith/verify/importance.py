@@ -68,6 +68,51 @@ class _SquareSums:
             h.remove()
 
 
+def linear_inputs(
+    model: str, settings: GenerationSettings, *, vae: str | None = None, max_rows: int = 4096
+) -> tuple[dict[str, torch.Tensor], nn.Module]:
+    """Inputs each Linear of MODEL's transformer sees in reference generations (weight name ->
+    [rows, in_features], at most ``max_rows`` evenly spaced rows), and the transformer itself.
+
+    For measuring what an importance matrix optimises: a quantized layer's output error on the
+    activations it really gets."""
+    from weightsmith.verify.run import _Runner, prepare
+
+    base = resolve_baseline(model, vae)
+    sched, settings, device, items = prepare(base, settings)
+    runner = _Runner(base, sched, settings, device)
+    experts = {e: runner.baseline_module(e) for e in base.experts}
+    tr = experts["transformer"]
+    seen: dict[str, list[torch.Tensor]] = {}
+    hooks = []
+    for name, mod in tr.named_modules():
+        if isinstance(mod, nn.Linear):
+
+            def hook(
+                _m: nn.Module, args: tuple, key: str = f"{name}.weight", width: int = mod.in_features
+            ) -> None:
+                seen.setdefault(key, []).append(args[0].detach().reshape(-1, width).float().cpu())
+
+            hooks.append(mod.register_forward_pre_hook(hook))
+    try:
+        runner.run(experts, items, _NoTick(), decode=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for k, parts in seen.items():
+        x = torch.cat(parts)
+        if x.shape[0] > max_rows:
+            x = x[torch.linspace(0, x.shape[0] - 1, max_rows).round().long()]
+        out[k] = x
+    return out, tr
+
+
+class _NoTick:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
 def collect_imatrix(
     model: str,
     out: str | Path,
