@@ -608,3 +608,17 @@ def test_reads_checkpoints_compressed_tensors_itself_writes(work, preset, run_cl
     ref = _run(_model("wan"), "wan")
     got = _run(load_quantized(folder, backend="reference", dtype=torch.float32), "wan")
     assert sqnr_db(ref, got) > 20
+
+
+def test_same_input_same_bytes(work):
+    for scheme, fmt in (("int4-asym", None), ("fp8-e5m2", "comfy")):
+        first = _artifact("wan", scheme, None, fmt)
+        again = work / f"again-{first.name}"
+        quantize_linear(_source("wan"), again, scheme, format=fmt, progress=False, report=False)
+        files = (
+            [(first, again)]
+            if fmt
+            else [(first / n, again / n) for n in ("config.json", "diffusion_pytorch_model.safetensors")]
+        )
+        for a, b in files:
+            assert a.read_bytes() == b.read_bytes(), a.name
