@@ -253,10 +253,24 @@ def demo(out: str) -> None:
 cli.add_command(lora_command)
 
 
+def quiet_libraries() -> None:
+    """Silence import-time chatter of the libraries we use (torchao's optional kernels, torch's
+    pytree deprecations, diffusers' optional-backend notes) so a command prints only its own lines."""
+    import logging
+    import os
+
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for name in ("torchao", "torch.utils._pytree", "torchao.kernel.intmm"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning weightsmith errors into one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    if not debug:
+        quiet_libraries()
     try:
         cli.main(args=args, prog_name="weightsmith", standalone_mode=False)
     except click.exceptions.Exit as e:
