@@ -108,7 +108,9 @@ def describe_source(path: Path, component: str | None = "transformer") -> Source
 
     if not path.exists():
         raise NotFoundError(f"{path} does not exist", hint="check the path")
-    ck = open_single(path, component)
+    raw = open_single(path, component)
+    files = [p for p in raw.files if p.is_file()]
+    ck = _plain_view(raw)
     try:
         det = resolve_detection(ck)
         config = None
@@ -119,10 +121,23 @@ def describe_source(path: Path, component: str | None = "transformer") -> Source
                 config = {**config, **{k: v for k, v in ck.config.items() if not k.startswith("_")}}
         except Exception:  # noqa: BLE001 - shapes alone may not settle the config; the loader says why
             config = dict(ck.config) if ck.config else None
-        files = [p for p in ck.files if p.is_file()]
-        return Source(path, component, det, config, files, sum(p.stat().st_size for p in files), _kind(ck))
+        kind = _kind(raw) if ck is raw else "quantized"
+        return Source(path, component, det, config, files, sum(p.stat().st_size for p in files), kind)
     finally:
         ck.close()
+        raw.close()
+
+
+def _plain_view(ck: Any) -> Any:
+    """Quantized artifacts (compressed-tensors, ComfyUI fp8) seen as the plain checkpoint they
+    encode, through the quantize package's view when it is installed; anything else as it is."""
+    import importlib.util
+
+    if importlib.util.find_spec("weightsmith.quantize.runtime") is None:
+        return ck
+    from weightsmith.quantize.runtime import plain_view
+
+    return plain_view(ck)
 
 
 def _kind(ck: Any) -> str:

@@ -62,7 +62,7 @@ def write_report(folder: str | Path, runs: Sequence[Any], title: str = "weightsm
 def markdown(runs: Sequence[Any], title: str) -> str:
     lines = [f"# {title}", ""]
     ok = all(r.passed for r in runs)
-    lines += [f"**Result: {'PASS' if ok else 'FAIL'}**", ""]
+    lines += [f"**Result: {'PASS' if ok else 'FAIL'}**: {_pass_count(runs)}", ""]
     if len(runs) > 1:
         lines += ["## Fidelity against size", "", *fidelity_table(runs), ""]
     for run in runs:
@@ -147,7 +147,8 @@ def html(runs: Sequence[Any], title: str) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        f'<p><span class="badge {"ok" if ok else "bad"}">{"PASS" if ok else "FAIL"}</span></p>',
+        f'<p><span class="badge {"ok" if ok else "bad"}">{"PASS" if ok else "FAIL"}</span> '
+        f"{_pass_count(runs)}</p>",
     ]
     if len(runs) > 1:
         parts.append("<h2>Fidelity against size</h2>")
@@ -157,6 +158,13 @@ def html(runs: Sequence[Any], title: str) -> str:
         parts.append(_run_html(run, i, single=len(runs) == 1))
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _pass_count(runs: Sequence[Any]) -> str:
+    cands = [c for r in runs for c in r.candidates]
+    passed = sum(1 for c in cands if c.passed)
+    exact = sum(1 for c in cands if c.passed and c.exact)
+    return f"{passed} of {len(cands)} candidates pass every gate and check ({exact} exactly equal to the baseline)."
 
 
 def _md_table_html(lines: list[str]) -> str:
@@ -179,8 +187,10 @@ def _fidelity_plots(runs: Sequence[Any]) -> str:
         for ri, run in enumerate(runs):
             for c in run.candidates:
                 v = c.worst.get(metric)
+                if c.loader != "weightsmith":  # the diffusers-loader twin sits on the same spot
+                    continue
                 if v is not None and c.size_ratio is not None and math.isfinite(c.size_ratio):
-                    pts.append((c.label, c.size_ratio, v, ri))
+                    pts.append((short_label(c.label, run.baseline["family"]), c.size_ratio, v, ri))
         if pts:
             charts.append(svg.scatter(pts, f"{label} against size", "size / baseline size", label))
     legend = ", ".join(
@@ -188,6 +198,14 @@ def _fidelity_plots(runs: Sequence[Any]) -> str:
         for i, r in enumerate(runs)
     )
     return f'<div class="charts">{"".join(charts)}</div><p class="note">{legend}</p>'
+
+
+def short_label(label: str, family: str) -> str:
+    """``wan-Q4_K_M.gguf`` -> ``Q4_K_M``: plot labels without what the legend already says."""
+    label = label.removeprefix(f"{family}-")
+    for suffix in (".gguf", ".safetensors"):
+        label = label.removesuffix(suffix)
+    return label
 
 
 def _run_html(run: Any, index: int, single: bool) -> str:
