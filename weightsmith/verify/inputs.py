@@ -119,8 +119,27 @@ def encode_text_prompts(
             f"text prompts need a text encoder, and {folder} has none",
             hint="pass --prompts as a .safetensors file of embeddings, or a pipeline folder with text_encoder/",
         )
-    skip = {k: None for k in ("transformer", "transformer_2", "vae", "image_encoder", "image_processor")}
-    pipe = pipeline_cls.from_pretrained(str(folder), torch_dtype=torch.float32, local_files_only=True, **skip)
+    import inspect
+
+    from diffusers.utils import logging as dlogging
+
+    from weightsmith.verify.models import dtype_kwarg
+
+    params = inspect.signature(pipeline_cls.__init__).parameters
+    skip = {
+        k: None
+        for k in ("transformer", "transformer_2", "vae", "image_encoder", "image_processor")
+        if k in params
+    }
+    quiet = dlogging.is_progress_bar_enabled()
+    dlogging.disable_progress_bar()
+    try:
+        pipe = pipeline_cls.from_pretrained(
+            str(folder), local_files_only=True, **skip, **dtype_kwarg(torch.float32)
+        )
+    finally:
+        if quiet:
+            dlogging.enable_progress_bar()
     pipe.text_encoder.to(device)
     out = []
     with torch.no_grad():

@@ -295,6 +295,17 @@ def _keep_fp32(mod: nn.Module, name: str) -> bool:
     return "freq" in name or "rope" in type(mod).__name__.lower()
 
 
+def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """diffusers' dtype argument: ``dtype`` since 0.42, ``torch_dtype`` before (now deprecated)."""
+    import re
+
+    import diffusers
+
+    m = re.match(r"(\d+)\.(\d+)", diffusers.__version__)
+    new = m is not None and (int(m.group(1)), int(m.group(2))) >= (0, 42)
+    return {"dtype" if new else "torch_dtype": dtype}
+
+
 def _load_diffusers_gguf(
     src: Source, config: dict[str, Any], device: torch.device, dtype: torch.dtype
 ) -> nn.Module:
@@ -312,7 +323,7 @@ def _load_diffusers_gguf(
             quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
             config=tmp,
             local_files_only=True,
-            torch_dtype=dtype,
+            **dtype_kwarg(dtype),
         )
     return model.to(device).eval()
 
