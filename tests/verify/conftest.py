@@ -36,6 +36,12 @@ def edited_copy(src: Path, dst: Path, edit) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Runs without --cache-dir use a throwaway cache, never the user's ~/.cache."""
+    monkeypatch.setenv("WEIGHTSMITH_CACHE", str(tmp_path_factory.getbasetemp() / "ws-cache"))
+
+
+@pytest.fixture(autouse=True)
 def one_thread():
     """Tiny models run faster on one thread, much faster on a busy machine (no spinning workers)."""
     n = torch.get_num_threads()

@@ -349,6 +349,11 @@ def prepare(
     sched = choose_scheduler(base.family, base.variant, settings.scheduler, base.scheduler_config)
     settings = settings.resolved(base.family, sched.steps, sched.guidance)
     device = pick_device(settings.device)
+    if settings.offload != "none" and device.type == "cpu":
+        raise UsageError(
+            f"--offload {settings.offload} needs a GPU (it keeps weights on the CPU and moves them to the GPU in turn)",
+            hint="drop --offload on a CPU-only machine",
+        )
     prompts = distributed.share_call(world, lambda: _prompts(settings, base, device))
     return sched, settings, device, _items(base, settings, prompts)
 
