@@ -156,8 +156,22 @@ def report(rows: list[dict], base: dict, meta: dict) -> str:
     for r in rows:
         if not r["imatrix"]:
             lines.append(f"| {r['type']} | {r['shape']} | {fmt(r['deq_ours'])} | {fmt(r['deq_numpy'])} |")
+    lines += ["", "## Targets", ""]
+    big = [r for r in rows if r["shape"] == "3072x3072" and not r["imatrix"]]
+    legacy = [r for r in big if r["type"] in {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"} and r.get("numpy")]
+    for r in legacy:
+        ratio = r["ours"] / r["numpy"]
+        lines.append(
+            f"- {r['type']}: {ratio:.1f}x gguf's numpy quantizer (target 5x): {'met' if ratio >= 5 else 'not met'}"
+        )
+    for r in big:
+        if r["type"] == "Q4_K":
+            ok = "met" if r["ours"] >= 15 else "not met"
+            lines.append(f"- Q4_K: {fmt(r['ours'])} M elements/s (target 15): {ok}")
     lines += ["", "Reference points (reference/gguf.md, same kind of machine, one thread, ggml's C quantizer): "
               "Q8_0 138, Q4_0 370, Q6_K 19.0, Q5_K 9.2, Q4_K 7.3, Q3_K 49.2, Q2_K 9.1 M elements/s.", ""]  # fmt: skip
+    if meta.get("notes"):
+        lines += ["## Notes", "", meta["notes"], ""]
     return "\n".join(lines)
 
 
@@ -169,6 +183,7 @@ def main() -> None:
     ap.add_argument("--no-imatrix", action="store_true", help="skip the importance-matrix runs")
     ap.add_argument("--baseline", help="git revision whose kernels to time as 'before'")
     ap.add_argument("--out", default=str(ROOT / "reports" / "ggml_kernels.md"))
+    ap.add_argument("--notes", default="", help="a paragraph appended to the report")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.threads:
@@ -192,6 +207,7 @@ def main() -> None:
         "repeats": a.repeats,
         "load_before": " ".join(f"{v:.1f}" for v in os.getloadavg()),
         "baseline": a.baseline,
+        "notes": a.notes,
     }
     try:
         from importlib.metadata import version

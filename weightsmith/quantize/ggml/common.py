@@ -18,6 +18,7 @@ slices of a sequential sum are contiguous. Search steps add an axis: ``(n, S, B)
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 
@@ -152,6 +153,8 @@ def first_absmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     (torch's argmax is slow); only blocks holding both +a and -a need the first-occurrence rule,
     and get it from an argmax on that subset.
     """
+    if not math.isfinite(float(x.sum())):  # NaN never wins ``fabsf(x) > amax`` in C; torch's max keeps it
+        x = torch.nan_to_num(x, nan=0.0, posinf=math.inf, neginf=-math.inf)
     amax, smax, tie = _absmax_from_extremes(x.amin(0), x.amax(0))
     if bool(tie.any()):
         idx = tie.nonzero().squeeze(1)

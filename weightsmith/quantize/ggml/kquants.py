@@ -9,6 +9,8 @@ levels of the first fit stay (ggml's ``if (!d) continue``).
 
 from __future__ import annotations
 
+import math
+
 import gguf
 import torch
 
@@ -59,7 +61,7 @@ def _imatrix_weights(x: torch.Tensor, imatrix: torch.Tensor, factor: float) -> t
 
 def _positive_max(t: torch.Tensor) -> torch.Tensor:
     """Running ``if (v > m) m = v`` from 0 over dim 1: the max, or +0 when nothing is positive."""
-    m = t.amax(1)
+    m = torch.nan_to_num(t, nan=0.0, posinf=math.inf, neginf=-math.inf).amax(1)  # NaN never wins in C
     return torch.where(m > 0, m, fconst(0.0, t))
 
 
