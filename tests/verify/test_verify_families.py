@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import edited_copy, settings
 
+from weightsmith.errors import UsageError
 from weightsmith.verify import VerifyOptions, verify
 from weightsmith.verify.tiny import TINY_VARIANTS, save_tiny_pipeline
 
@@ -71,6 +72,10 @@ def test_a14b_with_one_expert_is_noted(a14b):
     )
     assert res.candidates[0].exact
     assert any("one expert runs every step" in n for n in res.notes)
+    with pytest.raises(UsageError, match="image-to-video"):  # the image needs the VAE's encoder
+        verify(
+            VerifyOptions(str(pipe / "transformer"), [str(pipe / "transformer")], settings(), cache_dir=None)
+        )
 
 
 def test_image_to_video_takes_an_image_file(tmp_path):

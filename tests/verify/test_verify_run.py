@@ -158,6 +158,8 @@ def test_usage_errors_exit_2(wan, run_cli):
     assert r.code == 2 and "known metrics" in r.err
     r = run_cli("verify", wan["pipe"], wan["root"] / "missing.gguf", *GEN)
     assert r.code == 2 and "does not exist" in r.err
+    r = run_cli("verify", wan["pipe"], wan["Q8_0"], *GEN, "--height", "40")
+    assert r.code == 2 and "WanPipeline refused the generation settings" in r.err and "16" in r.err
 
 
 def test_gates_from_toml(wan, run_cli, tmp_path):

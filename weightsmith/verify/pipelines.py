@@ -225,6 +225,12 @@ def generate(
             out = pipe(**kw)[0]
     except _NonFinite as e:
         return Generation(e.latents, steps, None, time.perf_counter() - t0, nonfinite_step=e.step)
+    except ValueError as e:  # diffusers' own input checks (sizes, frame counts...)
+        msg = " ".join(str(e).split())[:300]
+        raise UsageError(
+            f"{type(pipe).__name__} refused the generation settings: {msg}",
+            hint="adjust --height/--width/--frames/--steps to what this model takes",
+        ) from None
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0

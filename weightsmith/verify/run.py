@@ -349,6 +349,11 @@ def prepare(
     sched = choose_scheduler(base.family, base.variant, settings.scheduler, base.scheduler_config)
     settings = settings.resolved(base.family, sched.steps, sched.guidance)
     device = pick_device(settings.device)
+    if is_i2v(base.family, base.variant) and base.vae is None:
+        raise UsageError(
+            f"{base.family} {base.variant} is image-to-video: its pipeline encodes the image with the VAE",
+            hint="pass --vae PATH, or the pipeline folder as BASELINE",
+        )
     if settings.offload != "none" and device.type == "cpu":
         raise UsageError(
             f"--offload {settings.offload} needs a GPU (it keeps weights on the CPU and moves them to the GPU in turn)",
