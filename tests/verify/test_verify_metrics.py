@@ -100,6 +100,12 @@ def test_compare_identical_and_nonfinite():
     assert same.metrics["latent_max_abs"] == 0.0 and same.metrics["flicker"] == 0.0 and not same.failures
     broken = compare(_gen(lat, fr), _gen(lat, None, steps=[], nonfinite=0), "p", 0)
     assert broken.failures == ["NaN/Inf in the candidate's step 0"] and broken.metrics["psnr"] is None
+    dark = fr.clone()
+    dark[2] = 0.0
+    black = compare(_gen(lat, fr), _gen(lat.clone(), dark), "p", 0)
+    assert black.failures == ["frame 2 is black"] and not black.exact
+    res = evaluate("c", {"psnr": black.metrics["psnr"]}, black.failures, [parse_gate("psnr>=1")])
+    assert [(r.check, r.passed) for r in res] == [("finite", True), ("frames", False), ("psnr>=1", True)]
 
 
 def test_gates_parse_and_evaluate(tmp_path):
