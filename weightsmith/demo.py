@@ -126,7 +126,11 @@ def _fidelity_markdown(result) -> tuple[str, str]:
         and r["loader"] == "weightsmith"
     ]
     return "\n".join(lines) + "\n", svg.scatter(
-        pts, "frame PSNR against size", "size / baseline size", "PSNR (dB)"
+        pts,
+        "frame PSNR against size",
+        "size / baseline size",
+        "PSNR (dB)",
+        legend=[f"{r.baseline['family']} {r.baseline['variant']}" for r in result.runs],
     )
 
 

@@ -160,8 +160,10 @@ def scatter(
     xlabel: str,
     ylabel: str,
     log_x: bool = False,
+    legend: Sequence[str] = (),
 ) -> str:
-    """Labelled points (label, x, y, colour index); ``log_x`` for size ratios spanning decades."""
+    """Labelled points (label, x, y, colour index); ``legend`` names the colours in index order;
+    ``log_x`` for size ratios spanning decades."""
     pts = [p for p in points if p[2] is not None and p[1] is not None and math.isfinite(p[1])]
     ax = _Axes([p[1] for p in pts], [p[2] for p in pts], log_x=log_x)
     out = ax.frame(title, xlabel, ylabel)
@@ -169,6 +171,10 @@ def scatter(
         cx, cy = ax.px(x), ax.py(y)  # type: ignore[arg-type]
         out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{color(ci)}" fill-opacity="0.85"/>')
         out.append(f'<text x="{cx + 6:.1f}" y="{cy - 5:.1f}" font-size="9">{escape(label[:28])}</text>')
+    for i, name in enumerate(legend[:10]):
+        y = H - MB - 12 - 14 * (len(legend[:10]) - 1 - i)
+        out.append(f'<rect x="{W - MR - 150}" y="{y - 8}" width="10" height="10" fill="{color(i)}"/>')
+        out.append(f'<text x="{W - MR - 136}" y="{y + 1}">{escape(name[:24])}</text>')
     out.append("</svg>")
     return "\n".join(out)
 

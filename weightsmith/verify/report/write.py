@@ -191,8 +191,11 @@ def _fidelity_plots(runs: Sequence[Any]) -> str:
                     continue
                 if v is not None and c.size_ratio is not None and math.isfinite(c.size_ratio):
                     pts.append((short_label(c.label, run.baseline["family"]), c.size_ratio, v, ri))
+        names = [f"{r.baseline['family']} {r.baseline['variant']}" for r in runs]
         if pts:
-            charts.append(svg.scatter(pts, f"{label} against size", "size / baseline size", label))
+            charts.append(
+                svg.scatter(pts, f"{label} against size", "size / baseline size", label, legend=names)
+            )
     legend = ", ".join(
         f'<span style="color:{svg.color(i)}">&#9679; {escape(r.baseline["family"])} {escape(r.baseline["variant"])}</span>'
         for i, r in enumerate(runs)
