@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,7 +46,6 @@ class GenerationSettings:
     image: str | None = None
     prompts: str | None = None
     negative_prompt: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self, family: str, scheduler_steps: int | None = None, guidance: float | None = None):
         """The settings with the family's defaults filled in (``scheduler_steps``/``guidance``: a
