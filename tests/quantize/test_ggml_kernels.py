@@ -208,8 +208,14 @@ def test_bad_row_length_raises(qtype: str) -> None:
 def test_bad_inputs_raise() -> None:
     with pytest.raises(QuantizationError, match="importance matrix has 10 weights"):
         quantize(torch.zeros(2, 256), "Q4_K", torch.ones(10))
-    with pytest.raises(QuantizationError, match="NaN or infinite"):
-        quantize(torch.tensor([[float("nan")] * 32]), "Q4_0")
+    for qtype in ["Q8_0", "Q4_0", "Q4_1", "Q5_1", "Q4_K", "IQ4_NL"]:
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            x = torch.zeros(3, 256)
+            x[1, 77] = bad
+            with pytest.raises(QuantizationError, match="NaN or infinite"):
+                quantize(x, qtype)
+            with pytest.raises(QuantizationError, match="NaN or infinite"):
+                quantize(x, qtype, torch.ones(256))
     with pytest.raises(QuantizationError, match="no kernel"):
         quantize(torch.zeros(2, 32), "Q1_5")
     with pytest.raises(QuantizationError, match="needs"):
@@ -251,3 +257,11 @@ def test_non_contiguous_input_and_ignored_imatrix() -> None:
     for qtype in ["F32", "F16", "BF16", "Q8_0"]:  # ggml ignores importance weights for these
         assert torch.equal(quantize(x, qtype, im), quantize(x, qtype))
     assert not torch.equal(quantize(x, "Q4_0", im), quantize(x, "Q4_0"))
+
+
+def test_torch_thread_setting_is_restored() -> None:
+    before = torch.get_num_threads()
+    x = _random(64, 1024, seed=6)
+    q = quantize(x, "Q4_0")
+    dequantize(q, "Q4_0", x.shape)
+    assert torch.get_num_threads() == before

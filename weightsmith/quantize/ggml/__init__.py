@@ -10,8 +10,10 @@ Types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import gguf
 import torch
@@ -19,6 +21,7 @@ import torch
 from weightsmith.errors import QuantizationError
 
 from . import floats, iquants, kquants, legacy  # noqa: F401  (registers the kernels)
+from .common import require_finite
 from .types import GGMLKernel, get_kernel, register, registered_types
 
 __all__ = [
@@ -42,6 +45,37 @@ def byte_shape(shape: Sequence[int], qtype: QType) -> tuple[int, ...]:
         shape = (1,)
     _check_row(shape, k)
     return (*shape[:-1], shape[-1] // k.block_size * k.type_size)
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_budget = 1
+
+
+@contextmanager
+def _cpu_workers() -> Iterator[int]:
+    """Run the kernels' torch ops single-threaded and yield the thread budget for chunk workers.
+
+    The kernels issue thousands of mid-sized ops; torch's intra-op threads fork and join on each,
+    and on a machine where another process holds a core that join waits for a descheduled thread
+    (measured: 50x slower). Independent row chunks on worker threads use the same cores without
+    that barrier. torch's thread setting is restored when the last concurrent call returns.
+    """
+    global _threads_users, _threads_budget
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_budget = torch.get_num_threads()
+            if _threads_budget > 1:
+                torch.set_num_threads(1)
+        _threads_users += 1
+        budget = _threads_budget
+    try:
+        yield budget
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0 and _threads_budget > 1:
+                torch.set_num_threads(_threads_budget)
 
 
 def _check_row(shape: tuple[int, ...], k: type[GGMLKernel]) -> None:
@@ -88,15 +122,33 @@ def quantize(tensor: torch.Tensor, qtype: QType, imatrix: torch.Tensor | None = 
                 f"importance matrix has {qw.numel()} weights but the rows of the tensor have {n} elements",
                 hint="pass the imatrix entry that belongs to this tensor (one weight per input column)",
             )
-    if k.needs_finite and not _all_finite(x):
-        raise QuantizationError(
-            f"cannot quantize to {k.name}: the tensor holds NaN or infinite values",
-            hint="fix the checkpoint, or keep this tensor in F16/BF16/F32",
-        )
+    if k.needs_finite and not k.checks_finite:
+        require_finite(x, k.name)
     step = _rows_per_chunk(k, n, x.device)
-    for r0 in range(0, x.shape[0], step):
+    starts = range(0, x.shape[0], step)
+
+    def run(r0: int) -> None:
         k.quantize_into(x[r0 : r0 + step], qw, out[r0 : r0 + step])
+
+    _run_chunks(run, starts, x.device)
     return out.reshape(byte_shape(shape, k.qtype))
+
+
+def _run_chunks(run: Callable[[int], None], starts: range, device: torch.device) -> None:
+    """Call ``run`` on every chunk start: in order on a GPU, on up to torch's thread budget of
+    worker threads (with single-threaded torch ops) on the CPU."""
+    if device.type != "cpu":
+        for r0 in starts:
+            run(r0)
+        return
+    with _cpu_workers() as workers:
+        workers = min(workers, len(starts))
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="ggml-kernels") as pool:
+                list(pool.map(run, starts))
+        else:
+            for r0 in starts:
+                run(r0)
 
 
 def dequantize(data: torch.Tensor, qtype: QType, shape: Sequence[int]) -> torch.Tensor:
@@ -114,20 +166,16 @@ def dequantize(data: torch.Tensor, qtype: QType, shape: Sequence[int]) -> torch.
     rows = data.reshape(-1, expected[-1])
     if rows.shape[0] == 0:
         return torch.empty(shape, dtype=torch.float32, device=data.device)
-    step = _rows_per_chunk(k, shape[-1], data.device) * 16  # decoding is light: bigger chunks
-    if step >= rows.shape[0]:
+    step = _rows_per_chunk(k, shape[-1], data.device) * 4  # decoding is light: bigger chunks
+    if step >= rows.shape[0] and data.device.type != "cpu":
         return k.dequantize_rows(rows).reshape(shape)
     out = torch.empty((rows.shape[0], shape[-1]), dtype=torch.float32, device=data.device)
-    for r0 in range(0, rows.shape[0], step):
+
+    def run(r0: int) -> None:
         out[r0 : r0 + step] = k.dequantize_rows(rows[r0 : r0 + step])
+
+    _run_chunks(run, range(0, rows.shape[0], step), data.device)
     return out.reshape(shape)
-
-
-def _all_finite(x: torch.Tensor) -> bool:
-    """Whether x holds no NaN/inf; a plain sum settles the common case in one cheap pass."""
-    if math.isfinite(float(x.sum())):
-        return True
-    return bool(torch.isfinite(x).all())
 
 
 def _prod(shape: Sequence[int]) -> int:

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import torch
 
+from weightsmith.errors import QuantizationError
+
 F32 = torch.float32
 #: ggml's "all zero" threshold (GROUP_MAX_EPS)
 GROUP_MAX_EPS = 1e-15
@@ -48,6 +50,19 @@ def scratch(name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.d
         buf = torch.empty(n, dtype=dtype, device=device)
         cache[key] = buf
     return buf[:n].view(tuple(shape))
+
+
+def non_finite_error(name: str) -> QuantizationError:
+    return QuantizationError(
+        f"cannot quantize to {name}: the tensor holds NaN or infinite values",
+        hint="fix the checkpoint, or keep this tensor in F16/BF16/F32",
+    )
+
+
+def require_finite(x: torch.Tensor, name: str) -> None:
+    """Raise unless x is all finite; a plain sum settles the common case in one cheap pass."""
+    if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
+        raise non_finite_error(name)
 
 
 def fconst(value: float, like: torch.Tensor) -> torch.Tensor:

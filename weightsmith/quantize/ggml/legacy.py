@@ -9,18 +9,23 @@ Q8_0 ignores the importance matrix, as ggml does.
 
 from __future__ import annotations
 
+import math
+
 import gguf
 import torch
 
 from .common import (
     F32,
+    fconst,
     fdiv,
     first_min_rows,
     make_qkx_quants,
     make_qx_quants,
+    non_finite_error,
     pack_bits_le,
     pack_nibbles,
     recip_or_zero_fast,
+    require_finite,
     scratch,
     seq_sum,
     signed_absmax_rows,
@@ -60,6 +65,15 @@ def _unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
     return torch.cat([qs & 0xF, qs >> 4], dim=-1)
 
 
+_HALF_DOWN = 0.5 - 2.0**-25  # nextafter(0.5f, 0)
+
+
+def _check_scales(d: torch.Tensor, name: str) -> None:
+    """Block scales are NaN/inf exactly when their block holds NaN/inf (min/max propagate both)."""
+    if not math.isfinite(float(d.sum())) and not bool(torch.isfinite(d).all()):
+        raise non_finite_error(name)
+
+
 def _work(xb: torch.Tensor) -> torch.Tensor:
     """Float scratch of ``xb``'s shape."""
     return scratch("legacy_f", xb.shape, F32, xb.device)
@@ -71,9 +85,14 @@ def _put_f16(out: torch.Tensor, col: int, t: torch.Tensor) -> None:
 
 
 class _LegacyKernel(GGMLKernel):
-    """Shared plumbing: quantize_rows allocates, quantize_into writes blocks in place."""
+    """Shared plumbing: quantize_rows allocates, quantize_into writes blocks in place.
 
-    chunk_elems = 1 << 16
+    Finiteness is checked on the block scales (non-finite exactly when a block holds NaN/inf),
+    which saves a pass over the input; the importance-matrix paths check the input.
+    """
+
+    chunk_elems = 1 << 18
+    checks_finite = True
 
     @classmethod
     def quantize_rows(cls, x: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tensor:
@@ -103,10 +122,11 @@ class Q8_0(_LegacyKernel):
         v = _work(xb)
         t = scratch("legacy_f2", xb.shape, F32, xb.device)
         d = fdiv(torch.abs(xb, out=v).amax(1), 127.0)
+        _check_scales(d, cls.name)
         torch.mul(xb, recip_or_zero_fast(d)[:, None], out=v)
-        # roundf (half away from zero) = trunc(2v) - trunc(v): 2v is exact, trunc(2v) = 2*trunc(v) + trunc(2*frac)
-        torch.trunc(v, out=t)
-        v.add_(v).trunc_().sub_(t)
+        # roundf (half away from zero) = trunc(v + copysign(0.5 - 2**-25, v)), checked for every float
+        # with |v| <= 300; the int8 conversion truncates
+        v.add_(torch.copysign(fconst(_HALF_DOWN, v), v, out=t))
         out[:, 2:].view(torch.int8).copy_(v)
         _put_f16(out, 0, d)
 
@@ -128,12 +148,14 @@ class _SymmetricLegacy(_LegacyKernel):
         """Scale d (B,) and levels q (B, 32) uint8 in [0, 2**bits)."""
         half = 1 << (cls.bits - 1)
         if imatrix is not None:
+            require_finite(x, cls.name)
             w = _blocks_t(_row_weights(x, imatrix))
             d, L = make_qx_quants(_blocks_t(x), half, w)
             return d, L.t().to(torch.uint8)
         xb = x.reshape(-1, QK)
         v = _work(xb)
         d = fdiv(signed_absmax_rows(xb), -float(half))
+        _check_scales(d, cls.name)
         inv = recip_or_zero_fast(d)
         torch.mul(xb, inv[:, None], out=v)
         v.add_(half + 0.5)  # (x*id) + 8.5f: two roundings, as in C
@@ -156,6 +178,7 @@ class _AffineLegacy(_LegacyKernel):
         """Scale d (B,), offset m (B,) and levels q (B, 32) uint8."""
         nmax = (1 << cls.bits) - 1
         if imatrix is not None:
+            require_finite(x, cls.name)
             w = _blocks_t(_row_weights(x, imatrix))
             d, the_min, L = make_qkx_quants(_blocks_t(x), w, nmax, -0.9, 0.05, 36, False, guarded=True)
             return d, -the_min, L.t().to(torch.uint8)
@@ -163,6 +186,7 @@ class _AffineLegacy(_LegacyKernel):
         v = _work(xb)
         mn, mx = first_min_rows(xb)
         d = fdiv(mx - mn, float(nmax))
+        _check_scales(d, cls.name)
         torch.sub(xb, mn[:, None], out=v)
         v.mul_(recip_or_zero_fast(d)[:, None]).add_(0.5)
         q = v.to(torch.int8)  # (uint8_t) truncation toward zero; 0 <= v < 32

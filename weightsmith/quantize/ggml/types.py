@@ -36,6 +36,9 @@ class GGMLKernel(ABC):
     uses_imatrix: ClassVar[bool] = True
     #: whether inputs must be finite (the search-based quantizers are undefined on NaN/inf)
     needs_finite: ClassVar[bool] = True
+    #: the kernel checks finiteness itself, more cheaply than a pass over the input (e.g. from its
+    #: block scales, which are non-finite exactly when a block is)
+    checks_finite: ClassVar[bool] = False
     #: rows are processed in chunks of about this many elements: large enough to amortise
     #: per-op overhead, small enough that the batched search tensors stay in cache
     chunk_elems: ClassVar[int] = 1 << 16
