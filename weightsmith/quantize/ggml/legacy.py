@@ -16,7 +16,6 @@ import torch
 
 from .common import (
     F32,
-    fconst,
     fdiv,
     first_min_rows,
     make_qkx_quants,
@@ -63,9 +62,6 @@ def _put_high_bits(out: torch.Tensor, col: int, q: torch.Tensor) -> None:
 def _unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
     """(B, 16) bytes -> (B, 32) ints (low nibbles first, then high nibbles)."""
     return torch.cat([qs & 0xF, qs >> 4], dim=-1)
-
-
-_HALF_DOWN = 0.5 - 2.0**-25  # nextafter(0.5f, 0)
 
 
 def _check_scales(d: torch.Tensor, name: str) -> None:
@@ -120,14 +116,15 @@ class Q8_0(_LegacyKernel):
     def _write(cls, x: torch.Tensor, imatrix: torch.Tensor | None, out: torch.Tensor) -> None:
         xb = x.reshape(-1, QK)
         v = _work(xb)
-        t = scratch("legacy_f2", xb.shape, F32, xb.device)
-        d = fdiv(torch.abs(xb, out=v).amax(1), 127.0)
+        amax = torch.maximum(xb.amax(1), xb.amin(1).neg_()).abs_()  # max |x| (abs: +0 for all-zero)
+        d = fdiv(amax, 127.0)
         _check_scales(d, cls.name)
         torch.mul(xb, recip_or_zero_fast(d)[:, None], out=v)
-        # roundf (half away from zero) = trunc(v + copysign(0.5 - 2**-25, v)), checked for every float
-        # with |v| <= 300; the int8 conversion truncates
-        v.add_(torch.copysign(fconst(_HALF_DOWN, v), v, out=t))
-        out[:, 2:].view(torch.int8).copy_(v)
+        # roundf (half away from zero) = trunc(2v) - trunc(v): 2v is exact and its truncation adds
+        # trunc(2*frac) in {-1, 0, 1}; integer conversions truncate, |2v| <= 255 fits int16
+        t = v.to(torch.int8)
+        q = v.add_(v).to(torch.int16).sub_(t)
+        out[:, 2:].view(torch.int8).copy_(q)
         _put_f16(out, 0, d)
 
     @classmethod
