@@ -108,7 +108,7 @@ def measure(types: list[str], repeats: int, imatrix: bool, before) -> list[dict]
             if t in NUMPY_QUANT and not imatrix:
                 quant["numpy"] = partial(gguf.quants.quantize, xn, gt)
             res = race(quant, r)
-            row: dict = {"type": t, "shape": name, "imatrix": imatrix}
+            row: dict = {"type": t, "shape": name, "imatrix": imatrix, "threads": torch.get_num_threads()}
             for k, v in res.items():
                 row[k] = n / v["wall"] / 1e6
                 row[k + "_cpu"] = n / v["cpu"] / 1e6
@@ -128,27 +128,11 @@ def fmt(v: float | None) -> str:
     return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
 
-def report(rows: list[dict], meta: dict) -> str:
+def quant_table(rows: list[dict], baseline: str | None) -> list[str]:
     has_before = any("before" in r for r in rows)
+    before = f" | before ({baseline}) wall / cpu" if has_before else ""
     lines = [
-        "# GGUF kernel throughput (bench/bench_ggml_kernels.py)",
-        "",
-        f"torch {meta['torch']} on {meta['cpu']} ({meta['cores']} cores), {meta['threads']} torch thread(s); "
-        f"gguf {meta['gguf']}, numpy {meta['numpy']}. Million elements per second; each cell is the median "
-        f"of {meta['repeats']} rounds (3 for the searching types on the big tensor), the contenders of a row "
-        "running back to back in every round. `wall` is elapsed time, `cpu` the process's CPU time, which "
-        "is steadier when other jobs share the cores. Load average "
-        f"{meta['load_before']} before, {meta['load_after']} after.",
-        "",
-        "Every kernel here produces bytes identical to ggml's reference quantizer "
-        "(tests/quantize/test_ggml_kernels.py).",
-        "",
-        "## Quantize",
-        "",
-    ]
-    before = f" | before ({meta['baseline']}) wall / cpu" if has_before else ""
-    lines += [
-        f"| type | shape | imatrix | ours wall / cpu{before} | gguf numpy wall / cpu | ours / numpy (cpu) |",
+        f"| type | shape | imatrix | ours wall / cpu{before} | gguf numpy wall / cpu | ours / numpy (wall) |",
         "|---|---|---|---|" + ("---|" if has_before else "") + "---|---|",
     ]
     for r in rows:
@@ -161,26 +145,56 @@ def report(rows: list[dict], meta: dict) -> str:
         if has_before:
             cells.append(f"{fmt(r.get('before'))} / {fmt(r.get('before_cpu'))}")
         cells.append(f"{fmt(r.get('numpy'))} / {fmt(r.get('numpy_cpu'))}" if "numpy" in r else "-")
-        cells.append(f"{r['ours_cpu'] / r['numpy_cpu']:.1f}x" if "numpy" in r else "-")
+        cells.append(f"{r['ours'] / r['numpy']:.1f}x" if "numpy" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Dequantize (wall)", "", "| type | shape | ours | gguf numpy |", "|---|---|---|---|"]
-    for r in rows:
-        if "deq_ours" in r:
-            lines.append(f"| {r['type']} | {r['shape']} | {fmt(r['deq_ours'])} | {fmt(r['deq_numpy'])} |")
-    lines += ["", "## Targets (3072x3072, no imatrix)", ""]
+    return lines
+
+
+def targets(rows: list[dict]) -> list[str]:
+    lines = []
     big = {r["type"]: r for r in rows if r["shape"] == next(iter(SHAPES)) and not r["imatrix"]}
     for t in LEGACY:
         if t in big and "numpy" in big[t]:
-            rw, rc = big[t]["ours"] / big[t]["numpy"], big[t]["ours_cpu"] / big[t]["numpy_cpu"]
-            ok = "met" if min(rw, rc) >= 5 else "not met"
-            lines.append(f"- {t}: {rw:.1f}x (wall) / {rc:.1f}x (cpu) gguf's numpy quantizer, target 5x: {ok}")
+            ratio = big[t]["ours"] / big[t]["numpy"]
+            lines.append(
+                f"- {t}: {ratio:.1f}x gguf's numpy quantizer (wall), target 5x: {'met' if ratio >= 5 else 'not met'}"
+            )
     if "Q4_K" in big:
         r = big["Q4_K"]
         ok = "met" if r["ours"] >= 15 else "not met"
-        lines.append(
-            f"- Q4_K: {fmt(r['ours'])} (wall) / {fmt(r['ours_cpu'])} (cpu) M elements/s, target 15: {ok}"
-        )
-    lines += ["", "Reference points (reference/gguf.md, same kind of machine, one thread, ggml's C quantizer): "
+        lines.append(f"- Q4_K: {fmt(r['ours'])} M elements/s (wall), target 15: {ok}")
+    return lines
+
+
+def report(rows: list[dict], meta: dict) -> str:
+    lines = [
+        "# GGUF kernel throughput (bench/bench_ggml_kernels.py)",
+        "",
+        f"torch {meta['torch']} on {meta['cpu']} ({meta['cores']} cores); gguf {meta['gguf']}, numpy "
+        f"{meta['numpy']}. Million elements per second; each cell is the median of {meta['repeats']} rounds "
+        "(3 for the searching types on the big tensor), the contenders of a row running back to back in "
+        "every round. `wall` is elapsed time, `cpu` the process's CPU time (steadier when other jobs share "
+        "the cores). With a thread budget of N, the kernels run row chunks on N worker threads with "
+        "single-threaded torch ops; gguf's numpy quantizer is single-threaded. Load average "
+        f"{meta['load_before']} before, {meta['load_after']} after.",
+        "",
+        "Every kernel here produces bytes identical to ggml's reference quantizer "
+        "(tests/quantize/test_ggml_kernels.py).",
+        "",
+    ]
+    for threads in sorted({r["threads"] for r in rows}):
+        sub = [r for r in rows if r["threads"] == threads]
+        lines += [f"## Quantize, {threads} thread(s)", ""] + quant_table(sub, meta["baseline"]) + [""]
+        lines += [f"### Targets, {threads} thread(s) (3072x3072, no imatrix)", ""] + targets(sub) + [""]
+        deq = [r for r in sub if "deq_ours" in r]
+        if deq:
+            lines += [f"## Dequantize (wall), {threads} thread(s)", "", "| type | shape | ours | gguf numpy |",
+                      "|---|---|---|---|"]  # fmt: skip
+            lines += [
+                f"| {r['type']} | {r['shape']} | {fmt(r['deq_ours'])} | {fmt(r['deq_numpy'])} |" for r in deq
+            ]
+            lines.append("")
+    lines += ["Reference points (reference/gguf.md, same kind of machine, one thread, ggml's C quantizer): "
               "Q8_0 138, Q4_0 370, Q6_K 19.0, Q5_K 9.2, Q4_K 7.3, Q3_K 49.2, Q2_K 9.1 M elements/s.", ""]  # fmt: skip
     if meta.get("notes"):
         lines += ["## Notes", "", meta["notes"], ""]
@@ -191,15 +205,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--types", default=",".join(ALL_TYPES))
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--threads", default="1", help="thread budgets to run, comma-separated (e.g. 1,2)")
+    ap.add_argument("--extra-types", default="", help="types also run at the thread budgets after the first")
     ap.add_argument("--no-imatrix", action="store_true", help="skip the importance-matrix runs")
     ap.add_argument("--baseline", help="git revision whose kernels to time as 'before'")
     ap.add_argument("--notes", default="", help="a paragraph appended to the report")
     ap.add_argument("--out", default=str(ROOT / "reports" / "ggml_kernels.md"))
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
     types = a.types.split(",")
+    budgets = [int(t) for t in a.threads.split(",")]
     from importlib.metadata import version
 
     meta = {
@@ -208,17 +222,21 @@ def main() -> None:
         "numpy": np.__version__,
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
+        "threads": budgets,
         "repeats": a.repeats,
         "load_before": " ".join(f"{v:.1f}" for v in os.getloadavg()),
         "baseline": a.baseline,
         "notes": a.notes,
     }
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         before = load_baseline(a.baseline, tmp) if a.baseline else None
-        rows = measure(types, a.repeats, False, before)
-        if not a.no_imatrix:
-            rows += measure(types, a.repeats, True, before)
+        for i, threads in enumerate(budgets):
+            torch.set_num_threads(threads)
+            run_types = types if i == 0 else (a.extra_types.split(",") if a.extra_types else types)
+            rows += measure(run_types, a.repeats, False, before if i == 0 else None)
+            if not a.no_imatrix and i == 0:
+                rows += measure(run_types, a.repeats, True, before)
     meta["load_after"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -229,6 +229,7 @@ def pack_low_high(lo: torch.Tensor, hi: torch.Tensor, shift: int) -> torch.Tenso
 
 _BYTE_BITS_MAGIC = 0x0102040810204080  # gathers bit 0 of each byte of a u64 into its top byte
 _LOW_NIBBLES = 0x0F0F0F0F0F0F0F0F
+_BYTE_LOW_BITS = 0x0101010101010101
 
 
 def pack_bits_le(bits: torch.Tensor) -> torch.Tensor:
@@ -239,6 +240,12 @@ def pack_bits_le(bits: torch.Tensor) -> torch.Tensor:
     """
     w = bits.to(torch.uint8).contiguous().view(torch.int64)
     return ((w * _BYTE_BITS_MAGIC) >> 56).to(torch.uint8)
+
+
+def pack_bit_plane(q: torch.Tensor, bit: int) -> torch.Tensor:
+    """``pack_bits_le((q >> bit) & 1)`` for uint8 ``q`` (last dim a multiple of 8), on 64-bit words."""
+    w = q.contiguous().view(torch.int64)
+    return ((((w >> bit) & _BYTE_LOW_BITS) * _BYTE_BITS_MAGIC) >> 56).to(torch.uint8)
 
 
 def pack_nibbles(q: torch.Tensor, half: int) -> torch.Tensor:

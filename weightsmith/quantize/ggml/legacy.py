@@ -21,7 +21,7 @@ from .common import (
     make_qkx_quants,
     make_qx_quants,
     non_finite_error,
-    pack_bits_le,
+    pack_bit_plane,
     pack_nibbles,
     recip_or_zero_fast,
     require_finite,
@@ -56,7 +56,7 @@ def _put_nibbles(out: torch.Tensor, col: int, q: torch.Tensor) -> None:
 
 def _put_high_bits(out: torch.Tensor, col: int, q: torch.Tensor) -> None:
     """(B, 32) 5-bit levels -> ``qh`` (u32 LE) at ``col``: bit j = bit 4 of q[j]."""
-    out[:, col : col + 4] = pack_bits_le((q >> 4) & 1)
+    out[:, col : col + 4] = pack_bit_plane(q, 4)
 
 
 def _unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
