@@ -9,11 +9,14 @@ throughout this package:
 * square roots are correctly rounded (``sqrtf``; torch's own CPU sqrt is not always);
 * divisions are true divisions by device tensors (``fdiv``): ``c / t`` in torch is ``c * (1/t)``,
   and CUDA turns ``t / scalar`` into a multiplication by the reciprocal;
-* ties follow the C loops: the first element wins a strict ``>`` search (``argmax`` keeps the first),
-  and the sequential "accept if better" selections are replayed step by step.
+* ties follow the C loops: the first element wins a strict ``>`` search, a NaN never wins one, and
+  the sequential "accept if better" selections are replayed trial by trial;
+* ``nearest_int`` is emulated bit for bit wherever its argument is not provably within
+  +-4194303 (there it wraps around instead of rounding).
 
 Block data is laid out element-first, ``(n, B)`` for B blocks of n elements, so that the per-element
-slices of a sequential sum are contiguous. Search steps add an axis: ``(n, S, B)``.
+slices of a sequential sum are contiguous. The trials of a scale search run one after the other, each
+vectorised over all blocks of a chunk (in qkx searches a kept trial changes what the next one computes).
 """
 
 from __future__ import annotations
@@ -95,11 +98,6 @@ def where_blocks(mask: torch.Tensor, a: torch.Tensor | float, b: torch.Tensor) -
     if bool(mask.all()) and not isinstance(a, torch.Tensor):
         return torch.full_like(b, a)
     return torch.where(mask, a, b)
-
-
-def steps_f32(values: Sequence[float]) -> torch.Tensor:
-    """A 1-D float32 tensor of per-step constants computed elsewhere in float32."""
-    return torch.tensor(list(values), dtype=F32)
 
 
 def nearest_int(f: torch.Tensor) -> torch.Tensor:
@@ -232,18 +230,13 @@ _LOW_NIBBLES = 0x0F0F0F0F0F0F0F0F
 _BYTE_LOW_BITS = 0x0101010101010101
 
 
-def pack_bits_le(bits: torch.Tensor) -> torch.Tensor:
-    """Pack 0/1 values along the last dim (a multiple of 8) into bytes, bit k of byte b = bits[8b+k].
-
-    Works on 64-bit words: eight 0/1 bytes ``sum b_k << 8k`` times the magic constant put
-    ``sum b_k << k`` in the top byte without carries (one multiply per output byte).
-    """
-    w = bits.to(torch.uint8).contiguous().view(torch.int64)
-    return ((w * _BYTE_BITS_MAGIC) >> 56).to(torch.uint8)
-
-
 def pack_bit_plane(q: torch.Tensor, bit: int) -> torch.Tensor:
-    """``pack_bits_le((q >> bit) & 1)`` for uint8 ``q`` (last dim a multiple of 8), on 64-bit words."""
+    """Bit ``bit`` of every byte of uint8 ``q`` packed along the last dim (a multiple of 8): bit k of
+    output byte b is bit ``bit`` of ``q[..., 8b + k]``.
+
+    Works on 64-bit words: the eight selected bits ``sum b_k << 8k`` times the magic constant put
+    ``sum b_k << k`` in the top byte without carries.
+    """
     w = q.contiguous().view(torch.int64)
     return ((((w >> bit) & _BYTE_LOW_BITS) * _BYTE_BITS_MAGIC) >> 56).to(torch.uint8)
 
