@@ -26,6 +26,10 @@ def child(src: str, dst: str, recipe: str) -> None:
     import diffusers  # noqa: F401 - imported before sampling: its import is not the job's memory
     from memlib import PeakSampler
 
+    from weightsmith.memory import release_large_allocations
+
+    release_large_allocations()  # as the CLI does
+
     import weightsmith.families  # noqa: F401
     import weightsmith.quantize.ggml  # noqa: F401
     from weightsmith.quantize.gguf_quantize import quantize_gguf

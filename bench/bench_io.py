@@ -27,6 +27,10 @@ def child(mode: str, folder: str, gb: float, shard_gb: float) -> None:
     import torch
     from memlib import PeakSampler
 
+    from weightsmith.memory import release_large_allocations
+
+    release_large_allocations()  # as the CLI does
+
     from weightsmith.io import open_checkpoint
     from weightsmith.io.writers import write_diffusers_component
 

@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     if not debug:
         quiet_libraries()
+    from weightsmith.memory import release_large_allocations
+
+    release_large_allocations()
     try:
         cli.main(args=args, prog_name="weightsmith", standalone_mode=False)
     except click.exceptions.Exit as e:
