@@ -158,8 +158,8 @@ def main() -> None:
         "",
         "Every step streams one tensor at a time: safetensors shards, and SAT's single pickle",
         "(`mp_rank_00_model_states.pt`), which weightsmith writes in torch's zip format record by",
-        "record. Reading SAT is memory-mapped. Timings were taken while other jobs shared the",
-        "2 cores; the ratio to a plain copy (page cache warm) is the figure to compare.",
+        "record. Reading SAT is memory-mapped. Timings move with other load on the",
+        "2 cores (this run: idle); the ratio to a plain copy (page cache warm) is the figure to compare.",
         "Processes pin glibc's mmap threshold as the CLI does (weightsmith/memory.py): without it the same",
         "CogVideoX-2B -> SAT run peaked at 46, 64 or 704 MiB depending on heap fragmentation.",
     ]
