@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from weightsmith.families import Detection, detect
+from weightsmith.families import detect
 from weightsmith.io import Checkpoint, PipelineCheckpoint, open_checkpoint
 
 SCHEMA = "weightsmith.inspect/1"
@@ -158,7 +158,3 @@ def format_report(r: dict[str, Any]) -> str:
     else:
         lines += format_component(r)
     return "\n".join(lines)
-
-
-def detection_of(ck: Checkpoint) -> Detection | None:
-    return detect(ck.infos, ck.config)

@@ -167,10 +167,6 @@ class PipelineCheckpoint:
         self.close()
 
 
-def infos_shapes(infos: Mapping[str, TensorInfo]) -> dict[str, tuple[int, ...]]:
-    return {k: v.shape for k, v in infos.items()}
-
-
 def infos_from_state_dict(state: Mapping[str, torch.Tensor], source: str = "") -> dict[str, TensorInfo]:
     """TensorInfos for tensors held in memory (tests, and writers planning from a state dict)."""
     return {
