@@ -20,8 +20,8 @@ import torch
 
 from weightsmith.errors import QuantizationError
 
-from . import floats, iquants, kquants, legacy  # noqa: F401  (registers the kernels)
-from .common import require_finite
+from . import floats, iquants, kquants, legacy, native  # noqa: F401  (registers the kernels)
+from .common import non_finite_error, require_finite
 from .types import GGMLKernel, get_kernel, register, registered_types
 
 __all__ = [
@@ -93,12 +93,16 @@ def _rows_per_chunk(k: type[GGMLKernel], n: int, device: torch.device) -> int:
     return max(1, elems // max(n, 1))
 
 
-def quantize(tensor: torch.Tensor, qtype: QType, imatrix: torch.Tensor | None = None) -> torch.Tensor:
+def quantize(
+    tensor: torch.Tensor, qtype: QType, imatrix: torch.Tensor | None = None, *, backend: str | None = None
+) -> torch.Tensor:
     """Quantize ``tensor`` (rows = last dim) to ggml type ``qtype``; returns uint8 ``byte_shape(...)``.
 
     ``imatrix`` holds one importance weight per column (length ``tensor.shape[-1]``), as produced by
     llama.cpp's imatrix tool; types that ignore it (floats, Q8_0) accept and ignore it. The result is
-    on ``tensor``'s device and byte-identical to ``ggml_quantize_chunk``.
+    on ``tensor``'s device and byte-identical to ``ggml_quantize_chunk``. ``backend`` (default: the
+    ``WEIGHTSMITH_GGML_BACKEND`` setting, ``auto``) chooses between the fused CPU kernels
+    (:mod:`.native`) and the torch kernels; both give the same bytes.
     """
     k = get_kernel(qtype)
     if not isinstance(tensor, torch.Tensor):
@@ -122,16 +126,32 @@ def quantize(tensor: torch.Tensor, qtype: QType, imatrix: torch.Tensor | None = 
                 f"importance matrix has {qw.numel()} weights but the rows of the tensor have {n} elements",
                 hint="pass the imatrix entry that belongs to this tensor (one weight per input column)",
             )
-    if k.needs_finite and not k.checks_finite:
+    fused = _native_quantizer(k, x.device, qw, backend)
+    if fused is None and k.needs_finite and not k.checks_finite:
         require_finite(x, k.name)
     step = _rows_per_chunk(k, n, x.device)
     starts = range(0, x.shape[0], step)
 
     def run(r0: int) -> None:
-        k.quantize_into(x[r0 : r0 + step], qw, out[r0 : r0 + step])
+        if fused is None:
+            k.quantize_into(x[r0 : r0 + step], qw, out[r0 : r0 + step])
+        elif not fused(x[r0 : r0 + step], out[r0 : r0 + step]):
+            raise non_finite_error(k.name)
 
     _run_chunks(run, starts, x.device)
     return out.reshape(byte_shape(shape, k.qtype))
+
+
+def _native_quantizer(
+    k: type[GGMLKernel], device: torch.device, imatrix: torch.Tensor | None, backend: str | None
+) -> native.Quantizer | None:
+    """The fused CPU kernel for this call, or None for the torch kernels (GPU, importance matrix,
+    a type without one, no C compiler, or ``backend="torch"``)."""
+    setting = native.backend_setting(backend)
+    if setting == "torch" or device.type != "cpu" or imatrix is not None or k.name not in native.NATIVE_TYPES:
+        return None
+    lib = native.library(required=setting == "native")
+    return None if lib is None else native.quantizer(k.name, lib)
 
 
 def _run_chunks(run: Callable[[int], None], starts: range, device: torch.device) -> None:

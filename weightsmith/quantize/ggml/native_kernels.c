@@ -1,0 +1,629 @@
+/*
+ * weightsmith: fused CPU kernels for ggml's reference quantizers (no importance matrix).
+ *
+ * Why this file exists: the torch kernels (legacy.py, kquants.py) reproduce ggml's float order
+ * exactly, which forces sequential float32 sums and trial-by-trial scale searches; eager torch
+ * runs each step as a separate pass over memory (~15 passes per trial), and on a 2-core CPU
+ * that caps Q4_K at ~5 M elements/s. Here the same algorithms run fused, in registers.
+ *
+ * Exactness rules (the same as common.py's):
+ *   - compiled with -ffp-contract=off and without -ffast-math: every a*b + c is two roundings,
+ *     nothing is reassociated, divisions are true IEEE divisions;
+ *   - sums run sequentially per block; vectors hold one block (or sub-block) per lane, so SIMD
+ *     goes *across* blocks and never reorders a block's own sum;
+ *   - ties and selections are replayed with the C comparisons (strict < or >, first occurrence);
+ *   - float -> int conversions truncate as x86 does (0x80000000 for NaN and overflow), and the
+ *     (int8_t)/(uint8_t) casts keep the low byte.
+ *
+ * Lanes: NL = 16 (AVX-512) or 8 blocks per vector. A tile is NL legacy blocks of 32, one
+ * 256-super-block of 16x16 sub-blocks in 16/NL lane groups (Q2_K, Q3_K, Q6_K), or NL/8
+ * super-blocks of 8x32 (Q4_K, Q5_K). The library is built for the machine it runs on
+ * (-march=native), so the lane width follows the CPU.
+ * Every exported function quantizes `n` float32 elements (a multiple of the type's block size)
+ * into `y` and returns 1 if the input held NaN or infinity (the bytes are then meaningless),
+ * else 0.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* lanes per vector: one 512-bit register with AVX-512, else two 128/256-bit halves' worth of 8 */
+#ifndef NL
+#if defined(__AVX512F__)
+#define NL 16
+#else
+#define NL 8
+#endif
+#endif
+#define NG (16 / NL) /* lane groups per 16-sub-block super-block */
+#define SBT (NL / 8) /* 8x32 super-blocks per tile */
+typedef float vf __attribute__((vector_size(NL * 4)));
+typedef int32_t vi __attribute__((vector_size(NL * 4)));
+
+#define AI static inline __attribute__((always_inline))
+
+#define QK_K 256
+
+/* ------------------------------------------------------------------------------------------ */
+/* lane helpers                                                                                */
+
+AI vf splat(float s) { return s - (vf){0}; } /* s - (+0) keeps the sign of a zero s */
+AI vi isplat(int32_t s) { return s - (vi){0}; }
+AI vf vsel(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
+AI vi isel(vi m, vi a, vi b) { return (m & a) | (~m & b); }
+AI vf vabs(vf a) { return (vf)((vi)a & 0x7fffffff); }
+AI vi imin(vi a, vi b) { return isel(a < b, a, b); }
+AI vi imax(vi a, vi b) { return isel(a > b, a, b); }
+AI vi iclamp(vi a, int32_t lo, int32_t hi) { return imax(imin(a, isplat(hi)), isplat(lo)); }
+AI vf tofloat(vi a) { return __builtin_convertvector(a, vf); }
+AI vi trunc_i(vf a) { return __builtin_convertvector(a, vi); } /* cvttps2dq */
+AI vi low_s8(vi a) { return ((a & 0xff) ^ 0x80) - 0x80; }          /* (int8_t) */
+
+/* ggml's nearest_int: bits(f + 1.5*2^23) & 0x7fffff - 0x400000 */
+AI vi nearest_int(vf f) {
+    vf v = f + 12582912.f;
+    return ((vi)v & 0x7fffff) - 0x400000;
+}
+AI int32_t nearest_int1(float f) {
+    float v = f + 12582912.f;
+    int32_t i;
+    memcpy(&i, &v, 4);
+    return (i & 0x7fffff) - 0x400000;
+}
+
+AI int any_nonfinite(vf acc) {
+    vi bad = acc != acc;
+    for (int l = 0; l < NL; l++)
+        if (bad[l]) return 1;
+    return 0;
+}
+
+/* x holds NL consecutive blocks of n floats; xt[i][l] = element i of block l */
+AI void load_tile(const float *x, int n, vf *xt) {
+    for (int l = 0; l < NL; l++)
+        for (int i = 0; i < n; i++) xt[i][l] = x[l * n + i];
+}
+
+AI uint16_t f2h(float f) {
+    _Float16 h = (_Float16)f; /* round to nearest even, like GGML_FP32_TO_FP16 */
+    uint16_t u;
+    memcpy(&u, &h, 2);
+    return u;
+}
+AI float h2f(uint16_t u) {
+    _Float16 h;
+    memcpy(&h, &u, 2);
+    return (float)h;
+}
+AI void put_h(uint8_t *p, float f) {
+    uint16_t u = f2h(f);
+    memcpy(p, &u, 2);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* legacy types: 16 blocks of 32 per tile                                                      */
+
+enum { LEG_Q8_0, LEG_Q4_0, LEG_Q5_0, LEG_Q4_1, LEG_Q5_1 };
+
+AI int tile_legacy(const float *x, uint8_t *y, int kind, int type_size) {
+    vf xt[32];
+    load_tile(x, 32, xt);
+    vf fin = {0};
+    vi q[32];
+    vf d, m = {0};
+    if (kind == LEG_Q8_0) {
+        vf amax = {0};
+        for (int i = 0; i < 32; i++) {
+            vf a = vabs(xt[i]);
+            amax = vsel(amax > a, amax, a); /* MAX(amax, fabsf(v)) */
+            fin += xt[i] * 0.f;
+        }
+        d = amax / 127.f;
+        vf id = vsel(d != 0, 1.f / d, splat(0.f));
+        for (int i = 0; i < 32; i++) {
+            /* roundf (half away from zero) = trunc(2v) - trunc(v); 2v is exact */
+            vf v = xt[i] * id;
+            q[i] = trunc_i(v + v) - trunc_i(v);
+        }
+    } else if (kind == LEG_Q4_0 || kind == LEG_Q5_0) {
+        const float half = kind == LEG_Q4_0 ? 8.f : 16.f;
+        const int32_t top = kind == LEG_Q4_0 ? 15 : 31;
+        vf amax = {0}, mx = {0};
+        for (int i = 0; i < 32; i++) {
+            vf a = vabs(xt[i]);
+            vi take = amax < a;
+            amax = vsel(take, a, amax);
+            mx = vsel(take, xt[i], mx);
+            fin += xt[i] * 0.f;
+        }
+        d = mx / -half;
+        vf id = vsel(d != 0, 1.f / d, splat(0.f));
+        for (int i = 0; i < 32; i++) q[i] = imin(low_s8(trunc_i(xt[i] * id + (half + 0.5f))), isplat(top));
+    } else {
+        const float nmax = kind == LEG_Q4_1 ? 15.f : 31.f;
+        vf mn = xt[0], mx = xt[0];
+        for (int i = 0; i < 32; i++) {
+            mn = vsel(xt[i] < mn, xt[i], mn);
+            mx = vsel(xt[i] > mx, xt[i], mx);
+            fin += xt[i] * 0.f;
+        }
+        d = (mx - mn) / nmax;
+        m = mn;
+        vf id = vsel(d != 0, 1.f / d, splat(0.f));
+        for (int i = 0; i < 32; i++) {
+            vi t = low_s8(trunc_i((xt[i] - mn) * id + 0.5f));
+            q[i] = kind == LEG_Q4_1 ? imin(t, isplat(15)) : t;
+        }
+    }
+    for (int l = 0; l < NL; l++) {
+        uint8_t *b = y + (int64_t)l * type_size;
+        put_h(b, d[l]);
+        if (kind == LEG_Q8_0) {
+            for (int i = 0; i < 32; i++) b[2 + i] = (uint8_t)q[i][l];
+            continue;
+        }
+        uint8_t *qs = b + 2;
+        if (kind == LEG_Q4_1 || kind == LEG_Q5_1) {
+            put_h(b + 2, m[l]);
+            qs = b + 4;
+        }
+        if (kind == LEG_Q5_0 || kind == LEG_Q5_1) {
+            uint32_t qh = 0;
+            for (int j = 0; j < 32; j++) qh |= (uint32_t)((q[j][l] & 0x10) >> 4) << j;
+            memcpy(qs, &qh, 4);
+            qs += 4;
+            for (int j = 0; j < 16; j++) qs[j] = (uint8_t)((q[j][l] & 0x0f) | ((q[j + 16][l] & 0x0f) << 4));
+        } else {
+            for (int j = 0; j < 16; j++) qs[j] = (uint8_t)((uint8_t)q[j][l] | (uint8_t)(q[j + 16][l] << 4));
+        }
+    }
+    return any_nonfinite(fin);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* scale searches, one (sub-)block per lane                                                    */
+
+/* make_qkx2_quants: affine fit x ~ scale*L + min (min <= 0), nstep+1 trial scales. */
+AI void qkx2(int n, int nmax, const vf *x, const vf *w, vi *L, vf *scale_out, vf *the_min_out, float rmin,
+             float rdelta, int nstep, int use_mad) {
+    vf mn = x[0], mx = x[0], sum_w = w[0], sum_x = w[0] * x[0];
+    for (int i = 1; i < n; i++) {
+        mn = vsel(x[i] < mn, x[i], mn);
+        mx = vsel(x[i] > mx, x[i], mx);
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    mn = vsel(mn > 0, splat(0.f), mn);
+    vi degen = mx == mn;
+    vf iscale = (float)nmax / (mx - mn);
+    vf scale = 1.f / iscale;
+    vf best = {0};
+    for (int i = 0; i < n; i++) {
+        vi l = iclamp(nearest_int(iscale * (x[i] - mn)), 0, nmax);
+        L[i] = l;
+        vf diff = scale * tofloat(l) + mn - x[i];
+        diff = use_mad ? vabs(diff) : diff * diff;
+        best += w[i] * diff;
+    }
+    vi Laux[32];
+    for (int is = 0; is <= nstep; ++is) {
+        float num = rmin + rdelta * (float)is + (float)nmax;
+        vf isc = num / (mx - mn);
+        vf sum_l = {0}, sum_l2 = {0}, sum_xl = {0};
+        for (int i = 0; i < n; i++) {
+            vi l = iclamp(nearest_int(isc * (x[i] - mn)), 0, nmax);
+            Laux[i] = l;
+            vf lf = tofloat(l);
+            vf wl = w[i] * lf;
+            sum_l += wl;
+            sum_l2 += wl * lf;
+            sum_xl += wl * x[i];
+        }
+        vf D = sum_w * sum_l2 - sum_l * sum_l;
+        vf this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+        vf this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+        vi pos = this_min > 0;
+        this_min = vsel(pos, splat(0.f), this_min);
+        this_scale = vsel(pos, sum_xl / sum_l2, this_scale);
+        vf cur = {0};
+        for (int i = 0; i < n; i++) {
+            vf diff = this_scale * tofloat(Laux[i]) + this_min - x[i];
+            diff = use_mad ? vabs(diff) : diff * diff;
+            cur += w[i] * diff;
+        }
+        vi take = (D > 0) & (cur < best) & ~degen;
+        int any = 0;
+        for (int l = 0; l < NL; l++) any |= take[l];
+        if (!any) continue;
+        for (int i = 0; i < n; i++) L[i] = isel(take, Laux[i], L[i]);
+        best = vsel(take, cur, best);
+        scale = vsel(take, this_scale, scale);
+        mn = vsel(take, this_min, mn);
+    }
+    for (int i = 0; i < n; i++) L[i] = isel(degen, isplat(0), L[i]);
+    *scale_out = vsel(degen, splat(0.f), scale);
+    *the_min_out = -mn;
+}
+
+/* make_qx_quants with rmse_type 1 and no importance weights (w = x*x); L is stored + nmax. */
+AI vf qx(int n, int nmax, const vf *x, vi *L) {
+    vf amax = {0}, mx = {0};
+    for (int i = 0; i < n; i++) {
+        vf a = vabs(x[i]);
+        vi t = a > amax;
+        amax = vsel(t, a, amax);
+        mx = vsel(t, x[i], mx);
+    }
+    vi zero = amax < 1e-15f;
+    vf w[16], wx[16];
+    for (int i = 0; i < n; i++) {
+        w[i] = x[i] * x[i];
+        wx[i] = w[i] * x[i];
+    }
+    vf scale = {0}, best = {0}, sel = {0};
+    for (int k = 0; k < 19; k++) {
+        int is = k == 0 ? 0 : (k <= 9 ? k - 10 : k - 9); /* 0, then -9..-1, 1..9 */
+        float num = k == 0 ? -(float)nmax : -((float)nmax + 0.1f * (float)is);
+        vf isc = num / mx;
+        vf sumlx = {0}, suml2 = {0};
+        for (int i = 0; i < n; i++) {
+            vf lf = tofloat(iclamp(nearest_int(isc * x[i]), -nmax, nmax - 1));
+            sumlx += wx[i] * lf;
+            suml2 += w[i] * lf * lf;
+        }
+        if (k == 0) {
+            scale = vsel(suml2 != 0, sumlx / suml2, splat(0.f));
+            best = scale * sumlx;
+            sel = isc;
+            continue;
+        }
+        vi take = (suml2 > 0) & (sumlx * sumlx > best * suml2);
+        scale = vsel(take, sumlx / suml2, scale);
+        best = vsel(take, scale * sumlx, best);
+        sel = vsel(take, isc, sel);
+    }
+    for (int i = 0; i < n; i++)
+        L[i] = isel(zero, isplat(0), iclamp(nearest_int(sel * x[i]), -nmax, nmax - 1) + nmax);
+    return vsel(zero, splat(0.f), scale);
+}
+
+/* make_q3_quants(n, nmax, x, L, do_rmse=true); L is stored + nmax. */
+AI vf q3(int n, int nmax, const vf *x, vi *L) {
+    vf amax = {0}, mx = {0};
+    for (int i = 0; i < n; i++) {
+        vf a = vabs(x[i]);
+        vi t = a > amax;
+        amax = vsel(t, a, amax);
+        mx = vsel(t, x[i], mx);
+    }
+    vi zero = amax < 1e-15f;
+    vf iscale = -(float)nmax / mx;
+    vf w[16], wx[16], Lf[16];
+    vf sumlx = {0}, suml2 = {0};
+    for (int i = 0; i < n; i++) {
+        Lf[i] = tofloat(iclamp(nearest_int(iscale * x[i]), -nmax, nmax - 1));
+        w[i] = x[i] * x[i];
+        wx[i] = w[i] * x[i];
+        sumlx += wx[i] * Lf[i];
+        suml2 += w[i] * Lf[i] * Lf[i];
+    }
+    for (int itry = 0; itry < 5; ++itry) {
+        vi changed = {0};
+        for (int i = 0; i < n; i++) {
+            vf li = Lf[i];
+            vf slx = sumlx - wx[i] * li;
+            vf sl2 = suml2 - w[i] * li * li;
+            vf nl = tofloat(iclamp(nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1));
+            vi cand = (slx > 0) & (nl != li);
+            slx = slx + wx[i] * nl;
+            sl2 = sl2 + w[i] * nl * nl;
+            vi take = cand & (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2);
+            Lf[i] = vsel(take, nl, li);
+            sumlx = vsel(take, slx, sumlx);
+            suml2 = vsel(take, sl2, suml2);
+            changed |= take;
+        }
+        int any = 0;
+        for (int l = 0; l < NL; l++) any |= changed[l];
+        if (!any) break;
+    }
+    for (int i = 0; i < n; i++) L[i] = isel(zero, isplat(0), trunc_i(Lf[i]) + nmax);
+    vf scale = vsel(suml2 > 0, sumlx / suml2, splat(0.f));
+    return vsel(zero, splat(0.f), scale);
+}
+
+AI vf finite_acc(const vf *xt, int n) {
+    vf fin = {0};
+    for (int i = 0; i < n; i++) fin += xt[i] * 0.f;
+    return fin;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Q4_K / Q5_K: tile = NL/8 super-blocks, lane = sub-block of 32                                */
+
+AI int tile_q45_k(const float *x, uint8_t *y, int q5) {
+    const int nmax = q5 ? 31 : 15;
+    const int type_size = q5 ? 176 : 144;
+    vf xt[32], w[32];
+    vi L[32];
+    load_tile(x, 32, xt);
+    vf sum_x2 = {0};
+    for (int i = 0; i < 32; i++) sum_x2 += xt[i] * xt[i];
+    vf t = sum_x2 / 32.f, av_x;
+    for (int l = 0; l < NL; l++) av_x[l] = sqrtf(t[l]);
+    for (int i = 0; i < 32; i++) w[i] = av_x + vabs(xt[i]);
+    vf scale, the_min;
+    qkx2(32, nmax, xt, w, L, &scale, &the_min, q5 ? -0.5f : -1.f, 0.1f, q5 ? 15 : 20, 0);
+
+    vf dj, dm;
+    uint8_t sc[SBT][12];
+    float dd[SBT], dmm[SBT];
+    for (int s = 0; s < SBT; s++) {
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < 8; j++) {
+            if (scale[8 * s + j] > max_scale) max_scale = scale[8 * s + j];
+            if (the_min[8 * s + j] > max_min) max_min = the_min[8 * s + j];
+        }
+        float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+        float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+        uint8_t *p = sc[s];
+        for (int j = 0; j < 8; j++) {
+            uint8_t ls = (uint8_t)nearest_int1(inv_scale * scale[8 * s + j]);
+            uint8_t lm = (uint8_t)nearest_int1(inv_min * the_min[8 * s + j]);
+            ls = ls < 63 ? ls : 63;
+            lm = lm < 63 ? lm : 63;
+            if (j < 4) {
+                p[j] = ls;
+                p[j + 4] = lm;
+            } else {
+                p[j + 4] = (uint8_t)((ls & 0xf) | ((lm & 0xf) << 4));
+                p[j - 4] |= (uint8_t)((ls >> 4) << 6);
+                p[j] |= (uint8_t)((lm >> 4) << 6);
+            }
+        }
+        dd[s] = max_scale / 63.f;
+        dmm[s] = max_min / 63.f;
+        float d16 = h2f(f2h(dd[s])), dmin16 = h2f(f2h(dmm[s]));
+        for (int j = 0; j < 8; j++) {
+            int scj, mj; /* get_scale_min_k4 */
+            if (j < 4) {
+                scj = p[j] & 63;
+                mj = p[j + 4] & 63;
+            } else {
+                scj = (p[j + 4] & 0xf) | ((p[j - 4] >> 6) << 4);
+                mj = (p[j + 4] >> 4) | ((p[j] >> 6) << 4);
+            }
+            dj[8 * s + j] = d16 * (float)scj;
+            dm[8 * s + j] = dmin16 * (float)mj;
+        }
+    }
+    vi keep = dj == 0;
+    for (int i = 0; i < 32; i++) L[i] = isel(keep, L[i], iclamp(nearest_int((xt[i] + dm) / dj), 0, nmax));
+
+    for (int s = 0; s < SBT; s++) {
+        uint8_t *b = y + (int64_t)s * type_size;
+        put_h(b, dd[s]);
+        put_h(b + 2, dmm[s]);
+        memcpy(b + 4, sc[s], 12);
+        uint8_t *qs = b + 16;
+        if (q5) {
+            uint8_t *qh = b + 16;
+            for (int l = 0; l < 32; l++) {
+                uint8_t h = 0;
+                for (int c = 0; c < 8; c++) h |= (uint8_t)(((L[l][8 * s + c] >> 4) & 1) << c);
+                qh[l] = h;
+            }
+            qs = b + 48;
+        }
+        for (int c = 0; c < 4; c++)
+            for (int l = 0; l < 32; l++)
+                qs[32 * c + l] = (uint8_t)((L[l][8 * s + 2 * c] & 0xf) | ((L[l][8 * s + 2 * c + 1] & 0xf) << 4));
+    }
+    return any_nonfinite(finite_acc(xt, 32));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Q2_K, Q3_K, Q6_K: tile = 1 super-block of 16 sub-blocks of 16, in NG groups of NL lanes      */
+
+/* sub-block j of the super-block lives in group j / NL, lane j % NL */
+#define SUB(v, j) ((v)[(j) / NL][(j) % NL])
+/* element e (0..255) of the super-block: sub-block e/16, row e%16 */
+#define LV(L, e) ((L)[(e) / 16 / NL][(e) % 16][(e) / 16 % NL])
+
+AI void load_super16(const float *x, vf xt[NG][16]) {
+    for (int g = 0; g < NG; g++) load_tile(x + g * NL * 16, 16, xt[g]);
+}
+
+AI int finite_super16(vf xt[NG][16]) {
+    int bad = 0;
+    for (int g = 0; g < NG; g++) bad |= any_nonfinite(finite_acc(xt[g], 16));
+    return bad;
+}
+
+AI void pack_2bit(vi L[NG][16], uint8_t *qs) {
+    for (int h = 0; h < 2; h++)
+        for (int l = 0; l < 32; l++) {
+            int v = 0;
+            for (int m = 0; m < 4; m++) v |= (LV(L, 128 * h + 32 * m + l) & 3) << (2 * m);
+            qs[32 * h + l] = (uint8_t)v;
+        }
+}
+
+AI int tile_q2_k(const float *x, uint8_t *y) {
+    vf xt[NG][16], w[16], scale[NG], the_min[NG], dj[NG], dm[NG];
+    vi L[NG][16];
+    load_super16(x, xt);
+    for (int g = 0; g < NG; g++) {
+        for (int i = 0; i < 16; i++) w[i] = vabs(xt[g][i]);
+        qkx2(16, 3, xt[g], w, L[g], &scale[g], &the_min[g], -0.5f, 0.1f, 15, 1);
+    }
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 16; j++) {
+        if (SUB(scale, j) > max_scale) max_scale = SUB(scale, j);
+        if (SUB(the_min, j) > max_min) max_min = SUB(the_min, j);
+    }
+    uint8_t sc[16] = {0};
+    float d = 0, dmin = 0;
+    if (max_scale > 0) {
+        float iscale = 15.f / max_scale;
+        for (int j = 0; j < 16; j++) sc[j] = (uint8_t)nearest_int1(iscale * SUB(scale, j));
+        d = max_scale / 15.f;
+    }
+    if (max_min > 0) {
+        float iscale = 15.f / max_min;
+        for (int j = 0; j < 16; j++) sc[j] |= (uint8_t)(nearest_int1(iscale * SUB(the_min, j)) << 4);
+        dmin = max_min / 15.f;
+    }
+    float d16 = h2f(f2h(d)), dmin16 = h2f(f2h(dmin));
+    for (int j = 0; j < 16; j++) {
+        SUB(dj, j) = d16 * (float)(sc[j] & 0xf);
+        SUB(dm, j) = dmin16 * (float)(sc[j] >> 4);
+    }
+    for (int g = 0; g < NG; g++) {
+        vi keep = dj[g] == 0;
+        for (int i = 0; i < 16; i++)
+            L[g][i] = isel(keep, L[g][i], iclamp(nearest_int((xt[g][i] + dm[g]) / dj[g]), 0, 3));
+    }
+    memcpy(y, sc, 16);
+    pack_2bit(L, y + 16);
+    put_h(y + 80, d);
+    put_h(y + 82, dmin);
+    return finite_super16(xt);
+}
+
+AI int tile_q3_k(const float *x, uint8_t *y) {
+    vf xt[NG][16], scale[NG], dj[NG];
+    vi L[NG][16];
+    load_super16(x, xt);
+    for (int g = 0; g < NG; g++) scale[g] = q3(16, 4, xt[g], L[g]);
+    float max_scale = 0, amax = 0;
+    for (int j = 0; j < 16; j++) {
+        float a = fabsf(SUB(scale, j));
+        if (a > amax) {
+            amax = a;
+            max_scale = SUB(scale, j);
+        }
+    }
+    uint8_t sc[12] = {0};
+    float d = 0;
+    if (max_scale != 0) {
+        float iscale = -32.f / max_scale;
+        for (int j = 0; j < 16; j++) {
+            int8_t l8 = (int8_t)nearest_int1(iscale * SUB(scale, j)); /* stored in an int8_t first */
+            int l = (l8 < -32 ? -32 : (l8 > 31 ? 31 : l8)) + 32;
+            if (j < 8)
+                sc[j] = (uint8_t)(l & 0xf);
+            else
+                sc[j - 8] |= (uint8_t)((l & 0xf) << 4);
+            sc[j % 4 + 8] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
+        }
+        d = 1.f / iscale;
+    }
+    float d16 = h2f(f2h(d));
+    for (int j = 0; j < 16; j++) {
+        int lo = j < 8 ? sc[j] & 0xf : sc[j - 8] >> 4;
+        int hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
+        SUB(dj, j) = d16 * (float)((lo | (hi << 4)) - 32);
+    }
+    for (int g = 0; g < NG; g++) {
+        vi keep = dj[g] == 0;
+        for (int i = 0; i < 16; i++)
+            L[g][i] = isel(keep, L[g][i], iclamp(nearest_int(xt[g][i] / dj[g]), -4, 3) + 4);
+    }
+    uint8_t *hmask = y, *qs = y + 32;
+    memset(hmask, 0, 32);
+    for (int e = 0; e < QK_K; e++)
+        if (LV(L, e) > 3) {
+            hmask[e % 32] |= (uint8_t)(1 << (e / 32));
+            LV(L, e) -= 4;
+        }
+    pack_2bit(L, qs);
+    memcpy(y + 96, sc, 12);
+    put_h(y + 108, d);
+    return finite_super16(xt);
+}
+
+AI int tile_q6_k(const float *x, uint8_t *y) {
+    vf xt[NG][16], scale[NG], dj[NG];
+    vi L[NG][16];
+    load_super16(x, xt);
+    for (int g = 0; g < NG; g++) scale[g] = qx(16, 32, xt[g], L[g]);
+    float max_scale = 0, max_abs = 0;
+    for (int j = 0; j < 16; j++) {
+        float a = fabsf(SUB(scale, j));
+        if (a > max_abs) {
+            max_abs = a;
+            max_scale = SUB(scale, j);
+        }
+    }
+    int bad = finite_super16(xt);
+    if (max_abs < 1e-15f) {
+        memset(y, 0, 210);
+        return bad;
+    }
+    float iscale = -128.f / max_scale;
+    float d = 1.f / iscale;
+    float d16 = h2f(f2h(d));
+    int8_t sc[16];
+    for (int j = 0; j < 16; j++) {
+        int v = nearest_int1(iscale * SUB(scale, j));
+        sc[j] = (int8_t)(v < 127 ? v : 127);
+        SUB(dj, j) = d16 * (float)sc[j];
+    }
+    for (int g = 0; g < NG; g++) {
+        vi keep = dj[g] == 0;
+        for (int i = 0; i < 16; i++)
+            L[g][i] = isel(keep, L[g][i], iclamp(nearest_int(xt[g][i] / dj[g]), -32, 31) + 32);
+    }
+    uint8_t *ql = y, *qh = y + 128;
+    for (int h = 0; h < 2; h++) {
+        int n0 = 128 * h;
+        for (int l = 0; l < 32; l++) {
+            int a = LV(L, n0 + l), b = LV(L, n0 + l + 32), c = LV(L, n0 + l + 64), e = LV(L, n0 + l + 96);
+            ql[64 * h + l] = (uint8_t)((a & 0xf) | ((c & 0xf) << 4));
+            ql[64 * h + l + 32] = (uint8_t)((b & 0xf) | ((e & 0xf) << 4));
+            qh[32 * h + l] = (uint8_t)((a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6));
+        }
+    }
+    memcpy(y + 192, sc, 16);
+    put_h(y + 208, d);
+    return bad;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* exported entry points: whole tiles, then a zero-padded tail tile                           */
+
+#define TILE_LOOP(TILE_ELEMS, TILE_BYTES, CALL)                                                       \
+    int bad = 0;                                                                                      \
+    int64_t nt = n / (TILE_ELEMS);                                                                    \
+    for (int64_t t = 0; t < nt; t++) {                                                                \
+        const float *xp = x + t * (TILE_ELEMS);                                                       \
+        uint8_t *yp = y + t * (TILE_BYTES);                                                           \
+        bad |= CALL;                                                                                  \
+    }                                                                                                 \
+    int64_t rem = n - nt * (TILE_ELEMS);                                                              \
+    if (rem) {                                                                                        \
+        float xbuf[TILE_ELEMS];                                                                       \
+        uint8_t ybuf[TILE_BYTES];                                                                     \
+        memset(xbuf, 0, sizeof xbuf);                                                                 \
+        memcpy(xbuf, x + nt * (TILE_ELEMS), (size_t)rem * sizeof(float));                             \
+        const float *xp = xbuf;                                                                       \
+        uint8_t *yp = ybuf;                                                                           \
+        bad |= CALL;                                                                                  \
+        memcpy(y + nt * (TILE_BYTES), ybuf, (size_t)(rem * (TILE_BYTES) / (TILE_ELEMS)));             \
+    }                                                                                                 \
+    return bad;
+
+int ws_quantize_q8_0(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(NL * 32, NL * 34, tile_legacy(xp, yp, LEG_Q8_0, 34)) }
+int ws_quantize_q4_0(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(NL * 32, NL * 18, tile_legacy(xp, yp, LEG_Q4_0, 18)) }
+int ws_quantize_q5_0(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(NL * 32, NL * 22, tile_legacy(xp, yp, LEG_Q5_0, 22)) }
+int ws_quantize_q4_1(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(NL * 32, NL * 20, tile_legacy(xp, yp, LEG_Q4_1, 20)) }
+int ws_quantize_q5_1(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(NL * 32, NL * 24, tile_legacy(xp, yp, LEG_Q5_1, 24)) }
+int ws_quantize_q2_k(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(256, 84, tile_q2_k(xp, yp)) }
+int ws_quantize_q3_k(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(256, 110, tile_q3_k(xp, yp)) }
+int ws_quantize_q4_k(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(NL * 32, SBT * 144, tile_q45_k(xp, yp, 0)) }
+int ws_quantize_q5_k(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(NL * 32, SBT * 176, tile_q45_k(xp, yp, 1)) }
+int ws_quantize_q6_k(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(256, 210, tile_q6_k(xp, yp)) }
+
+/* bumped whenever the functions above change meaning, so stale builds are never loaded */
+int ws_abi_version(void) { return 1; }
