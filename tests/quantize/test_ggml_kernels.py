@@ -12,6 +12,7 @@ import torch
 
 from weightsmith.errors import QuantizationError
 from weightsmith.quantize.ggml import byte_shape, dequantize, get_kernel, quantize, registered_types
+from weightsmith.quantize.ggml.native import NATIVE_TYPES
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "ggml_golden.npz"
 QUANT_TYPES = [
@@ -43,13 +44,13 @@ def cases() -> list[str]:
 
 
 @functools.cache
-def ours(qtype: str, with_imatrix: bool) -> dict[str, np.ndarray]:
+def ours(qtype: str, with_imatrix: bool, backend: str = "auto") -> dict[str, np.ndarray]:
     """Our bytes for every golden case, from one batched call (rows are independent)."""
     g = golden()
     names = cases()
     x = torch.from_numpy(np.concatenate([g[f"x/{c}"] for c in names]))
     im = torch.from_numpy(g["imatrix"]) if with_imatrix else None
-    q = quantize(x, qtype, im).numpy()
+    q = quantize(x, qtype, im, backend=backend).numpy()
     rows = g[f"x/{names[0]}"].shape[0]
     return {c: q[i * rows : (i + 1) * rows] for i, c in enumerate(names)}
 
@@ -57,12 +58,23 @@ def ours(qtype: str, with_imatrix: bool) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------ golden bytes
 
 
+# plain: the fused CPU kernels (native.py) and the torch kernels each; with importance weights
+# only the torch kernels run (``auto`` picks them)
+BACKENDS = [
+    pytest.param(False, "torch", id="plain-torch"),
+    pytest.param(False, "native", id="plain-native"),
+    pytest.param(True, "auto", id="imatrix"),
+]
+
+
 @pytest.mark.parametrize("case", cases())
-@pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
+@pytest.mark.parametrize(("with_imatrix", "backend"), BACKENDS)
 @pytest.mark.parametrize("qtype", QUANT_TYPES)
-def test_bytes_equal_ggml(qtype: str, with_imatrix: bool, case: str) -> None:
+def test_bytes_equal_ggml(qtype: str, with_imatrix: bool, backend: str, case: str) -> None:
+    if backend == "native" and qtype not in NATIVE_TYPES:
+        pytest.skip(f"{qtype} has no fused CPU kernel")
     expected = golden()[f"{'qi' if with_imatrix else 'q'}/{qtype}/{case}"]
-    got = ours(qtype, with_imatrix)[case]
+    got = ours(qtype, with_imatrix, backend)[case]
     assert got.dtype == np.uint8 and got.shape == expected.shape
     if not np.array_equal(got, expected):
         k = get_kernel(qtype)
@@ -149,13 +161,17 @@ def test_bf16_matches_gguf() -> None:
 # ------------------------------------------------------------------------------ more data, more shapes
 
 
+@pytest.mark.parametrize("backend", ["torch", "native"])
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "BF16"])
-def test_matches_gguf_numpy_quantizer(qtype: str) -> None:
+def test_matches_gguf_numpy_quantizer(qtype: str, backend: str) -> None:
     """gguf's numpy quantizers are byte-identical to ggml for these types: compare on more data."""
     x = _random(48, 1024, seed=3)
     x[5] = 0
     x[6, :64] = 1.25
-    assert np.array_equal(quantize(x, qtype).numpy(), gguf.quants.quantize(x.numpy(), GQT[qtype]))
+    x[7, 100:140] = 3e-39  # subnormal scale: 1/d overflows
+    got = quantize(x, qtype, backend=backend).numpy()
+    with np.errstate(all="ignore"):
+        assert np.array_equal(got, gguf.quants.quantize(x.numpy(), GQT[qtype]))
 
 
 REL_RMSE = {"Q8_0": 0.008, "Q6_K": 0.025, "Q5_K": 0.05, "Q5_1": 0.06, "Q5_0": 0.07, "Q4_K": 0.09, "Q4_1": 0.12,

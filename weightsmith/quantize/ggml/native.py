@@ -121,7 +121,9 @@ def build(out_dir: Path | None = None, extra_flags: list[str] | None = None, mar
     if cc is None:
         return BuildInfo(None, None, (), "no C compiler found (set CC, or install gcc)")
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, timeout=60).stdout.decode(errors="replace")
+        version = subprocess.run([cc, "--version"], capture_output=True, timeout=60).stdout.decode(
+            errors="replace"
+        )
         flags = [*CFLAGS, *(_march_flags(cc) if march else []), *(extra_flags or [])]
     except (OSError, subprocess.SubprocessError) as exc:
         return BuildInfo(None, cc, (), f"cannot run the C compiler {cc}: {exc}")
@@ -148,7 +150,9 @@ def build(out_dir: Path | None = None, extra_flags: list[str] | None = None, mar
             )
             if proc.returncode != 0:
                 msg = proc.stderr.decode(errors="replace").strip().splitlines()
-                return BuildInfo(None, cc, tuple(flags), f"{cc} failed: {msg[-1] if msg else proc.returncode}")
+                return BuildInfo(
+                    None, cc, tuple(flags), f"{cc} failed: {msg[-1] if msg else proc.returncode}"
+                )
             os.replace(tmp, lib)  # atomic: a concurrent build of the same key writes the same bytes
             return BuildInfo(lib, cc, tuple(flags))
         except (OSError, subprocess.SubprocessError) as exc:

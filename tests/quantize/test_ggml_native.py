@@ -1,0 +1,143 @@
+"""The fused CPU kernels (weightsmith.quantize.ggml.native): same bytes as the torch kernels, a build
+that falls back cleanly, and the lane widths of other CPUs.
+
+Golden-byte equality with ggml is in test_ggml_kernels.py (parametrised over both backends)."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from weightsmith.errors import QuantizationError
+from weightsmith.quantize.ggml import get_kernel, native, quantize
+
+TYPES = list(native.NATIVE_TYPES)
+
+
+def _hard_cases(cols: int, seed: int) -> torch.Tensor:
+    """Rows that exercise every branch: outliers, zeros, constants, ties, subnormal and huge scales."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randn(cols, generator=g) * 0.02 for _ in range(6)]
+    rows[1][torch.rand(cols, generator=g) < 0.01] *= 40  # outliers
+    rows[2][::3] = 0  # sparse
+    rows.append(torch.zeros(cols))
+    rows.append(torch.full((cols,), -0.75))
+    rows.append(torch.randint(-8, 9, (cols,), generator=g).float() * 0.25)  # ties on a grid
+    rows.append(torch.randn(cols, generator=g) * 1e-38)  # subnormal scales
+    rows.append(torch.randn(cols, generator=g) * 3e4)
+    pm = torch.randn(cols, generator=g).abs() * 0.1
+    pm[1::2] = -pm[0::2]  # +a and -a in every block: first-occurrence rules
+    rows.append(pm)
+    half = torch.randn(cols, generator=g)
+    half[: cols // 2] = 0  # zero sub-blocks next to live ones (a scale that rounds to 0)
+    rows.append(half)
+    rows.append(torch.rand(cols, generator=g) + 0.5)  # all positive: min clamps to 0
+    return torch.stack(rows)
+
+
+@pytest.fixture(scope="module")
+def lib():
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: the torch kernels are used")
+    lib = native.library()
+    assert lib is not None, native.info()  # a machine with a compiler must build it
+    return lib
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_native_equals_torch(lib, qtype: str) -> None:
+    for cols, seed in [(512, 0), (768, 1), (256, 2)]:
+        x = _hard_cases(cols, seed)
+        assert torch.equal(quantize(x, qtype, backend="native"), quantize(x, qtype, backend="torch")), cols
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_partial_tiles_and_row_chunks(lib, qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Block counts that leave a partial SIMD tile, one row per call, and several worker threads."""
+    k = get_kernel(qtype)
+    x = _hard_cases(3 * 256, 5)[:, : 3 * max(k.block_size, 256)]
+    whole = quantize(x, qtype, backend="torch")
+    assert torch.equal(
+        quantize(x[:1, :256], qtype, backend="native"), whole[:1, : 256 // k.block_size * k.type_size]
+    )
+    assert torch.equal(quantize(x, qtype, backend="native"), whole)
+    monkeypatch.setattr(k, "chunk_elems", 1)
+    assert torch.equal(quantize(x, qtype, backend="native"), whole)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1", "Q5_0", "Q4_K", "Q3_K", "Q6_K"])
+def test_non_finite_raises(lib, qtype: str) -> None:
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.zeros(5, 512)
+        x[3, 300] = bad
+        with pytest.raises(QuantizationError, match="NaN or infinite"):
+            quantize(x, qtype, backend="native")
+
+
+def test_backend_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(QuantizationError, match="unknown GGUF kernel backend 'fast'"):
+        quantize(torch.zeros(1, 32), "Q8_0", backend="fast")
+    monkeypatch.setenv("WEIGHTSMITH_GGML_BACKEND", "Torch")
+    assert native.backend_setting() == "torch"
+    assert native.backend_setting("native") == "native"
+
+
+def test_without_compiler_falls_back_or_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    info = native.build(tmp_path)
+    assert info.path is None and "no C compiler" in (info.error or "")
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_info", info)
+    x = _hard_cases(256, 3)
+    assert torch.equal(quantize(x, "Q4_K"), quantize(x, "Q4_K", backend="torch"))  # auto: torch kernels
+    with pytest.raises(QuantizationError, match="native GGUF kernels cannot be used: no C compiler"):
+        quantize(x, "Q4_K", backend="native")
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+def test_failed_build_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.c"
+    broken.write_text("int ws_abi_version(void) { return }\n")
+    monkeypatch.setattr(native, "SOURCE", broken)
+    out = tmp_path / "out"
+    info = native.build(out)
+    assert info.path is None and "failed" in (info.error or "")
+    assert list(out.iterdir()) == []
+
+
+def test_build_is_cached(lib) -> None:
+    first = native.info()
+    assert first is not None and first.path is not None and "-ffp-contract=off" in first.flags
+    t0 = time.perf_counter()
+    again = native.build()
+    assert again.path == first.path and time.perf_counter() - t0 < 2.0
+
+
+def _has_avx2() -> bool:
+    try:
+        return " avx2" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not _has_avx2(), reason="x86 AVX2 check")
+def test_eight_lane_build_gives_the_same_bytes(lib, tmp_path: Path) -> None:
+    """This machine may build 16-lane (AVX-512) code; AVX2 machines get 8 lanes. Build that variant
+    here and compare it with the torch kernels on every type."""
+    info = native.build(tmp_path, extra_flags=["-march=x86-64-v3", "-DNL=8", "-O2"], march=False)
+    assert info.path is not None, info.error
+    avx2 = native.load(info.path)
+    x = _hard_cases(512, 11)
+    for qtype in TYPES:
+        run = native.quantizer(qtype, avx2)
+        assert run is not None
+        k = get_kernel(qtype)
+        out = torch.empty((x.shape[0], x.shape[1] // k.block_size * k.type_size), dtype=torch.uint8)
+        assert run(x, out)
+        assert np.array_equal(out.numpy(), quantize(x, qtype, backend="torch").numpy()), qtype
