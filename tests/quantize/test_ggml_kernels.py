@@ -12,7 +12,7 @@ import torch
 
 from weightsmith.errors import QuantizationError
 from weightsmith.quantize.ggml import byte_shape, dequantize, get_kernel, quantize, registered_types
-from weightsmith.quantize.ggml.native import NATIVE_TYPES
+from weightsmith.quantize.ggml.native import IMATRIX_TYPES, NATIVE_TYPES
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "ggml_golden.npz"
 QUANT_TYPES = [
@@ -58,12 +58,12 @@ def ours(qtype: str, with_imatrix: bool, backend: str = "auto") -> dict[str, np.
 # ------------------------------------------------------------------------------ golden bytes
 
 
-# plain: the fused CPU kernels (native.py) and the torch kernels each; with importance weights
-# only the torch kernels run (``auto`` picks them)
+# the fused CPU kernels (native.py) and the torch kernels each, with and without importance weights
 BACKENDS = [
     pytest.param(False, "torch", id="plain-torch"),
     pytest.param(False, "native", id="plain-native"),
-    pytest.param(True, "auto", id="imatrix"),
+    pytest.param(True, "torch", id="imatrix-torch"),
+    pytest.param(True, "native", id="imatrix-native"),
 ]
 
 
@@ -71,7 +71,7 @@ BACKENDS = [
 @pytest.mark.parametrize(("with_imatrix", "backend"), BACKENDS)
 @pytest.mark.parametrize("qtype", QUANT_TYPES)
 def test_bytes_equal_ggml(qtype: str, with_imatrix: bool, backend: str, case: str) -> None:
-    if backend == "native" and qtype not in NATIVE_TYPES:
+    if backend == "native" and qtype not in (IMATRIX_TYPES if with_imatrix else NATIVE_TYPES):
         pytest.skip(f"{qtype} has no fused CPU kernel")
     expected = golden()[f"{'qi' if with_imatrix else 'q'}/{qtype}/{case}"]
     got = ours(qtype, with_imatrix, backend)[case]

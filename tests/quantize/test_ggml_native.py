@@ -50,25 +50,39 @@ def lib():
     return lib
 
 
+def _imatrix(cols: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    im = torch.rand(cols, generator=g) * 2 + 0.01
+    im[::7] = 0  # unused columns happen in real imatrix files
+    return im
+
+
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
 @pytest.mark.parametrize("qtype", TYPES)
-def test_native_equals_torch(lib, qtype: str) -> None:
+def test_native_equals_torch(lib, qtype: str, with_imatrix: bool) -> None:
     for cols, seed in [(512, 0), (768, 1), (256, 2)]:
         x = _hard_cases(cols, seed)
-        assert torch.equal(quantize(x, qtype, backend="native"), quantize(x, qtype, backend="torch")), cols
+        im = _imatrix(cols, seed) if with_imatrix else None
+        got = quantize(x, qtype, im, backend="native")
+        assert torch.equal(got, quantize(x, qtype, im, backend="torch")), cols
 
 
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
 @pytest.mark.parametrize("qtype", TYPES)
-def test_partial_tiles_and_row_chunks(lib, qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_partial_tiles_and_row_chunks(
+    lib, qtype: str, with_imatrix: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Block counts that leave a partial SIMD tile, one row per call, and several worker threads."""
     k = get_kernel(qtype)
-    x = _hard_cases(3 * 256, 5)[:, : 3 * max(k.block_size, 256)]
-    whole = quantize(x, qtype, backend="torch")
-    assert torch.equal(
-        quantize(x[:1, :256], qtype, backend="native"), whole[:1, : 256 // k.block_size * k.type_size]
-    )
-    assert torch.equal(quantize(x, qtype, backend="native"), whole)
+    x = _hard_cases(768, 5)
+    im = _imatrix(768, 5) if with_imatrix else None
+    whole = quantize(x, qtype, im, backend="torch")
+    head = None if im is None else im[:256]
+    one = quantize(x[:1, :256], qtype, head, backend="native")
+    assert torch.equal(one, quantize(x[:1, :256], qtype, head, backend="torch"))
+    assert torch.equal(quantize(x, qtype, im, backend="native"), whole)
     monkeypatch.setattr(k, "chunk_elems", 1)
-    assert torch.equal(quantize(x, qtype, backend="native"), whole)
+    assert torch.equal(quantize(x, qtype, im, backend="native"), whole)
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1", "Q5_0", "Q4_K", "Q3_K", "Q6_K"])
@@ -78,6 +92,8 @@ def test_non_finite_raises(lib, qtype: str) -> None:
         x[3, 300] = bad
         with pytest.raises(QuantizationError, match="NaN or infinite"):
             quantize(x, qtype, backend="native")
+        with pytest.raises(QuantizationError, match="NaN or infinite"):
+            quantize(x, qtype, torch.ones(512), backend="native")
 
 
 def test_backend_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,11 +149,12 @@ def test_eight_lane_build_gives_the_same_bytes(lib, tmp_path: Path) -> None:
     info = native.build(tmp_path, extra_flags=["-march=x86-64-v3", "-DNL=8", "-O2"], march=False)
     assert info.path is not None, info.error
     avx2 = native.load(info.path)
-    x = _hard_cases(512, 11)
+    x = _hard_cases(768, 11)
     for qtype in TYPES:
-        run = native.quantizer(qtype, avx2)
-        assert run is not None
-        k = get_kernel(qtype)
-        out = torch.empty((x.shape[0], x.shape[1] // k.block_size * k.type_size), dtype=torch.uint8)
-        assert run(x, out)
-        assert np.array_equal(out.numpy(), quantize(x, qtype, backend="torch").numpy()), qtype
+        for im in (None, _imatrix(768, 11)) if qtype in native.IMATRIX_TYPES else (None,):
+            run = native.quantizer(qtype, avx2, im)
+            assert run is not None
+            k = get_kernel(qtype)
+            out = torch.empty((x.shape[0], x.shape[1] // k.block_size * k.type_size), dtype=torch.uint8)
+            assert run(x, out)
+            assert np.array_equal(out.numpy(), quantize(x, qtype, im, backend="torch").numpy()), qtype

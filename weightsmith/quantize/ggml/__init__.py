@@ -145,13 +145,15 @@ def quantize(
 def _native_quantizer(
     k: type[GGMLKernel], device: torch.device, imatrix: torch.Tensor | None, backend: str | None
 ) -> native.Quantizer | None:
-    """The fused CPU kernel for this call, or None for the torch kernels (GPU, importance matrix,
-    a type without one, no C compiler, or ``backend="torch"``)."""
+    """The fused CPU kernel for this call, or None for the torch kernels (GPU, a type without one, no
+    C compiler, or ``backend="torch"``)."""
     setting = native.backend_setting(backend)
-    if setting == "torch" or device.type != "cpu" or imatrix is not None or k.name not in native.NATIVE_TYPES:
+    if setting == "torch" or device.type != "cpu":
+        return None
+    if k.name not in (native.NATIVE_TYPES if imatrix is None else native.IMATRIX_TYPES):
         return None
     lib = native.library(required=setting == "native")
-    return None if lib is None else native.quantizer(k.name, lib)
+    return None if lib is None else native.quantizer(k.name, lib, imatrix)
 
 
 def _run_chunks(run: Callable[[int], None], starts: range, device: torch.device) -> None:

@@ -10,7 +10,7 @@ multiply-adds, no fast-math: the bytes stay ggml's) into a cache folder and reus
 few seconds. Where there is no C compiler, or the build fails, quantization falls back to the torch
 kernels, which give the same bytes. ``WEIGHTSMITH_GGML_BACKEND`` picks: ``auto`` (default), ``torch``
 (never build), ``native`` (fail loudly if the library cannot be built).
-Only the CPU and the paths without an importance matrix run natively.
+Only CPU tensors run natively; GPUs use the torch kernels.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ from weightsmith.errors import QuantizationError
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
-ABI_VERSION = 1
+ABI_VERSION = 2
 BACKENDS = ("auto", "torch", "native")
-#: types with a fused kernel (symbol ``ws_quantize_<name lower>``)
+#: types with a fused kernel (symbol ``ws_quantize_<name lower>``, and ``ws_quantize_imat_<name>`` with
+#: importance weights for all but Q8_0, which ignores them)
 NATIVE_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+IMATRIX_TYPES = tuple(t for t in NATIVE_TYPES if t != "Q8_0")
 CFLAGS = ["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-Wno-psabi"]
 
 
@@ -172,6 +174,10 @@ def load(path: Path) -> ctypes.CDLL:
         fn = getattr(lib, f"ws_quantize_{name.lower()}")
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    for name in IMATRIX_TYPES:
+        fn = getattr(lib, f"ws_quantize_imat_{name.lower()}")
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
     return lib
 
 
@@ -207,19 +213,45 @@ def info() -> BuildInfo | None:
 Quantizer = Callable[[torch.Tensor, torch.Tensor], bool]
 
 
-def quantizer(name: str, lib: ctypes.CDLL) -> Quantizer | None:
-    """``fn(x, out) -> ok`` for type ``name`` (float32 rows in, uint8 rows out, both contiguous CPU
-    tensors), or None where the type has no fused kernel. ``ok`` is False for NaN/inf input."""
-    if name not in NATIVE_TYPES:
+def quantizer(name: str, lib: ctypes.CDLL, imatrix: torch.Tensor | None = None) -> Quantizer | None:
+    """``fn(x, out) -> ok`` for type ``name`` (float32 rows ``(R, n)`` in, uint8 rows out, contiguous CPU
+    tensors), or None where the type has no fused kernel. ``imatrix``: float32 ``(n,)`` importance
+    weights, kept alive by the closure. ``ok`` is False for NaN/inf input."""
+    if imatrix is None:
+        if name not in NATIVE_TYPES:
+            return None
+        plain = getattr(lib, f"ws_quantize_{name.lower()}")
+
+        def run(x: torch.Tensor, out: torch.Tensor) -> bool:
+            _check(x, out)
+            return plain(x.data_ptr(), out.data_ptr(), x.numel()) == 0  # ctypes releases the GIL
+
+        return run
+    if name not in IMATRIX_TYPES:
         return None
-    fn = getattr(lib, f"ws_quantize_{name.lower()}")
+    weighted = getattr(lib, f"ws_quantize_imat_{name.lower()}")
+    qw = imatrix.detach().to(device="cpu", dtype=torch.float32).contiguous()
 
-    def run(x: torch.Tensor, out: torch.Tensor) -> bool:
-        if not (x.is_contiguous() and out.is_contiguous()):  # the caller guarantees it; stay memory-safe
-            raise ValueError("native kernels need contiguous tensors")
-        return fn(x.data_ptr(), out.data_ptr(), x.numel()) == 0  # ctypes releases the GIL
+    def run_weighted(x: torch.Tensor, out: torch.Tensor) -> bool:
+        _check(x, out)
+        if x.dim() != 2 or x.shape[1] != qw.numel():
+            raise ValueError("importance weights need (rows, n) input with n weights")
+        rc = weighted(x.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], qw.data_ptr())
+        if rc == 2:
+            raise MemoryError("out of memory in the native GGUF kernels")
+        return rc == 0
 
-    return run
+    return run_weighted
+
+
+def _check(x: torch.Tensor, out: torch.Tensor) -> None:
+    """The caller guarantees this; checked anyway because a wrong pointer here corrupts memory."""
+    if not (
+        x.is_contiguous() and out.is_contiguous() and x.dtype == torch.float32 and out.dtype == torch.uint8
+    ):
+        raise ValueError("native kernels need contiguous float32 input and uint8 output")
+    if x.device.type != "cpu" or out.device.type != "cpu":
+        raise ValueError("native kernels run on CPU tensors")
 
 
 def main() -> None:

@@ -25,6 +25,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* lanes per vector: one 512-bit register with AVX-512, else two 128/256-bit halves' worth of 8 */
@@ -105,13 +106,29 @@ AI void put_h(uint8_t *p, float f) {
 
 enum { LEG_Q8_0, LEG_Q4_0, LEG_Q5_0, LEG_Q4_1, LEG_Q5_1 };
 
-AI int tile_legacy(const float *x, uint8_t *y, int kind, int type_size) {
+AI vf qx(int n, int nmax, const vf *x, const vf *qw, vi *L);
+AI void qkx(int n, int nmax, const vf *x, const vf *w, vi *L, vf *scale_out, vf *the_min_out, float rmin,
+            float rdelta, int nstep, int use_mad, int guarded);
+AI vf finite_acc(const vf *xt, int n);
+
+AI int tile_legacy(const float *x, const float *wts, uint8_t *y, int kind, int type_size) {
     vf xt[32];
     load_tile(x, 32, xt);
     vf fin = {0};
     vi q[32];
     vf d, m = {0};
-    if (kind == LEG_Q8_0) {
+    if (wts) { /* quantize_row_q4_0_impl and friends (Q8_0 has none) */
+        vf w[32];
+        load_tile(wts, 32, w);
+        fin = finite_acc(xt, 32);
+        if (kind == LEG_Q4_0 || kind == LEG_Q5_0) {
+            d = qx(32, kind == LEG_Q4_0 ? 8 : 16, xt, w, q);
+        } else {
+            vf the_min;
+            qkx(32, kind == LEG_Q4_1 ? 15 : 31, xt, w, q, &d, &the_min, -0.9f, 0.05f, 36, 0, 1);
+            m = -the_min;
+        }
+    } else if (kind == LEG_Q8_0) {
         vf amax = {0};
         for (int i = 0; i < 32; i++) {
             vf a = vabs(xt[i]);
@@ -183,9 +200,10 @@ AI int tile_legacy(const float *x, uint8_t *y, int kind, int type_size) {
 /* ------------------------------------------------------------------------------------------ */
 /* scale searches, one (sub-)block per lane                                                    */
 
-/* make_qkx2_quants: affine fit x ~ scale*L + min (min <= 0), nstep+1 trial scales. */
-AI void qkx2(int n, int nmax, const vf *x, const vf *w, vi *L, vf *scale_out, vf *the_min_out, float rmin,
-             float rdelta, int nstep, int use_mad) {
+/* make_qkx2_quants (guarded = 0) / make_qkx3_quants (guarded = 1): affine fit x ~ scale*L + min
+ * (min <= 0), nstep+1 trial scales; qkx3 takes trial levels as v > 0 ? nearest_int(MIN(v, nmax)) : 0. */
+AI void qkx(int n, int nmax, const vf *x, const vf *w, vi *L, vf *scale_out, vf *the_min_out, float rmin,
+            float rdelta, int nstep, int use_mad, int guarded) {
     vf mn = x[0], mx = x[0], sum_w = w[0], sum_x = w[0] * x[0];
     for (int i = 1; i < n; i++) {
         mn = vsel(x[i] < mn, x[i], mn);
@@ -211,7 +229,9 @@ AI void qkx2(int n, int nmax, const vf *x, const vf *w, vi *L, vf *scale_out, vf
         vf isc = num / (mx - mn);
         vf sum_l = {0}, sum_l2 = {0}, sum_xl = {0};
         for (int i = 0; i < n; i++) {
-            vi l = iclamp(nearest_int(isc * (x[i] - mn)), 0, nmax);
+            vf v = isc * (x[i] - mn);
+            vi l = guarded ? isel(v > 0, nearest_int(vsel(v < (float)nmax, v, splat((float)nmax))), isplat(0))
+                           : iclamp(nearest_int(v), 0, nmax);
             Laux[i] = l;
             vf lf = tofloat(l);
             vf wl = w[i] * lf;
@@ -245,8 +265,8 @@ AI void qkx2(int n, int nmax, const vf *x, const vf *w, vi *L, vf *scale_out, vf
     *the_min_out = -mn;
 }
 
-/* make_qx_quants with rmse_type 1 and no importance weights (w = x*x); L is stored + nmax. */
-AI vf qx(int n, int nmax, const vf *x, vi *L) {
+/* make_qx_quants with rmse_type 1: weights qw, or x*x without them; L is stored + nmax. */
+AI vf qx(int n, int nmax, const vf *x, const vf *qw, vi *L) {
     vf amax = {0}, mx = {0};
     for (int i = 0; i < n; i++) {
         vf a = vabs(x[i]);
@@ -255,9 +275,9 @@ AI vf qx(int n, int nmax, const vf *x, vi *L) {
         mx = vsel(t, x[i], mx);
     }
     vi zero = amax < 1e-15f;
-    vf w[16], wx[16];
+    vf w[32], wx[32];
     for (int i = 0; i < n; i++) {
-        w[i] = x[i] * x[i];
+        w[i] = qw ? qw[i] : x[i] * x[i];
         wx[i] = w[i] * x[i];
     }
     vf scale = {0}, best = {0}, sel = {0};
@@ -332,6 +352,119 @@ AI vf q3(int n, int nmax, const vf *x, vi *L) {
     return vsel(zero, splat(0.f), scale);
 }
 
+/* make_qp_quants: non-negative scale for non-negative x (sub-block scales, mins); scalar, n <= 16 */
+AI float qp1(int n, int nmax, const float *x, uint8_t *L, const float *w) {
+    float max = 0;
+    for (int i = 0; i < n; i++) max = max > x[i] ? max : x[i];
+    if (max < 1e-15f) {
+        memset(L, 0, (size_t)n);
+        return 0.f;
+    }
+    float iscale = nmax / max;
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)nearest_int1(iscale * x[i]);
+    float scale = 1 / iscale;
+    float best_mse = 0;
+    for (int i = 0; i < n; i++) {
+        float diff = x[i] - scale * L[i];
+        best_mse += w[i] * diff * diff;
+    }
+    for (int is = -4; is <= 4; ++is) {
+        if (is == 0) continue;
+        float iscale_is = (0.1f * is + nmax) / max;
+        float scale_is = 1 / iscale_is;
+        float mse = 0;
+        for (int i = 0; i < n; i++) {
+            int l = nearest_int1(iscale_is * x[i]);
+            l = l < nmax ? l : nmax;
+            float diff = x[i] - scale_is * l;
+            mse += w[i] * diff * diff;
+        }
+        if (mse < best_mse) {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        int l = nearest_int1(iscale * x[i]);
+        l = l < nmax ? l : nmax;
+        L[i] = (uint8_t)l;
+        sumlx += w[i] * x[i] * l;
+        suml2 += w[i] * l * l;
+    }
+    for (int itry = 0; itry < 5; ++itry) {
+        int n_changed = 0;
+        for (int i = 0; i < n; i++) {
+            float wi = w[i];
+            float slx = sumlx - wi * x[i] * L[i];
+            float sl2 = suml2 - wi * L[i] * L[i];
+            if (slx > 0 && sl2 > 0) {
+                int new_l = nearest_int1(x[i] * sl2 / slx);
+                new_l = new_l < nmax ? new_l : nmax;
+                if (new_l != L[i]) {
+                    slx += wi * x[i] * new_l;
+                    sl2 += wi * new_l * new_l;
+                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (uint8_t)new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        ++n_changed;
+                    }
+                }
+            }
+        }
+        if (!n_changed) break;
+    }
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+/* make_qx_quants(n, nmax, x, L, rmse_type=1, w) for one short vector (Q3_K's sub-block scales) */
+AI float qx1(int n, int nmax, const float *x, int *L, const float *w) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; i++) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) {
+            amax = ax;
+            max = x[i];
+        }
+    }
+    if (amax < 1e-15f) {
+        for (int i = 0; i < n; i++) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        int l = nearest_int1(iscale * x[i]);
+        l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
+        L[i] = l + nmax;
+        sumlx += w[i] * x[i] * l;
+        suml2 += w[i] * l * l;
+    }
+    float scale = suml2 ? sumlx / suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f * is) / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; i++) {
+            int l = nearest_int1(iscale * x[i]);
+            l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
+            sumlx += w[i] * x[i] * l;
+            suml2 += w[i] * l * l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; i++) {
+                int l = nearest_int1(iscale * x[i]);
+                L[i] = nmax + (l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l));
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
 AI vf finite_acc(const vf *xt, int n) {
     vf fin = {0};
     for (int i = 0; i < n; i++) fin += xt[i] * 0.f;
@@ -341,48 +474,73 @@ AI vf finite_acc(const vf *xt, int n) {
 /* ------------------------------------------------------------------------------------------ */
 /* Q4_K / Q5_K: tile = NL/8 super-blocks, lane = sub-block of 32                                */
 
-AI int tile_q45_k(const float *x, uint8_t *y, int q5) {
+AI int tile_q45_k(const float *x, const float *wts, uint8_t *y, int q5) {
     const int nmax = q5 ? 31 : 15;
     const int type_size = q5 ? 176 : 144;
     vf xt[32], w[32];
     vi L[32];
     load_tile(x, 32, xt);
-    vf sum_x2 = {0};
-    for (int i = 0; i < 32; i++) sum_x2 += xt[i] * xt[i];
-    vf t = sum_x2 / 32.f, av_x;
-    for (int l = 0; l < NL; l++) av_x[l] = sqrtf(t[l]);
-    for (int i = 0; i < 32; i++) w[i] = av_x + vabs(xt[i]);
-    vf scale, the_min;
-    qkx2(32, nmax, xt, w, L, &scale, &the_min, q5 ? -0.5f : -1.f, 0.1f, q5 ? 15 : 20, 0);
+    vf scale, the_min, sw = {0};
+    if (wts) { /* quantize_row_q4_K_impl / q5_K_impl */
+        load_tile(wts, 32, w);
+        for (int i = 0; i < 32; i++) sw += w[i];
+        qkx(32, nmax, xt, w, L, &scale, &the_min, -0.9f, 0.05f, 36, 0, 1);
+    } else {
+        vf sum_x2 = {0};
+        for (int i = 0; i < 32; i++) sum_x2 += xt[i] * xt[i];
+        vf t = sum_x2 / 32.f, av_x;
+        for (int l = 0; l < NL; l++) av_x[l] = sqrtf(t[l]);
+        for (int i = 0; i < 32; i++) w[i] = av_x + vabs(xt[i]);
+        qkx(32, nmax, xt, w, L, &scale, &the_min, q5 ? -0.5f : -1.f, 0.1f, q5 ? 15 : 20, 0, 0);
+    }
 
     vf dj, dm;
     uint8_t sc[SBT][12];
     float dd[SBT], dmm[SBT];
     for (int s = 0; s < SBT; s++) {
-        float max_scale = 0, max_min = 0;
-        for (int j = 0; j < 8; j++) {
-            if (scale[8 * s + j] > max_scale) max_scale = scale[8 * s + j];
-            if (the_min[8 * s + j] > max_min) max_min = the_min[8 * s + j];
+        uint8_t ls[8], lm[8];
+        if (wts) {
+            float scs[8], mns[8], sws[8];
+            for (int j = 0; j < 8; j++) {
+                scs[j] = scale[8 * s + j];
+                mns[j] = the_min[8 * s + j];
+                sws[j] = sw[8 * s + j];
+            }
+            dd[s] = qp1(8, 63, scs, ls, sws);
+            dmm[s] = qp1(8, 63, mns, lm, sws);
+            if (q5) /* only the Q5_K impl clamps with MIN(63, .) */
+                for (int j = 0; j < 8; j++) {
+                    ls[j] = ls[j] < 63 ? ls[j] : 63;
+                    lm[j] = lm[j] < 63 ? lm[j] : 63;
+                }
+        } else {
+            float max_scale = 0, max_min = 0;
+            for (int j = 0; j < 8; j++) {
+                if (scale[8 * s + j] > max_scale) max_scale = scale[8 * s + j];
+                if (the_min[8 * s + j] > max_min) max_min = the_min[8 * s + j];
+            }
+            float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+            float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+            for (int j = 0; j < 8; j++) {
+                ls[j] = (uint8_t)nearest_int1(inv_scale * scale[8 * s + j]);
+                lm[j] = (uint8_t)nearest_int1(inv_min * the_min[8 * s + j]);
+                ls[j] = ls[j] < 63 ? ls[j] : 63;
+                lm[j] = lm[j] < 63 ? lm[j] : 63;
+            }
+            dd[s] = max_scale / 63.f;
+            dmm[s] = max_min / 63.f;
         }
-        float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
-        float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
         uint8_t *p = sc[s];
         for (int j = 0; j < 8; j++) {
-            uint8_t ls = (uint8_t)nearest_int1(inv_scale * scale[8 * s + j]);
-            uint8_t lm = (uint8_t)nearest_int1(inv_min * the_min[8 * s + j]);
-            ls = ls < 63 ? ls : 63;
-            lm = lm < 63 ? lm : 63;
             if (j < 4) {
-                p[j] = ls;
-                p[j + 4] = lm;
+                p[j] = ls[j];
+                p[j + 4] = lm[j];
             } else {
-                p[j + 4] = (uint8_t)((ls & 0xf) | ((lm & 0xf) << 4));
-                p[j - 4] |= (uint8_t)((ls >> 4) << 6);
-                p[j] |= (uint8_t)((lm >> 4) << 6);
+                p[j + 4] = (uint8_t)((ls[j] & 0xf) | ((lm[j] & 0xf) << 4));
+                p[j - 4] |= (uint8_t)((ls[j] >> 4) << 6);
+                p[j] |= (uint8_t)((lm[j] >> 4) << 6);
             }
         }
-        dd[s] = max_scale / 63.f;
-        dmm[s] = max_min / 63.f;
         float d16 = h2f(f2h(dd[s])), dmin16 = h2f(f2h(dmm[s]));
         for (int j = 0; j < 8; j++) {
             int scj, mj; /* get_scale_min_k4 */
@@ -449,30 +607,50 @@ AI void pack_2bit(vi L[NG][16], uint8_t *qs) {
         }
 }
 
-AI int tile_q2_k(const float *x, uint8_t *y) {
-    vf xt[NG][16], w[16], scale[NG], the_min[NG], dj[NG], dm[NG];
+AI int tile_q2_k(const float *x, const float *wts, uint8_t *y) {
+    vf xt[NG][16], w[16], scale[NG], the_min[NG], dj[NG], dm[NG], sw[NG];
     vi L[NG][16];
     load_super16(x, xt);
     for (int g = 0; g < NG; g++) {
-        for (int i = 0; i < 16; i++) w[i] = vabs(xt[g][i]);
-        qkx2(16, 3, xt[g], w, L[g], &scale[g], &the_min[g], -0.5f, 0.1f, 15, 1);
-    }
-    float max_scale = 0, max_min = 0;
-    for (int j = 0; j < 16; j++) {
-        if (SUB(scale, j) > max_scale) max_scale = SUB(scale, j);
-        if (SUB(the_min, j) > max_min) max_min = SUB(the_min, j);
+        if (wts) { /* quantize_row_q2_K_impl */
+            load_tile(wts + g * NL * 16, 16, w);
+            sw[g] = (vf){0};
+            for (int i = 0; i < 16; i++) sw[g] += w[i];
+            qkx(16, 3, xt[g], w, L[g], &scale[g], &the_min[g], -0.9f, 0.05f, 36, 0, 1);
+        } else {
+            for (int i = 0; i < 16; i++) w[i] = vabs(xt[g][i]);
+            qkx(16, 3, xt[g], w, L[g], &scale[g], &the_min[g], -0.5f, 0.1f, 15, 1, 0);
+        }
     }
     uint8_t sc[16] = {0};
     float d = 0, dmin = 0;
-    if (max_scale > 0) {
-        float iscale = 15.f / max_scale;
-        for (int j = 0; j < 16; j++) sc[j] = (uint8_t)nearest_int1(iscale * SUB(scale, j));
-        d = max_scale / 15.f;
-    }
-    if (max_min > 0) {
-        float iscale = 15.f / max_min;
-        for (int j = 0; j < 16; j++) sc[j] |= (uint8_t)(nearest_int1(iscale * SUB(the_min, j)) << 4);
-        dmin = max_min / 15.f;
+    if (wts) {
+        float scs[16], mns[16], sws[16];
+        uint8_t Ls[16], Lm[16];
+        for (int j = 0; j < 16; j++) {
+            scs[j] = SUB(scale, j);
+            mns[j] = SUB(the_min, j);
+            sws[j] = SUB(sw, j);
+        }
+        d = qp1(16, 15, scs, Ls, sws);
+        dmin = qp1(16, 15, mns, Lm, sws);
+        for (int j = 0; j < 16; j++) sc[j] = (uint8_t)(Ls[j] | (Lm[j] << 4));
+    } else {
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < 16; j++) {
+            if (SUB(scale, j) > max_scale) max_scale = SUB(scale, j);
+            if (SUB(the_min, j) > max_min) max_min = SUB(the_min, j);
+        }
+        if (max_scale > 0) {
+            float iscale = 15.f / max_scale;
+            for (int j = 0; j < 16; j++) sc[j] = (uint8_t)nearest_int1(iscale * SUB(scale, j));
+            d = max_scale / 15.f;
+        }
+        if (max_min > 0) {
+            float iscale = 15.f / max_min;
+            for (int j = 0; j < 16; j++) sc[j] |= (uint8_t)(nearest_int1(iscale * SUB(the_min, j)) << 4);
+            dmin = max_min / 15.f;
+        }
     }
     float d16 = h2f(f2h(d)), dmin16 = h2f(f2h(dmin));
     for (int j = 0; j < 16; j++) {
@@ -491,33 +669,55 @@ AI int tile_q2_k(const float *x, uint8_t *y) {
     return finite_super16(xt);
 }
 
-AI int tile_q3_k(const float *x, uint8_t *y) {
-    vf xt[NG][16], scale[NG], dj[NG];
+AI int tile_q3_k(const float *x, const float *wts, uint8_t *y) {
+    vf xt[NG][16], scale[NG], dj[NG], w[16], sw[NG];
     vi L[NG][16];
     load_super16(x, xt);
-    for (int g = 0; g < NG; g++) scale[g] = q3(16, 4, xt[g], L[g]);
-    float max_scale = 0, amax = 0;
-    for (int j = 0; j < 16; j++) {
-        float a = fabsf(SUB(scale, j));
-        if (a > amax) {
-            amax = a;
-            max_scale = SUB(scale, j);
+    for (int g = 0; g < NG; g++) {
+        if (wts) { /* quantize_row_q3_K_impl */
+            load_tile(wts + g * NL * 16, 16, w);
+            sw[g] = (vf){0};
+            for (int i = 0; i < 16; i++) sw[g] += w[i];
+            scale[g] = qx(16, 4, xt[g], w, L[g]);
+        } else {
+            scale[g] = q3(16, 4, xt[g], L[g]);
+        }
+    }
+    int l6[16] = {0}; /* 6-bit scales, 0..63 */
+    float d = 0;
+    if (wts) {
+        float scs[16], sws[16];
+        for (int j = 0; j < 16; j++) {
+            scs[j] = SUB(scale, j);
+            sws[j] = SUB(sw, j);
+        }
+        d = qx1(16, 32, scs, l6, sws);
+    } else {
+        float max_scale = 0, amax = 0;
+        for (int j = 0; j < 16; j++) {
+            float a = fabsf(SUB(scale, j));
+            if (a > amax) {
+                amax = a;
+                max_scale = SUB(scale, j);
+            }
+        }
+        if (max_scale != 0) {
+            float iscale = -32.f / max_scale;
+            for (int j = 0; j < 16; j++) {
+                int8_t l8 = (int8_t)nearest_int1(iscale * SUB(scale, j)); /* stored in an int8_t first */
+                l6[j] = (l8 < -32 ? -32 : (l8 > 31 ? 31 : l8)) + 32;
+            }
+            d = 1.f / iscale;
         }
     }
     uint8_t sc[12] = {0};
-    float d = 0;
-    if (max_scale != 0) {
-        float iscale = -32.f / max_scale;
-        for (int j = 0; j < 16; j++) {
-            int8_t l8 = (int8_t)nearest_int1(iscale * SUB(scale, j)); /* stored in an int8_t first */
-            int l = (l8 < -32 ? -32 : (l8 > 31 ? 31 : l8)) + 32;
-            if (j < 8)
-                sc[j] = (uint8_t)(l & 0xf);
-            else
-                sc[j - 8] |= (uint8_t)((l & 0xf) << 4);
-            sc[j % 4 + 8] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
-        }
-        d = 1.f / iscale;
+    for (int j = 0; j < 16; j++) {
+        int l = l6[j];
+        if (j < 8)
+            sc[j] = (uint8_t)(l & 0xf);
+        else
+            sc[j - 8] |= (uint8_t)((l & 0xf) << 4);
+        sc[j % 4 + 8] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
     }
     float d16 = h2f(f2h(d));
     for (int j = 0; j < 16; j++) {
@@ -543,11 +743,14 @@ AI int tile_q3_k(const float *x, uint8_t *y) {
     return finite_super16(xt);
 }
 
-AI int tile_q6_k(const float *x, uint8_t *y) {
-    vf xt[NG][16], scale[NG], dj[NG];
+AI int tile_q6_k(const float *x, const float *wts, uint8_t *y) {
+    vf xt[NG][16], scale[NG], dj[NG], w[16];
     vi L[NG][16];
     load_super16(x, xt);
-    for (int g = 0; g < NG; g++) scale[g] = qx(16, 32, xt[g], L[g]);
+    for (int g = 0; g < NG; g++) {
+        if (wts) load_tile(wts + g * NL * 16, 16, w);
+        scale[g] = qx(16, 32, xt[g], wts ? w : 0, L[g]);
+    }
     float max_scale = 0, max_abs = 0;
     for (int j = 0; j < 16; j++) {
         float a = fabsf(SUB(scale, j));
@@ -591,6 +794,33 @@ AI int tile_q6_k(const float *x, uint8_t *y) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* importance weights, per row: qw[j] * sqrt(sigma2 + x[j]^2) (sigma2 per super-block or row)  */
+
+/* K types: sigma2 = factor * sum(x^2) / 256 per super-block */
+static void weights_k(const float *x, const float *qw, float *w, int64_t n_per_row, float factor) {
+    for (int64_t b = 0; b < n_per_row; b += QK_K) {
+        float sum_x2 = 0;
+        for (int j = 0; j < QK_K; j++) sum_x2 += x[b + j] * x[b + j];
+        float sigma2 = factor * sum_x2 / QK_K;
+        for (int j = 0; j < QK_K; j++) w[b + j] = qw[b + j] * sqrtf(sigma2 + x[b + j] * x[b + j]);
+    }
+}
+static void weights_k1(const float *x, const float *qw, float *w, int64_t n) { weights_k(x, qw, w, n, 1.f); }
+static void weights_k2(const float *x, const float *qw, float *w, int64_t n) { weights_k(x, qw, w, n, 2.f); }
+/* legacy types: sigma2 = sum(x^2) / n_per_row over the whole row */
+static void weights_row(const float *x, const float *qw, float *w, int64_t n) {
+    float sum_x2 = 0;
+    for (int64_t j = 0; j < n; j++) sum_x2 += x[j] * x[j];
+    float sigma2 = sum_x2 / n;
+    for (int64_t j = 0; j < n; j++) w[j] = qw[j] * sqrtf(sigma2 + x[j] * x[j]);
+}
+/* Q6_K: the importance weights themselves */
+static void weights_raw(const float *x, const float *qw, float *w, int64_t n) {
+    (void)x;
+    memcpy(w, qw, (size_t)n * sizeof(float));
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* exported entry points: whole tiles, then a zero-padded tail tile                           */
 
 #define TILE_LOOP(TILE_ELEMS, TILE_BYTES, CALL)                                                       \
@@ -614,16 +844,66 @@ AI int tile_q6_k(const float *x, uint8_t *y) {
     }                                                                                                 \
     return bad;
 
-int ws_quantize_q8_0(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(NL * 32, NL * 34, tile_legacy(xp, yp, LEG_Q8_0, 34)) }
-int ws_quantize_q4_0(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(NL * 32, NL * 18, tile_legacy(xp, yp, LEG_Q4_0, 18)) }
-int ws_quantize_q5_0(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(NL * 32, NL * 22, tile_legacy(xp, yp, LEG_Q5_0, 22)) }
-int ws_quantize_q4_1(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(NL * 32, NL * 20, tile_legacy(xp, yp, LEG_Q4_1, 20)) }
-int ws_quantize_q5_1(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(NL * 32, NL * 24, tile_legacy(xp, yp, LEG_Q5_1, 24)) }
-int ws_quantize_q2_k(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(256, 84, tile_q2_k(xp, yp)) }
-int ws_quantize_q3_k(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(256, 110, tile_q3_k(xp, yp)) }
-int ws_quantize_q4_k(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(NL * 32, SBT * 144, tile_q45_k(xp, yp, 0)) }
-int ws_quantize_q5_k(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(NL * 32, SBT * 176, tile_q45_k(xp, yp, 1)) }
-int ws_quantize_q6_k(const float *x, uint8_t *y, int64_t n) { TILE_LOOP(256, 210, tile_q6_k(xp, yp)) }
+/* with importance weights: row by row (the weights depend on the row), each row tiled as above,
+ * the zero-padded tail tile getting zero weights */
+#define IMAT_LOOP(TILE_ELEMS, TILE_BYTES, WEIGHTS, CALL)                                              \
+    int bad = 0;                                                                                      \
+    float *wrow = (float *)malloc((size_t)n_per_row * sizeof(float));                                 \
+    if (!wrow) return 2;                                                                              \
+    int64_t row_bytes = n_per_row / (TILE_ELEMS) * (TILE_BYTES) +                                     \
+                        n_per_row % (TILE_ELEMS) * (TILE_BYTES) / (TILE_ELEMS);                       \
+    for (int64_t r = 0; r < nrows; r++) {                                                             \
+        const float *xr = x + r * n_per_row;                                                          \
+        uint8_t *yr = y + r * row_bytes;                                                              \
+        WEIGHTS(xr, qw, wrow, n_per_row);                                                             \
+        int64_t nt = n_per_row / (TILE_ELEMS);                                                        \
+        for (int64_t t = 0; t < nt; t++) {                                                            \
+            const float *xp = xr + t * (TILE_ELEMS);                                                  \
+            const float *wp = wrow + t * (TILE_ELEMS);                                                \
+            uint8_t *yp = yr + t * (TILE_BYTES);                                                      \
+            bad |= CALL;                                                                              \
+        }                                                                                             \
+        int64_t rem = n_per_row - nt * (TILE_ELEMS);                                                  \
+        if (rem) {                                                                                    \
+            float xbuf[TILE_ELEMS], wbuf[TILE_ELEMS];                                                 \
+            uint8_t ybuf[TILE_BYTES];                                                                 \
+            memset(xbuf, 0, sizeof xbuf);                                                             \
+            memset(wbuf, 0, sizeof wbuf);                                                             \
+            memcpy(xbuf, xr + nt * (TILE_ELEMS), (size_t)rem * sizeof(float));                        \
+            memcpy(wbuf, wrow + nt * (TILE_ELEMS), (size_t)rem * sizeof(float));                      \
+            const float *xp = xbuf, *wp = wbuf;                                                       \
+            uint8_t *yp = ybuf;                                                                       \
+            bad |= CALL;                                                                              \
+            memcpy(yr + nt * (TILE_BYTES), ybuf, (size_t)(rem * (TILE_BYTES) / (TILE_ELEMS)));        \
+        }                                                                                             \
+    }                                                                                                 \
+    free(wrow);                                                                                       \
+    return bad;
+
+#define PLAIN_ARGS const float *x, uint8_t *y, int64_t n
+#define IMAT_ARGS const float *x, uint8_t *y, int64_t nrows, int64_t n_per_row, const float *qw
+
+int ws_quantize_q8_0(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 34, tile_legacy(xp, 0, yp, LEG_Q8_0, 34)) }
+int ws_quantize_q4_0(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 18, tile_legacy(xp, 0, yp, LEG_Q4_0, 18)) }
+int ws_quantize_q5_0(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 22, tile_legacy(xp, 0, yp, LEG_Q5_0, 22)) }
+int ws_quantize_q4_1(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 20, tile_legacy(xp, 0, yp, LEG_Q4_1, 20)) }
+int ws_quantize_q5_1(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 24, tile_legacy(xp, 0, yp, LEG_Q5_1, 24)) }
+int ws_quantize_q2_k(PLAIN_ARGS) { TILE_LOOP(256, 84, tile_q2_k(xp, 0, yp)) }
+int ws_quantize_q3_k(PLAIN_ARGS) { TILE_LOOP(256, 110, tile_q3_k(xp, 0, yp)) }
+int ws_quantize_q4_k(PLAIN_ARGS) { TILE_LOOP(NL * 32, SBT * 144, tile_q45_k(xp, 0, yp, 0)) }
+int ws_quantize_q5_k(PLAIN_ARGS) { TILE_LOOP(NL * 32, SBT * 176, tile_q45_k(xp, 0, yp, 1)) }
+int ws_quantize_q6_k(PLAIN_ARGS) { TILE_LOOP(256, 210, tile_q6_k(xp, 0, yp)) }
+
+/* return 2: out of memory */
+int ws_quantize_imat_q4_0(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 18, weights_row, tile_legacy(xp, wp, yp, LEG_Q4_0, 18)) }
+int ws_quantize_imat_q5_0(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 22, weights_row, tile_legacy(xp, wp, yp, LEG_Q5_0, 22)) }
+int ws_quantize_imat_q4_1(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 20, weights_row, tile_legacy(xp, wp, yp, LEG_Q4_1, 20)) }
+int ws_quantize_imat_q5_1(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 24, weights_row, tile_legacy(xp, wp, yp, LEG_Q5_1, 24)) }
+int ws_quantize_imat_q2_k(IMAT_ARGS) { IMAT_LOOP(256, 84, weights_k1, tile_q2_k(xp, wp, yp)) }
+int ws_quantize_imat_q3_k(IMAT_ARGS) { IMAT_LOOP(256, 110, weights_k2, tile_q3_k(xp, wp, yp)) }
+int ws_quantize_imat_q4_k(IMAT_ARGS) { IMAT_LOOP(NL * 32, SBT * 144, weights_k2, tile_q45_k(xp, wp, yp, 0)) }
+int ws_quantize_imat_q5_k(IMAT_ARGS) { IMAT_LOOP(NL * 32, SBT * 176, weights_k2, tile_q45_k(xp, wp, yp, 1)) }
+int ws_quantize_imat_q6_k(IMAT_ARGS) { IMAT_LOOP(256, 210, weights_raw, tile_q6_k(xp, wp, yp)) }
 
 /* bumped whenever the functions above change meaning, so stale builds are never loaded */
-int ws_abi_version(void) { return 1; }
+int ws_abi_version(void) { return 2; }
