@@ -1,9 +1,11 @@
-"""Throughput of the torch GGUF kernels (weightsmith.quantize.ggml) against gguf's numpy quantizer.
+"""Throughput of the GGUF kernels (weightsmith.quantize.ggml) against gguf's numpy quantizer.
 
 For each ggml type: quantize a realistic weight (3072x3072 float32, Gaussian with 0.1% outliers) and a
-few rows (8x4096), with and without an importance matrix, next to gguf 0.19.0's numpy quantizer where
-it has one (F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and, with ``--baseline REV``, next to the kernels
-of an older git revision (loaded in-process from ``git archive`` as a separate package). The
+few rows (8x4096), with and without an importance matrix: ``ours`` is what ``quantize`` runs by default
+(the fused C kernels on the CPU where the type has one), ``torch`` the torch kernels
+(``backend="torch"``, what a GPU runs), next to gguf 0.19.0's numpy quantizer where it has one (F16,
+BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and, with ``--baseline REV``, next to the kernels of an older git
+revision (loaded in-process from ``git archive`` as a separate package). The
 contenders run back to back in every round, so they see the same machine load; medians of the rounds
 are reported, as wall-clock and as process CPU time (steadier when other jobs share the cores).
 Dequantization is timed the same way. Usage:
@@ -87,7 +89,7 @@ def repeats_for(qtype: str, n: int, base: int) -> int:
 
 def measure(types: list[str], repeats: int, imatrix: bool, before) -> list[dict]:
     """Rows of M elements/s: quantize (ours, before, numpy) and, without imatrix, dequantize."""
-    from weightsmith.quantize.ggml import dequantize, get_kernel, quantize
+    from weightsmith.quantize.ggml import dequantize, get_kernel, native, quantize
 
     rows = []
     for name, shape in SHAPES.items():
@@ -103,6 +105,8 @@ def measure(types: list[str], repeats: int, imatrix: bool, before) -> list[dict]
             r = repeats_for(t, n, repeats)
             q = quantize(x, t, im)
             quant = {"ours": partial(quantize, x, t, im)}
+            if t in (native.IMATRIX_TYPES if imatrix else native.NATIVE_TYPES) and native.library():
+                quant["torch"] = partial(quantize, x, t, im, backend="torch")
             if before is not None:
                 quant["before"] = partial(before.quantize, x, t, im)
             if t in NUMPY_QUANT and not imatrix:
@@ -132,8 +136,9 @@ def quant_table(rows: list[dict], baseline: str | None) -> list[str]:
     has_before = any("before" in r for r in rows)
     before = f" | before ({baseline}) wall / cpu" if has_before else ""
     lines = [
-        f"| type | shape | imatrix | ours wall / cpu{before} | gguf numpy wall / cpu | ours / numpy (wall) |",
-        "|---|---|---|---|" + ("---|" if has_before else "") + "---|---|",
+        f"| type | shape | imatrix | ours wall / cpu | torch kernels wall / cpu{before} | gguf numpy wall / cpu "
+        "| ours / numpy (wall) |",
+        "|---|---|---|---|---|" + ("---|" if has_before else "") + "---|---|",
     ]
     for r in rows:
         cells = [
@@ -141,6 +146,7 @@ def quant_table(rows: list[dict], baseline: str | None) -> list[str]:
             r["shape"],
             "yes" if r["imatrix"] else "no",
             f"{fmt(r['ours'])} / {fmt(r['ours_cpu'])}",
+            f"{fmt(r['torch'])} / {fmt(r['torch_cpu'])}" if "torch" in r else "(same)",
         ]
         if has_before:
             cells.append(f"{fmt(r.get('before'))} / {fmt(r.get('before_cpu'))}")
@@ -174,9 +180,11 @@ def report(rows: list[dict], meta: dict) -> str:
         f"{meta['numpy']}. Million elements per second; each cell is the median of {meta['repeats']} rounds "
         "(3 for the searching types on the big tensor), the contenders of a row running back to back in "
         "every round. `wall` is elapsed time, `cpu` the process's CPU time (steadier when other jobs share "
-        "the cores). With a thread budget of N, the kernels run row chunks on N worker threads with "
-        "single-threaded torch ops; gguf's numpy quantizer is single-threaded. Load average "
-        f"{meta['load_before']} before, {meta['load_after']} after.",
+        "the cores). With a thread budget of N, the kernels run row chunks on N worker threads (the C "
+        "kernels, or single-threaded torch ops); gguf's numpy quantizer is single-threaded. `ours` is the "
+        "default path: the fused C kernels where the type has one (native.py), else the torch kernels; "
+        '`torch kernels` is `backend="torch"`, what a GPU runs (`(same)` where ours already is). '
+        f"C kernels: {meta['native']}. Load average {meta['load_before']} before, {meta['load_after']} after.",
         "",
         "Every kernel here produces bytes identical to ggml's reference quantizer "
         "(tests/quantize/test_ggml_kernels.py).",
@@ -199,6 +207,16 @@ def report(rows: list[dict], meta: dict) -> str:
     if meta.get("notes"):
         lines += ["## Notes", "", meta["notes"], ""]
     return "\n".join(lines)
+
+
+def native_description() -> str:
+    from weightsmith.quantize.ggml import native
+
+    native.library()
+    info = native.info()
+    if info is None or info.path is None:
+        return f"not available ({info.error if info else 'not built'})"
+    return f"{info.compiler} {' '.join(info.flags)}"
 
 
 def main() -> None:
@@ -227,6 +245,7 @@ def main() -> None:
         "load_before": " ".join(f"{v:.1f}" for v in os.getloadavg()),
         "baseline": a.baseline,
         "notes": a.notes,
+        "native": native_description(),
     }
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:

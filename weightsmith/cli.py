@@ -197,8 +197,10 @@ def quantize(
     GGUF (--scheme gguf:TYPE): DST is one .gguf file with original-layout tensor names,
     which ComfyUI-GGUF and diffusers' from_single_file load as it is (Wan's 5-D patch
     embedding included). TYPE is a recipe: Q8_0 Q6_K Q5_K_M Q5_K_S Q5_1 Q5_0 Q4_K_M Q4_K_S
-    Q4_1 Q4_0 Q3_K_L Q3_K_M Q3_K_S Q2_K IQ4_NL IQ4_XS F16 BF16 F32. Kernels are torch,
-    byte-identical to ggml's reference quantizer, on CPU or GPU.
+    Q4_1 Q4_0 Q3_K_L Q3_K_M Q3_K_S Q2_K IQ4_NL IQ4_XS F16 BF16 F32. Bytes are identical to
+    ggml's reference quantizer. On the CPU, fused C kernels are built on first use with the
+    machine's C compiler (a few seconds, cached); without one, or with
+    WEIGHTSMITH_GGML_BACKEND=torch, torch kernels (also used on GPUs) give the same bytes.
 
     \b
     INT8/FP8/INT4 (--scheme int8|fp8|fp8-tensor|fp8-e5m2|int4|int4-g64|int4-g32|int4-asym):

@@ -158,3 +158,12 @@ def test_eight_lane_build_gives_the_same_bytes(lib, tmp_path: Path) -> None:
             out = torch.empty((x.shape[0], x.shape[1] // k.block_size * k.type_size), dtype=torch.uint8)
             assert run(x, out)
             assert np.array_equal(out.numpy(), quantize(x, qtype, im, backend="torch").numpy()), qtype
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "getuid"), reason="POSIX permissions")
+def test_world_writable_folder_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    info = native.build(shared)
+    assert info.path is None and "not private" in (info.error or "")

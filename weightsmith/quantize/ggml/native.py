@@ -116,6 +116,21 @@ def cache_dir() -> Path:
     return Path(base) / "weightsmith" / "native"
 
 
+def _private_tmp() -> Path:
+    """Fallback folder in the temp dir, one per user (a shared name there could be planted)."""
+    uid = getattr(os, "getuid", lambda: 0)()
+    return Path(tempfile.gettempdir()) / f"weightsmith-native-{uid}"
+
+
+def _check_private(folder: Path) -> None:
+    """Refuse a folder someone else owns or may write to: a library loaded from it runs as us."""
+    if not hasattr(os, "getuid"):
+        return
+    st = folder.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise OSError(f"{folder} is not private to this user (owner {st.st_uid}, mode {oct(st.st_mode & 0o777)})")
+
+
 def build(out_dir: Path | None = None, extra_flags: list[str] | None = None, march: bool = True) -> BuildInfo:
     """Compile ``native_kernels.c`` (or reuse an earlier build with the same source, compiler, flags and
     CPU). Returns the library path, or the reason there is none; never raises for a missing compiler."""
@@ -133,14 +148,19 @@ def build(out_dir: Path | None = None, extra_flags: list[str] | None = None, mar
     key = hashlib.sha256(
         b"\0".join([source, version.encode(), " ".join(flags).encode(), _cpu_signature().encode()])
     ).hexdigest()[:20]
-    target_dirs = [out_dir] if out_dir else [cache_dir(), Path(tempfile.gettempdir()) / "weightsmith-native"]
+    target_dirs = [out_dir] if out_dir else [cache_dir(), _private_tmp()]
     last_error = "no writable folder for the built library"
     for folder in target_dirs:
         lib = folder / f"ggml_kernels-{key}.so"
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _check_private(folder)
+        except OSError as exc:
+            last_error = f"cannot use {folder}: {exc}"
+            continue
         if lib.is_file():
             return BuildInfo(lib, cc, tuple(flags))
         try:
-            folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=folder)
             os.close(fd)
         except OSError as exc:
