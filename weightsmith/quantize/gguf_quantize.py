@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from weightsmith import __version__
@@ -78,11 +79,25 @@ class QuantizeResult:
         return lines
 
 
+SQNR_CHUNK = 1 << 20
+
+
 def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB (inf when identical)."""
-    ref = ref.to(torch.float64)
-    noise = (ref - approx.to(torch.float64)).pow(2).sum().item()
-    signal = ref.pow(2).sum().item()
+    """Signal-to-quantization-noise ratio in dB (inf when identical).
+
+    Summed in float64 over chunks of a million elements, so its temporaries stay a few MB whatever
+    the tensor's size (whole-tensor float64 copies were the largest allocation of a GGUF run).
+    """
+    r, a = ref.reshape(-1), approx.reshape(-1)
+    noise = signal = 0.0
+    for i in range(0, r.numel(), SQNR_CHUNK):
+        rc = r[i : i + SQNR_CHUNK].to(torch.float64)
+        signal += float(rc.square().sum())
+        noise += float(rc.sub_(a[i : i + SQNR_CHUNK].to(torch.float64)).square_().sum())
+    return _ratio_db(signal, noise)
+
+
+def _ratio_db(signal: float, noise: float) -> float:
     if noise == 0:
         return math.inf
     if signal == 0:
@@ -110,9 +125,11 @@ def pick_device(device: str) -> torch.device:
     return d
 
 
-def encode(t: torch.Tensor, qtype: str, device: torch.device, imatrix: torch.Tensor | None, name: str):
-    """(stored array, dequantized float32 or None) for one tensor."""
-    from weightsmith.quantize.ggml import dequantize, quantize
+def encode(
+    t: torch.Tensor, qtype: str, device: torch.device, imatrix: torch.Tensor | None, name: str
+) -> tuple[np.ndarray, float | None]:
+    """(stored array, SQNR in dB or None for float types) for one tensor."""
+    from weightsmith.quantize.ggml import quantize
 
     if qtype == "F32":
         return t.to(torch.float32).contiguous().numpy(), None
@@ -127,8 +144,23 @@ def encode(t: torch.Tensor, qtype: str, device: torch.device, imatrix: torch.Ten
         return tensor_bytes(t.to(torch.bfloat16), "BF16"), None
     x = t.to(device=device, dtype=torch.float32)
     q = quantize(x, qtype, imatrix)
-    deq = dequantize(q, qtype, tuple(t.shape)).cpu()
-    return q.cpu().numpy(), deq
+    return q.cpu().numpy(), _blockwise_sqnr(x, q, qtype)
+
+
+def _blockwise_sqnr(x: torch.Tensor, q: torch.Tensor, qtype: str) -> float:
+    """SQNR of ``q`` against ``x``, dequantizing a few rows at a time (no full float copy)."""
+    from weightsmith.quantize.ggml import dequantize
+
+    xr = x.reshape(-1, x.shape[-1]) if x.dim() else x.reshape(1, 1)
+    qr = q.reshape(xr.shape[0], -1)
+    step = max(1, SQNR_CHUNK // max(1, xr.shape[1]))
+    noise = signal = 0.0
+    for r0 in range(0, xr.shape[0], step):
+        ref = xr[r0 : r0 + step].to(torch.float64)
+        deq = dequantize(qr[r0 : r0 + step], qtype, tuple(ref.shape)).to(torch.float64)
+        signal += float(ref.square().sum())
+        noise += float(ref.sub_(deq).square_().sum())
+    return _ratio_db(signal, noise)
 
 
 def quantize_gguf(
@@ -182,7 +214,7 @@ def quantize_gguf(
             for (out_name, t), spec in zip(stream(plan, progress), specs):
                 name = names[out_name]
                 w = im.get(name) if im is not None else None
-                arr, deq = encode(t, spec.qtype, dev, w, name)
+                arr, sqnr = encode(t, spec.qtype, dev, w, name)
                 layers.append(
                     LayerRecord(
                         name,
@@ -191,7 +223,7 @@ def quantize_gguf(
                         reasons[name],
                         t.numel() * t.element_size(),
                         arr.nbytes,
-                        sqnr_db(t, deq) if deq is not None else None,
+                        sqnr,
                         w is not None,
                     )
                 )
