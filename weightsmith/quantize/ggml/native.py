@@ -35,11 +35,11 @@ from weightsmith.errors import QuantizationError
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
-ABI_VERSION = 2
+ABI_VERSION = 3
 BACKENDS = ("auto", "torch", "native")
 #: types with a fused kernel (symbol ``ws_quantize_<name lower>``, and ``ws_quantize_imat_<name>`` with
 #: importance weights for all but Q8_0, which ignores them)
-NATIVE_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+NATIVE_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")  # fmt: skip
 IMATRIX_TYPES = tuple(t for t in NATIVE_TYPES if t != "Q8_0")
 CFLAGS = ["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-Wno-psabi"]
 

@@ -172,6 +172,15 @@ AI int tile_legacy(const float *x, const float *wts, uint8_t *y, int kind, int t
             q[i] = kind == LEG_Q4_1 ? imin(t, isplat(15)) : t;
         }
     }
+    /* pack in vector registers (one block per lane), then copy each lane's bytes out */
+    const int q5 = kind == LEG_Q5_0 || kind == LEG_Q5_1, affine = kind == LEG_Q4_1 || kind == LEG_Q5_1;
+    vi qh = {0}, nib[16];
+    if (kind != LEG_Q8_0) {
+        for (int j = 0; j < 16; j++)
+            nib[j] = q5 ? (q[j] & 0x0f) | ((q[j + 16] & 0x0f) << 4) : (q[j] & 0xff) | ((q[j + 16] << 4) & 0xff);
+        if (q5)
+            for (int j = 0; j < 32; j++) qh |= ((q[j] >> 4) & 1) << j;
+    }
     for (int l = 0; l < NL; l++) {
         uint8_t *b = y + (int64_t)l * type_size;
         put_h(b, d[l]);
@@ -180,19 +189,16 @@ AI int tile_legacy(const float *x, const float *wts, uint8_t *y, int kind, int t
             continue;
         }
         uint8_t *qs = b + 2;
-        if (kind == LEG_Q4_1 || kind == LEG_Q5_1) {
+        if (affine) {
             put_h(b + 2, m[l]);
             qs = b + 4;
         }
-        if (kind == LEG_Q5_0 || kind == LEG_Q5_1) {
-            uint32_t qh = 0;
-            for (int j = 0; j < 32; j++) qh |= (uint32_t)((q[j][l] & 0x10) >> 4) << j;
-            memcpy(qs, &qh, 4);
+        if (q5) {
+            uint32_t h = (uint32_t)qh[l];
+            memcpy(qs, &h, 4);
             qs += 4;
-            for (int j = 0; j < 16; j++) qs[j] = (uint8_t)((q[j][l] & 0x0f) | ((q[j + 16][l] & 0x0f) << 4));
-        } else {
-            for (int j = 0; j < 16; j++) qs[j] = (uint8_t)((uint8_t)q[j][l] | (uint8_t)(q[j + 16][l] << 4));
         }
+        for (int j = 0; j < 16; j++) qs[j] = (uint8_t)nib[j][l];
     }
     return any_nonfinite(fin);
 }
@@ -821,6 +827,129 @@ static void weights_raw(const float *x, const float *qw, float *w, int64_t n) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* IQ4_NL (tile = NL blocks of 32) and IQ4_XS (tile = NL/8 super-blocks of 8x32)               */
+
+static const int IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+/* best_index_int8 over the 16 levels: level k once 2v >= values[k-1] + values[k] (integers, so
+ * the comparison is exact); NaN takes level 0. Gives the index and the level's value. */
+AI void iq4_level(vf v, vi *idx, vf *val) {
+    vf v2 = v + v;
+    vi k = {0}, q = isplat(IQ4_VALUES[0]);
+    for (int j = 0; j < 15; j++) {
+        vi m = v2 >= (float)(IQ4_VALUES[j] + IQ4_VALUES[j + 1]);
+        k -= m;
+        q += m & (IQ4_VALUES[j + 1] - IQ4_VALUES[j]);
+    }
+    *idx = k;
+    *val = tofloat(q);
+}
+
+/* quantize_row_iq4_nl_impl's scale search (ntry = 7) for one 32-block per lane */
+AI vf iq4_scale(const vf *x, const vf *w) {
+    vf amax = {0}, mx = {0};
+    for (int i = 0; i < 32; i++) {
+        vf a = vabs(x[i]);
+        vi t = a > amax;
+        amax = vsel(t, a, amax);
+        mx = vsel(t, x[i], mx);
+    }
+    vf d = {0}, best = {0};
+    for (int k = 0; k < 16; k++) {
+        vf id = k == 0 ? 1.f / (-mx / (float)IQ4_VALUES[0]) : (float)(k - 8 + IQ4_VALUES[0]) / mx;
+        vf sumqx = {0}, sumq2 = {0};
+        for (int i = 0; i < 32; i++) {
+            vi idx;
+            vf q;
+            iq4_level(id * x[i], &idx, &q);
+            vf wq = w[i] * q;
+            sumqx += wq * x[i];
+            sumq2 += wq * q;
+        }
+        if (k == 0) {
+            d = vsel(sumq2 > 0, sumqx / sumq2, splat(0.f));
+            best = d * sumqx;
+            continue;
+        }
+        vi take = (sumq2 > 0) & (sumqx * sumqx > best * sumq2);
+        d = vsel(take, sumqx / sumq2, d);
+        best = vsel(take, d * sumqx, best);
+    }
+    return vsel(amax < 1e-15f, splat(0.f), d);
+}
+
+AI void iq4_pack(const vi *L, int lane, uint8_t *qs) {
+    for (int j = 0; j < 16; j++) qs[j] = (uint8_t)(L[j][lane] | (L[j + 16][lane] << 4));
+}
+
+AI int tile_iq4(const float *x, const float *wts, uint8_t *y, int xs) {
+    vf xt[32], w[32];
+    vi L[32];
+    load_tile(x, 32, xt);
+    if (wts)
+        load_tile(wts, 32, w);
+    else
+        for (int i = 0; i < 32; i++) w[i] = xt[i] * xt[i];
+    vf scale = iq4_scale(xt, w);
+    vf dl;
+    if (!xs) {
+        dl = scale;
+    } else {
+        for (int s = 0; s < SBT; s++) {
+            float max_scale = 0, amax = 0;
+            for (int j = 0; j < 8; j++) {
+                float a = fabsf(scale[8 * s + j]);
+                if (a > amax) {
+                    amax = a;
+                    max_scale = scale[8 * s + j];
+                }
+            }
+            float d = -max_scale / 32.f;
+            float id = d != 0 ? 1.f / d : 0.f;
+            uint16_t scales_h = 0;
+            uint8_t *b = y + (int64_t)s * 136;
+            memset(b + 4, 0, 4);
+            for (int j = 0; j < 8; j++) {
+                int l = nearest_int1(id * scale[8 * s + j]);
+                l = l < -32 ? -32 : (l > 31 ? 31 : l);
+                dl[8 * s + j] = d * (float)l;
+                l += 32;
+                b[4 + j / 2] |= (uint8_t)((l & 0xf) << (4 * (j % 2)));
+                scales_h |= (uint16_t)((l >> 4) << (2 * j));
+            }
+            put_h(b, d);
+            memcpy(b + 2, &scales_h, 2);
+        }
+    }
+    vf idl = vsel(dl != 0, 1.f / dl, splat(0.f));
+    for (int i = 0; i < 32; i++) {
+        vf unused;
+        iq4_level(xt[i] * idl, &L[i], &unused);
+    }
+    for (int l = 0; l < NL; l++) {
+        if (!xs) {
+            put_h(y + (int64_t)l * 18, dl[l]);
+            iq4_pack(L, l, y + (int64_t)l * 18 + 2);
+        } else {
+            iq4_pack(L, l, y + (int64_t)(l / 8) * 136 + 8 + 16 * (l % 8));
+        }
+    }
+    return any_nonfinite(finite_acc(xt, 32));
+}
+
+/* IQ4 weights: sigma2 = sum(x^2) * 2/sb per super-block of sb (32 for IQ4_NL, 256 for IQ4_XS) */
+static void weights_iq4(const float *x, const float *qw, float *w, int64_t n, int sb) {
+    for (int64_t b = 0; b < n; b += sb) {
+        float sigma2 = 0;
+        for (int j = 0; j < sb; j++) sigma2 += x[b + j] * x[b + j];
+        sigma2 *= 2.f / sb;
+        for (int j = 0; j < sb; j++) w[b + j] = qw[b + j] * sqrtf(sigma2 + x[b + j] * x[b + j]);
+    }
+}
+static void weights_iq4_nl(const float *x, const float *qw, float *w, int64_t n) { weights_iq4(x, qw, w, n, 32); }
+static void weights_iq4_xs(const float *x, const float *qw, float *w, int64_t n) { weights_iq4(x, qw, w, n, 256); }
+
+/* ------------------------------------------------------------------------------------------ */
 /* exported entry points: whole tiles, then a zero-padded tail tile                           */
 
 #define TILE_LOOP(TILE_ELEMS, TILE_BYTES, CALL)                                                       \
@@ -893,6 +1022,8 @@ int ws_quantize_q3_k(PLAIN_ARGS) { TILE_LOOP(256, 110, tile_q3_k(xp, 0, yp)) }
 int ws_quantize_q4_k(PLAIN_ARGS) { TILE_LOOP(NL * 32, SBT * 144, tile_q45_k(xp, 0, yp, 0)) }
 int ws_quantize_q5_k(PLAIN_ARGS) { TILE_LOOP(NL * 32, SBT * 176, tile_q45_k(xp, 0, yp, 1)) }
 int ws_quantize_q6_k(PLAIN_ARGS) { TILE_LOOP(256, 210, tile_q6_k(xp, 0, yp)) }
+int ws_quantize_iq4_nl(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 18, tile_iq4(xp, 0, yp, 0)) }
+int ws_quantize_iq4_xs(PLAIN_ARGS) { TILE_LOOP(NL * 32, SBT * 136, tile_iq4(xp, 0, yp, 1)) }
 
 /* return 2: out of memory */
 int ws_quantize_imat_q4_0(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 18, weights_row, tile_legacy(xp, wp, yp, LEG_Q4_0, 18)) }
@@ -904,6 +1035,8 @@ int ws_quantize_imat_q3_k(IMAT_ARGS) { IMAT_LOOP(256, 110, weights_k2, tile_q3_k
 int ws_quantize_imat_q4_k(IMAT_ARGS) { IMAT_LOOP(NL * 32, SBT * 144, weights_k2, tile_q45_k(xp, wp, yp, 0)) }
 int ws_quantize_imat_q5_k(IMAT_ARGS) { IMAT_LOOP(NL * 32, SBT * 176, weights_k2, tile_q45_k(xp, wp, yp, 1)) }
 int ws_quantize_imat_q6_k(IMAT_ARGS) { IMAT_LOOP(256, 210, weights_raw, tile_q6_k(xp, wp, yp)) }
+int ws_quantize_imat_iq4_nl(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 18, weights_iq4_nl, tile_iq4(xp, wp, yp, 0)) }
+int ws_quantize_imat_iq4_xs(IMAT_ARGS) { IMAT_LOOP(NL * 32, SBT * 136, weights_iq4_xs, tile_iq4(xp, wp, yp, 1)) }
 
 /* bumped whenever the functions above change meaning, so stale builds are never loaded */
-int ws_abi_version(void) { return 2; }
+int ws_abi_version(void) { return 3; }
