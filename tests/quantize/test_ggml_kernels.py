@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from weightsmith.errors import QuantizationError
-from weightsmith.quantize.ggml import byte_shape, dequantize, get_kernel, quantize, registered_types
+from weightsmith.quantize.ggml import byte_shape, dequantize, get_kernel, native, quantize, registered_types
 from weightsmith.quantize.ggml.native import IMATRIX_TYPES, NATIVE_TYPES
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "ggml_golden.npz"
@@ -67,12 +67,18 @@ BACKENDS = [
 ]
 
 
+def _need_backend(backend: str) -> None:
+    if backend == "native" and native.library() is None:
+        pytest.skip(f"no native kernels here: {native.info()}")
+
+
 @pytest.mark.parametrize("case", cases())
 @pytest.mark.parametrize(("with_imatrix", "backend"), BACKENDS)
 @pytest.mark.parametrize("qtype", QUANT_TYPES)
 def test_bytes_equal_ggml(qtype: str, with_imatrix: bool, backend: str, case: str) -> None:
     if backend == "native" and qtype not in (IMATRIX_TYPES if with_imatrix else NATIVE_TYPES):
         pytest.skip(f"{qtype} has no fused CPU kernel")
+    _need_backend(backend)
     expected = golden()[f"{'qi' if with_imatrix else 'q'}/{qtype}/{case}"]
     got = ours(qtype, with_imatrix, backend)[case]
     assert got.dtype == np.uint8 and got.shape == expected.shape
@@ -169,6 +175,7 @@ def test_matches_gguf_numpy_quantizer(qtype: str, backend: str) -> None:
     x[5] = 0
     x[6, :64] = 1.25
     x[7, 100:140] = 3e-39  # subnormal scale: 1/d overflows
+    _need_backend(backend)
     got = quantize(x, qtype, backend=backend).numpy()
     with np.errstate(all="ignore"):
         assert np.array_equal(got, gguf.quants.quantize(x.numpy(), GQT[qtype]))
