@@ -104,7 +104,7 @@ AI void put_h(uint8_t *p, float f) {
 /* ------------------------------------------------------------------------------------------ */
 /* legacy types: 16 blocks of 32 per tile                                                      */
 
-enum { LEG_Q8_0, LEG_Q4_0, LEG_Q5_0, LEG_Q4_1, LEG_Q5_1 };
+enum { LEG_Q4_0, LEG_Q5_0, LEG_Q4_1, LEG_Q5_1 }; /* Q8_0: block_q8_0 below */
 
 AI vf qx(int n, int nmax, const vf *x, const vf *qw, vi *L);
 AI void qkx(int n, int nmax, const vf *x, const vf *w, vi *L, vf *scale_out, vf *the_min_out, float rmin,
@@ -127,20 +127,6 @@ AI int tile_legacy(const float *x, const float *wts, uint8_t *y, int kind, int t
             vf the_min;
             qkx(32, kind == LEG_Q4_1 ? 15 : 31, xt, w, q, &d, &the_min, -0.9f, 0.05f, 36, 0, 1);
             m = -the_min;
-        }
-    } else if (kind == LEG_Q8_0) {
-        vf amax = {0};
-        for (int i = 0; i < 32; i++) {
-            vf a = vabs(xt[i]);
-            amax = vsel(amax > a, amax, a); /* MAX(amax, fabsf(v)) */
-            fin += xt[i] * 0.f;
-        }
-        d = amax / 127.f;
-        vf id = vsel(d != 0, 1.f / d, splat(0.f));
-        for (int i = 0; i < 32; i++) {
-            /* roundf (half away from zero) = trunc(2v) - trunc(v); 2v is exact */
-            vf v = xt[i] * id;
-            q[i] = trunc_i(v + v) - trunc_i(v);
         }
     } else if (kind == LEG_Q4_0 || kind == LEG_Q5_0) {
         const float half = kind == LEG_Q4_0 ? 8.f : 16.f;
@@ -175,19 +161,13 @@ AI int tile_legacy(const float *x, const float *wts, uint8_t *y, int kind, int t
     /* pack in vector registers (one block per lane), then copy each lane's bytes out */
     const int q5 = kind == LEG_Q5_0 || kind == LEG_Q5_1, affine = kind == LEG_Q4_1 || kind == LEG_Q5_1;
     vi qh = {0}, nib[16];
-    if (kind != LEG_Q8_0) {
-        for (int j = 0; j < 16; j++)
-            nib[j] = q5 ? (q[j] & 0x0f) | ((q[j + 16] & 0x0f) << 4) : (q[j] & 0xff) | ((q[j + 16] << 4) & 0xff);
-        if (q5)
-            for (int j = 0; j < 32; j++) qh |= ((q[j] >> 4) & 1) << j;
-    }
+    for (int j = 0; j < 16; j++)
+        nib[j] = q5 ? (q[j] & 0x0f) | ((q[j + 16] & 0x0f) << 4) : (q[j] & 0xff) | ((q[j + 16] << 4) & 0xff);
+    if (q5)
+        for (int j = 0; j < 32; j++) qh |= ((q[j] >> 4) & 1) << j;
     for (int l = 0; l < NL; l++) {
         uint8_t *b = y + (int64_t)l * type_size;
         put_h(b, d[l]);
-        if (kind == LEG_Q8_0) {
-            for (int i = 0; i < 32; i++) b[2 + i] = (uint8_t)q[i][l];
-            continue;
-        }
         uint8_t *qs = b + 2;
         if (affine) {
             put_h(b + 2, m[l]);
@@ -1012,7 +992,35 @@ static void weights_iq4_xs(const float *x, const float *qw, float *w, int64_t n)
 #define PLAIN_ARGS const float *x, uint8_t *y, int64_t n
 #define IMAT_ARGS const float *x, uint8_t *y, int64_t nrows, int64_t n_per_row, const float *qw
 
-int ws_quantize_q8_0(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 34, tile_legacy(xp, 0, yp, LEG_Q8_0, 34)) }
+/* Q8_0 without transposing: every step is elementwise or a max (exact in any order), so a block
+ * is processed along its 32 elements and its 32 bytes are stored straight from a vector. */
+typedef int8_t vb __attribute__((vector_size(NL)));
+AI int block_q8_0(const float *x, uint8_t *y) {
+    vf v[32 / NL], a = {0}, fin = {0};
+    for (int k = 0; k < 32 / NL; k++) {
+        memcpy(&v[k], x + k * NL, sizeof(vf));
+        vf ab = vabs(v[k]);
+        a = vsel(a > ab, a, ab);
+        fin += v[k] * 0.f;
+    }
+    float amax = 0;
+    for (int l = 0; l < NL; l++) amax = amax > a[l] ? amax : a[l];
+    float d = amax / 127.f;
+    float id = d ? 1.f / d : 0.f;
+    put_h(y, d);
+    for (int k = 0; k < 32 / NL; k++) {
+        vf t = v[k] * id;
+        vb q = __builtin_convertvector(trunc_i(t + t) - trunc_i(t), vb); /* roundf */
+        memcpy(y + 2 + k * NL, &q, NL);
+    }
+    return any_nonfinite(fin);
+}
+
+int ws_quantize_q8_0(PLAIN_ARGS) {
+    int bad = 0;
+    for (int64_t b = 0; b < n / 32; b++) bad |= block_q8_0(x + 32 * b, y + 34 * b);
+    return bad;
+}
 int ws_quantize_q4_0(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 18, tile_legacy(xp, 0, yp, LEG_Q4_0, 18)) }
 int ws_quantize_q5_0(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 22, tile_legacy(xp, 0, yp, LEG_Q5_0, 22)) }
 int ws_quantize_q4_1(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 20, tile_legacy(xp, 0, yp, LEG_Q4_1, 20)) }
