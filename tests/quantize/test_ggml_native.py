@@ -142,17 +142,26 @@ def _has_avx2() -> bool:
         return False
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not _has_avx2(), reason="x86 AVX2 check")
-def test_eight_lane_build_gives_the_same_bytes(lib, tmp_path: Path) -> None:
-    """This machine may build 16-lane (AVX-512) code; AVX2 machines get 8 lanes. Build that variant
-    here and compare it with the torch kernels on every type."""
-    info = native.build(tmp_path, extra_flags=["-march=x86-64-v3", "-DNL=8", "-O2"], march=False)
+X86_AVX2 = platform.machine() in ("x86_64", "AMD64") and _has_avx2()
+VARIANTS = [
+    # this machine may build 16-lane (AVX-512) code; AVX2 machines get 8 lanes
+    pytest.param(["-march=x86-64-v3", "-DNL=8", "-O2"], False, id="avx2-8-lanes",
+                 marks=pytest.mark.skipif(not X86_AVX2, reason="x86 with AVX2")),
+    # compilers without _Float16 (GCC < 12 on x86) take the integer fp16 conversions
+    pytest.param(["-DWS_SOFT_FP16", "-O2"], True, id="soft-fp16"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("flags", "march"), VARIANTS)
+def test_other_builds_give_the_same_bytes(lib, tmp_path: Path, flags: list[str], march: bool) -> None:
+    """Variants of the C build that other machines get, compared with the torch kernels on every type."""
+    info = native.build(tmp_path, extra_flags=flags, march=march)
     assert info.path is not None, info.error
-    avx2 = native.load(info.path)
+    variant = native.load(info.path)
     x = _hard_cases(768, 11)
     for qtype in TYPES:
         for im in (None, _imatrix(768, 11)) if qtype in native.IMATRIX_TYPES else (None,):
-            run = native.quantizer(qtype, avx2, im)
+            run = native.quantizer(qtype, variant, im)
             assert run is not None
             k = get_kernel(qtype)
             out = torch.empty((x.shape[0], x.shape[1] // k.block_size * k.type_size), dtype=torch.uint8)

@@ -85,6 +85,7 @@ AI void load_tile(const float *x, int n, vf *xt) {
         for (int i = 0; i < n; i++) xt[i][l] = x[l * n + i];
 }
 
+#if defined(__FLT16_MAX__) && !defined(WS_SOFT_FP16)
 AI uint16_t f2h(float f) {
     _Float16 h = (_Float16)f; /* round to nearest even, like GGML_FP32_TO_FP16 */
     uint16_t u;
@@ -96,6 +97,39 @@ AI float h2f(uint16_t u) {
     memcpy(&h, &u, 2);
     return (float)h;
 }
+#else
+/* compilers without _Float16 (GCC < 12 on x86): the same conversions in integer arithmetic.
+ * Inputs are finite here (non-finite blocks are refused), but inf and NaN still map sensibly. */
+AI uint16_t f2h(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffff;
+    if (ax >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000 ? 0x200 : 0));
+    if (ax >= 0x477ff000) return (uint16_t)(sign | 0x7c00); /* rounds to infinity */
+    if (ax < 0x38800000) {                                   /* half subnormal or zero */
+        float a;
+        memcpy(&a, &ax, 4);
+        return (uint16_t)(sign | (uint32_t)nearest_int1(a * 16777216.f)); /* exact scaling by 2^24 */
+    }
+    uint32_t t = ax - 0x38000000; /* rebias the exponent from 127 to 15 */
+    return (uint16_t)(sign | ((t + 0x0fff + ((t >> 13) & 1)) >> 13)); /* round to nearest even */
+}
+AI float h2f(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff, bits;
+    if (e == 0) {
+        float v = (float)m * 5.9604644775390625e-8f; /* m * 2^-24, exact */
+        memcpy(&bits, &v, 4);
+        bits |= sign;
+    } else if (e == 31) {
+        bits = sign | 0x7f800000 | (m << 13);
+    } else {
+        bits = sign | ((e + 112) << 23) | (m << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+#endif
 AI void put_h(uint8_t *p, float f) {
     uint16_t u = f2h(f);
     memcpy(p, &u, 2);
