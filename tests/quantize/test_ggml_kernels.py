@@ -113,13 +113,15 @@ def _random(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy on inf/NaN scales
+@pytest.mark.parametrize("backend", ["torch", "native"])
 @pytest.mark.parametrize("qtype", QUANT_TYPES)
-def test_dequantize_random_bytes_equals_gguf(qtype: str) -> None:
+def test_dequantize_random_bytes_equals_gguf(qtype: str, backend: str) -> None:
     """Every bit pattern decodes like gguf (finite fp16 scales; NaN payloads compare by position)."""
+    _need_backend(backend)
     k = get_kernel(qtype)
     g = torch.Generator().manual_seed(1)
     data = torch.randint(0, 256, (64, 4 * k.type_size), dtype=torch.uint8, generator=g).numpy()
-    got = dequantize(torch.from_numpy(data), qtype, (64, 4 * k.block_size)).numpy()
+    got = dequantize(torch.from_numpy(data), qtype, (64, 4 * k.block_size), backend=backend).numpy()
     ref = gguf.quants.dequantize(data, GQT[qtype])
     assert np.array_equal(got, ref, equal_nan=True)
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from weightsmith.errors import QuantizationError
-from weightsmith.quantize.ggml import get_kernel, native, quantize
+from weightsmith.quantize.ggml import dequantize, get_kernel, native, quantize
 
 TYPES = list(native.NATIVE_TYPES)
 
@@ -83,6 +83,21 @@ def test_partial_tiles_and_row_chunks(
     assert torch.equal(quantize(x, qtype, im, backend="native"), whole)
     monkeypatch.setattr(k, "chunk_elems", 1)
     assert torch.equal(quantize(x, qtype, im, backend="native"), whole)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_native_dequantize_equals_torch(lib, qtype: str) -> None:
+    """On real blocks and on random bytes (NaN/inf scales included), in row chunks."""
+    k = get_kernel(qtype)
+    x = _hard_cases(768, 4)
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randint(0, 256, (9, 768 // k.block_size * k.type_size), dtype=torch.uint8, generator=g)
+    for data in (quantize(x, qtype, backend="torch"), noise):
+        shape = (data.shape[0], 768)
+        got = dequantize(data, qtype, shape, backend="native")
+        assert np.array_equal(
+            got.numpy(), dequantize(data, qtype, shape, backend="torch").numpy(), equal_nan=True
+        )
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1", "Q5_0", "Q4_K", "Q3_K", "Q6_K"])
@@ -167,6 +182,11 @@ def test_other_builds_give_the_same_bytes(lib, tmp_path: Path, flags: list[str],
             out = torch.empty((x.shape[0], x.shape[1] // k.block_size * k.type_size), dtype=torch.uint8)
             assert run(x, out)
             assert np.array_equal(out.numpy(), quantize(x, qtype, im, backend="torch").numpy()), qtype
+            back = torch.empty_like(x)
+            assert native.dequantizer(qtype, variant)(out, back)
+            assert np.array_equal(back.numpy(), dequantize(out, qtype, x.shape, backend="torch").numpy()), (
+                qtype
+            )
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "getuid") or shutil.which("cc") is None, reason="POSIX, cc")

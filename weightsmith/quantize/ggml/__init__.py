@@ -189,8 +189,13 @@ def _run_chunks(run: Callable[[int], None], starts: range, device: torch.device)
                 run(r0)
 
 
-def dequantize(data: torch.Tensor, qtype: QType, shape: Sequence[int]) -> torch.Tensor:
-    """Decode uint8 ggml rows back to float32 of ``shape`` (the tensor's logical shape), same device."""
+def dequantize(
+    data: torch.Tensor, qtype: QType, shape: Sequence[int], *, backend: str | None = None
+) -> torch.Tensor:
+    """Decode uint8 ggml rows back to float32 of ``shape`` (the tensor's logical shape), same device.
+
+    ``backend`` as for :func:`quantize`; both backends give the same floats as gguf's dequantizer.
+    """
     k = get_kernel(qtype)
     shape = tuple(int(s) for s in shape) or (1,)
     expected = byte_shape(shape, k.qtype)
@@ -204,16 +209,33 @@ def dequantize(data: torch.Tensor, qtype: QType, shape: Sequence[int]) -> torch.
     rows = data.reshape(-1, expected[-1])
     if rows.shape[0] == 0:
         return torch.empty(shape, dtype=torch.float32, device=data.device)
+    fused = _native_dequantizer(k, data.device, backend)
+    if fused is not None:
+        rows = rows.contiguous()
     step = _rows_per_chunk(k, shape[-1], data.device) * 4  # decoding is light: bigger chunks
-    if step >= rows.shape[0]:
+    if fused is None and step >= rows.shape[0]:
         return k.dequantize_rows(rows).reshape(shape)
     out = torch.empty((rows.shape[0], shape[-1]), dtype=torch.float32, device=data.device)
 
     def run(r0: int) -> None:
-        out[r0 : r0 + step] = k.dequantize_rows(rows[r0 : r0 + step])
+        if fused is None:
+            out[r0 : r0 + step] = k.dequantize_rows(rows[r0 : r0 + step])
+        else:
+            fused(rows[r0 : r0 + step], out[r0 : r0 + step])
 
     _run_chunks(run, range(0, rows.shape[0], step), data.device)
     return out.reshape(shape)
+
+
+def _native_dequantizer(
+    k: type[GGMLKernel], device: torch.device, backend: str | None
+) -> native.Quantizer | None:
+    """The fused CPU decoder, or None for the torch kernels (as :func:`_native_quantizer`)."""
+    setting = native.backend_setting(backend)
+    if setting == "torch" or device.type != "cpu" or k.name not in native.NATIVE_TYPES:
+        return None
+    lib = native.library(required=setting == "native")
+    return None if lib is None else native.dequantizer(k.name, lib)
 
 
 def _prod(shape: Sequence[int]) -> int:

@@ -35,7 +35,7 @@ from weightsmith.errors import QuantizationError
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
-ABI_VERSION = 3
+ABI_VERSION = 4
 BACKENDS = ("auto", "torch", "native")
 #: types with a fused kernel (symbol ``ws_quantize_<name lower>``, and ``ws_quantize_imat_<name>`` with
 #: importance weights for all but Q8_0, which ignores them)
@@ -203,6 +203,10 @@ def load(path: Path) -> ctypes.CDLL:
         fn = getattr(lib, f"ws_quantize_{name.lower()}")
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    for name in NATIVE_TYPES:
+        fn = getattr(lib, f"ws_dequantize_{name.lower()}")
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     for name in IMATRIX_TYPES:
         fn = getattr(lib, f"ws_quantize_imat_{name.lower()}")
         fn.restype = ctypes.c_int
@@ -271,6 +275,20 @@ def quantizer(name: str, lib: ctypes.CDLL, imatrix: torch.Tensor | None = None) 
         return rc == 0
 
     return run_weighted
+
+
+def dequantizer(name: str, lib: ctypes.CDLL) -> Quantizer | None:
+    """``fn(data, out) -> ok``: uint8 rows in, float32 rows out (contiguous CPU tensors), or None
+    where the type has no fused kernel."""
+    if name not in NATIVE_TYPES:
+        return None
+    fn = getattr(lib, f"ws_dequantize_{name.lower()}")
+
+    def run(data: torch.Tensor, out: torch.Tensor) -> bool:
+        _check(out, data)
+        return fn(data.data_ptr(), out.data_ptr(), out.numel()) == 0
+
+    return run
 
 
 def _check(x: torch.Tensor, out: torch.Tensor) -> None:

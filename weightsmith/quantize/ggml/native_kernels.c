@@ -1080,5 +1080,143 @@ int ws_quantize_imat_q6_k(IMAT_ARGS) { IMAT_LOOP(256, 210, weights_raw, tile_q6_
 int ws_quantize_imat_iq4_nl(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 18, weights_iq4_nl, tile_iq4(xp, wp, yp, 0)) }
 int ws_quantize_imat_iq4_xs(IMAT_ARGS) { IMAT_LOOP(NL * 32, SBT * 136, weights_iq4_xs, tile_iq4(xp, wp, yp, 1)) }
 
+/* ------------------------------------------------------------------------------------------ */
+/* dequantization: the float order of ggml's dequantize_row_* (and of the torch kernels)       */
+
+AI void dq_legacy(const uint8_t *b, float *y, int kind) {
+    float d = h2f((uint16_t)(b[0] | b[1] << 8)), m = 0;
+    const uint8_t *qs = b + 2;
+    uint32_t qh = 0;
+    if (kind == LEG_Q4_1 || kind == LEG_Q5_1) {
+        m = h2f((uint16_t)(b[2] | b[3] << 8));
+        qs = b + 4;
+    }
+    if (kind == LEG_Q5_0 || kind == LEG_Q5_1) {
+        memcpy(&qh, qs, 4);
+        qs += 4;
+    }
+    for (int j = 0; j < 32; j++) {
+        int q = j < 16 ? qs[j] & 0xf : qs[j - 16] >> 4;
+        q |= (int)((qh >> j) & 1) << 4;
+        if (kind == LEG_Q4_0) y[j] = d * (float)(q - 8);
+        else if (kind == LEG_Q5_0) y[j] = d * (float)(q - 16);
+        else y[j] = d * (float)q + m;
+    }
+}
+
+AI void dq_q8_0(const uint8_t *b, float *y) {
+    float d = h2f((uint16_t)(b[0] | b[1] << 8));
+    for (int j = 0; j < 32; j++) y[j] = (float)(int8_t)b[2 + j] * d;
+}
+
+AI void dq_q2_k(const uint8_t *b, float *y) {
+    float d = h2f((uint16_t)(b[80] | b[81] << 8)), dmin = h2f((uint16_t)(b[82] | b[83] << 8));
+    /* element 128h + 32m + 16s + i: sub-block 8h + 2m + s, bits 2m of qs[32h + 16s + i] */
+    for (int h = 0; h < 2; h++)
+        for (int m = 0; m < 4; m++)
+            for (int s = 0; s < 2; s++) {
+                int sc = b[8 * h + 2 * m + s];
+                float dl = d * (float)(sc & 0xf), ml = dmin * (float)(sc >> 4);
+                const uint8_t *qs = b + 16 + 32 * h + 16 * s;
+                float *o = y + 128 * h + 32 * m + 16 * s;
+                for (int i = 0; i < 16; i++) o[i] = dl * (float)((qs[i] >> (2 * m)) & 3) - ml;
+            }
+}
+
+AI void dq_q3_k(const uint8_t *b, float *y) {
+    const uint8_t *hmask = b, *sc = b + 96;
+    float d = h2f((uint16_t)(b[108] | b[109] << 8));
+    for (int h = 0; h < 2; h++)
+        for (int m = 0; m < 4; m++)
+            for (int s = 0; s < 2; s++) {
+                int j = 8 * h + 2 * m + s;
+                int lo = j < 8 ? sc[j] & 0xf : sc[j - 8] >> 4;
+                int hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
+                float dl = d * (float)((lo | (hi << 4)) - 32);
+                const uint8_t *qs = b + 32 + 32 * h + 16 * s, *hm = hmask + 16 * s;
+                float *o = y + 128 * h + 32 * m + 16 * s;
+                for (int i = 0; i < 16; i++) {
+                    int q = ((qs[i] >> (2 * m)) & 3) - (((hm[i] >> (4 * h + m)) & 1) ? 0 : 4);
+                    o[i] = dl * (float)q;
+                }
+            }
+}
+
+AI void dq_q45_k(const uint8_t *b, float *y, int q5) {
+    float d = h2f((uint16_t)(b[0] | b[1] << 8)), dmin = h2f((uint16_t)(b[2] | b[3] << 8));
+    const uint8_t *p = b + 4, *qh = b + 16, *qs = b + (q5 ? 48 : 16);
+    for (int j = 0; j < 8; j++) {
+        int scj, mj; /* get_scale_min_k4 */
+        if (j < 4) {
+            scj = p[j] & 63;
+            mj = p[j + 4] & 63;
+        } else {
+            scj = (p[j + 4] & 0xf) | ((p[j - 4] >> 6) << 4);
+            mj = (p[j + 4] >> 4) | ((p[j] >> 6) << 4);
+        }
+        float dl = d * (float)scj, ml = dmin * (float)mj;
+        for (int l = 0; l < 32; l++) {
+            int byte = qs[32 * (j / 2) + l];
+            int q = j % 2 ? byte >> 4 : byte & 0xf;
+            if (q5) q |= ((qh[l] >> j) & 1) << 4;
+            y[32 * j + l] = dl * (float)q - ml;
+        }
+    }
+}
+
+AI void dq_q6_k(const uint8_t *b, float *y) {
+    const int8_t *sc = (const int8_t *)(b + 192);
+    float d = h2f((uint16_t)(b[208] | b[209] << 8));
+    for (int h = 0; h < 2; h++)
+        for (int m = 0; m < 4; m++)
+            for (int s = 0; s < 2; s++) {
+                float dl = d * (float)sc[8 * h + 2 * m + s];
+                const uint8_t *ql = b + 64 * h + 32 * (m % 2) + 16 * s, *qh = b + 128 + 32 * h + 16 * s;
+                float *o = y + 128 * h + 32 * m + 16 * s;
+                for (int i = 0; i < 16; i++) {
+                    int q = (m < 2 ? ql[i] & 0xf : ql[i] >> 4) | (((qh[i] >> (2 * m)) & 3) << 4);
+                    o[i] = dl * (float)(q - 32);
+                }
+            }
+}
+
+AI void dq_iq4_nl(const uint8_t *b, float *y) {
+    float d = h2f((uint16_t)(b[0] | b[1] << 8));
+    for (int j = 0; j < 32; j++) y[j] = d * (float)IQ4_VALUES[j < 16 ? b[2 + j] & 0xf : b[2 + j - 16] >> 4];
+}
+
+AI void dq_iq4_xs(const uint8_t *b, float *y) {
+    float d = h2f((uint16_t)(b[0] | b[1] << 8));
+    int sh = b[2] | b[3] << 8;
+    for (int j = 0; j < 8; j++) {
+        int ls = ((b[4 + j / 2] >> (4 * (j % 2))) & 0xf) | (((sh >> (2 * j)) & 3) << 4);
+        float dl = d * (float)(ls - 32);
+        const uint8_t *qs = b + 8 + 16 * j;
+        for (int i = 0; i < 32; i++) y[32 * j + i] = dl * (float)IQ4_VALUES[i < 16 ? qs[i] & 0xf : qs[i - 16] >> 4];
+    }
+}
+
+#define DQ_ARGS const uint8_t *y, float *x, int64_t n
+#define DQ_LOOP(BLOCK, TSIZE, CALL)                                                                   \
+    for (int64_t b = 0; b < n / (BLOCK); b++) {                                                       \
+        const uint8_t *bp = y + b * (TSIZE);                                                          \
+        float *xp = x + b * (BLOCK);                                                                  \
+        CALL;                                                                                         \
+    }                                                                                                 \
+    return 0;
+
+int ws_dequantize_q8_0(DQ_ARGS) { DQ_LOOP(32, 34, dq_q8_0(bp, xp)) }
+int ws_dequantize_q4_0(DQ_ARGS) { DQ_LOOP(32, 18, dq_legacy(bp, xp, LEG_Q4_0)) }
+int ws_dequantize_q5_0(DQ_ARGS) { DQ_LOOP(32, 22, dq_legacy(bp, xp, LEG_Q5_0)) }
+int ws_dequantize_q4_1(DQ_ARGS) { DQ_LOOP(32, 20, dq_legacy(bp, xp, LEG_Q4_1)) }
+int ws_dequantize_q5_1(DQ_ARGS) { DQ_LOOP(32, 24, dq_legacy(bp, xp, LEG_Q5_1)) }
+int ws_dequantize_q2_k(DQ_ARGS) { DQ_LOOP(256, 84, dq_q2_k(bp, xp)) }
+int ws_dequantize_q3_k(DQ_ARGS) { DQ_LOOP(256, 110, dq_q3_k(bp, xp)) }
+int ws_dequantize_q4_k(DQ_ARGS) { DQ_LOOP(256, 144, dq_q45_k(bp, xp, 0)) }
+int ws_dequantize_q5_k(DQ_ARGS) { DQ_LOOP(256, 176, dq_q45_k(bp, xp, 1)) }
+int ws_dequantize_q6_k(DQ_ARGS) { DQ_LOOP(256, 210, dq_q6_k(bp, xp)) }
+int ws_dequantize_iq4_nl(DQ_ARGS) { DQ_LOOP(32, 18, dq_iq4_nl(bp, xp)) }
+int ws_dequantize_iq4_xs(DQ_ARGS) { DQ_LOOP(256, 136, dq_iq4_xs(bp, xp)) }
+
 /* bumped whenever the functions above change meaning, so stale builds are never loaded */
-int ws_abi_version(void) { return 3; }
+int ws_abi_version(void) { return 4; }
