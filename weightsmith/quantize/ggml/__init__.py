@@ -10,6 +10,7 @@ Types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -145,15 +146,22 @@ def quantize(
 def _native_quantizer(
     k: type[GGMLKernel], device: torch.device, imatrix: torch.Tensor | None, backend: str | None
 ) -> native.Quantizer | None:
-    """The fused CPU kernel for this call, or None for the torch kernels (GPU, a type without one, no
-    C compiler, or ``backend="torch"``)."""
-    setting = native.backend_setting(backend)
-    if setting == "torch" or device.type != "cpu":
-        return None
-    if k.name not in (native.NATIVE_TYPES if imatrix is None else native.IMATRIX_TYPES):
-        return None
-    lib = native.library(required=setting == "native")
+    """The fused CPU kernel for this call, or None for the torch kernels."""
+    lib = _native_library(
+        k, device, backend, native.NATIVE_TYPES if imatrix is None else native.IMATRIX_TYPES
+    )
     return None if lib is None else native.quantizer(k.name, lib, imatrix)
+
+
+def _native_library(
+    k: type[GGMLKernel], device: torch.device, backend: str | None, types: tuple[str, ...]
+) -> ctypes.CDLL | None:
+    """The C kernels' library where they serve this call: not on a GPU, not for a type outside
+    ``types``, not with ``backend="torch"``, not where no C compiler could build it."""
+    setting = native.backend_setting(backend)
+    if setting == "torch" or device.type != "cpu" or k.name not in types:
+        return None
+    return native.library(required=setting == "native")
 
 
 _pool_lock = threading.Lock()
@@ -230,11 +238,8 @@ def dequantize(
 def _native_dequantizer(
     k: type[GGMLKernel], device: torch.device, backend: str | None
 ) -> native.Quantizer | None:
-    """The fused CPU decoder, or None for the torch kernels (as :func:`_native_quantizer`)."""
-    setting = native.backend_setting(backend)
-    if setting == "torch" or device.type != "cpu" or k.name not in native.NATIVE_TYPES:
-        return None
-    lib = native.library(required=setting == "native")
+    """The fused CPU decoder, or None for the torch kernels."""
+    lib = _native_library(k, device, backend, native.NATIVE_TYPES)
     return None if lib is None else native.dequantizer(k.name, lib)
 
 

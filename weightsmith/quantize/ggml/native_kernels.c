@@ -438,53 +438,6 @@ AI float qp1(int n, int nmax, const float *x, uint8_t *L, const float *w) {
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
-/* make_qx_quants(n, nmax, x, L, rmse_type=1, w) for one short vector (Q3_K's sub-block scales) */
-AI float qx1(int n, int nmax, const float *x, int *L, const float *w) {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
-    if (amax < 1e-15f) {
-        for (int i = 0; i < n; i++) L[i] = 0;
-        return 0.f;
-    }
-    float iscale = -nmax / max;
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; i++) {
-        int l = nearest_int1(iscale * x[i]);
-        l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
-        L[i] = l + nmax;
-        sumlx += w[i] * x[i] * l;
-        suml2 += w[i] * l * l;
-    }
-    float scale = suml2 ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx;
-    for (int is = -9; is <= 9; ++is) {
-        if (is == 0) continue;
-        iscale = -(nmax + 0.1f * is) / max;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; i++) {
-            int l = nearest_int1(iscale * x[i]);
-            l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
-            sumlx += w[i] * x[i] * l;
-            suml2 += w[i] * l * l;
-        }
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            for (int i = 0; i < n; i++) {
-                int l = nearest_int1(iscale * x[i]);
-                L[i] = nmax + (l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l));
-            }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
-    }
-    return scale;
-}
-
 AI vf finite_acc(const vf *xt, int n) {
     vf fin = {0};
     for (int i = 0; i < n; i++) fin += xt[i] * 0.f;
@@ -706,12 +659,15 @@ AI int tile_q3_k(const float *x, const float *wts, uint8_t *y) {
     int l6[16] = {0}; /* 6-bit scales, 0..63 */
     float d = 0;
     if (wts) {
-        float scs[16], sws[16];
+        /* make_qx_quants(16, 32, scales, Ls, 1, sw): the lane search with the 16 scales in lane 0 */
+        vf scs[16] = {0}, sws[16] = {0};
+        vi ls[16];
         for (int j = 0; j < 16; j++) {
-            scs[j] = SUB(scale, j);
-            sws[j] = SUB(sw, j);
+            scs[j][0] = SUB(scale, j);
+            sws[j][0] = SUB(sw, j);
         }
-        d = qx1(16, 32, scs, l6, sws);
+        d = qx(16, 32, scs, sws, ls)[0];
+        for (int j = 0; j < 16; j++) l6[j] = ls[j][0];
     } else {
         float max_scale = 0, amax = 0;
         for (int j = 0; j < 16; j++) {
