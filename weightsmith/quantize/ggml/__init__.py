@@ -165,21 +165,18 @@ def _native_library(
 
 
 _pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_pool_workers = 0
+_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``workers`` threads: starting threads per call cost ~5 ms, which
-    dominated the many small calls a GGUF run makes (measured: 8 of 63 s on Wan 1.3B)."""
-    global _pool, _pool_workers
+    """A process-wide pool of ``workers`` threads (one per size, never shut down under a caller):
+    starting threads per call cost ~5 ms, which dominated the many small calls a GGUF run makes
+    (measured: 8 of 63 s on Wan 1.3B)."""
     with _pool_lock:
-        if _pool is None or _pool_workers != workers:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(workers, thread_name_prefix="ggml-kernels")
-            _pool_workers = workers
-        return _pool
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="ggml-kernels")
+        return pool
 
 
 def _run_chunks(run: Callable[[int], None], starts: range, device: torch.device) -> None:
