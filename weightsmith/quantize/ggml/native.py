@@ -199,18 +199,17 @@ def load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     if lib.ws_abi_version() != ABI_VERSION:
         raise OSError(f"{path} has kernel ABI {lib.ws_abi_version()}, expected {ABI_VERSION}")
-    for name in NATIVE_TYPES:
-        fn = getattr(lib, f"ws_quantize_{name.lower()}")
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    for name in NATIVE_TYPES:
-        fn = getattr(lib, f"ws_dequantize_{name.lower()}")
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    for name in IMATRIX_TYPES:
-        fn = getattr(lib, f"ws_quantize_imat_{name.lower()}")
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    plain = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    weighted = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    for prefix, names, argtypes in (
+        ("ws_quantize_", NATIVE_TYPES, plain),
+        ("ws_dequantize_", NATIVE_TYPES, plain),
+        ("ws_quantize_imat_", IMATRIX_TYPES, weighted),
+    ):
+        for name in names:
+            fn = getattr(lib, prefix + name.lower())
+            fn.restype = ctypes.c_int
+            fn.argtypes = argtypes
     return lib
 
 
