@@ -285,8 +285,8 @@ AI void qkx(int n, int nmax, const vf *x, const vf *w, vi *L, vf *scale_out, vf 
     *the_min_out = -mn;
 }
 
-/* make_qx_quants with rmse_type 1: weights qw, or x*x without them; L is stored + nmax. */
-AI vf qx(int n, int nmax, const vf *x, const vf *qw, vi *L) {
+/* the largest |x| and the signed x where it first occurs (strict >, from 0): ggml's max search */
+AI void first_absmax(int n, const vf *x, vf *amax_out, vf *max_out) {
     vf amax = {0}, mx = {0};
     for (int i = 0; i < n; i++) {
         vf a = vabs(x[i]);
@@ -294,6 +294,14 @@ AI vf qx(int n, int nmax, const vf *x, const vf *qw, vi *L) {
         amax = vsel(t, a, amax);
         mx = vsel(t, x[i], mx);
     }
+    *amax_out = amax;
+    *max_out = mx;
+}
+
+/* make_qx_quants with rmse_type 1: weights qw, or x*x without them; L is stored + nmax. */
+AI vf qx(int n, int nmax, const vf *x, const vf *qw, vi *L) {
+    vf amax, mx;
+    first_absmax(n, x, &amax, &mx);
     vi zero = amax < 1e-15f;
     vf w[32], wx[32];
     for (int i = 0; i < n; i++) {
@@ -329,13 +337,8 @@ AI vf qx(int n, int nmax, const vf *x, const vf *qw, vi *L) {
 
 /* make_q3_quants(n, nmax, x, L, do_rmse=true); L is stored + nmax. */
 AI vf q3(int n, int nmax, const vf *x, vi *L) {
-    vf amax = {0}, mx = {0};
-    for (int i = 0; i < n; i++) {
-        vf a = vabs(x[i]);
-        vi t = a > amax;
-        amax = vsel(t, a, amax);
-        mx = vsel(t, x[i], mx);
-    }
+    vf amax, mx;
+    first_absmax(n, x, &amax, &mx);
     vi zero = amax < 1e-15f;
     vf iscale = -(float)nmax / mx;
     vf w[16], wx[16], Lf[16];
@@ -817,13 +820,8 @@ AI void iq4_level(vf v, vi *idx, vf *val) {
 
 /* quantize_row_iq4_nl_impl's scale search (ntry = 7) for one 32-block per lane */
 AI vf iq4_scale(const vf *x, const vf *w) {
-    vf amax = {0}, mx = {0};
-    for (int i = 0; i < 32; i++) {
-        vf a = vabs(x[i]);
-        vi t = a > amax;
-        amax = vsel(t, a, amax);
-        mx = vsel(t, x[i], mx);
-    }
+    vf amax, mx;
+    first_absmax(32, x, &amax, &mx);
     vf d = {0}, best = {0};
     for (int k = 0; k < 16; k++) {
         vf id = k == 0 ? 1.f / (-mx / (float)IQ4_VALUES[0]) : (float)(k - 8 + IQ4_VALUES[0]) / mx;
