@@ -450,6 +450,17 @@ AI vf finite_acc(const vf *xt, int n) {
 /* ------------------------------------------------------------------------------------------ */
 /* Q4_K / Q5_K: tile = NL/8 super-blocks, lane = sub-block of 32                                */
 
+/* ggml's get_scale_min_k4: sub-block j's 6-bit scale and min from the 12 packed bytes */
+AI void scale_min_k4(int j, const uint8_t *p, int *sc, int *m) {
+    if (j < 4) {
+        *sc = p[j] & 63;
+        *m = p[j + 4] & 63;
+    } else {
+        *sc = (p[j + 4] & 0xf) | ((p[j - 4] >> 6) << 4);
+        *m = (p[j + 4] >> 4) | ((p[j] >> 6) << 4);
+    }
+}
+
 AI int tile_q45_k(const float *x, const float *wts, uint8_t *y, int q5) {
     const int nmax = q5 ? 31 : 15;
     const int type_size = q5 ? 176 : 144;
@@ -519,14 +530,8 @@ AI int tile_q45_k(const float *x, const float *wts, uint8_t *y, int q5) {
         }
         float d16 = h2f(f2h(dd[s])), dmin16 = h2f(f2h(dmm[s]));
         for (int j = 0; j < 8; j++) {
-            int scj, mj; /* get_scale_min_k4 */
-            if (j < 4) {
-                scj = p[j] & 63;
-                mj = p[j + 4] & 63;
-            } else {
-                scj = (p[j + 4] & 0xf) | ((p[j - 4] >> 6) << 4);
-                mj = (p[j + 4] >> 4) | ((p[j] >> 6) << 4);
-            }
+            int scj, mj;
+            scale_min_k4(j, p, &scj, &mj);
             dj[8 * s + j] = d16 * (float)scj;
             dm[8 * s + j] = dmin16 * (float)mj;
         }
@@ -1100,14 +1105,8 @@ AI void dq_q45_k(const uint8_t *b, float *y, int q5) {
     float d = h2f((uint16_t)(b[0] | b[1] << 8)), dmin = h2f((uint16_t)(b[2] | b[3] << 8));
     const uint8_t *p = b + 4, *qh = b + 16, *qs = b + (q5 ? 48 : 16);
     for (int j = 0; j < 8; j++) {
-        int scj, mj; /* get_scale_min_k4 */
-        if (j < 4) {
-            scj = p[j] & 63;
-            mj = p[j + 4] & 63;
-        } else {
-            scj = (p[j + 4] & 0xf) | ((p[j - 4] >> 6) << 4);
-            mj = (p[j + 4] >> 4) | ((p[j] >> 6) << 4);
-        }
+        int scj, mj;
+        scale_min_k4(j, p, &scj, &mj);
         float dl = d * (float)scj, ml = dmin * (float)mj;
         for (int l = 0; l < 32; l++) {
             int byte = qs[32 * (j / 2) + l];
