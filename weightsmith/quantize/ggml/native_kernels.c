@@ -441,6 +441,14 @@ AI float qp1(int n, int nmax, const float *x, uint8_t *L, const float *w) {
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
+/* a tile of importance weights, and their sequential sum per lane (the sub-block's sw) */
+AI vf load_weights(const float *wts, int n, vf *w) {
+    load_tile(wts, n, w);
+    vf sum = {0};
+    for (int i = 0; i < n; i++) sum += w[i];
+    return sum;
+}
+
 AI vf finite_acc(const vf *xt, int n) {
     vf fin = {0};
     for (int i = 0; i < n; i++) fin += xt[i] * 0.f;
@@ -467,10 +475,9 @@ AI int tile_q45_k(const float *x, const float *wts, uint8_t *y, int q5) {
     vf xt[32], w[32];
     vi L[32];
     load_tile(x, 32, xt);
-    vf scale, the_min, sw = {0};
+    vf scale, the_min, sw;
     if (wts) { /* quantize_row_q4_K_impl / q5_K_impl */
-        load_tile(wts, 32, w);
-        for (int i = 0; i < 32; i++) sw += w[i];
+        sw = load_weights(wts, 32, w);
         qkx(32, nmax, xt, w, L, &scale, &the_min, -0.9f, 0.05f, 36, 0, 1);
     } else {
         vf sum_x2 = {0};
@@ -594,9 +601,7 @@ AI int tile_q2_k(const float *x, const float *wts, uint8_t *y) {
     load_super16(x, xt);
     for (int g = 0; g < NG; g++) {
         if (wts) { /* quantize_row_q2_K_impl */
-            load_tile(wts + g * NL * 16, 16, w);
-            sw[g] = (vf){0};
-            for (int i = 0; i < 16; i++) sw[g] += w[i];
+            sw[g] = load_weights(wts + g * NL * 16, 16, w);
             qkx(16, 3, xt[g], w, L[g], &scale[g], &the_min[g], -0.9f, 0.05f, 36, 0, 1);
         } else {
             for (int i = 0; i < 16; i++) w[i] = vabs(xt[g][i]);
@@ -656,9 +661,7 @@ AI int tile_q3_k(const float *x, const float *wts, uint8_t *y) {
     load_super16(x, xt);
     for (int g = 0; g < NG; g++) {
         if (wts) { /* quantize_row_q3_K_impl */
-            load_tile(wts + g * NL * 16, 16, w);
-            sw[g] = (vf){0};
-            for (int i = 0; i < 16; i++) sw[g] += w[i];
+            sw[g] = load_weights(wts + g * NL * 16, 16, w);
             scale[g] = qx(16, 4, xt[g], w, L[g]);
         } else {
             scale[g] = q3(16, 4, xt[g], L[g]);
