@@ -6,6 +6,12 @@ exits with ``exit_code`` (2 for bad input or usage, 1 for a failed verification 
 
 from __future__ import annotations
 
+import re
+
+# Raw control bytes (a NUL in a tensor name, an escape sequence in a metadata key) are shown
+# escaped so that a hostile file cannot rewrite the user's terminal or split the message.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
 
 class WeightsmithError(Exception):
     """Base of every error weightsmith raises on purpose."""
@@ -19,7 +25,8 @@ class WeightsmithError(Exception):
 
     def one_line(self) -> str:
         """The message as the CLI prints it: a single line."""
-        return " ".join(str(self).split())
+        text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(self))
+        return " ".join(text.split())
 
 
 class UsageError(WeightsmithError):
