@@ -8,7 +8,6 @@ import pytest
 
 from weightsmith.cli import main
 
-
 # A path in an error message: an absolute or ./-relative run of non-space characters with a slash.
 _PATHLIKE = re.compile(r"(?<![\w.])(?:\.{0,2}/)[^\s'\"]*")
 

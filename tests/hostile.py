@@ -9,6 +9,7 @@ file plus ``ALLOC_SLACK``. bench/bench_fuzz.py runs the same engine with many mo
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import time
@@ -21,6 +22,12 @@ TIME_LIMIT = 1.0
 ALLOC_SLACK = 8 * 2**20
 # Values that break counts, offsets and lengths: zero, one, signed/unsigned edges, huge.
 _EDGE_WORDS = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**53, 2**63 - 1, 2**63, 2**64 - 1]
+
+
+def fuzz_count(default: int = 200) -> int:
+    """Cases per reader: ``default`` in ``make test``; bench/bench_fuzz.py raises it through
+    ``WEIGHTSMITH_FUZZ_CASES`` for the long run recorded in reports/fuzz.md."""
+    return int(os.environ.get("WEIGHTSMITH_FUZZ_CASES", default))
 
 
 def mutate(raw: bytes, rng: random.Random) -> tuple[str, bytes]:

@@ -73,7 +73,9 @@ def parse_json(
     except RecursionError:
         raise error(f"{what} is nested too deeply to be a real file", hint=hint) from None
     except json.JSONDecodeError as e:
-        raise error(f"{what} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", hint=hint) from None
+        raise error(
+            f"{what} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", hint=hint
+        ) from None
     except ValueError as e:  # integers over Python's digit limit, NaN/Infinity literals
         msg = str(e).split(";")[0][:120]
         raise error(f"{what} is not valid JSON ({msg})", hint=hint) from None
@@ -96,7 +98,9 @@ def read_json_file(
     if not p.is_file():
         raise error(f"{label} is not a regular file", hint=hint)
     if p.stat().st_size > max_bytes:
-        raise error(f"{label} is {p.stat().st_size} bytes, larger than any real JSON file of its kind", hint=hint)
+        raise error(
+            f"{label} is {p.stat().st_size} bytes, larger than any real JSON file of its kind", hint=hint
+        )
     return parse_json(p.read_bytes(), label, error=error, hint=hint)
 
 
