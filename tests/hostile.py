@@ -9,6 +9,7 @@ file plus ``ALLOC_SLACK``. bench/bench_fuzz.py runs the same engine with many mo
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import struct
@@ -119,13 +120,30 @@ def fuzz_file(
 ) -> list[str]:
     """Write each mutant of ``raw`` to ``target`` and run ``command(target)``; the failures."""
     failures = []
+    codes: dict[int, int] = {}
+    slowest = 0.0
     for label, data in mutants(raw, seed, count):
         if write is None:
             target.write_bytes(data)
         else:
             write(target, data)
         out = run_case(run_cli, label, *command(target))
+        codes[out.code] = codes.get(out.code, 0) + 1
+        slowest = max(slowest, out.seconds)
         why = out.problem(len(data))
         if why:
             failures.append(f"{label}: {why}")
+    _log_run(target, count, codes, slowest, failures)
     return failures
+
+
+def _log_run(target: Path, count: int, codes: dict[int, int], slowest: float, failures: list[str]) -> None:
+    """Append one line per fuzzed reader to WEIGHTSMITH_FUZZ_LOG (bench/bench_fuzz.py reads it)."""
+    log = os.environ.get("WEIGHTSMITH_FUZZ_LOG")
+    if not log:
+        return
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+    row = {"test": test, "target": target.name, "cases": count, "exit_codes": codes}
+    row |= {"slowest_s": round(slowest, 3), "failures": failures[:20], "failed": len(failures)}
+    with open(log, "a") as f:
+        f.write(json.dumps(row) + "\n")

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -150,7 +151,10 @@ def build(out_dir: Path | None = None, extra_flags: list[str] | None = None, mar
         version = subprocess.run([cc, "--version"], capture_output=True, timeout=60).stdout.decode(
             errors="replace"
         )
-        flags = [*CFLAGS, *(_march_flags(cc) if march else []), *(extra_flags or [])]
+        # WEIGHTSMITH_NATIVE_CFLAGS adds flags to every build, so that the whole test suite can be run
+        # against another build variant (e.g. "-DNL=8 -mprefer-vector-width=256": 8-lane vectors).
+        env_flags = shlex.split(os.environ.get("WEIGHTSMITH_NATIVE_CFLAGS", ""))
+        flags = [*CFLAGS, *(_march_flags(cc) if march else []), *env_flags, *(extra_flags or [])]
     except (OSError, subprocess.SubprocessError) as exc:
         return BuildInfo(None, cc, (), f"cannot run the C compiler {cc}: {exc}")
     source = SOURCE.read_bytes()
