@@ -19,9 +19,15 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/weightsmith demo
 
+# The GGUF tests run twice more: with the torch kernels forced (what a GPU runs) and with an 8-lane
+# build of the C kernels (AVX2 width), so no result depends on this machine's kernels or vector width.
+KERNEL_TESTS := tests/quantize/test_gguf_quantize.py tests/verify/test_verify_families.py
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	WEIGHTSMITH_GGML_BACKEND=torch $(BIN)/python -m pytest -p no:cacheprovider $(KERNEL_TESTS)
+	WEIGHTSMITH_NATIVE_CFLAGS="-DNL=8 -mprefer-vector-width=256" $(BIN)/python -m pytest -p no:cacheprovider $(KERNEL_TESTS)
 	$(BIN)/python -m pytest
 
 format: $(STAMP)
