@@ -10,7 +10,7 @@ import re
 
 # Raw control bytes (a NUL in a tensor name, an escape sequence in a metadata key) are shown
 # escaped so that a hostile file cannot rewrite the user's terminal or split the message.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 class WeightsmithError(Exception):
