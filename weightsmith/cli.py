@@ -273,11 +273,16 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     if not debug:
         quiet_libraries()
+    from weightsmith.io.atomic import Terminated, terminate_as_exception
     from weightsmith.memory import release_large_allocations
 
     release_large_allocations()
     try:
-        cli.main(args=args, prog_name="weightsmith", standalone_mode=False)
+        with terminate_as_exception():  # SIGTERM/SIGHUP clean up partial output like Ctrl-C
+            cli.main(args=args, prog_name="weightsmith", standalone_mode=False)
+    except Terminated as e:
+        click.echo("terminated; no output was left behind", err=True)
+        sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
@@ -296,6 +301,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except MemoryError:
         click.echo("error: out of memory; try a machine with more RAM or a smaller --shard-size", err=True)
+        sys.exit(2)
+    except OSError as e:  # the system refused a file operation (input unreadable, I/O error)
+        if debug:
+            traceback.print_exc()
+        where = f" ({e.filename})" if e.filename else ""
+        msg = WeightsmithError(f"{e.strerror or e}{where}", hint="check the file and its permissions")
+        click.echo(f"error: {msg.one_line()}", err=True)
         sys.exit(2)
     except Exception as e:  # noqa: BLE001 - the last line of defence: never a bare traceback
         if debug:

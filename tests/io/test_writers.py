@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from weightsmith.errors import OutputError, UsageError
+from weightsmith.errors import ConversionError, OutputError, UsageError
 from weightsmith.io import open_checkpoint
 from weightsmith.io.writers import parse_size, write_diffusers_component, write_safetensors, write_sat
 
@@ -104,7 +104,7 @@ def test_sat_writer(tmp_path):
 
 def test_stream_order_is_checked(tmp_path):
     state = _state()
-    with pytest.raises(AssertionError):
+    with pytest.raises(ConversionError, match="tensor stream gave"):
         write_safetensors(tmp_path / "m.safetensors", _specs(state), reversed(list(state.items())))
     assert not (tmp_path / "m.safetensors").exists()
 

@@ -166,8 +166,21 @@ def stream(plan: Plan, progress: bool = False) -> Iterator[tuple[str, torch.Tens
             if not op.outputs:
                 continue
             outs = op.apply([plan.source.get(k) for k in op.inputs])
+            if len(outs) != len(op.outputs):
+                raise ConversionError(
+                    f"a {op.kind} step made {len(outs)} tensors for {len(op.outputs)} outputs "
+                    f"({first_keys(op.outputs)})",
+                    hint="this is a bug in weightsmith's plan for this model; rerun with --debug and report it",
+                )
             for t in outs:
-                spec = next(it)
+                spec = next(it, None)
+                if spec is None or tuple(t.shape) != tuple(spec.shape):
+                    planned = f"the planned {list(spec.shape)}" if spec else "no more tensors planned"
+                    raise ConversionError(
+                        f"converting {first_keys(op.inputs)} gave a tensor of shape {list(t.shape)}, "
+                        f"not {planned}",
+                        hint="the source's tensors do not match what its header declares; check the file",
+                    )
                 if plan.cast is not None and t.dtype in CASTABLE and t.dtype != spec.dtype:
                     t = t.to(spec.dtype)
                 yield spec.name, t

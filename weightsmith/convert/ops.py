@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from weightsmith.errors import ConversionError
+
+_BUG = "this is a bug in weightsmith's plan for this model; rerun with --debug and report it"
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -88,12 +92,24 @@ class Regroup(Op):
     label: str = ""
 
     def __post_init__(self) -> None:
+        what = f"regrouping {', '.join(self.srcs) or 'nothing'} into {', '.join(self.dsts) or 'nothing'}"
         if len(self.chunks) != len(self.srcs) or len(self.assign) != len(self.dsts):
-            raise ValueError("Regroup: chunks must match srcs and assign must match dsts")
+            raise ConversionError(
+                f"{what}: {len(self.chunks)} chunk counts for {len(self.srcs)} inputs and "
+                f"{len(self.assign)} assignments for {len(self.dsts)} outputs do not match",
+                hint=_BUG,
+            )
+        if any(n <= 0 for n in self.chunks) or any(not a for a in self.assign):
+            raise ConversionError(
+                f"{what}: every input must be cut into at least one part and every output get one",
+                hint="the model's config gives a count of 0 (heads, layers?); check it",
+            )
         total = sum(self.chunks)
         used = sorted(i for a in self.assign for i in a)
         if used != list(range(total)):
-            raise ValueError(f"Regroup: every one of the {total} chunks must be used exactly once")
+            raise ConversionError(
+                f"{what}: every one of the {total} chunks must be used exactly once", hint=_BUG
+            )
 
     @property
     def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -116,10 +132,13 @@ class Regroup(Op):
     def _chunk_shapes(self, ins: Sequence[Spec]) -> list[tuple[int, ...]]:
         shapes = []
         for spec, n in zip(ins, self.chunks):
+            if not -len(spec.shape) <= self.dim < len(spec.shape):
+                raise ConversionError(
+                    f"tensor {spec.name!r} of shape {list(spec.shape)} has no dimension {self.dim} to cut",
+                    hint="the checkpoint does not have the shapes this family expects; check --family",
+                )
             size = spec.shape[self.dim]
             if size % n:
-                from weightsmith.errors import ConversionError
-
                 raise ConversionError(
                     f"tensor {spec.name!r} has {size} rows along dim {self.dim}, not divisible into {n} parts",
                     hint="the checkpoint does not have the shapes this family expects; check --family",
@@ -186,9 +205,7 @@ class Reshape(Op):
         return "reshaped"
 
     def out_specs(self, ins: Sequence[Spec]) -> list[Spec]:
-        if math.prod(ins[0].shape) != math.prod(self.shape):
-            from weightsmith.errors import ConversionError
-
+        if math.prod(ins[0].shape) != math.prod(self.shape) or any(d < 0 for d in self.shape):
             raise ConversionError(
                 f"cannot reshape {self.src!r} from {list(ins[0].shape)} to {list(self.shape)}"
             )
@@ -255,7 +272,10 @@ class Derive(Op):
     def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         t = self.make()
         if tuple(t.shape) != tuple(self.shape):
-            raise AssertionError(f"Derive {self.dst}: made {tuple(t.shape)}, promised {self.shape}")
+            raise ConversionError(
+                f"the derived tensor {self.dst!r} came out as {list(t.shape)}, not the {list(self.shape)} planned",
+                hint=_BUG,
+            )
         return [t.to(self.dtype).contiguous()]
 
 
@@ -264,13 +284,33 @@ def run_in_memory(ops: Sequence[Op], state: dict[str, torch.Tensor]) -> dict[str
     consumed: set[str] = set()
     out: dict[str, torch.Tensor] = {}
     for op in ops:
+        lacking = [k for k in op.inputs if k not in state]
+        if lacking:
+            raise ConversionError(
+                f"the conversion needs {', '.join(map(repr, sorted(lacking)[:5]))}, which the tensors lack",
+                hint="the file is missing tensors this model needs; check it is complete",
+            )
         ins = [state[k] for k in op.inputs]
         consumed.update(op.inputs)
-        for name, t in zip(op.outputs, op.apply(ins)):
+        made = op.apply(ins)
+        if len(made) != len(op.outputs):
+            raise ConversionError(
+                f"a {op.kind} step made {len(made)} tensors for {len(op.outputs)} outputs "
+                f"({', '.join(op.outputs) or 'none'})",
+                hint=_BUG,
+            )
+        for name, t in zip(op.outputs, made):
             if name in out:
-                raise AssertionError(f"plan writes {name!r} twice")
+                raise ConversionError(
+                    f"two tensors map to {name!r}",
+                    hint="the file holds the same weight under two names; check it",
+                )
             out[name] = t
     missing = set(state) - consumed
     if missing:
-        raise AssertionError(f"plan leaves keys unconsumed: {sorted(missing)[:5]}")
+        raise ConversionError(
+            f"tensors left unconverted: {', '.join(map(repr, sorted(missing)[:5]))}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""),
+            hint="the file holds tensors this model does not have; check it is the right kind of file",
+        )
     return out

@@ -54,7 +54,12 @@ def _add_kv(w: Any, key: str, value: Any) -> None:
     elif isinstance(value, (list, tuple)):
         w.add_array(key, list(value))
     else:
-        raise TypeError(f"cannot store metadata {key!r} of type {type(value).__name__}")
+        from weightsmith.errors import OutputError
+
+        raise OutputError(
+            f"cannot store GGUF metadata {key!r} of type {type(value).__name__}",
+            hint="GGUF metadata holds numbers, strings, booleans and lists of them; report it",
+        )
     del gguf
 
 
@@ -93,8 +98,14 @@ def write_gguf(
     for key, value in (metadata or {}).items():
         _add_kv(w, key, value)
     for s in specs:
+        if s.qtype not in gguf.GGMLQuantizationType.__members__:
+            from weightsmith.errors import QuantizationError
+
+            raise QuantizationError(f"tensor {s.name!r}: {s.qtype!r} is not a GGML tensor type")
         qt = gguf.GGMLQuantizationType[s.qtype]
         w.add_tensor_info(s.name, list(s.shape), np.dtype(np.float32), s.nbytes, raw_dtype=qt)
+    from weightsmith.io.writers import stream_mismatch
+
     it = iter(tensors)
     with atomic_file(dst, overwrite) as tmp:
         try:
@@ -102,11 +113,14 @@ def write_gguf(
             w.write_kv_data_to_file()
             w.write_ti_data_to_file()
             for s in specs:
-                name, arr = next(it)
+                try:
+                    name, arr = next(it)
+                except StopIteration:
+                    raise stream_mismatch(
+                        "nothing (it ended early)", f"{s.name!r} ({s.nbytes} bytes)"
+                    ) from None
                 if name != s.name or arr.nbytes != s.nbytes:
-                    raise AssertionError(
-                        f"stream gave {name!r} ({arr.nbytes} bytes), expected {s.name!r} ({s.nbytes})"
-                    )
+                    raise stream_mismatch(f"{name!r} ({arr.nbytes} bytes)", f"{s.name!r} ({s.nbytes} bytes)")
                 w.write_tensor_data(arr)
                 del arr
         finally:

@@ -11,15 +11,18 @@ loads with ``torch.load(weights_only=True)`` exactly like a ``torch.save`` file.
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import math
 import pickle
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from weightsmith.io.writers import stream_mismatch
 
 SpecT = tuple[str, tuple[int, ...], torch.dtype]
 
@@ -56,6 +59,49 @@ class _Pickler(pickle.Pickler):
         return None
 
 
+class _Sink:
+    """A file as torch's zip writer sees it. Through a path, torch reports a full disk as an
+    opaque RuntimeError ("unexpected pos"); through this object the OSError itself is kept and
+    raised instead, so the CLI can say what went wrong. It also makes torch name the archive's
+    folder "archive" rather than after the (random) temporary file name: output is reproducible."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, b: Any) -> int:
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+
+@contextlib.contextmanager
+def _sink(path: str | Path) -> Iterator[_Sink]:
+    """An open ``_Sink`` on ``path``; an OSError torch hid behind a RuntimeError is raised as itself."""
+    with open(path, "wb") as f:
+        sink = _Sink(f)
+        try:
+            yield sink
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+
+
+def save_to_file(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)``, with a failed write raised as the OSError it is."""
+    with _sink(path) as sink:
+        torch.save(obj, sink)  # type: ignore[arg-type]
+
+
 def supports(specs: Sequence[SpecT]) -> bool:
     """Whether every dtype has a typed storage class (float8 types do not)."""
     known = torch.storage._dtype_to_storage_type_map()
@@ -81,16 +127,21 @@ def write_torch_zip(
     _Pickler(buf, protocol=2).dump(obj)
     data = buf.getvalue()
     it = iter(tensors)
-    with torch.serialization._open_zipfile_writer(str(path)) as zf:
+    with _sink(path) as sink, torch.serialization._open_zipfile_writer(sink) as zf:
         zf.write_record("data.pkl", data, len(data))
         zf.write_record(".format_version", "1", len("1"))
         align = str(torch.serialization._get_storage_alignment())
         zf.write_record(".storage_alignment", align, len(align))
         zf.write_record("byteorder", sys.byteorder, len(sys.byteorder))
         for name, st in storages:
-            got, t = next(it)
+            try:
+                got, t = next(it)
+            except StopIteration:
+                raise stream_mismatch("nothing (it ended early)", repr(name)) from None
             if got != name or t.dtype != st.dtype or t.numel() != st.numel:
-                raise AssertionError(f"stream gave {got!r} {t.dtype}, expected {name!r} {st.dtype}")
+                raise stream_mismatch(
+                    f"{got!r} ({t.numel()} {t.dtype} values)", f"{name!r} ({st.numel} {st.dtype} values)"
+                )
             t = t.detach().cpu().contiguous()
             zf.write_record(f"data/{st.key}", t.untyped_storage(), t.numel() * t.element_size())
             del t

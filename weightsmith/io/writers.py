@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from weightsmith.errors import UsageError
+from weightsmith.errors import ConversionError, UsageError
 from weightsmith.io.atomic import atomic_dir, atomic_file
 from weightsmith.io.safetensors_io import write_safetensors_stream
 
@@ -67,7 +67,56 @@ def plan_shards(specs: Sequence[SpecT], max_shard_size: int) -> list[list[SpecT]
 
 def _take(it: Iterator[tuple[str, torch.Tensor]], k: int) -> Iterator[tuple[str, torch.Tensor]]:
     for _ in range(k):
-        yield next(it)
+        try:
+            item = next(it)
+        except StopIteration:
+            return  # the checked stream below names the missing tensor
+        yield item
+
+
+def _describe(name: str, shape: Sequence[int], dtype: torch.dtype) -> str:
+    return f"{name!r} {list(shape)} {str(dtype).removeprefix('torch.')}"
+
+
+def stream_mismatch(got: str, expected: str) -> ConversionError:
+    """The error for a tensor stream out of step with the specs a writer laid its header out from.
+
+    A source whose data contradicts its own header can cause it, as can a bug; either way the
+    output is not written."""
+    return ConversionError(
+        f"the tensor stream gave {got} where {expected} was expected; nothing was written",
+        hint="the source's tensors do not match what its header declares; if the file is intact, "
+        "rerun with --debug and report it",
+    )
+
+
+def checked_stream(
+    specs: Sequence[SpecT], tensors: Iterable[tuple[str, torch.Tensor]]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """``tensors``, checked against ``specs`` one by one (name, shape, dtype, count), so a stream
+    out of step ends in a ConversionError naming the tensor instead of a corrupt file."""
+    it = iter(tensors)
+    for name, shape, dtype in specs:
+        try:
+            item = next(it)
+        except StopIteration:
+            raise stream_mismatch("nothing (it ended early)", _describe(name, shape, dtype)) from None
+        got, t = item
+        if got != name or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+            raise stream_mismatch(_describe(got, tuple(t.shape), t.dtype), _describe(name, shape, dtype))
+        yield got, t
+        del t, item
+
+
+def _json_text(obj: Any, what: str) -> str:
+    """Indented JSON for a config written beside the weights; never NaN/Infinity (not JSON)."""
+    try:
+        return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as e:
+        raise ConversionError(
+            f"the {what} cannot be written as JSON: {e}",
+            hint="check the source's config for non-finite numbers",
+        ) from None
 
 
 def write_safetensors(
@@ -80,7 +129,7 @@ def write_safetensors(
     """One safetensors file, written atomically."""
     meta = {"format": "pt", **(metadata or {})}
     with atomic_file(dst, overwrite) as tmp, open(tmp, "wb") as f:
-        write_safetensors_stream(f, specs, tensors, meta)
+        write_safetensors_stream(f, specs, checked_stream(specs, tensors), meta)
     return Path(dst)
 
 
@@ -95,7 +144,7 @@ def write_shards_into(
     """Shards (and, for more than one, the Diffusers index) into an existing folder."""
     shards = plan_shards(specs, max_shard_size)
     meta = {"format": "pt", **(metadata or {})}
-    it = iter(tensors)
+    it = checked_stream(specs, tensors)
     n = len(shards)
     names = (
         [f"{stem}.safetensors"]
@@ -113,9 +162,7 @@ def write_shards_into(
             "weight_map": {s[0]: name for name, shard in zip(names, shards) for s in shard},
         }
         index["weight_map"] = dict(sorted(index["weight_map"].items()))
-        (folder / f"{stem}.safetensors.index.json").write_text(
-            json.dumps(index, indent=2, sort_keys=True) + "\n"
-        )
+        (folder / f"{stem}.safetensors.index.json").write_text(_json_text(index, "shard index"))
     return paths
 
 
@@ -132,7 +179,7 @@ def write_diffusers_component(
     limit = parse_size(max_shard_size)
     with atomic_dir(dst, overwrite) as tmp:
         if config is not None:
-            (tmp / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+            (tmp / "config.json").write_text(_json_text(dict(config), "config"))
         write_shards_into(tmp, specs, tensors, limit, metadata=metadata)
     return Path(dst)
 
@@ -146,19 +193,16 @@ def _save_torch(
 ) -> None:
     """torch's zip format, streamed one tensor at a time (in memory only for dtypes torch's
     pickle has no typed storage for, i.e. float8)."""
-    from weightsmith.io.torch_writer import supports, write_torch_zip
+    from weightsmith.io.torch_writer import save_to_file, supports, write_torch_zip
 
+    tensors = checked_stream(specs, tensors)
     if supports(specs):
         write_torch_zip(path, specs, tensors, wrap, side)
         return
     state: dict[str, torch.Tensor] = {}
-    it = iter(tensors)
-    for name, shape, dtype in specs:
-        got, t = next(it)
-        if got != name or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
-            raise AssertionError(f"stream gave {got!r}, expected {name!r}")
+    for name, t in tensors:
         state[name] = t.detach().cpu().contiguous()
-    torch.save({wrap: state, **dict(side or {})} if wrap else state, path)
+    save_to_file({wrap: state, **dict(side or {})} if wrap else state, path)
 
 
 def write_sat(
@@ -177,13 +221,9 @@ def write_sat(
         (tmp / iteration).mkdir()
         _save_torch(tmp / iteration / "mp_rank_00_model_states.pt", specs, tensors, "module")
         if diffusers_config is not None:
-            (tmp / "diffusers_config.json").write_text(
-                json.dumps(dict(diffusers_config), indent=2, sort_keys=True) + "\n"
-            )
+            (tmp / "diffusers_config.json").write_text(_json_text(dict(diffusers_config), "Diffusers config"))
         if model_config is not None:
-            (tmp / "model_config.json").write_text(
-                json.dumps(dict(model_config), indent=2, sort_keys=True) + "\n"
-            )
+            (tmp / "model_config.json").write_text(_json_text(dict(model_config), "model config"))
     return Path(dst)
 
 
