@@ -24,6 +24,9 @@ import torch
 from weightsmith.errors import ConversionError
 
 SHOW = 5  # how many names an error message lists
+# No real LoRA scales its product by more than this (alpha/rank is typically 0.5..2, rsLoRA a few
+# tens); beyond it float32 weights overflow, so the scale can only come from a corrupt alpha.
+_MAX_SCALE = 1e12
 
 
 def name_some(names: Iterable[str], n: int = SHOW) -> str:
@@ -31,6 +34,15 @@ def name_some(names: Iterable[str], n: int = SHOW) -> str:
     ns = sorted(set(names))
     shown = ", ".join(repr(k) for k in ns[:n])
     return shown + (f" and {len(ns) - n} more" if len(ns) > n else "")
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of a float tensor is finite (float8 e4m3 has no isfinite kernel: widened)."""
+    if not t.is_floating_point():
+        return True
+    if t.element_size() == 1:
+        t = t.float()
+    return bool(torch.isfinite(t).all())
 
 
 def fold(t: torch.Tensor, factor: float) -> torch.Tensor:
@@ -111,8 +123,25 @@ class LoraModule:
             ("diff", self.diff),
             ("diff_b", self.bias),
         ):
-            if t is not None and not t.is_floating_point():
+            if t is None:
+                continue
+            if not t.is_floating_point():
                 raise ConversionError(f"{at}LoRA module {m!r}: {what} is {t.dtype}, not a float tensor")
+            if what in ("lora_A", "lora_B") and t.ndim >= 2 and t.shape[0 if what == "lora_A" else 1] == 0:
+                raise ConversionError(
+                    f"{at}LoRA module {m!r} has rank 0 ({what} {list(t.shape)}), which changes nothing",
+                    hint="the file is corrupt or not a LoRA; re-export it",
+                )
+            if t.ndim == 0 or t.numel() == 0:
+                raise ConversionError(
+                    f"{at}LoRA module {m!r}: {what} has shape {list(t.shape)}, which holds no delta",
+                    hint="the file is corrupt or not a LoRA",
+                )
+            if not all_finite(t):
+                raise ConversionError(
+                    f"{at}LoRA module {m!r}: {what} holds NaN or Inf values",
+                    hint="the LoRA is broken (a diverged training run?); it would turn the model into NaN",
+                )
         if self.down is not None and self.up is not None:
             if self.down.ndim not in (2, 4) or self.up.ndim != self.down.ndim:
                 raise ConversionError(
@@ -132,6 +161,12 @@ class LoraModule:
                 )
         if self.alpha is not None and not math.isfinite(self.alpha):
             raise ConversionError(f"{at}LoRA module {m!r} has alpha {self.alpha}", hint="the file is corrupt")
+        if self.alpha is not None and abs(self.scale) > _MAX_SCALE:
+            raise ConversionError(
+                f"{at}LoRA module {m!r}: alpha {self.alpha:g} over rank {self.rank} is a scale of "
+                f"{self.scale:g}, which overflows any weight it touches",
+                hint="the file is corrupt",
+            )
         out = self.out_features
         if self.bias is not None and (self.bias.ndim != 1 or (out is not None and self.bias.shape[0] != out)):
             raise ConversionError(

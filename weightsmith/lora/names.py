@@ -26,6 +26,7 @@ from functools import lru_cache
 import torch
 
 from weightsmith.convert.ops import Op, Regroup, Rename, Spec
+from weightsmith.errors import ConversionError
 from weightsmith.families.base import DIFFUSION_PREFIX
 from weightsmith.families.wan.keys import KeyMap
 from weightsmith.families.wan.transformer import KEYMAP as WAN_KEYMAP
@@ -33,6 +34,16 @@ from weightsmith.io.base import TensorInfo, infos_from_state_dict
 
 FAMILIES = ("wan", "cogvideox", "sana")
 _W = ".weight"
+
+# The most blocks a LoRA of each family may address when no base model says how many there are:
+# 4x the deepest released model (Wan 40, CogVideoX 42, Sana 4.8B 60 blocks; layouts.md), so a LoRA
+# for a deeper future model still reads, while a key naming block 100000 is refused before it can
+# size a 100001-block meta model (minutes and gigabytes).
+LARGEST_RELEASED = {"wan": 40, "cogvideox": 42, "sana": 60}
+MAX_BLOCKS = {family: 4 * n for family, n in LARGEST_RELEASED.items()}
+# The deepest meta model this module ever builds, whatever bound a caller passed (a backstop).
+_BUILD_LIMIT = 4096
+_HUGE = 10**9  # stands for a block index too long to be a number worth converting
 
 
 # ------------------------------------------------------------------------------------------- Wan
@@ -119,9 +130,18 @@ def _meta_state(cls: type, config: dict) -> dict[str, torch.Tensor]:
     return dict(model.state_dict())
 
 
+def _check_build(num_layers: int, what: str) -> None:
+    if num_layers > _BUILD_LIMIT:
+        raise ConversionError(
+            f"a {what} LoRA naming {num_layers} blocks is beyond any real model",
+            hint="the file is corrupt or not a LoRA for this family",
+        )
+
+
 @lru_cache(maxsize=8)
 def cogvideox_names(num_layers: int) -> CogVideoXNames:
     """Links for ``num_layers`` blocks, read off the CogVideoX family's own plans (no table here)."""
+    _check_build(num_layers, "CogVideoX")
     import diffusers
 
     from weightsmith.families import PlanOptions, get_component
@@ -131,7 +151,8 @@ def cogvideox_names(num_layers: int) -> CogVideoXNames:
     config = {**tiny_transformer_config(_COG_VARIANT), "num_layers": max(1, num_layers)}
     infos = infos_from_state_dict(_meta_state(diffusers.CogVideoXTransformer3DModel, config))
     det = comp.detect(infos, config)
-    assert det is not None, "the CogVideoX family no longer recognises its own model"
+    if det is None:
+        raise ConversionError("the CogVideoX family no longer recognises its own model (a weightsmith bug)")
     options = PlanOptions(config=config)
     sat: dict[str, TensorInfo] = {}
     for op in comp.plan(det, infos, "sat", options):
@@ -139,7 +160,10 @@ def cogvideox_names(num_layers: int) -> CogVideoXNames:
         for s in op.out_specs(ins):
             sat[s.name] = TensorInfo(s.name, s.shape, s.dtype, "F32", 0)
     sat_det = comp.detect(sat, config)
-    assert sat_det is not None and sat_det.layout == "sat"
+    if sat_det is None or sat_det.layout != "sat":
+        raise ConversionError(
+            "the CogVideoX family no longer recognises its own SAT layout (a weightsmith bug)"
+        )
     by_native: dict[str, Link] = {}
     by_diff: dict[str, tuple[Link, int]] = {}
     for op in comp.plan(sat_det, sat, "diffusers", options):
@@ -155,8 +179,17 @@ def cogvideox_names(num_layers: int) -> CogVideoXNames:
     return CogVideoXNames(num_layers, by_native, by_diff)
 
 
-_COG_BLOCK = re.compile(r"(?:transformer\.layers|mixins\.adaln_layer\.\w+)\.(\d+)\.")
-_DIFF_BLOCK = re.compile(r"(?:transformer_blocks|blocks|vace_blocks)\.(\d+)\.")
+_COG_BLOCK = re.compile(r"(?:transformer\.layers|mixins\.adaln_layer\.\w+)\.([0-9]+)\.")
+_DIFF_BLOCK = re.compile(r"(?:transformer_blocks|blocks|vace_blocks)\.([0-9]+)\.")
+# A block index in any LoRA naming: SAT ``transformer.layers.N`` / ``adaLN_modulations.N`` /
+# ``query_layernorm_list.N``, Diffusers ``transformer_blocks.N`` / ``blocks.N`` / ``vace_blocks.N``,
+# musubi ``blocks_N_``.
+_ANY_BLOCK = re.compile(r"(?:^|[._])(?:layers|blocks|adaLN_modulations|layernorm_list)[._]([0-9]+)(?=[._]|$)")
+
+
+def _index(digits: str) -> int:
+    """A block index; absurdly long digit runs (int() refuses over 4300 digits) become _HUGE."""
+    return int(digits) if len(digits) <= 9 else _HUGE
 
 
 def layers_needed(names: Iterable[str], native: bool = False) -> int:
@@ -166,8 +199,19 @@ def layers_needed(names: Iterable[str], native: bool = False) -> int:
     for n in names:
         m = rx.match(n)
         if m:
-            top = max(top, int(m.group(1)))
+            top = max(top, _index(m.group(1)))
     return top + 1
+
+
+def block_index(name: str) -> int:
+    """The highest block index a module or key name mentions, in any LoRA naming (-1 if none)."""
+    return max((_index(d) for d in _ANY_BLOCK.findall(name)), default=-1)
+
+
+def blocks_beyond(names: Iterable[str], limit: int) -> list[tuple[str, int]]:
+    """(name, block index) of the names that address a block at or past ``limit``; cheap, so a
+    reader can refuse them before any model is sized from the names."""
+    return [(n, i) for n in names if (i := block_index(n)) >= limit]
 
 
 # ------------------------------------------------------------------------------------------ Sana
@@ -178,6 +222,7 @@ def sana_modules(num_layers: int) -> frozenset[str]:
 
     from weightsmith.families import get_component
 
+    _check_build(num_layers, "Sana")
     comp = get_component("sana", "transformer")
     config = {**comp.tiny_config("sprint"), "num_layers": max(1, num_layers)}  # type: ignore[attr-defined]
     state = _meta_state(diffusers.SanaTransformer2DModel, config)

@@ -21,10 +21,9 @@ Pickles are read through ``weightsmith.io`` (weights_only, never executed).
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,14 @@ import torch
 
 from weightsmith.errors import ConversionError, InputError, UsageError
 from weightsmith.io import PipelineCheckpoint, open_checkpoint
-from weightsmith.lora.model import Lora, LoraModule, fold, name_some
+from weightsmith.io.structured import parse_json
+from weightsmith.lora.model import Lora, LoraModule, all_finite, fold, name_some
 from weightsmith.lora.names import (
     FAMILIES,
+    LARGEST_RELEASED,
+    MAX_BLOCKS,
     SAT_PREFIX,
+    blocks_beyond,
     cogvideox_names,
     diffusers_families,
     layers_needed,
@@ -61,7 +64,7 @@ _ROLES: tuple[tuple[str, str], ...] = (
     (".alpha", "alpha"),
 )
 _DORA = (".dora_scale", ".lora_magnitude_vector")
-_SAT_KEY = re.compile(r"(?P<module>.+)\.matrix_(?P<ab>[AB])\.(?P<part>\d+)")
+_SAT_KEY = re.compile(r"(?P<module>.+)\.matrix_(?P<ab>[AB])\.(?P<part>[0-9]+)")
 _MUSUBI = "lora_unet_"
 # Keys of other pipeline components a transformer LoRA file may carry; left out with a note.
 _FOREIGN = ("text_encoder.", "text_encoder_2.", "lora_te_", "lora_te1_", "lora_te2_")
@@ -69,14 +72,23 @@ _NATIVE_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 _PREFIXES = (*_NATIVE_PREFIXES, "transformer.", "base_model.model.", "")
 
 
-def read_lora(path: str | Path, family: str | None = None, *, sat_alpha: float = 1.0) -> Lora:
+def read_lora(
+    path: str | Path,
+    family: str | None = None,
+    *,
+    sat_alpha: float = 1.0,
+    max_blocks: int | None = None,
+) -> Lora:
     """Read and check a LoRA file (or a folder holding ``pytorch_lora_weights.safetensors``).
 
     ``family`` insists on a family (and settles CogVideoX vs Sana when only attention modules are
-    named); ``sat_alpha`` is the ``lora_alpha`` a SAT LoRA was trained with.
+    named); ``sat_alpha`` is the ``lora_alpha`` a SAT LoRA was trained with; ``max_blocks`` is
+    the block count of the base model the LoRA is for (when fusing), else the family's bound.
     """
     state, metadata = load_state(path)
-    return lora_from_state_dict(state, metadata, family=family, sat_alpha=sat_alpha, source=str(path))
+    return lora_from_state_dict(
+        state, metadata, family=family, sat_alpha=sat_alpha, source=str(path), max_blocks=max_blocks
+    )
 
 
 def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -105,11 +117,17 @@ def lora_from_state_dict(
     family: str | None = None,
     sat_alpha: float = 1.0,
     source: str = "",
+    max_blocks: int | None = None,
 ) -> Lora:
-    """Detect the format and family of LoRA keys and turn them into Diffusers-named entries."""
+    """Detect the format and family of LoRA keys and turn them into Diffusers-named entries.
+
+    Block indices are checked before any name lookup sizes a model from them: against
+    ``max_blocks`` (the base model's block count) when given, else against the family's bound.
+    """
     if family is not None and family not in FAMILIES:
         raise UsageError(f"unknown family {family!r}", hint=f"choose one of {', '.join(FAMILIES)}")
     src = source or "LoRA"
+    limits = _Limits(src, max_blocks)
     if not state:
         raise InputError(f"{src} holds no tensors", hint="check the file")
     foreign = [k for k in state if k.startswith(_FOREIGN)]
@@ -125,16 +143,63 @@ def lora_from_state_dict(
             hint="use a plain LoRA, or merge the DoRA into the base with the tool that trained it",
         )
     if any(_SAT_KEY.fullmatch(k) for k in own):
-        lora = _read_sat(own, family, sat_alpha, src)
+        lora = _read_sat(own, family, sat_alpha, src, limits)
     elif any(k.startswith(_MUSUBI) for k in own):
-        lora = _read_musubi(own, family, src)
+        lora = _read_musubi(own, family, src, limits)
     else:
-        lora = _read_dotted(own, metadata or {}, family, src)
+        lora = _read_dotted(own, metadata or {}, family, src, limits)
     if foreign:
         lora.notes.append(f"left out {len(foreign)} text-encoder keys (e.g. {foreign[0]!r})")
     lora.check()
     lora.modules.sort(key=lambda m: m.module)
     return lora
+
+
+# --------------------------------------------------------------------------------- block bounds
+class _Limits:
+    """How deep a LoRA may reach: the base model's block count when fusing, else the family's bound."""
+
+    def __init__(self, src: str, max_blocks: int | None) -> None:
+        self.src = src
+        self.max_blocks = max_blocks
+
+    def check(self, names: Iterable[str], family: str | None) -> None:
+        """Refuse module names that address a block the model cannot have, before any model is built."""
+        names = list(names)
+        if self.max_blocks is not None:
+            deep = blocks_beyond(names, self.max_blocks)
+            if deep:
+                raise ConversionError(
+                    f"{self.src}: {len(deep)} tensor(s) the LoRA changes are not in the base model, "
+                    f"which has {self.max_blocks} blocks: {name_some(n + '.weight' for n, _ in deep)}",
+                    hint="the LoRA was made for another model (variant, size or layer count); check both files",
+                )
+            return
+        fams = [family] if family in MAX_BLOCKS else list(MAX_BLOCKS)
+        limit = max(MAX_BLOCKS[f] for f in fams)
+        deep = blocks_beyond(names, limit)
+        if deep:
+            name, index = max(deep, key=lambda d: d[1])
+            largest = max(LARGEST_RELEASED[f] for f in fams)
+            what = (
+                {"wan": "Wan", "cogvideox": "CogVideoX", "sana": "Sana"}[family]
+                if family in fams and len(fams) == 1
+                else "CogVideoX, Wan or Sana"
+            )
+            raise ConversionError(
+                f"{self.src}: LoRA module {name!r} is in block {index if index < 10**9 else 'beyond 10^9'}, "
+                f"but no {what} model has that many (the deepest released has {largest}; "
+                f"up to {limit} accepted)",
+                hint="the file is corrupt or not a LoRA for these families",
+            )
+
+
+def _refuse_nonfinite(src: str, key: str, t: torch.Tensor) -> None:
+    if not all_finite(t):
+        raise ConversionError(
+            f"{src}: LoRA tensor {key!r} holds NaN or Inf values",
+            hint="the LoRA is broken (a diverged training run?); fusing it would turn the model into NaN",
+        )
 
 
 # ------------------------------------------------------------------------------------- grouping
@@ -146,9 +211,13 @@ def _split_role(rest: str) -> tuple[str, str] | None:
 
 
 def _group(
-    keys: Mapping[str, torch.Tensor], name_of: Callable[[str], str | None]
+    keys: Mapping[str, torch.Tensor], name_of: Callable[[str], str | None], src: str = "LoRA"
 ) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
-    """{module: {role: tensor}} for keys whose stripped name ``name_of`` gives; the rest are unknown."""
+    """{module: {role: tensor}} for keys whose stripped name ``name_of`` gives; the rest are unknown.
+
+    Alphas are read to numbers here (``alpha`` role: a 0-d float tensor) and every tensor is
+    checked to be finite, so errors can name the file's own key.
+    """
     groups: dict[str, dict[str, torch.Tensor]] = {}
     unknown = []
     for key, t in keys.items():
@@ -160,24 +229,33 @@ def _group(
         module, role = split
         slot = groups.setdefault(module, {})
         if role in slot:
-            raise ConversionError(f"LoRA module {module!r} has two {role} tensors (e.g. {key!r})")
+            raise ConversionError(f"{src}: LoRA module {module!r} has two {role} tensors (e.g. {key!r})")
+        if role == "alpha":
+            t = torch.tensor(_alpha_value(t, key, src), dtype=torch.float64)
+        else:
+            _refuse_nonfinite(src, key, t)
         slot[role] = t
     return groups, unknown
 
 
-def _alpha_value(t: torch.Tensor, key: str) -> float:
+def _alpha_value(t: torch.Tensor, key: str, src: str = "LoRA") -> float:
     if t.numel() != 1:
         raise ConversionError(
-            f"alpha {key!r} has {t.numel()} values, expected one", hint="the file is corrupt"
+            f"{src}: alpha {key!r} has {t.numel()} values, expected one", hint="the file is corrupt"
         )
-    return float(t.reshape(()).item())
+    if t.is_complex() or t.dtype == torch.bool:
+        raise ConversionError(f"{src}: alpha {key!r} is {t.dtype}, not a number", hint="the file is corrupt")
+    value = float(t.reshape(()).float().item() if t.element_size() == 1 else t.reshape(()).item())
+    if not math.isfinite(value):
+        raise ConversionError(f"{src}: alpha {key!r} is {value}", hint="the file is corrupt")
+    return value
 
 
 def _entry(
     module: str, parts: Mapping[str, torch.Tensor], alpha: float | None, param: bool = False
 ) -> LoraModule:
     if "alpha" in parts:
-        alpha = _alpha_value(parts["alpha"], module + ".alpha")
+        alpha = float(parts["alpha"].item())
     bias = parts.get("bias")
     down = parts.get("down")
     if "peft_bias" in parts:
@@ -185,8 +263,10 @@ def _entry(
             raise ConversionError(f"LoRA module {module!r} has both a diff_b and a lora_B.bias")
         # PEFT multiplies lora_B.bias by alpha/rank like the product; a diff_b is added as it is.
         bias = parts["peft_bias"]
-        if alpha is not None and down is not None:
-            bias = fold(bias, alpha / down.shape[0])
+        if alpha is not None and down is not None and down.ndim >= 1 and down.shape[0] > 0:
+            scale = alpha / down.shape[0]
+            if abs(scale) <= 1e12:  # a larger scale is refused by LoraModule.check
+                bias = fold(bias, scale)
     return LoraModule(
         module=module,
         down=down,
@@ -214,18 +294,24 @@ def _wrong_family(src: str, found: str, fmt: str, asked: str) -> ConversionError
 
 
 # ----------------------------------------------------------------------------- native Wan names
-def _native_wan(groups: dict[str, dict[str, torch.Tensor]], fmt: str, family: str | None, src: str) -> Lora:
+def _native_wan(
+    groups: dict[str, dict[str, torch.Tensor]], fmt: str, family: str | None, src: str, limits: _Limits
+) -> Lora:
     if family not in (None, "wan"):
         raise _wrong_family(src, "wan", fmt, family)
+    limits.check(groups, "wan")
     modules = []
     for native, parts in groups.items():
         mapped = wan_to_diffusers(native)
-        assert mapped is not None
+        if mapped is None:
+            raise ConversionError(
+                f"{src}: LoRA module {native!r} is not part of a Wan transformer", hint="check the file"
+            )
         modules.append(_entry(mapped[0], parts, None, mapped[1]))
     return Lora("wan", fmt, modules, src)
 
 
-def _read_musubi(state: Mapping[str, torch.Tensor], family: str | None, src: str) -> Lora:
+def _read_musubi(state: Mapping[str, torch.Tensor], family: str | None, src: str, limits: _Limits) -> Lora:
     def name_of(key: str) -> str | None:
         if not key.startswith(_MUSUBI):
             return None
@@ -233,23 +319,28 @@ def _read_musubi(state: Mapping[str, torch.Tensor], family: str | None, src: str
         native = musubi_to_native(name)
         return None if native is None or not dot else f"{native}.{role}"
 
-    groups, unknown = _group(state, name_of)
+    groups, unknown = _group(state, name_of, src)
     _refuse_unknown(src, unknown, "musubi-tuner Wan LoRA keys")
-    return _native_wan(groups, "wan-musubi", family, src)
+    return _native_wan(groups, "wan-musubi", family, src, limits)
 
 
 # ------------------------------------------------------------------------ dotted names, any family
 def _read_dotted(
-    state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any], family: str | None, src: str
+    state: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, Any],
+    family: str | None,
+    src: str,
+    limits: _Limits,
 ) -> Lora:
     prefix = next(p for p in _PREFIXES if all(k.startswith(p) for k in state))
-    groups, unknown = _group(state, lambda k: k[len(prefix) :])
+    groups, unknown = _group(state, lambda k: k[len(prefix) :], src)
     _refuse_unknown(src, unknown, "LoRA keys (lora_A/lora_B, lora_down/lora_up, alpha, diff, diff_b)")
     modules = list(groups)
+    limits.check(modules, family)  # before diffusers_families sizes meta models from the names
     native_ok = all(wan_to_diffusers(m) is not None for m in modules)
     fams = [] if (native_ok and prefix in _NATIVE_PREFIXES) else diffusers_families(modules)
     if native_ok and (prefix != "transformer." or not fams):
-        return _native_wan(groups, "wan-original", family, src)
+        return _native_wan(groups, "wan-original", family, src, limits)
     if not fams:
         if family is not None:
             bad = unknown_diffusers_modules(family, modules)
@@ -277,7 +368,8 @@ def _read_dotted(
     alpha_of = _peft_alphas(metadata, src)
     entries = []
     for module, parts in groups.items():
-        rank = int(parts["down"].shape[0]) if "down" in parts else None
+        down = parts.get("down")
+        rank = int(down.shape[0]) if down is not None and down.ndim >= 1 else None
         entries.append(_entry(module, parts, alpha_of(module, rank)))
     chosen = family or (fams[0] if len(fams) == 1 else None)
     lora = Lora(chosen, "diffusers", entries, src, candidates=tuple(fams))
@@ -286,14 +378,59 @@ def _read_dotted(
     return lora
 
 
-def _pattern_value(patterns: Mapping[str, Any], module: str) -> Any:
-    """PEFT's rule for rank_pattern/alpha_pattern keys: a key matches a module name ending in it."""
+# Characters that make a PEFT pattern key a regular expression rather than a module name.
+_REGEX_CHARS = frozenset("\\^$*+?{}[]|()")
+
+
+def _pattern_keys(patterns: Any, field: str, src: str) -> dict[str, float]:
+    """A checked ``alpha_pattern``: module-name keys to finite numbers.
+
+    PEFT matches each key with ``re.match(rf"(.*\\.)?({key})$", module)``: in the files trainers
+    write the keys are module names (``blocks.1.ffn.net.2``), so a key matches the module of that
+    name or any module whose name ends in ``.`` + key. Keys are matched that way here, as text,
+    never compiled: a regular expression in a file (``(.*.*)*X``) could take hours to match, so
+    a key using regex syntax beyond ``\\.`` is refused, naming it.
+    """
+    if not isinstance(patterns, dict):
+        raise ConversionError(
+            f"{src}: {field} in the {METADATA_KEY} metadata is {type(patterns).__name__}, not an object",
+            hint="the file is corrupt",
+        )
+    out: dict[str, float] = {}
     for key, value in patterns.items():
+        name = key.replace("\\.", ".")
+        if not name or _REGEX_CHARS.intersection(name):
+            raise ConversionError(
+                f"{src}: {field} key {key[:80]!r} in the {METADATA_KEY} metadata is a regular expression, "
+                "not a module name; weightsmith matches module names only",
+                hint="list the modules it stands for by name (e.g. blocks.1.ffn.net.2)",
+            )
+        out[name] = _number(value, f"{field}[{key[:80]!r}]", src)
+    return out
+
+
+def _number(value: Any, field: str, src: str) -> float:
+    """A finite float from a metadata value; anything else (text, bool, huge int) is refused."""
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
-            hit = re.match(rf"(.*\.)?({key})$", module) is not None
-        except re.error:
-            hit = module == key or module.endswith("." + key)
-        if hit:
+            number = float(value)
+        except OverflowError:
+            number = None
+    if number is None or not math.isfinite(number):
+        shown = f"an integer of {len(str(value))} digits" if isinstance(value, int) else repr(str(value)[:40])
+        raise ConversionError(
+            f"{src}: {field} in the {METADATA_KEY} metadata is {shown}, not a usable number",
+            hint="the file is corrupt; fix the metadata or re-export the LoRA",
+        )
+    return number
+
+
+def _pattern_value(patterns: Mapping[str, float], module: str) -> float | None:
+    """PEFT's rule for alpha_pattern keys: the first key that is the module's name or a dotted
+    suffix of it (keys are module names: ``_pattern_keys``)."""
+    for key, value in patterns.items():
+        if module == key or module.endswith("." + key):
             return value
     return None
 
@@ -303,20 +440,22 @@ def _peft_alphas(metadata: Mapping[str, Any], src: str) -> Callable[[str, int | 
     raw = metadata.get(METADATA_KEY)
     if not raw:
         return lambda module, rank: None
-    try:
-        cfg = json.loads(raw) if isinstance(raw, str) else dict(raw)
-    except (json.JSONDecodeError, TypeError, ValueError):
-        raise ConversionError(
-            f"{src}: {METADATA_KEY} metadata is not valid JSON", hint="check the file"
-        ) from None
+    what = f"{src}: the {METADATA_KEY} metadata"
+    if isinstance(raw, (str, bytes)):
+        cfg = parse_json(raw, what, error=ConversionError, hint="the file is corrupt; re-export the LoRA")
+    elif isinstance(raw, Mapping):
+        cfg = dict(raw)
+    else:
+        raise ConversionError(f"{what} is a {type(raw).__name__}, not JSON text", hint="the file is corrupt")
     if not isinstance(cfg, dict):
-        raise ConversionError(f"{src}: {METADATA_KEY} metadata is not a JSON object")
-    if any(k.startswith("transformer.") for k in cfg):
+        raise ConversionError(f"{what} is not a JSON object", hint="the file is corrupt")
+    if any(isinstance(k, str) and k.startswith("transformer.") for k in cfg):
         cfg = {k[len("transformer.") :]: v for k, v in cfg.items() if k.startswith("transformer.")}
     if cfg.get("use_dora"):
         raise ConversionError(f"{src} is a DoRA (use_dora in its metadata); DoRA is not supported")
-    base_alpha = cfg.get("lora_alpha")
-    patterns = cfg.get("alpha_pattern") or {}
+    raw_alpha = cfg.get("lora_alpha")
+    base_alpha = None if raw_alpha is None else _number(raw_alpha, "lora_alpha", src)
+    patterns = _pattern_keys(cfg.get("alpha_pattern") or {}, "alpha_pattern", src)
     rslora = bool(cfg.get("use_rslora"))
 
     def alpha_of(module: str, rank: int | None) -> float | None:
@@ -324,17 +463,19 @@ def _peft_alphas(metadata: Mapping[str, Any], src: str) -> Callable[[str, int | 
             return None
         alpha = _pattern_value(patterns, module)
         alpha = base_alpha if alpha is None else alpha
-        if not isinstance(alpha, (int, float)):
+        if alpha is None:
             return None
         # rsLoRA scales by alpha / sqrt(r); as an alpha over r that is alpha * sqrt(r).
-        eff = float(alpha) * math.sqrt(rank) if rslora else float(alpha)
+        eff = alpha * math.sqrt(rank) if rslora else alpha
         return None if eff == rank else eff
 
     return alpha_of
 
 
 # ----------------------------------------------------------------------------------- CogVideoX SAT
-def _read_sat(state: Mapping[str, torch.Tensor], family: str | None, sat_alpha: float, src: str) -> Lora:
+def _read_sat(
+    state: Mapping[str, torch.Tensor], family: str | None, sat_alpha: float, src: str, limits: _Limits
+) -> Lora:
     if family not in (None, "cogvideox"):
         raise _wrong_family(src, "cogvideox", "cogvideox-sat", family)
     if not (sat_alpha > 0 and math.isfinite(sat_alpha)):
@@ -347,8 +488,23 @@ def _read_sat(state: Mapping[str, torch.Tensor], family: str | None, sat_alpha: 
         if m is None:
             ignored += 1  # a LoRA-trained SAT checkpoint keeps every base weight beside the LoRA
             continue
+        if len(m["part"]) > 3:  # a SAT module has a handful of partitions (qkv: 3)
+            raise ConversionError(
+                f"{src}: SAT LoRA key {key[:200]!r} names partition {m['part'][:12]}..., "
+                "but a SAT module has at most a few",
+                hint="the file is corrupt or not a SAT LoRA",
+            )
+        _refuse_nonfinite(src, key, t)
         slot = parts.setdefault(m["module"], {}).setdefault(int(m["part"]), {})
-        slot["down" if m["ab"] == "A" else "up"] = t
+        role = "down" if m["ab"] == "A" else "up"
+        if role in slot:
+            raise ConversionError(
+                f"{src}: SAT LoRA module {m['module']!r} has two matrix_{m['ab']}.{int(m['part'])} tensors "
+                f"(e.g. {key!r})",
+                hint="the file is corrupt",
+            )
+        slot[role] = t
+    limits.check(parts, "cogvideox")  # before a meta model is sized from the layer count
     names = cogvideox_names(max(layers_needed(parts, native=True), 1))
     unknown = sorted(n for n in parts if n not in names.by_native)
     if unknown:

@@ -24,6 +24,7 @@ unless ``drop_diffs`` (fusing into the base applies them all).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import torch
 
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.io.writers import write_safetensors, write_sat, write_torch_file
-from weightsmith.lora.model import Lora, LoraModule, fold, name_some
+from weightsmith.lora.model import Lora, LoraModule, all_finite, fold, name_some
 from weightsmith.lora.names import SAT_PREFIX, Link, cogvideox_names, layers_needed, wan_from_diffusers
 from weightsmith.lora.read import LORA_WEIGHT_NAME
 
@@ -42,6 +43,25 @@ ORIGINAL_PREFIX = "diffusion_model."  # ComfyUI's LoRA prefix, which Diffusers' 
 
 def _is_zero(t: torch.Tensor | None) -> bool:
     return t is not None and not bool(torch.count_nonzero(t))
+
+
+def _pair(m: LoraModule) -> tuple[torch.Tensor, torch.Tensor]:
+    """(down, up) of an entry that has a low-rank pair (callers check ``has_lowrank``)."""
+    if m.down is None or m.up is None:
+        raise ConversionError(f"LoRA module {m.module!r} has no low-rank pair (a weightsmith bug)")
+    return m.down, m.up
+
+
+def _folded(m: LoraModule, factor: float, src: str) -> torch.Tensor:
+    """``m.down`` times ``factor``, refused if the product leaves the dtype's range."""
+    down = _pair(m)[0]
+    out = fold(down, factor)
+    if not all_finite(out):
+        raise ConversionError(
+            f"{src}: LoRA module {m.module!r}: lora_A times its scale {factor:g} overflows {down.dtype}",
+            hint="the LoRA's alpha or values are far too large; check the file",
+        )
+    return out
 
 
 def identity_factors(diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,11 +130,10 @@ def peft_state_dict(lora: Lora, *, drop_diffs: bool = False) -> tuple[dict[str, 
     for m in modules:
         key = PEFT_PREFIX + m.module
         if m.has_lowrank:
-            assert m.down is not None and m.up is not None
             if m.scale != 1.0:
                 folded.add(m.scale)
-            sd[f"{key}.lora_A.weight"] = fold(m.down, m.scale)
-            sd[f"{key}.lora_B.weight"] = m.up.contiguous()
+            sd[f"{key}.lora_A.weight"] = _folded(m, m.scale, lora.source)
+            sd[f"{key}.lora_B.weight"] = _pair(m)[1].contiguous()
         if m.bias is not None:
             sd[f"{key}.lora_B.bias"] = m.bias.contiguous()
     if folded:
@@ -141,11 +160,16 @@ def original_state_dict(lora: Lora) -> tuple[dict[str, torch.Tensor], list[str]]
             continue
         key = ORIGINAL_PREFIX + native
         if m.has_lowrank:
-            assert m.down is not None and m.up is not None
-            sd[f"{key}.lora_down.weight"] = m.down.contiguous()
-            sd[f"{key}.lora_up.weight"] = m.up.contiguous()
-            alpha = m.alpha if m.alpha is not None else float(m.down.shape[0])
+            down, up = _pair(m)
+            sd[f"{key}.lora_down.weight"] = down.contiguous()
+            sd[f"{key}.lora_up.weight"] = up.contiguous()
+            alpha = m.alpha if m.alpha is not None else float(down.shape[0])
             sd[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+            if not all_finite(sd[f"{key}.alpha"]):
+                raise ConversionError(
+                    f"{lora.source}: LoRA module {m.module!r}: alpha {alpha:g} does not fit a float32 .alpha",
+                    hint="the LoRA's alpha is far too large; check the file",
+                )
         if m.bias is not None:
             sd[f"{key}.diff_b"] = m.bias.contiguous()
         if m.diff is not None:
@@ -168,8 +192,8 @@ def sat_state_dict(
             f"the SAT LoRA format is CogVideoX's; {lora.source} is a {lora.family} LoRA",
             hint="use --to diffusers (or --to original for Wan)",
         )
-    if not sat_alpha > 0:
-        raise UsageError(f"SAT lora_alpha must be positive, got {sat_alpha}")
+    if not (sat_alpha > 0 and math.isfinite(sat_alpha)):
+        raise UsageError(f"SAT lora_alpha must be a positive number, got {sat_alpha}")
     modules, notes = _strip_inexpressible(lora, "SAT", drop_diffs)
     names = cogvideox_names(max(layers_needed(m.module for m in modules), 1))
     grouped: dict[str, tuple[Link, dict[int, LoraModule]]] = {}
@@ -196,20 +220,17 @@ def sat_state_dict(
                 f"(one SAT module {native!r} whose rows are regrouped)",
                 hint="convert to diffusers instead, or fuse the LoRA into the base",
             )
-        rank = max(int(m.down.shape[0]) for m in parts.values())  # type: ignore[union-attr]
-        sample = next(iter(parts.values()))
-        assert sample.down is not None and sample.up is not None
-        dtype = sample.down.dtype
+        rank = max(int(_pair(m)[0].shape[0]) for m in parts.values())
+        s_down, s_up = _pair(next(iter(parts.values())))
         for i in range(len(link.diffusers)):
             m = parts.get(i)
             if m is None:
-                a = torch.zeros((rank, *sample.down.shape[1:]), dtype=dtype)
-                b = torch.zeros((sample.up.shape[0], rank, *sample.up.shape[2:]), dtype=sample.up.dtype)
+                a = torch.zeros((rank, *s_down.shape[1:]), dtype=s_down.dtype)
+                b = torch.zeros((s_up.shape[0], rank, *s_up.shape[2:]), dtype=s_up.dtype)
             else:
-                assert m.down is not None and m.up is not None
                 # SAT multiplies by sat_alpha / rank; this entry wants m.scale.
-                a = _pad_rows(fold(m.down, m.scale * rank / sat_alpha), rank)
-                b = _pad_cols(m.up, rank)
+                a = _pad_rows(_folded(m, m.scale * rank / sat_alpha, lora.source), rank)
+                b = _pad_cols(_pair(m)[1], rank)
             sd[f"{prefix}{native}.matrix_A.{i}"] = a
             sd[f"{prefix}{native}.matrix_B.{i}"] = b
     if any(len(p) < len(link.diffusers) for link, p in grouped.values()):
