@@ -161,7 +161,7 @@ def convert(
         if isinstance(ck, PipelineCheckpoint):
             return _convert_pipeline(ck, dst, to, family, dtype, shard_size, prefix, overwrite, progress)
         if config is not None:
-            ck.config = load_config(config)
+            ck.set_config(load_config(config), str(config))
         plan = make_plan(ck, to, family=family, dtype=dtype, prefix=prefix)
         extra: list[str] = []
         tensors = None
@@ -228,20 +228,33 @@ def _maybe_plan(comp: Checkpoint, to: str, family: str | None, dtype: str, prefi
 
 
 def load_config(path: str | Path) -> dict:
-    """Read a Diffusers config.json given as a file or the folder holding it."""
-    from weightsmith.errors import CorruptFileError, NotFoundError
+    """Read a Diffusers config.json given as a file or the folder holding it, checked on its own
+    (types, ranges, finite numbers); a checkpoint it is attached to (``ck.config = ...``) then
+    checks it against the weights on first use."""
+    from weightsmith.errors import CorruptFileError, InputError, NotFoundError
+    from weightsmith.families.config_check import validate_config
+    from weightsmith.io.open import path_kind
+    from weightsmith.io.structured import read_json_file
 
     p = Path(path)
     if p.is_dir():
         p = p / "config.json"
-    if not p.is_file():
+        if not (p.exists() or p.is_symlink()):
+            raise NotFoundError(
+                f"config folder {p.parent} holds no config.json",
+                hint="pass a config.json or the folder that holds one",
+            )
+    if not (p.exists() or p.is_symlink()):
         raise NotFoundError(
             f"config {p} does not exist", hint="pass a config.json or the folder that holds one"
         )
-    try:
-        cfg = json.loads(p.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CorruptFileError(f"{p} is not valid JSON") from None
+    if not p.is_file():
+        raise InputError(
+            f"config {p} is {path_kind(p)}, not a regular file",
+            hint="pass a config.json or the folder that holds one",
+        )
+    cfg = read_json_file(p, hint="pass a valid Diffusers config.json")
     if not isinstance(cfg, dict):
-        raise CorruptFileError(f"{p} is not a JSON object")
+        raise CorruptFileError(f"{p} is not a JSON object", hint="pass a valid Diffusers config.json")
+    validate_config(cfg, None, str(p))
     return cfg

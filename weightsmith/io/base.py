@@ -85,9 +85,33 @@ class Checkpoint(ABC):
         self.path = Path(path)
         self.container = container
         self.metadata: dict[str, Any] = metadata or {}
-        self.config = config
+        self.set_config(config)
         self.files: list[Path] = files or []
         self._infos: dict[str, TensorInfo] | None = None
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        """The Diffusers config, checked against itself and the weights on first use.
+
+        Checked lazily, so that opening a folder to read one tensor reads one shard's header,
+        and checked before anything (detection, planning, an output's config.json) uses it.
+        """
+        if self._config is not None and not self._config_checked:
+            from weightsmith.families.config_check import validate_config
+
+            validate_config(self._config, self.infos, self._config_source)
+            self._config_checked = True
+        return self._config
+
+    @config.setter
+    def config(self, value: dict[str, Any] | None) -> None:
+        self.set_config(value)
+
+    def set_config(self, config: dict[str, Any] | None, where: str | None = None) -> None:
+        """Attach a config; ``where`` names its source in error messages (a file, a metadata key)."""
+        self._config = config
+        self._config_checked = config is None
+        self._config_source = where or f"the config given for {self.path}"
 
     @property
     def infos(self) -> dict[str, TensorInfo]:

@@ -6,7 +6,6 @@ container means registering one more, not editing this function.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from weightsmith.errors import CorruptFileError, NotFoundError, UnsupportedForma
 from weightsmith.io.base import CONFIG_METADATA_KEY, Checkpoint, PipelineCheckpoint
 from weightsmith.io.gguf_io import GGUF_MAGIC, GGUFCheckpoint
 from weightsmith.io.safetensors_io import SafetensorsCheckpoint, ShardedSafetensorsCheckpoint
+from weightsmith.io.structured import parse_json, read_json_file
 from weightsmith.io.torch_io import PICKLE_SUFFIXES, SatCheckpoint, TorchCheckpoint
 
 # File names Diffusers (and transformers, for text encoders) give component weights, by preference.
@@ -41,15 +41,20 @@ def register_container(name: str, claims: Callable[[Path], bool]) -> Callable:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptFileError(
-            f"{path} is not valid JSON ({e.__class__.__name__})", hint="fix or re-download it"
-        ) from None
+    data = read_json_file(path, hint="fix or re-download it")
     if not isinstance(data, dict):
-        raise CorruptFileError(f"{path} is not a JSON object")
+        raise CorruptFileError(f"{path} is not a JSON object", hint="fix or re-download it")
     return data
+
+
+def _plain_folder_name(name: str) -> bool:
+    """A component name that names a folder inside the pipeline: no separator, no '..', no NUL."""
+    return (
+        name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+        and Path(name).name == name
+        and not Path(name).is_absolute()
+    )
 
 
 @register_container("gguf", lambda p: p.is_file() and (p.suffix == ".gguf" or _magic(p, 4) == GGUF_MAGIC))
@@ -86,6 +91,11 @@ def _open_pipeline(path: Path) -> PipelineCheckpoint:
     for name, spec in sorted(index.items()):
         if name.startswith("_") or not isinstance(spec, list) or spec[:1] == [None]:
             continue
+        if not _plain_folder_name(name):
+            raise CorruptFileError(
+                f"{path / 'model_index.json'} names a component {name!r}, which is not a folder name",
+                hint="a component is a folder inside the pipeline folder; fix model_index.json",
+            )
         sub = path / name
         if sub.is_dir() and _find_weights(sub) is not None:
             comps[name] = open_component_folder(sub)
@@ -102,10 +112,11 @@ def open_component_folder(path: Path) -> Checkpoint:
             f"{path} holds no weights file", hint="expected diffusion_pytorch_model.safetensors"
         )
     ckpt = open_checkpoint(weights)
-    assert isinstance(ckpt, Checkpoint)
+    if not isinstance(ckpt, Checkpoint):
+        raise UnsupportedFormatError(f"{weights} is not a single component's weights")
     cfg = path / "config.json"
-    if cfg.is_file():
-        ckpt.config = _read_json(cfg)
+    if cfg.exists() or cfg.is_symlink():
+        ckpt.set_config(_read_json(cfg), str(cfg))
         ckpt.files.append(cfg)
     ckpt.container = f"diffusers-folder ({ckpt.container})"
     ckpt.path = path
@@ -139,29 +150,72 @@ def _magic(path: Path, n: int) -> bytes:
 def open_checkpoint(path: str | Path) -> Checkpoint | PipelineCheckpoint:
     """Open any supported checkpoint file or folder lazily (see DESIGN.md, Contracts)."""
     ck = _open(Path(path))
-    if isinstance(ck, Checkpoint) and ck.config is None:
-        ck.config = embedded_config(ck)
+    if isinstance(ck, Checkpoint) and ck._config is None:
+        try:
+            found = _embedded(ck)
+        except BaseException:
+            ck.close()
+            raise
+        if found is not None:
+            ck.set_config(*found)
     return ck
 
 
 def embedded_config(ck: Checkpoint) -> dict[str, Any] | None:
-    """The Diffusers config weightsmith embedded in a file without config.json, if any."""
+    """The Diffusers config weightsmith embedded in a file without config.json, if any
+    (not yet checked against the weights: ``Checkpoint.config`` does that on first use)."""
+    found = _embedded(ck)
+    return None if found is None else found[0]
+
+
+def _embedded(ck: Checkpoint) -> tuple[dict[str, Any], str] | None:
     raw = ck.metadata.get(CONFIG_METADATA_KEY)
+    where = f"{ck.path}: metadata {CONFIG_METADATA_KEY}"
     if raw is None and ck.container == "sat":
         side = ck.path / "diffusers_config.json"
-        raw = side.read_text() if side.is_file() else None
+        if side.exists() or side.is_symlink():
+            raw = read_json_file(side, hint="fix it or remove it")
+            where = str(side)
     if raw is None:
         return None
-    try:
-        cfg = json.loads(raw) if isinstance(raw, str) else raw
-    except json.JSONDecodeError:
+    cfg = parse_json(raw, where, hint="re-export the file") if isinstance(raw, str) else raw
+    if not isinstance(cfg, dict):
         return None
-    return cfg if isinstance(cfg, dict) else None
+    return cfg, where
+
+
+def path_kind(p: Path) -> str:
+    """What a path that is neither a regular file nor a folder is, in words ("a FIFO")."""
+    import stat
+
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return "a broken symbolic link" if p.is_symlink() else "missing"
+    for test, words in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return words
+    return "not a regular file"
 
 
 def _open(p: Path) -> Checkpoint | PipelineCheckpoint:
     if not p.exists():
+        if p.is_symlink():
+            raise NotFoundError(f"{p} is a broken symbolic link", hint="check where it points")
         raise NotFoundError(f"{p} does not exist", hint="check the path")
+    if not (p.is_file() or p.is_dir()):
+        # Never opened: reading a FIFO blocks forever, a device never ends.
+        raise UnsupportedFormatError(
+            f"{p} is {path_kind(p)}, not a regular file or a folder",
+            hint="point weightsmith at a checkpoint file or folder",
+        )
     for c in _CONTAINERS:
         if c.claims(p):
             return c.open(p)

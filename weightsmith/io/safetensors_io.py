@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from weightsmith.errors import CorruptFileError, UnsupportedFormatError
 from weightsmith.io.base import NAME_DTYPES, Checkpoint, TensorInfo, dtype_name
+from weightsmith.io.structured import parse_json, read_json_file
 
 # The safetensors library refuses headers above 100 MB; so do we, before reading them.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -44,8 +46,94 @@ ITEM_SIZES = {
 }
 
 
+# The library (Rust, serde_json) reads shape entries and offsets as u64 and multiplies the
+# shape in order with overflow checks; torch then needs every dimension to fit an int64.
+_U64 = 2**64
+_I64 = 2**63
+# dtypes the library knows but weightsmith does not read (an exit 2 "unsupported", not "corrupt").
+_LIBRARY_ONLY_DTYPES = {"F4", "F6_E2M3", "F6_E3M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ENTRY_FIELDS = ("dtype", "shape", "data_offsets")
+
+
+class _Obj(dict):
+    """A JSON object that remembers which of its keys appeared more than once."""
+
+    dups: frozenset[str] = frozenset()
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> _Obj:
+    obj = _Obj(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dups: set[str] = set()
+        for k, _ in pairs:
+            (dups if k in seen else seen).add(k)
+        obj.dups = frozenset(dups)
+    return obj
+
+
+def _int_literal(text: str) -> int | float:
+    # serde_json reads "-0" as a float, which no shape or offset accepts; Python reads it as 0.
+    return -0.0 if text == "-0" else int(text)
+
+
+def _parse_header(path: Path, raw: bytes) -> dict[str, Any]:
+    """The header as the safetensors library would read it, or CorruptFileError saying why not."""
+    hint = "the file is corrupt or not safetensors; re-download or re-export it"
+    parse_json(raw, f"{path}: the safetensors header", hint=hint)  # bounded: nesting, digits, NaN
+    # A second pass, now known to be safe, with the library's stricter rules: duplicate fields of
+    # a tensor entry (or two __metadata__) are errors there, and "-0" is not an integer.
+    header = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs, parse_int=_int_literal)
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"{path}: the safetensors header is not a JSON object", hint=hint)
+    if "__metadata__" in getattr(header, "dups", ()):
+        raise CorruptFileError(f"{path}: the safetensors header holds __metadata__ twice", hint=hint)
+    stack: list[Any] = [header]
+    while stack:  # lone UTF-16 surrogates (\\ud800) and overflowing floats (1e999) are not JSON there
+        v = stack.pop()
+        if isinstance(v, str) and _SURROGATE.search(v):
+            raise CorruptFileError(
+                f"{path}: the safetensors header holds a string with a lone UTF-16 surrogate", hint=hint
+            )
+        if isinstance(v, float) and not math.isfinite(v):
+            raise CorruptFileError(f"{path}: the safetensors header holds a number out of range", hint=hint)
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return header
+
+
+def _metadata(path: Path, meta: Any) -> dict[str, str]:
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise CorruptFileError(
+            f"{path}: __metadata__ is a JSON {type(meta).__name__}, not an object of strings",
+            hint="the safetensors format allows only string-to-string metadata; re-export the file",
+        )
+    for k, v in meta.items():
+        if not isinstance(v, str):
+            raise CorruptFileError(
+                f"{path}: __metadata__ value of {k!r} is {_short(v)}, not a string",
+                hint="the safetensors format allows only string-to-string metadata; re-export the file",
+            )
+    return dict(meta)
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v) if not isinstance(v, str) else repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
-    """Parse and validate a safetensors header: (tensor infos, metadata, data start offset)."""
+    """Parse and validate a safetensors header: (tensor infos, metadata, data start offset).
+
+    As strict as the safetensors library: whatever it would refuse is refused here, so a file
+    that ``inspect`` accepts is one that ``convert`` can read.
+    """
     size = path.stat().st_size
     if size < 8:
         raise CorruptFileError(
@@ -59,15 +147,10 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
                 hint="re-download or re-export the file",
             )
         raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CorruptFileError(f"{path}: header is not valid JSON (not a safetensors file?)") from None
-    if not isinstance(header, dict):
-        raise CorruptFileError(f"{path}: header is not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict):
-        raise CorruptFileError(f"{path}: __metadata__ is not a JSON object")
+    if len(raw) != n:
+        raise CorruptFileError(f"{path}: the file shrank while being read", hint="read it again")
+    header = _parse_header(path, raw)
+    meta = _metadata(path, header.pop("__metadata__", None))
     data_size = size - 8 - n
     infos: dict[str, TensorInfo] = {}
     spans: list[tuple[int, int, str]] = []
@@ -93,28 +176,42 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
             f"{path}: tensors cover {pos} bytes but the file holds {data_size} data bytes (truncated or padded)",
             hint="re-download or re-export the file",
         )
-    return infos, {str(k): str(v) for k, v in meta.items()}, 8 + n
+    return infos, meta, 8 + n
+
+
+def _is_count(v: Any, limit: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < limit
 
 
 def _check_entry(path: Path, name: str, entry: Any, data_size: int) -> TensorInfo:
-    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+    if not isinstance(entry, dict) or not set(_ENTRY_FIELDS) <= set(entry):
         raise CorruptFileError(f"{path}: header entry for {name!r} lacks dtype, shape or data_offsets")
+    twice = [k for k in _ENTRY_FIELDS if k in getattr(entry, "dups", ())]
+    if twice:
+        raise CorruptFileError(f"{path}: header entry for {name!r} gives {twice[0]} twice")
     dt, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dt not in ITEM_SIZES:
-        raise UnsupportedFormatError(
-            f"{path}: tensor {name!r} has dtype {dt!r}, which weightsmith does not read"
+        known = isinstance(dt, str) and dt in _LIBRARY_ONLY_DTYPES
+        raise (UnsupportedFormatError if known else CorruptFileError)(
+            f"{path}: tensor {name!r} has dtype {_short(dt)}, which weightsmith does not read",
+            hint="weightsmith reads " + ", ".join(ITEM_SIZES),
         )
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-        raise CorruptFileError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
-    if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
-        raise CorruptFileError(f"{path}: tensor {name!r} has invalid data_offsets {offs!r}")
+    if not (isinstance(shape, list) and all(_is_count(d, _I64) for d in shape)):
+        raise CorruptFileError(f"{path}: tensor {name!r} has an invalid shape {_short(shape)}")
+    numel = 1
+    for d in shape:  # in order, as the library multiplies, overflow checked even before a 0
+        numel *= d
+        if numel >= _U64:
+            raise CorruptFileError(f"{path}: tensor {name!r} has a shape {shape} whose size overflows")
+    if not (isinstance(offs, list) and len(offs) == 2 and all(_is_count(o, _U64) for o in offs)):
+        raise CorruptFileError(f"{path}: tensor {name!r} has invalid data_offsets {_short(offs)}")
     begin, end = offs
     if not 0 <= begin <= end <= data_size:
         raise CorruptFileError(
             f"{path}: tensor {name!r} claims bytes {begin}..{end} but the data section has {data_size}",
             hint="the file is truncated or its header lies; re-download it",
         )
-    nbytes = math.prod(shape) * ITEM_SIZES[dt]
+    nbytes = numel * ITEM_SIZES[dt]
     if nbytes != end - begin:
         raise CorruptFileError(
             f"{path}: tensor {name!r} of shape {shape} {dt} needs {nbytes} bytes but its offsets span {end - begin}",
@@ -143,10 +240,18 @@ class SafetensorsFile:
         self.opened = 0  # how often the data was opened (tests: reads touch only their shard)
 
     def read(self, name: str) -> torch.Tensor:
-        if self._handle is None:
-            self._handle = _open_for_reading(self.path)
-            self.opened += 1
-        return self._handle.get_tensor(name)
+        try:
+            if self._handle is None:
+                self._handle = _open_for_reading(self.path)
+                self.opened += 1
+            return self._handle.get_tensor(name)
+        except (SafetensorError, OSError, RuntimeError, TypeError, ValueError, OverflowError) as e:
+            # The header check above refuses what the library would; this is the file changing
+            # under us, or a disk error: still one line, naming the tensor.
+            raise CorruptFileError(
+                f"{self.path}: reading tensor {name!r} failed ({type(e).__name__}: {str(e)[:160]})",
+                hint="the file may have changed or be damaged; re-download it",
+            ) from None
 
     def close(self) -> None:
         self._handle = None
@@ -169,16 +274,21 @@ class SafetensorsCheckpoint(Checkpoint):
         self.file.close()
 
 
+def _plain_file_name(name: Any) -> bool:
+    """A name that stays inside its folder: no separator, no '..', no NUL, not empty."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+        and Path(name).name == name
+    )
+
+
 class ShardedSafetensorsCheckpoint(Checkpoint):
     """Shards listed by a ``*.safetensors.index.json``; a read opens only the shard that holds it."""
 
     def __init__(self, index_path: Path) -> None:
-        try:
-            index = json.loads(index_path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CorruptFileError(
-                f"{index_path} is not valid JSON", hint="re-download the index file"
-            ) from None
+        index = read_json_file(index_path, hint="re-download the index file")
         wm = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(wm, dict) or not wm:
             raise CorruptFileError(f"{index_path} has no weight_map", hint="re-download the index file")
@@ -186,13 +296,13 @@ class ShardedSafetensorsCheckpoint(Checkpoint):
         self.folder = folder
         self.weight_map: dict[str, str] = {}
         for name, fname in wm.items():
-            if not isinstance(fname, str) or Path(fname).name != fname or not fname:
+            if not _plain_file_name(fname):
                 raise CorruptFileError(
                     f"{index_path}: shard name {fname!r} for {name!r} is not a plain file name"
                 )
             self.weight_map[str(name)] = fname
         shard_names = sorted(set(self.weight_map.values()))
-        missing = [s for s in shard_names if not (folder / s).is_file()]
+        missing = [s for s in shard_names if not (folder / s).exists()]
         if missing:
             from weightsmith.errors import NotFoundError
 
@@ -200,6 +310,12 @@ class ShardedSafetensorsCheckpoint(Checkpoint):
                 f"shard {missing[0]} named in {index_path.name} is missing"
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
                 hint="download every shard listed in the index",
+            )
+        odd = [s for s in shard_names if not (folder / s).is_file()]
+        if odd:
+            raise UnsupportedFormatError(
+                f"shard {odd[0]} named in {index_path.name} is not a regular file",
+                hint="each shard must be a .safetensors file",
             )
         self.shards: dict[str, SafetensorsFile] = {}
         meta = index.get("metadata") or {}
