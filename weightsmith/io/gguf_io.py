@@ -1,36 +1,128 @@
-"""GGUF files, read through the ``gguf`` package's reader after a bounded check of the header.
+"""GGUF files, parsed here in one bounded pass over the header; tensor data is memory-mapped.
 
-``gguf.GGUFReader`` trusts the counts in a header: an absurd array length or tensor count makes
-it loop for a very long time. ``scan_header`` walks the same structure first with every count
-checked against the bytes that remain, so a hostile or truncated file is refused at once.
-Shapes are reported in torch order (GGUF stores them reversed).
+``gguf.GGUFReader`` trusts the counts in a header and builds several numpy objects per array
+element and per tensor, so a small hostile file (an array of two million empty strings, a
+table of 300k tensors) costs tens of seconds and gigabytes. ``parse_header`` walks the same
+structure with every count checked against the bytes that remain and against limits no real
+model comes near (``MAX_TENSORS``, ``MAX_METADATA``, ``MAX_ARRAY_STRINGS``); long arrays are
+skipped, not materialised. Shapes are reported in torch order (GGUF stores them reversed).
 """
 
 from __future__ import annotations
 
 import math
+import mmap
+import os
+import stat
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from weightsmith.errors import CorruptFileError, UnsupportedFormatError
+from weightsmith.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from weightsmith.io.base import Checkpoint, TensorInfo
 
 GGUF_MAGIC = b"GGUF"
 # ggml's C reader stops at 4 dims, but published Wan GGUFs hold a 5-D F32 patch embedding that
 # gguf-py, ComfyUI-GGUF and diffusers all read; anything past 8 is taken as corruption.
 MAX_DIMS = 8
-# Fixed sizes of scalar GGUF value types, by type id.
-_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+# The largest real models hold about a thousand tensors (Wan 14B: 1095, Llama 405B: 1138) and
+# GGUF merges MoE experts into one tensor per layer; 65536 leaves a wide margin.
+MAX_TENSORS = 65536
+# A few dozen keys plus, in ComfyUI files, one comfy.gguf.orig_shape entry per tensor.
+MAX_METADATA = 2 * MAX_TENSORS
+# Strings are the one array element that must be walked one by one. The largest real tokenizer
+# (Gemma's 262k tokens plus a BPE merge list) stays well under a million strings in all.
+MAX_ARRAY_STRINGS = 2**20
+# Arrays longer than this are summarised in the metadata rather than decoded.
+SHORT_ARRAY = 64
+# Scalar GGUF value types, by type id: struct format (little-endian).
+_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+# GGML types stored as plain numbers, read without dequantizing: numpy and torch dtypes.
+_PLAIN = {
+    "F32": (np.float32, torch.float32),
+    "F16": (np.float16, torch.float16),
+    "F64": (np.float64, torch.float64),
+    "I8": (np.int8, torch.int8),
+    "I16": (np.int16, torch.int16),
+    "I32": (np.int32, torch.int32),
+    "I64": (np.int64, torch.int64),
+}
+
+
+def require_regular_file(path: Path, what: str = "") -> os.stat_result:
+    """``os.stat`` of ``path``, refusing anything but a regular file before it is opened.
+
+    Opening a FIFO blocks until someone writes to it, and a device such as /dev/zero never
+    ends; a reader must not open either.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NotFoundError(f"{path} does not exist", hint="check the path") from None
+    except OSError as e:
+        raise UnsupportedFormatError(f"{path} cannot be read ({e.strerror})", hint="check the path") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(st.st_mode)
+            else "a device"
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(st.st_mode)
+            else "a folder"
+            if stat.S_ISDIR(st.st_mode)
+            else "special"
+        )
+        raise UnsupportedFormatError(
+            f"{path} is not a regular file ({kind}){' ' + what if what else ''}",
+            hint="point weightsmith at the checkpoint file itself",
+        )
+    return st
+
+
+def _label(name: str | bytes) -> str:
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return repr(name[:80])
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One entry of the tensor table: ``dims`` in GGUF order, ``offset`` from the file's start."""
+
+    name: str
+    qtype: str
+    dims: tuple[int, ...]
+    offset: int
+    nbytes: int
+    block: int
+    type_size: int
+
+    @property
+    def torch_shape(self) -> tuple[int, ...]:
+        return tuple(reversed(self.dims))
+
+
+@dataclass
+class GGUFHeader:
+    version: int
+    alignment: int
+    data_start: int
+    metadata: dict[str, Any]
+    tensors: dict[str, GGUFTensor]
 
 
 class _Cursor:
-    def __init__(self, f: Any, size: int, path: Path) -> None:
-        self.f, self.size, self.path, self.pos = f, size, path, 0
+    """Reads little-endian fields from a buffer, each one checked against the bytes left."""
+
+    def __init__(self, buf: Any, size: int, path: Path) -> None:
+        self.buf, self.size, self.path, self.pos = buf, size, path, 0
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
@@ -41,192 +133,324 @@ class _Cursor:
 
     def read(self, n: int, what: str) -> bytes:
         self.need(n, what)
-        b = self.f.read(n)
+        b = self.buf[self.pos : self.pos + n]
         self.pos += n
         return b
 
     def skip(self, n: int, what: str) -> None:
         self.need(n, what)
-        self.f.seek(n, 1)
         self.pos += n
 
     def u32(self, what: str) -> int:
-        return struct.unpack("<I", self.read(4, what))[0]
+        self.need(4, what)
+        v = _U32.unpack_from(self.buf, self.pos)[0]
+        self.pos += 4
+        return v
 
     def u64(self, what: str) -> int:
-        return struct.unpack("<Q", self.read(8, what))[0]
+        self.need(8, what)
+        v = _U64.unpack_from(self.buf, self.pos)[0]
+        self.pos += 8
+        return v
 
     def string(self, what: str) -> bytes:
-        n = self.u64(what)
-        return self.read(n, what)
+        return self.read(self.u64(what), what)
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.strings = 0
+
+
+def parse_header(path: Path) -> GGUFHeader:
+    """The GGUF header, metadata and tensor table, every count checked against the file size."""
+    size = require_regular_file(path).st_size
+    if size < 24:
+        _check_magic(path)
+        raise CorruptFileError(f"{path} is too short to be a GGUF file ({size} bytes)", hint="re-download it")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return _parse(_Cursor(mm, size, path))
 
 
 def scan_header(path: Path) -> dict[str, Any]:
     """Check a GGUF header's structure and every count in it against the file size."""
+    h = parse_header(path)
+    return {
+        "version": h.version,
+        "n_tensors": len(h.tensors),
+        "n_kv": len(h.metadata),
+        "alignment": h.alignment,
+    }
+
+
+def _check_magic(path: Path) -> None:
+    with open(path, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise CorruptFileError(f"{path} is not a GGUF file (wrong magic)", hint="check the file")
+
+
+def _parse(c: _Cursor) -> GGUFHeader:
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        c = _Cursor(f, size, path)
-        if size < 24 or c.read(4, "magic") != GGUF_MAGIC:
-            raise CorruptFileError(f"{path} is not a GGUF file (wrong magic)", hint="check the file")
-        version = c.u32("version")
-        if version not in (2, 3):
-            raise UnsupportedFormatError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
-        n_tensors, n_kv = c.u64("tensor count"), c.u64("metadata count")
-        # A metadata entry takes at least 13 bytes and a tensor entry at least 33.
-        if n_kv * 13 > size or n_tensors * 33 > size:
+    path, size = c.path, c.size
+    if c.read(4, "magic") != GGUF_MAGIC:
+        raise CorruptFileError(f"{path} is not a GGUF file (wrong magic)", hint="check the file")
+    version = c.u32("version")
+    if version not in (2, 3):
+        raise UnsupportedFormatError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
+    n_tensors, n_kv = c.u64("tensor count"), c.u64("metadata count")
+    # A metadata entry takes at least 13 bytes and a tensor entry at least 24.
+    if n_kv * 13 > size or n_tensors * 24 > size:
+        raise CorruptFileError(
+            f"{path}: header claims {n_tensors} tensors and {n_kv} metadata entries, more than "
+            f"a {size}-byte file can hold",
+            hint="the file is corrupt; re-download it",
+        )
+    if n_tensors > MAX_TENSORS or n_kv > MAX_METADATA:
+        raise CorruptFileError(
+            f"{path}: header claims {n_tensors} tensors and {n_kv} metadata entries; no real model has "
+            f"more than {MAX_TENSORS} tensors or {MAX_METADATA} metadata entries",
+            hint="the file is corrupt or hostile",
+        )
+    budget = _Budget()
+    metadata: dict[str, Any] = {}
+    alignment = 32
+    for _ in range(n_kv):
+        raw_key = c.string("metadata key")
+        try:
+            key = raw_key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptFileError(f"{path}: metadata key {_label(raw_key)} is not UTF-8 text") from None
+        if key in metadata:
+            raise CorruptFileError(f"{path}: metadata key {_label(key)} appears twice")
+        vtype = c.u32("metadata type")
+        value = _value(c, vtype, key, budget)
+        if key == "general.alignment":
+            if vtype != 4 or value == 0 or value & (value - 1):
+                raise CorruptFileError(f"{path}: general.alignment {value!r} is not a uint32 power of two")
+            alignment = value
+        metadata[key] = value
+    entries = []
+    names: set[str] = set()
+    for _ in range(n_tensors):
+        raw_name = c.string("tensor name")
+        try:
+            name = raw_name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptFileError(f"{path}: tensor name {_label(raw_name)} is not UTF-8 text") from None
+        if name in names:
+            raise CorruptFileError(f"{path}: tensor {_label(name)} appears twice in the tensor table")
+        names.add(name)
+        n_dims = c.u32("tensor dims")
+        if n_dims > MAX_DIMS:
             raise CorruptFileError(
-                f"{path}: header claims {n_tensors} tensors and {n_kv} metadata entries, more than "
-                f"a {size}-byte file can hold",
+                f"{path}: tensor {_label(name)} has {n_dims} dimensions; at most {MAX_DIMS} are plausible"
+            )
+        dims = tuple(c.u64("tensor shape") for _ in range(n_dims))
+        ttype = c.u32("tensor type")
+        offset = c.u64("tensor offset")
+        try:
+            qt = GGMLQuantizationType(ttype)
+            block, tsize = GGML_QUANT_SIZES[qt]
+        except (ValueError, KeyError):
+            raise UnsupportedFormatError(
+                f"{path}: tensor {_label(name)} has unknown GGML type {ttype}"
+            ) from None
+        if block > 1 and (not dims or dims[0] % block):
+            raise CorruptFileError(
+                f"{path}: tensor {_label(name)} rows of {dims[0] if dims else 1} are not whole {qt.name} blocks"
+            )
+        nbytes = math.prod(dims) // block * tsize
+        if nbytes > size:
+            raise CorruptFileError(
+                f"{path}: tensor {_label(name)} of shape {list(dims)} needs {nbytes} bytes, more than the file holds "
+                f"({size} bytes: truncated or corrupt)",
+                hint="re-download the file",
+            )
+        entries.append((name, qt.name, dims, offset, nbytes, block, tsize))
+    data_start = c.pos + (-c.pos % alignment)
+    tensors: dict[str, GGUFTensor] = {}
+    for name, qtype, dims, offset, nbytes, block, tsize in entries:
+        if data_start + offset + nbytes > size:
+            raise CorruptFileError(
+                f"{path}: tensor {_label(name)} lies past the end of the file (truncated)",
+                hint="re-download the file",
+            )
+        tensors[name] = GGUFTensor(name, qtype, dims, data_start + offset, nbytes, block, tsize)
+    _check_overlap(path, tensors)
+    return GGUFHeader(version, alignment, data_start, metadata, tensors)
+
+
+def _check_overlap(path: Path, tensors: dict[str, GGUFTensor]) -> None:
+    """Two tensors may not share bytes: with shared data a small file converts to a huge one."""
+    end, prev = 0, ""
+    for t in sorted((t for t in tensors.values() if t.nbytes), key=lambda t: t.offset):
+        if t.offset < end:
+            raise CorruptFileError(
+                f"{path}: tensors {_label(prev)} and {_label(t.name)} overlap in the data section",
                 hint="the file is corrupt; re-download it",
             )
-        alignment = 32
-        for _ in range(n_kv):
-            key = c.string("metadata key")
-            vtype = c.u32("metadata type")
-            if key == b"general.alignment" and vtype == 4:
-                alignment = c.u32("alignment")
-                if alignment == 0 or alignment & (alignment - 1):
-                    raise CorruptFileError(f"{path}: general.alignment {alignment} is not a power of two")
-                continue
-            _skip_value(c, vtype, key)
-        tensors = []
-        for _ in range(n_tensors):
-            name = c.string("tensor name")
-            n_dims = c.u32("tensor dims")
-            if n_dims > MAX_DIMS:
-                raise CorruptFileError(
-                    f"{path}: tensor {name[:80].decode('utf-8', 'replace')!r} has {n_dims} dimensions; at most {MAX_DIMS} are plausible"
-                )
-            dims = [c.u64("tensor shape") for _ in range(n_dims)]
-            ttype = c.u32("tensor type")
-            offset = c.u64("tensor offset")
-            try:
-                qt = GGMLQuantizationType(ttype)
-                block, tsize = GGML_QUANT_SIZES[qt]
-            except (ValueError, KeyError):
-                raise UnsupportedFormatError(
-                    f"{path}: tensor {name[:80].decode('utf-8', 'replace')!r} has unknown GGML type {ttype}"
-                ) from None
-            if dims and dims[0] % block:
-                raise CorruptFileError(
-                    f"{path}: tensor {name[:80].decode('utf-8', 'replace')!r} rows of {dims[0]} are not whole {qt.name} blocks"
-                )
-            nbytes = math.prod(dims) // block * tsize
-            if nbytes > size:
-                raise CorruptFileError(
-                    f"{path}: tensor {name[:80].decode('utf-8', 'replace')!r} of shape {dims} needs {nbytes} bytes, more than the file holds"
-                )
-            tensors.append((name.decode("utf-8", "replace"), offset, nbytes))
-        data_start = c.pos + (-c.pos % alignment)
-        for name, offset, nbytes in tensors:
-            if data_start + offset + nbytes > size:
-                raise CorruptFileError(
-                    f"{path}: tensor {name[:80].decode('utf-8', 'replace')!r} lies past the end of the file (truncated)",
-                    hint="re-download the file",
-                )
-    return {"version": version, "n_tensors": n_tensors, "n_kv": n_kv, "alignment": alignment}
+        end, prev = t.offset + t.nbytes, t.name
 
 
-def _skip_value(c: _Cursor, vtype: int, key: bytes) -> None:
-    if vtype in _SCALAR:
-        c.skip(_SCALAR[vtype], "metadata value")
-    elif vtype == _STRING:
-        c.skip(c.u64("string length"), "metadata string")
-    elif vtype == _ARRAY:
-        itype, count = c.u32("array type"), c.u64("array length")
-        if itype in _SCALAR:
-            c.skip(count * _SCALAR[itype], f"array {key[:60]!r}")
-        elif itype == _STRING:
-            c.need(count * 8, f"array {key[:60]!r}")
-            for _ in range(count):
-                c.skip(c.u64("string length"), "array string")
-        else:
-            raise CorruptFileError(
-                f"{c.path}: metadata {key[:60]!r} has an array of unsupported type {itype}"
-            )
-    else:
-        raise CorruptFileError(f"{c.path}: metadata {key[:60]!r} has unknown value type {vtype}")
+def _value(c: _Cursor, vtype: int, key: str, budget: _Budget) -> Any:
+    """One metadata value as plain Python; arrays over ``SHORT_ARRAY`` items are summarised."""
+    fmt = _SCALAR.get(vtype)
+    if fmt is not None:
+        n = struct.calcsize(fmt)
+        c.need(n, f"metadata {_label(key)}")
+        v = struct.unpack_from("<" + fmt, c.buf, c.pos)[0]
+        c.pos += n
+        return v
+    if vtype == _STRING:
+        return c.string(f"metadata {_label(key)}").decode("utf-8", "replace")
+    if vtype != _ARRAY:
+        raise CorruptFileError(f"{c.path}: metadata {_label(key)} has unknown value type {vtype}")
+    itype, count = c.u32("array type"), c.u64("array length")
+    fmt = _SCALAR.get(itype)
+    if fmt is not None:
+        n = struct.calcsize(fmt)
+        c.need(count * n, f"array {_label(key)}")
+        if count > SHORT_ARRAY:
+            c.pos += count * n
+            return f"<array of {count}>"
+        vals = list(struct.unpack_from(f"<{count}{fmt}", c.buf, c.pos))
+        c.pos += count * n
+        return vals
+    if itype != _STRING:
+        raise CorruptFileError(f"{c.path}: metadata {_label(key)} has an array of unsupported type {itype}")
+    c.need(count * 8, f"array {_label(key)}")
+    budget.strings += count
+    if budget.strings > MAX_ARRAY_STRINGS:
+        raise CorruptFileError(
+            f"{c.path}: metadata array {_label(key)} brings the header to {budget.strings} strings; "
+            f"no real model has more than {MAX_ARRAY_STRINGS}",
+            hint="the file is corrupt or hostile",
+        )
+    if count <= SHORT_ARRAY:
+        return [c.string("array string").decode("utf-8", "replace") for _ in range(count)]
+    buf, pos, size, unpack = c.buf, c.pos, c.size, _U64.unpack_from
+    for _ in range(count):
+        if pos + 8 > size:
+            pos = size + 1
+            break
+        pos += 8 + unpack(buf, pos)[0]
+        if pos > size:
+            break
+    if pos > size:
+        raise CorruptFileError(
+            f"{c.path}: array {_label(key)} runs past the end of the file (truncated or corrupt GGUF)",
+            hint="re-download the file",
+        )
+    c.pos = pos
+    return f"<array of {count}>"
 
 
-def _field_value(field: Any) -> Any:
-    """A GGUF metadata field as plain Python (short arrays only; long ones are summarised)."""
-    from gguf.constants import GGUFValueType
-
-    types = field.types
-    if not types:
-        return None
-    if types[0] == GGUFValueType.ARRAY:
-        n = len(field.data)
-        if n > 64:
-            return f"<array of {n}>"
-        if len(types) > 1 and types[1] == GGUFValueType.STRING:
-            return [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
-        return [field.parts[i].tolist()[0] for i in field.data]
-    if types[0] == GGUFValueType.STRING:
-        return bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
-    return field.parts[field.data[0]].tolist()[0]
+def _orig_shape(path: Path, t: GGUFTensor, value: Any) -> tuple[int, ...]:
+    """A ComfyUI ``comfy.gguf.orig_shape`` entry, checked: integers whose product is the element count."""
+    ok = (
+        isinstance(value, list)
+        and len(value) <= MAX_DIMS
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
+    )
+    if not ok:
+        raise CorruptFileError(
+            f"{path}: comfy.gguf.orig_shape.{t.name[:80]} is {str(value)[:80]!r}, not a list of at most "
+            f"{MAX_DIMS} non-negative integers",
+            hint="the file's metadata is corrupt; remove that key or re-create the file",
+        )
+    shape = tuple(value)
+    if math.prod(shape) != math.prod(t.dims):
+        raise CorruptFileError(
+            f"{path}: comfy.gguf.orig_shape.{t.name[:80]} is {list(shape)} ({math.prod(shape)} elements), "
+            f"but tensor {_label(t.name)} holds {math.prod(t.dims)}",
+            hint="the file's metadata is corrupt; remove that key or re-create the file",
+        )
+    return shape
 
 
 class GGUFCheckpoint(Checkpoint):
-    """A GGUF file. Plain tensors come back as stored; quantized ones dequantized to float32."""
+    """A GGUF file. Plain tensors come back as stored; quantized ones dequantized to float32.
+
+    Reading refuses NaN and infinity in any float tensor (quantized blocks with a non-finite
+    scale, or plain values): no usable weight holds them, and converting them silently would
+    hand out a broken model with exit 0.
+    """
 
     def __init__(self, path: Path) -> None:
-        scan_header(path)
-        from gguf import GGUFReader
-
-        try:
-            self.reader = GGUFReader(path, "r")
-        except (ValueError, KeyError, IndexError) as e:
-            raise CorruptFileError(f"{path} could not be read as GGUF: {str(e)[:200]}") from None
-        meta: dict[str, Any] = {}
-        for name, field in self.reader.fields.items():
-            if name.startswith("GGUF."):
-                continue
-            meta[name] = _field_value(field)
-        self.tensors = {t.name: t for t in self.reader.tensors}
-        super().__init__(path, "gguf", metadata=meta, files=[path])
+        header = parse_header(path)
+        self.header = header
+        self.tensors = header.tensors
+        self._map: np.memmap | None = None
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        for name, t in self.tensors.items():
+            orig = header.metadata.get(f"comfy.gguf.orig_shape.{name}")
+            self._shapes[name] = t.torch_shape if orig is None else _orig_shape(path, t, orig)
+        super().__init__(path, "gguf", metadata=dict(header.metadata), files=[path])
 
     def _shape(self, name: str) -> tuple[int, ...]:
-        orig = self.metadata.get(f"comfy.gguf.orig_shape.{name}")
-        if isinstance(orig, list):
-            return tuple(int(d) for d in orig)
-        return tuple(int(d) for d in reversed(self.tensors[name].shape.tolist()))
+        return self._shapes[name]
 
     def _load_infos(self) -> dict[str, TensorInfo]:
-        from gguf.constants import GGMLQuantizationType as Q
-
         out = {}
         for name, t in self.tensors.items():
-            qt = Q(t.tensor_type)
-            dtype = {Q.F32: torch.float32, Q.F16: torch.float16, Q.BF16: torch.bfloat16}.get(
-                qt, torch.float32
-            )
-            storage = {Q.F32: "F32", Q.F16: "F16", Q.BF16: "BF16"}.get(qt, qt.name)
-            out[name] = TensorInfo(name, self._shape(name), dtype, storage, int(t.n_bytes), str(self.path))
+            if t.qtype in _PLAIN:
+                dtype, storage = _PLAIN[t.qtype][1], t.qtype
+            elif t.qtype == "BF16":
+                dtype, storage = torch.bfloat16, "BF16"
+            else:
+                dtype, storage = torch.float32, t.qtype
+            out[name] = TensorInfo(name, self._shape(name), dtype, storage, t.nbytes, str(self.path))
         return out
+
+    def _data(self, t: GGUFTensor) -> np.ndarray:
+        """The stored values (plain types) or bytes (BF16 and quantized types), memory-mapped."""
+        if self._map is None:
+            require_regular_file(self.path)
+            self._map = np.memmap(self.path, mode="r")
+        if t.qtype in _PLAIN:
+            dt = np.dtype(_PLAIN[t.qtype][0])
+            arr = self._map[t.offset : t.offset + t.nbytes].view(dt)
+            return arr.reshape(t.torch_shape)
+        arr = self._map[t.offset : t.offset + t.nbytes]
+        shape = t.torch_shape or (1,)
+        return arr.reshape((*shape[:-1], shape[-1] // t.block * t.type_size))
 
     def raw(self, name: str) -> tuple[str, np.ndarray]:
         """(GGML type name, the stored bytes or values) without dequantizing."""
-        from gguf.constants import GGMLQuantizationType as Q
-
         t = self.tensors[name]
-        return Q(t.tensor_type).name, t.data
+        return t.qtype, self._data(t)
 
     def _read(self, name: str) -> torch.Tensor:
-        from gguf.constants import GGMLQuantizationType as Q
-
         t = self.tensors[name]
-        qt = Q(t.tensor_type)
         shape = self._shape(name)
-        if qt in (Q.F32, Q.F16):
-            return torch.from_numpy(np.array(t.data)).reshape(shape)
-        if qt == Q.BF16:
-            return torch.from_numpy(np.array(t.data).view(np.int16)).view(torch.bfloat16).reshape(shape)
-        from weightsmith.io.dequant import dequantize_gguf
+        data = self._data(t)
+        if t.qtype in _PLAIN:
+            out = torch.from_numpy(np.array(data)).reshape(shape)
+        elif t.qtype == "BF16":
+            out = torch.from_numpy(np.array(data).view(np.int16)).view(torch.bfloat16).reshape(shape)
+        else:
+            from weightsmith.io.dequant import dequantize_gguf
 
-        return dequantize_gguf(np.asarray(t.data), qt.name, shape)
+            out = dequantize_gguf(data, t.qtype, shape)
+        if out.is_floating_point() and not _all_finite(out):
+            what = "dequantizes to" if t.qtype not in _PLAIN and t.qtype != "BF16" else "stores"
+            why = " (a block scale is NaN or infinite)" if what == "dequantizes to" else ""
+            raise CorruptFileError(
+                f"{self.path}: tensor {_label(name)} ({t.qtype}) {what} NaN or infinite values{why}; "
+                "no usable weight holds them, so weightsmith refuses to read it",
+                hint="the file is corrupt; re-download or re-create it",
+            )
+        return out
 
     def close(self) -> None:
         self.tensors = {}
+        self._map = None
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """All values finite; a plain sum settles the common case in one cheap pass."""
+    if x.numel() == 0:
+        return True
+    s = float(x.sum(dtype=torch.float64))
+    return math.isfinite(s) or bool(torch.isfinite(x).all())
