@@ -9,10 +9,12 @@ shapes and types known ahead. Memory holds one tensor at a time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,15 +24,15 @@ import torch
 
 from weightsmith import __version__
 from weightsmith.convert.engine import make_plan, resolve_detection, stream
-from weightsmith.errors import QuantizationError, UsageError
+from weightsmith.errors import OutputError, QuantizationError, UsageError
 from weightsmith.families import get_component
 from weightsmith.families.base import DIFFUSION_PREFIX
 from weightsmith.io import open_single
-from weightsmith.io.atomic import atomic_file
+from weightsmith.io.atomic import atomic_dir, atomic_file
 from weightsmith.io.gguf_writer import GGUFTensorSpec, tensor_bytes, write_gguf
 from weightsmith.quantize.gguf_recipes import FAMILY_RULES, RECIPES, assign_types, get_recipe
 from weightsmith.quantize.imatrix import ImportanceMatrix, read_imatrix
-from weightsmith.quantize.schemes import SchemeFamily, register_scheme_family
+from weightsmith.quantize.schemes import SchemeFamily, check_keep_globs, register_scheme_family
 
 F16_MAX = 65504.0
 
@@ -54,6 +56,8 @@ class QuantizeResult:
     layers: list[LayerRecord] = field(default_factory=list)
     seconds: float = 0.0
     report_path: Path | None = None
+    #: what the run changed or left out on its own (e.g. imatrix entries it could not use)
+    notes: list[str] = field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
         by_type: dict[str, list[LayerRecord]] = {}
@@ -68,15 +72,21 @@ class QuantizeResult:
         lines.append(f"  {'type':8s} {'tensors':>7s} {'MB':>10s} {'min SQNR dB':>12s} {'mean SQNR dB':>13s}")
         for qt, rs in sorted(by_type.items()):
             s = [r.sqnr_db for r in rs if r.sqnr_db is not None]
-            mn = f"{min(s):12.2f}" if s else f"{'-':>12s}"
+            mn = f"{min(s, key=_worst_first):12.2f}" if s else f"{'-':>12s}"
             me = f"{sum(s) / len(s):13.2f}" if s else f"{'-':>13s}"
             lines.append(f"  {qt:8s} {len(rs):7d} {sum(r.bytes_after for r in rs) / 1e6:10.2f} {mn} {me}")
-        worst = sorted((r for r in self.layers if r.sqnr_db is not None), key=lambda r: r.sqnr_db)[:3]
-        for r in worst:
+        scored = [r for r in self.layers if r.sqnr_db is not None]
+        for r in sorted(scored, key=lambda r: _worst_first(r.sqnr_db))[:3]:  # type: ignore[arg-type]
             lines.append(f"  lowest SQNR: {r.name} {r.qtype} {r.sqnr_db:.2f} dB")
+        lines.extend(f"  note: {n}" for n in self.notes)
         if self.report_path:
             lines.append(f"  per-layer table: {self.report_path}")
         return lines
+
+
+def _worst_first(db: float) -> float:
+    """Sort key for SQNR: NaN (a tensor that could not be measured) counts as the worst of all."""
+    return -math.inf if math.isnan(db) else db
 
 
 SQNR_CHUNK = 1 << 20
@@ -113,16 +123,76 @@ def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
+DEVICE_HINT = "use auto, cpu, cuda, cuda:N or mps"
+
+
 def pick_device(device: str) -> torch.device:
+    """The torch device for ``--device``: only CPU, an existing CUDA device or Apple's MPS; checked
+    before any work, so that e.g. ``meta`` (no data) or a missing GPU never gets as far as a kernel."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         d = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N") from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA device is available", hint="use --device cpu")
-    return d
+    except (RuntimeError, ValueError, TypeError, OverflowError):
+        raise UsageError(f"unknown device {device!r}", hint=DEVICE_HINT) from None
+    if d.type == "cpu":
+        return torch.device("cpu")
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {device} asked for, but no CUDA device is available", hint="use --device cpu"
+            )
+        n = torch.cuda.device_count()
+        if d.index is not None and d.index >= n:
+            raise UsageError(
+                f"--device {device}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}",
+                hint="use --device cuda or a device index that exists",
+            )
+        return d
+    if d.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(
+                f"--device {device} asked for, but MPS is not available", hint="use --device cpu"
+            )
+        return d
+    raise UsageError(f"--device {device}: the quantization kernels do not run on {d.type}", hint=DEVICE_HINT)
+
+
+def layers_path(dst: Path) -> Path:
+    """Where the per-layer table of ``dst`` goes."""
+    return dst.with_name(dst.name + ".layers.json")
+
+
+def check_outputs(dst: Path, overwrite: bool, report: bool) -> None:
+    """Refuse, before any work, to replace DST or DST.layers.json without --overwrite."""
+    targets = [dst, layers_path(dst)] if report else [dst]
+    for p in targets:
+        if p.is_symlink() or p.exists():
+            if p != dst and not p.is_file():
+                raise OutputError(f"{p} exists and is not a file", hint="move it away or choose another DST")
+            if not overwrite:
+                what = "" if p == dst else " (the per-layer table of an earlier run)"
+                raise OutputError(
+                    f"{p} already exists{what}", hint="choose another destination or pass --overwrite"
+                )
+
+
+@contextlib.contextmanager
+def staged_outputs(
+    dst: Path, overwrite: bool, report: bool, folder: bool = False
+) -> Iterator[tuple[Path, Path | None]]:
+    """Temporary paths for DST and its per-layer table, renamed into place together on success
+    (DST first, then the table), and both removed on failure: never a DST without its table, nor
+    an earlier run's table beside a new DST. The writer gets a path that does not exist yet."""
+    check_outputs(dst, overwrite, report)
+    with contextlib.ExitStack() as stack:
+        table = stack.enter_context(atomic_file(layers_path(dst), overwrite=True)) if report else None
+        main = stack.enter_context((atomic_dir if folder else atomic_file)(dst, overwrite))
+        if folder:
+            main.rmdir()
+        else:
+            main.unlink()
+        yield main, table
 
 
 def encode(
@@ -143,15 +213,23 @@ def encode(
     if qtype == "BF16":
         return tensor_bytes(t.to(torch.bfloat16), "BF16"), None
     x = t.to(device=device, dtype=torch.float32)
+    if x.numel() and not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
+        raise QuantizationError(
+            f"tensor {name!r} holds NaN or infinite values; it cannot be quantized to {qtype}",
+            hint=f"fix the checkpoint, or keep it in float with --keep '{name}'",
+        )
     q = quantize(x, qtype, imatrix)
-    return q.cpu().numpy(), _blockwise_sqnr(x, q, qtype)
+    return q.cpu().numpy(), _blockwise_sqnr(x, q, qtype, name)
 
 
-def _blockwise_sqnr(x: torch.Tensor, q: torch.Tensor, qtype: str) -> float:
+def _blockwise_sqnr(x: torch.Tensor, q: torch.Tensor, qtype: str, name: str = "tensor") -> float:
     """SQNR of ``q`` against ``x``, dequantizing a few million elements at a time (no full float copy).
 
     Sums of squares are float32 dot products (BLAS): 10x faster than float64 sums and within ~1e-5
-    relative, i.e. 0.0001 dB, of them; this is a report, not a bit-exact quantity.
+    relative, i.e. 0.0001 dB, of them; this is a report, not a bit-exact quantity. A chunk whose
+    float32 sums overflow is summed again in float64, and one whose decoded values are not finite
+    (ggml's float16 block scales overflow on weights beyond ~1e5..1e9, depending on the type) is
+    refused: no NaN or infinite block is ever written.
     """
     from weightsmith.quantize.ggml import dequantize
 
@@ -161,10 +239,24 @@ def _blockwise_sqnr(x: torch.Tensor, q: torch.Tensor, qtype: str) -> float:
     noise = signal = 0.0
     for r0 in range(0, xr.shape[0], step):
         ref = xr[r0 : r0 + step]
-        diff = dequantize(qr[r0 : r0 + step], qtype, tuple(ref.shape)).sub_(ref).reshape(-1)
+        deq = dequantize(qr[r0 : r0 + step], qtype, tuple(ref.shape))
+        diff = deq.sub_(ref).reshape(-1)
         flat = ref.reshape(-1)
-        signal += float(torch.dot(flat, flat))
-        noise += float(torch.dot(diff, diff))
+        s, n = float(torch.dot(flat, flat)), float(torch.dot(diff, diff))
+        if not (math.isfinite(s) and math.isfinite(n)):  # rare: look again, in float64
+            deq = dequantize(qr[r0 : r0 + step], qtype, tuple(ref.shape)).reshape(-1)
+            if not bool(torch.isfinite(deq).all()):
+                big = float(ref.abs().max())
+                raise QuantizationError(
+                    f"tensor {name!r} does not fit {qtype}: its values reach {big:.3g}, and {qtype}'s "
+                    "float16 block scales overflow, giving infinite or NaN blocks",
+                    hint=f"keep it in float with --keep '{name}', or fix the checkpoint's outliers",
+                )
+            f64 = flat.to(torch.float64)
+            d64 = deq.to(torch.float64).sub_(f64)
+            s, n = float(torch.dot(f64, f64)), float(torch.dot(d64, d64))
+        signal += s
+        noise += n
     return _ratio_db(signal, noise)
 
 
@@ -183,6 +275,8 @@ def quantize_gguf(
     report: bool = True,
 ) -> QuantizeResult:
     """Quantize a transformer checkpoint into a GGUF file with a named recipe."""
+    from weightsmith.quantize.ggml import get_kernel
+
     t0 = time.perf_counter()
     recipe = get_recipe(scheme.split(":", 1)[1] if ":" in scheme else scheme)
     dst = Path(dst)
@@ -191,6 +285,7 @@ def quantize_gguf(
             f"GGUF output {dst} should end in .gguf", hint="name the destination like model-Q4_K_M.gguf"
         )
     dev = pick_device(device)
+    check_outputs(dst, overwrite, report)
     im: ImportanceMatrix | None = read_imatrix(imatrix) if imatrix else None
     ck = open_single(src)
     try:
@@ -208,10 +303,13 @@ def quantize_gguf(
         target = "original" if "original" in comp.layouts else "sat"
         plan = make_plan(ck, target, detection=det, prefix="")
         names = {s.name: s.name.removeprefix(DIFFUSION_PREFIX) for s in plan.specs}
+        check_keep_globs(keep, names.values())
         rp = assign_types(recipe, det.family, [(names[s.name], s.shape) for s in plan.specs], keep)
         types = rp.types()
         reasons = {a.name: a.reason for a in rp.assignments}
         specs = [GGUFTensorSpec(names[s.name], s.shape, types[names[s.name]]) for s in plan.specs]
+        if im is not None:
+            _check_imatrix(im, specs)
         meta = _metadata(recipe.name, det, ck, plan.source_config, im)
         layers: list[LayerRecord] = []
 
@@ -229,18 +327,46 @@ def quantize_gguf(
                         t.numel() * t.element_size(),
                         arr.nbytes,
                         sqnr,
-                        w is not None,
+                        w is not None and get_kernel(spec.qtype).uses_imatrix,
                     )
                 )
                 yield name, arr
 
-        write_gguf(dst, FAMILY_RULES[det.family].arch, specs, arrays(), meta, overwrite)
+        with staged_outputs(dst, overwrite, report) as (tmp, table):
+            write_gguf(tmp, FAMILY_RULES[det.family].arch, specs, arrays(), meta)
+            result = QuantizeResult(dst, f"gguf:{recipe.name}", layers, time.perf_counter() - t0)
+            if im is not None:
+                result.notes.extend(im.notes)
+            if table is not None:
+                write_layer_report(dst, result, table)
     finally:
         ck.close()
-    result = QuantizeResult(dst, f"gguf:{recipe.name}", layers, time.perf_counter() - t0)
     if report:
-        result.report_path = write_layer_report(dst, result)
+        result.report_path = layers_path(dst)
     return result
+
+
+def _check_imatrix(im: ImportanceMatrix, specs: list[GGUFTensorSpec]) -> None:
+    """Before any work: the imatrix belongs to this model (names it), and each entry a quantized
+    tensor will use has one value per input column."""
+    from weightsmith.quantize.ggml import get_kernel
+
+    if not any(im.names(s.name) for s in specs):
+        some = ", ".join(sorted([*im.values, *im.dropped])[:3])
+        raise UsageError(
+            f"none of the imatrix's entries ({some}...) names a tensor of this model",
+            hint="use the imatrix made for this model (entries are named like blocks.0.ffn.0.weight)",
+        )
+    for s in specs:
+        w = im.get(s.name)
+        if w is None or s.qtype in ("F32", "F16", "BF16") or not get_kernel(s.qtype).uses_imatrix:
+            continue
+        if w.numel() != s.shape[-1]:
+            raise UsageError(
+                f"imatrix entry {s.name!r} has {w.numel()} values, but the tensor's rows have "
+                f"{s.shape[-1]} columns",
+                hint="use the imatrix made for this model",
+            )
 
 
 def _metadata(
@@ -273,9 +399,11 @@ def _metadata(
     return meta
 
 
-def write_layer_report(dst: Path, result: QuantizeResult) -> Path:
-    """The per-layer table (scheme, SQNR, bytes before and after) as JSON beside the output."""
-    path = dst.with_name(dst.name + ".layers.json")
+def write_layer_report(dst: Path, result: QuantizeResult, path: Path | None = None) -> Path:
+    """The per-layer table (scheme, SQNR, bytes before and after) as JSON beside the output.
+
+    ``path``: where to write it (a staged temporary from ``staged_outputs``); by default
+    DST.layers.json itself, replaced atomically."""
     rows = [
         {
             "name": r.name,
@@ -284,7 +412,7 @@ def write_layer_report(dst: Path, result: QuantizeResult) -> Path:
             "reason": r.reason,
             "bytes_before": r.bytes_before,
             "bytes_after": r.bytes_after,
-            "sqnr_db": None if r.sqnr_db is None or math.isinf(r.sqnr_db) else round(r.sqnr_db, 3),
+            "sqnr_db": None if r.sqnr_db is None or not math.isfinite(r.sqnr_db) else round(r.sqnr_db, 3),
             "imatrix": r.imatrix,
         }
         for r in result.layers
@@ -295,9 +423,16 @@ def write_layer_report(dst: Path, result: QuantizeResult) -> Path:
         "scheme": result.scheme,
         "layers": rows,
     }
-    with atomic_file(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(body, indent=1) + "\n")
-    return path
+    if result.notes:
+        body["notes"] = list(result.notes)
+    text = json.dumps(body, indent=1, allow_nan=False) + "\n"
+    if path is not None:
+        path.write_text(text)
+        return layers_path(dst)
+    target = layers_path(dst)
+    with atomic_file(target, overwrite=True) as tmp:
+        tmp.write_text(text)
+    return target
 
 
 register_scheme_family(

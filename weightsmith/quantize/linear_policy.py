@@ -50,7 +50,7 @@ FAMILY_KEEP: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 # The main stack of transformer blocks (what --keep-blocks counts), by Diffusers name.
-BLOCKS = re.compile(r"^(?:blocks|transformer_blocks)\.(\d+)\.")
+BLOCKS = re.compile(r"^(?:blocks|transformer_blocks)\.([0-9]{1,9})\.")
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,19 @@ class KeepBlocks:
 
 
 def parse_keep_blocks(text: str | None) -> KeepBlocks:
-    """``"first:2,last:2"`` (either part optional) -> KeepBlocks(2, 2)."""
-    if text is None or not text.strip():
+    """``"first:2,last:2"`` (either part optional) -> KeepBlocks(2, 2); None -> keep none.
+
+    An empty or malformed value is refused: a typo must not silently keep nothing."""
+    if text is None:
         return KeepBlocks()
+    if len(text) > 100:
+        raise UsageError(
+            f"--keep-blocks value of {len(text)} characters", hint="write it like first:2,last:2"
+        )
     first = last = 0
     seen: set[str] = set()
     for part in text.split(","):
-        m = re.fullmatch(r"\s*(first|last)\s*[:=]\s*(\d+)\s*", part)
+        m = re.fullmatch(r"\s*(first|last)\s*[:=]\s*([0-9]{1,6})\s*", part)
         if not m or m.group(1) in seen:
             raise UsageError(
                 f"cannot read --keep-blocks {text!r}",
@@ -108,6 +114,12 @@ class LinearPolicy:
         self.linear = set(linear_weights)
         idx = sorted({i for n in all_names if (i := block_index(n)) is not None})
         n_blocks = idx[-1] + 1 if idx else 0
+        for part, count in (("first", keep_blocks.first), ("last", keep_blocks.last)):
+            if count > n_blocks:
+                raise UsageError(
+                    f"--keep-blocks {part}:{count}, but the model has {n_blocks} transformer blocks",
+                    hint=f"give at most {part}:{n_blocks}",
+                )
         self.kept_blocks = set(range(min(keep_blocks.first, n_blocks))) | set(
             range(max(n_blocks - keep_blocks.last, 0), n_blocks)
         )

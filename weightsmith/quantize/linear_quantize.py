@@ -26,7 +26,7 @@ import torch
 from weightsmith import __version__
 from weightsmith.convert.engine import Plan, make_plan, resolve_detection, stream
 from weightsmith.convert.ops import Rename
-from weightsmith.errors import UsageError
+from weightsmith.errors import QuantizationError, UsageError
 from weightsmith.families import Detection, get_component
 from weightsmith.io import Checkpoint, open_single
 from weightsmith.io.base import CONFIG_METADATA_KEY, dtype_name
@@ -34,8 +34,11 @@ from weightsmith.io.writers import SpecT, write_diffusers_component, write_safet
 from weightsmith.quantize.gguf_quantize import (
     LayerRecord,
     QuantizeResult,
+    check_outputs,
+    layers_path,
     pick_device,
     sqnr_db,
+    staged_outputs,
     write_layer_report,
 )
 from weightsmith.quantize.linear_formats import (
@@ -58,7 +61,7 @@ from weightsmith.quantize.linear_schemes import (
     get_linear_scheme,
     quantize_weight,
 )
-from weightsmith.quantize.schemes import SchemeFamily, register_scheme_family
+from weightsmith.quantize.schemes import SchemeFamily, check_keep_globs, register_scheme_family
 
 FORMATS = ("compressed-tensors", "comfy")
 
@@ -98,7 +101,7 @@ def linear_cli_kwargs(
 
     GGUF recipes take none of these: naming one with a gguf: scheme is a usage error."""
     if scheme.lower().startswith("gguf:"):
-        if fmt not in (None, "gguf") or keep_blocks or activations:
+        if fmt not in (None, "gguf") or keep_blocks is not None or activations:
             raise UsageError(
                 "--format, --keep-blocks and --activations apply to int8/fp8/int4 schemes",
                 hint="drop them for gguf: recipes (the GGUF file is the format)",
@@ -111,8 +114,8 @@ def linear_cli_kwargs(
     out: dict[str, Any] = {}
     if fmt is not None:
         out["format"] = fmt
-    if keep_blocks:
-        parse_keep_blocks(keep_blocks)  # fail before any work
+    if keep_blocks is not None:
+        parse_keep_blocks(keep_blocks)  # fail before any work (an empty value included)
         out["keep_blocks"] = keep_blocks
     if activations:
         out["activations"] = activations
@@ -185,6 +188,7 @@ def quantize_linear(
         )
     kb = keep_blocks if isinstance(keep_blocks, KeepBlocks) else parse_keep_blocks(keep_blocks)
     dev = pick_device(device)
+    check_outputs(dst, overwrite, report)
     ck = open_source(src, config)
     try:
         det = resolve_detection(ck, family)
@@ -209,6 +213,7 @@ def quantize_linear(
             out_plan = make_plan(ck, "original", detection=det, prefix="")
             src_to_d, src_to_o = _rename_map(plan_d), _rename_map(out_plan)
             to_diffusers = {o: src_to_d[s] for s, o in src_to_o.items() if s in src_to_d}
+        check_keep_globs(keep, [*to_diffusers.values(), *(s.name for s in out_plan.specs)])
         policy = LinearPolicy(det.family, ls, linear, to_diffusers.values(), keep, kb)
         decisions = {
             s.name: (
@@ -262,7 +267,14 @@ def quantize_linear(
                     yield name, t
                     continue
                 qw = quantize_weight(t, ls, dev, name)
-                err = sqnr_db(t.to(dev), qw.dequantize())
+                deq = qw.dequantize()
+                if not bool(torch.isfinite(deq).all()):  # never write a block that decodes to NaN/inf
+                    raise QuantizationError(
+                        f"tensor {name!r} does not fit {ls.name}: it decodes to NaN or infinite values",
+                        hint=f"keep it unquantized with --keep '{name}', or fix the checkpoint",
+                    )
+                err = sqnr_db(t.to(dev), deq)
+                del deq
                 module = name.removesuffix(".weight")
                 items = (
                     ct_tensors(module, qw, afmt) if fmt == "compressed-tensors" else comfy_tensors(module, qw)
@@ -273,28 +285,32 @@ def quantize_linear(
                 for k, x in items:
                     yield k, x.cpu()
 
-        if fmt == "compressed-tensors":
-            qcfg = ct_quantization_config(ls, activations, sorted(ignore))
-            write_diffusers_component(
-                dst, specs, tensors(), {**cfg, "quantization_config": qcfg}, shard_size, overwrite, meta
-            )
-        else:
-            prov = provenance_config(out_plan)
-            if prov:
-                meta[CONFIG_METADATA_KEY] = json.dumps(prov, sort_keys=True)
-            marker_spec, marker = comfy_marker_spec(ls)
+        label = ls.name + (f" (W8A8 {activations} activations)" if activations else "") + f", {fmt}"
+        folder = fmt == "compressed-tensors"
+        with staged_outputs(dst, overwrite, report, folder=folder) as (tmp, table):
+            if folder:
+                qcfg = ct_quantization_config(ls, activations, sorted(ignore))
+                write_diffusers_component(
+                    tmp, specs, tensors(), {**cfg, "quantization_config": qcfg}, shard_size, False, meta
+                )
+            else:
+                prov = provenance_config(out_plan)
+                if prov:
+                    meta[CONFIG_METADATA_KEY] = json.dumps(prov, sort_keys=True)
+                marker_spec, marker = comfy_marker_spec(ls)
 
-            def with_marker() -> Iterator[tuple[str, torch.Tensor]]:
-                yield from tensors()
-                yield marker_spec[0], marker
+                def with_marker() -> Iterator[tuple[str, torch.Tensor]]:
+                    yield from tensors()
+                    yield marker_spec[0], marker
 
-            write_safetensors(dst, [*specs, marker_spec], with_marker(), meta, overwrite=overwrite)
+                write_safetensors(tmp, [*specs, marker_spec], with_marker(), meta)
+            result = QuantizeResult(dst, label, layers, time.perf_counter() - t0)
+            if table is not None:
+                write_layer_report(dst, result, table)
     finally:
         ck.close()
-    label = ls.name + (f" (W8A8 {activations} activations)" if activations else "") + f", {fmt}"
-    result = QuantizeResult(dst, label, layers, time.perf_counter() - t0)
     if report:
-        result.report_path = write_layer_report(dst, result)
+        result.report_path = layers_path(dst)
     return result
 
 

@@ -6,7 +6,10 @@ function that runs the whole job; ``run_scheme`` finds it. Adding a scheme is re
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import fnmatch
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,3 +47,24 @@ def find_scheme(scheme: str) -> SchemeFamily:
 def _load() -> None:
     import weightsmith.quantize.gguf_quantize  # noqa: F401 - registers gguf:*
     import weightsmith.quantize.linear_quantize  # noqa: F401 - registers int8, fp8, int4...
+
+
+def check_keep_globs(globs: Sequence[str], names: Iterable[str], option: str = "--keep") -> None:
+    """Refuse, before any work, a --keep glob that is empty or matches no tensor of the model: a
+    typo there would otherwise quantize the tensors the user meant to keep, without a word."""
+    pool = sorted(set(names))
+    for g in globs:
+        if not g.strip():
+            raise UsageError(
+                f"{option} got an empty pattern", hint="give a glob of tensor names, e.g. 'blocks.0.*'"
+            )
+        try:
+            hit = any(fnmatch.fnmatchcase(n, g) for n in pool)
+        except re.error as e:
+            raise UsageError(f"{option} {g!r} is not a valid glob ({e})", hint="e.g. 'blocks.0.*'") from None
+        if not hit:
+            near = difflib.get_close_matches(g, pool, n=3, cutoff=0.0) or pool[:3]
+            raise UsageError(
+                f"{option} {g!r} matches no tensor of this model",
+                hint=f"tensor names look like {', '.join(near)}",
+            )
