@@ -296,3 +296,34 @@ def test_output_name_too_long_or_under_proc(tmp_path):
             atomic_dir(Path(root) / "weightsmith-out"),
         ):
             pass
+
+
+def test_scratch_dir_is_removed_and_named_as_a_partial(tmp_path):
+    from weightsmith.io.atomic import scratch_dir
+
+    with scratch_dir(tmp_path / "out") as tmp:
+        assert tmp.name.startswith(f".out.{os.getpid()}-") and tmp.name.endswith(".partial")
+        (tmp / "fused").mkdir()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError), scratch_dir(tmp_path / "out") as tmp:
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_destination_that_appears_while_writing_is_kept(tmp_path):
+    appeared = "appeared while the output was being written"
+    with pytest.raises(OutputError, match=appeared), atomic_file(tmp_path / "m.bin") as tmp:
+        tmp.write_bytes(b"new")
+        (tmp_path / "m.bin").write_bytes(b"someone else's")
+    assert (tmp_path / "m.bin").read_bytes() == b"someone else's"
+    assert _left_names(tmp_path) == ["m.bin"]
+
+
+def test_a_huge_pid_in_a_partial_name_is_left_alone(tmp_path):
+    odd = tmp_path / partial_name(tmp_path / "out", 99999999999)
+    odd.mkdir()
+    assert remove_stale_partials(tmp_path / "out") == 0 and odd.exists()
+
+
+def _left_names(folder):
+    return sorted(p.name for p in folder.iterdir())

@@ -76,7 +76,7 @@ def partial_name(dst: str | Path, pid: int | None = None, suffix: str = PARTIAL)
 
 def _partial_pattern(dst: Path) -> re.Pattern[str]:
     return re.compile(
-        rf"\.{re.escape(_stem(dst.name))}\.(\d+)-([0-9a-f]{{8}})\.[0-9a-f]+({re.escape(PARTIAL)}|{re.escape(_OLD)})"
+        rf"\.{re.escape(_stem(dst.name))}\.([0-9]{{1,10}})-([0-9a-f]{{8}})\.[0-9a-f]+({re.escape(PARTIAL)}|{re.escape(_OLD)})"
     )
 
 
@@ -88,7 +88,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:
+    except (OSError, OverflowError):
         return True
     return True
 
@@ -393,9 +393,14 @@ def _output_error(e: OSError, dst: Path, tmp: Path) -> OutputError | None:
     return OutputError(f"cannot write {dst}: {reason}", hint=_hint(e.errno))
 
 
-def _commit(tmp: Path, dst: Path) -> None:
+def _commit(tmp: Path, dst: Path, overwrite: bool) -> None:
     with _signals_held():
         if os.path.lexists(dst):
+            if not overwrite:  # it appeared while this run was writing
+                raise OutputError(
+                    f"{dst} appeared while the output was being written; the new output was not kept",
+                    hint="choose another destination or pass --overwrite",
+                )
             old = tmp.with_name(partial_name(dst, suffix=_OLD))
             os.rename(dst, old)
             try:
@@ -416,7 +421,7 @@ def _atomic(dst: Path, overwrite: bool, is_dir: bool) -> Iterator[Path]:
     try:
         yield tmp
         try:
-            _commit(tmp, dst)
+            _commit(tmp, dst, overwrite)
         except OSError as e:
             raise OutputError(
                 f"cannot put the output in place at {dst}: {e.strerror or e}", hint=_hint(e.errno)
@@ -444,3 +449,20 @@ def atomic_dir(dst: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``dst``; rename it to ``dst`` on success."""
     with _atomic(Path(dst), overwrite, is_dir=True) as tmp:
         yield tmp
+
+
+@contextlib.contextmanager
+def scratch_dir(dst: str | Path) -> Iterator[Path]:
+    """A working folder beside ``dst`` for intermediate files (e.g. a fused model converted
+    again), always removed at the end. Named like a partial of ``dst``, so if the run is killed
+    the next run that writes ``dst`` removes it."""
+    dst = Path(dst)
+    parent = dst.parent if str(dst.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"the folder {parent} does not exist", hint="create it first")
+    remove_stale_partials(dst)
+    tmp = _create(dst, is_dir=True)
+    try:
+        yield tmp
+    finally:
+        _remove(tmp)
