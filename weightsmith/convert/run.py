@@ -228,11 +228,12 @@ def _maybe_plan(comp: Checkpoint, to: str, family: str | None, dtype: str, prefi
 
 
 def load_config(path: str | Path) -> dict:
-    """Read a Diffusers config.json given as a file or the folder holding it, checked on its own
-    (types, ranges, finite numbers); a checkpoint it is attached to (``ck.config = ...``) then
-    checks it against the weights on first use."""
+    """Read a Diffusers config.json given as a file or the folder holding it.
+
+    A checkpoint it is attached to (``ck.config = ...``) checks it on first use: types and
+    ranges by the class of the weights' family, then against the weights themselves."""
     from weightsmith.errors import CorruptFileError, InputError, NotFoundError
-    from weightsmith.families.config_check import validate_config
+    from weightsmith.families.config_check import check_finite
     from weightsmith.io.open import path_kind
     from weightsmith.io.structured import read_json_file
 
@@ -256,5 +257,5 @@ def load_config(path: str | Path) -> dict:
     cfg = read_json_file(p, hint="pass a valid Diffusers config.json")
     if not isinstance(cfg, dict):
         raise CorruptFileError(f"{p} is not a JSON object", hint="pass a valid Diffusers config.json")
-    validate_config(cfg, None, str(p))
+    check_finite(cfg, str(p))
     return cfg

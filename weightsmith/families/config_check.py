@@ -282,15 +282,6 @@ def check_against_weights(
     else:
         facts = derived.pop("_facts")
     label = f"{comp.family} {comp.component}"
-    if derived is not None:
-        for key in sorted(SHAPE_KEYS & set(config) & set(derived)):
-            given, says = config[key], derived[key]
-            if given is None or says is None or _same(given, says):
-                continue
-            raise CorruptFileError(
-                f"{where}: {key} is {_show(given)} but the weights ({label}) say {_show(says)}",
-                hint=_HINT,
-            )
     inner = None
     if derived is not None and derived.get("num_attention_heads") and derived.get("attention_head_dim"):
         inner = derived["num_attention_heads"] * derived["attention_head_dim"]
@@ -307,6 +298,15 @@ def check_against_weights(
         if inner % heads:
             raise CorruptFileError(
                 f"{where}: num_attention_heads {heads} does not divide the weights' attention width {inner}",
+                hint=_HINT,
+            )
+    if derived is not None:
+        for key in sorted(SHAPE_KEYS & set(config) & set(derived)):
+            given, says = config[key], derived[key]
+            if given is None or says is None or _same(given, says):
+                continue
+            raise CorruptFileError(
+                f"{where}: {key} is {_show(given)} but the weights ({label}) say {_show(says)}",
                 hint=_HINT,
             )
 
