@@ -80,9 +80,9 @@ def test_text_prompts_need_a_text_encoder(wan, run_cli, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\n")
     r = run_cli("verify", wan["pipe"], wan["Q8_0"], *GEN, "--prompts", prompts)
-    assert r.code == 2 and "text encoder" in r.err
+    assert r.code == 2 and "text encoder" in r.words
     r = run_cli("verify", wan["transformer"], wan["Q8_0"], *GEN, "--prompts", prompts)
-    assert r.code == 2 and "transformer alone" in r.err
+    assert r.code == 2 and "transformer alone" in r.words
 
 
 def test_embeddings_file(wan, run_cli, tmp_path):
@@ -102,7 +102,7 @@ def test_embeddings_file(wan, run_cli, tmp_path):
     bad = tmp_path / "bad.safetensors"
     save_file({"x": torch.zeros(1)}, str(bad))
     r = run_cli("verify", wan["pipe"], wan["transformer"], *GEN, "--prompts", bad)
-    assert r.code == 2 and "prompt_embeds" in r.err
+    assert r.code == 2 and "prompt_embeds" in r.words
 
 
 def test_vae_tiling_passes_through(wan, tmp_path):

@@ -111,7 +111,7 @@ def test_cache_key_follows_settings(wan, tmp_path):
 def test_transformer_alone_scores_latents_and_frame_gates_need_a_vae(wan, run_cli, tmp_path):
     r = run_cli("verify", wan["transformer"], wan["Q8_0"], *GEN, "--gate", "psnr>=30", "--no-cache")
     assert r.code == 2
-    assert "need decoded frames" in r.err and "--vae" in r.err
+    assert "need decoded frames" in r.words and "--vae" in r.words
     r = run_cli(
         "verify", wan["transformer"], wan["Q8_0"], *GEN, "--gate", "latent_sqnr>=20", "--no-cache",
         "--consumer", "weightsmith", "--json",
@@ -149,17 +149,17 @@ def test_usage_errors_exit_2(wan, run_cli):
         "unknown --scheduler" in run_cli("verify", wan["pipe"], wan["Q8_0"], *GEN, "--scheduler", "nope").err
     )
     r = run_cli("verify", wan["pipe"], wan["Q8_0"], *GEN, "--scheduler", "ddim")
-    assert r.code == 2 and "flow-matching" in r.err
+    assert r.code == 2 and "flow-matching" in r.words
     r = run_cli("verify", wan["pipe"], wan["Q8_0"], *GEN, "--offload", "model", "--device", "cpu")
-    assert r.code == 2 and "needs a GPU" in r.err
+    assert r.code == 2 and "needs a GPU" in r.words
     r = run_cli("verify", wan["pipe"], wan["Q8_0"], *GEN, "--gate", "psnr=>30")
-    assert r.code == 2 and "cannot read gate" in r.err
+    assert r.code == 2 and "cannot read gate" in r.words
     r = run_cli("verify", wan["pipe"], wan["Q8_0"], *GEN, "--gate", "sharpness>=3")
-    assert r.code == 2 and "known metrics" in r.err
+    assert r.code == 2 and "known metrics" in r.words
     r = run_cli("verify", wan["pipe"], wan["root"] / "missing.gguf", *GEN)
-    assert r.code == 2 and "does not exist" in r.err
+    assert r.code == 2 and "does not exist" in r.words
     r = run_cli("verify", wan["pipe"], wan["Q8_0"], *GEN, "--height", "40")
-    assert r.code == 2 and "WanPipeline refused the generation settings" in r.err and "16" in r.err
+    assert r.code == 2 and "WanPipeline refused the generation settings" in r.words and "16" in r.words
 
 
 def test_gates_from_toml(wan, run_cli, tmp_path):

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from weightsmith.verify.settings import GenerationSettings, parse_seeds
+from weightsmith.verify.settings import GenerationSettings, check_options, parse_seeds
 
 
 def generation_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -72,8 +72,9 @@ def generation_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def settings_from(kw: dict[str, Any]) -> GenerationSettings:
-    """GenerationSettings from the shared options (popped from ``kw``)."""
-    return GenerationSettings(
+    """GenerationSettings from the shared options (popped from ``kw``), checked before any model
+    is opened: a bad --height or --device ends at once, not after minutes of loading."""
+    settings = GenerationSettings(
         height=kw.pop("height"),
         width=kw.pop("width"),
         frames=kw.pop("frames"),
@@ -90,6 +91,8 @@ def settings_from(kw: dict[str, Any]) -> GenerationSettings:
         prompts=kw.pop("prompts"),
         negative_prompt=kw.pop("negative_prompt"),
     )
+    check_options(settings)
+    return settings
 
 
 def _cache_dir(cache_dir: str | None, no_cache: bool) -> Path | None:

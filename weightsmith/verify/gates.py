@@ -32,6 +32,11 @@ _RX = re.compile(
 )
 
 
+MAX_GATE_CHARS = 200  # "latent_sqnr >= 20" is 17; a gate longer than this is not one
+MAX_GATES_BYTES = 1 << 20
+MAX_GATES = 1000
+
+
 @dataclass(frozen=True)
 class Gate:
     metric: str
@@ -56,48 +61,89 @@ class GateResult:
     applicable: bool = True
 
 
+def _shown(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def parse_gate(text: str) -> Gate:
     """``'psnr>=30'`` to a Gate; unknown metrics and malformed text are usage errors."""
-    m = _RX.match(text)
+    m = _RX.match(text) if len(text) <= MAX_GATE_CHARS else None
     if not m:
         raise UsageError(
-            f"cannot read gate {text!r}", hint="write METRIC OP NUMBER, e.g. 'psnr>=30' or 'flicker<=0.01'"
+            f"cannot read gate {_shown(text)}",
+            hint="write METRIC OP NUMBER, e.g. 'psnr>=30' or 'flicker<=0.01'",
         )
     name = m.group(1).lower()
     if name not in METRICS:
-        raise UsageError(f"gate {text!r} names no known metric", hint=f"known metrics: {', '.join(METRICS)}")
-    return Gate(name, m.group(2), float(m.group(3)))
+        raise UsageError(
+            f"gate {_shown(text)} names no known metric", hint=f"known metrics: {', '.join(METRICS)}"
+        )
+    number = m.group(3)
+    threshold = float(number)
+    if math.isinf(threshold) and "inf" not in number.lower():
+        # 1e999 or a 400-digit number: beyond float range, not a threshold anyone means.
+        raise UsageError(
+            f"gate {_shown(text)}: {number[:20]}... is beyond the range of a threshold",
+            hint="write a threshold such as 30 or 0.95 (or inf for exact)",
+        )
+    return Gate(name, m.group(2), threshold)
 
 
 def load_gates_toml(path: str | Path) -> list[Gate]:
-    """Gates from a TOML file (``gates = [...]`` or a ``[gates]`` table of ``metric = "op value"``)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise UsageError(
-                "--gates needs Python 3.11+ or the tomli package", hint="pip install tomli"
-            ) from None
+    """Gates from a TOML file (``gates = [...]`` or a ``[gates]`` table of ``metric = "op value"``).
+
+    Read and checked before any model is opened, so a broken file ends the run at once.
+    """
+    from weightsmith.io.structured import parse_toml
+
     p = Path(path)
-    if not p.is_file():
+    hint = 'write gates = ["psnr>=30"] or a [gates] table such as psnr = ">=30"'
+    if p.is_dir():
+        raise InputError(f"--gates {p} is a directory; a TOML file is expected", hint=hint)
+    if not p.exists():
         raise InputError(f"--gates {p} does not exist", hint="pass a TOML file with a gates list or table")
+    if not p.is_file():
+        raise InputError(f"--gates {p} is not a regular file; a TOML file is expected", hint=hint)
     try:
-        data = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"--gates {p} is not valid TOML ({e})") from None
+        size = p.stat().st_size
+        if size > MAX_GATES_BYTES:
+            raise InputError(f"--gates {p} is {size} bytes; a gates file is a few lines", hint=hint)
+        raw = p.read_bytes()
+    except OSError as e:
+        raise InputError(f"--gates {p} cannot be read ({e.strerror or e})", hint=hint) from None
+    data = parse_toml(raw, f"--gates {p}", error=InputError, hint=hint)
     g = data.get("gates")
-    if isinstance(g, list) and all(isinstance(x, str) for x in g):
-        return [parse_gate(x) for x in g]
-    if isinstance(g, dict):
-        out = []
+    if isinstance(g, list):
+        bad = [x for x in g if not isinstance(x, str)]
+        if bad:
+            raise InputError(
+                f"--gates {p}: the gates list holds {type(bad[0]).__name__} {_shown(str(bad[0]), 40)}, "
+                "not a gate string",
+                hint=hint,
+            )
+        gates = [parse_gate(x) for x in g]
+    elif isinstance(g, dict):
+        gates = []
         for k, v in g.items():
             vals = v if isinstance(v, list) else [v]
             for x in vals:
-                out.append(parse_gate(f"{k}{x}" if isinstance(x, str) else f"{k}>={x}"))
-        return out
-    raise InputError(f"--gates {p} has no 'gates' list or [gates] table", hint='write gates = ["psnr>=30"]')
+                if isinstance(x, bool) or not isinstance(x, (str, int, float)):
+                    raise InputError(
+                        f"--gates {p}: gate {_shown(str(k), 40)} is {type(x).__name__} "
+                        f"{_shown(str(x), 40)}, not a condition",
+                        hint=hint,
+                    )
+                if isinstance(x, int) and abs(x) > 10**15:
+                    raise InputError(
+                        f"--gates {p}: gate {_shown(str(k), 40)} has a threshold beyond any metric's range",
+                        hint=hint,
+                    )
+                gates.append(parse_gate(f"{k}{x}" if isinstance(x, str) else f"{k}>={x}"))
+    else:
+        raise InputError(f"--gates {p} has no 'gates' list or [gates] table", hint=hint)
+    if len(gates) > MAX_GATES:
+        raise InputError(f"--gates {p} holds {len(gates)} gates, more than {MAX_GATES}", hint=hint)
+    return gates
 
 
 def frame_gates(gates: Iterable[Gate]) -> list[Gate]:

@@ -54,7 +54,7 @@ from weightsmith.verify.pipelines import (
     place,
 )
 from weightsmith.verify.schedulers import SchedulerChoice, choose_scheduler
-from weightsmith.verify.settings import GenerationSettings, device_kind, pick_device
+from weightsmith.verify.settings import GenerationSettings, check_options, device_kind, pick_device
 
 SCHEMA = "weightsmith.verify/1"
 PREVIEW_FRAMES = 8
@@ -346,8 +346,14 @@ def prepare(
 ) -> tuple[SchedulerChoice, GenerationSettings, torch.device, list[Item]]:
     """Scheduler, resolved settings, device and the (prompt, seed) items of a reference run."""
     world = world or distributed.World()
+    from weightsmith.verify.geometry import check_prompts, fit_settings
+
+    check_options(settings)
     sched = choose_scheduler(base.family, base.variant, settings.scheduler, base.scheduler_config)
-    settings = settings.resolved(base.family, sched.steps, sched.guidance)
+    settings, size_notes = fit_settings(base, settings, sched.steps, sched.guidance)
+    for note in size_notes:
+        if note not in base.notes:
+            base.notes.append(note)
     device = pick_device(settings.device)
     if is_i2v(base.family, base.variant) and base.vae is None:
         raise UsageError(
@@ -360,6 +366,7 @@ def prepare(
             hint="drop --offload on a CPU-only machine",
         )
     prompts = distributed.share_call(world, lambda: _prompts(settings, base, device))
+    check_prompts(base, prompts)
     return sched, settings, device, _items(base, settings, prompts)
 
 
