@@ -432,7 +432,7 @@ class GGUFCheckpoint(Checkpoint):
         else:
             from weightsmith.io.dequant import dequantize_gguf
 
-            out = dequantize_gguf(data, t.qtype, shape)
+            out = dequantize_gguf(data, t.qtype, t.torch_shape or (1,)).reshape(shape)
         if out.is_floating_point() and not _all_finite(out):
             what = "dequantizes to" if t.qtype not in _PLAIN and t.qtype != "BF16" else "stores"
             why = " (a block scale is NaN or infinite)" if what == "dequantizes to" else ""

@@ -53,6 +53,9 @@ def _raw_tensor(ck: GGUFCheckpoint, name: str) -> tuple[torch.Tensor, str | None
     info = ck.info(name)
     if not info.quantized:
         return ck.get(name), None
+    # Decode it once here: GGUFCheckpoint.get refuses blocks with NaN or infinite scales, naming
+    # the tensor, where a forward would only turn them into NaN outputs.
+    ck.get(name)
     qtype, arr = ck.raw(name)
     rows = info.shape[0] if info.shape else 1
     return torch.from_numpy(arr.copy()).reshape(rows, -1), qtype
