@@ -95,6 +95,26 @@ def settings_from(kw: dict[str, Any]) -> GenerationSettings:
     return settings
 
 
+def check_report_dir(report: str | None) -> None:
+    """--report names a folder to write into: refuse a file there now, not after the generations."""
+    if report is None:
+        return
+    from weightsmith.errors import OutputError
+
+    p = Path(report)
+    if p.exists() and not p.is_dir():
+        raise OutputError(
+            f"--report {p} is a file; a folder is expected", hint="pass a new or existing folder"
+        )
+    parent = p.parent if not p.exists() else p
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(
+            f"--report {p} cannot be created: {parent} is not a folder", hint="pass a folder path"
+        )
+
+
 def _cache_dir(cache_dir: str | None, no_cache: bool) -> Path | None:
     from weightsmith.verify.cache import default_cache_dir
 
@@ -166,7 +186,9 @@ def verify_command(
     from weightsmith.verify.gates import failure_table, load_gates_toml, parse_gate
     from weightsmith.verify.run import VerifyOptions, check_gates, summary_table, verify
 
+    # Everything a user typed is checked before any model is opened: gates, report folder, settings.
     gates = [parse_gate(g) for g in gate] + (load_gates_toml(gates_file) if gates_file else [])
+    check_report_dir(report)
     settings = settings_from(kw)
     opts = VerifyOptions(
         baseline,
@@ -203,7 +225,13 @@ def verify_command(
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("--scheme", required=True, help="gguf:TYPE (e.g. gguf:Q4_K_M), int8, fp8, int4, int4-g64 ...")
 @generation_options
-@click.option("--top", type=int, default=20, show_default=True, help="Rows of the ranked table to print.")
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Rows of the ranked table to print.",
+)
 @click.option("--report", type=click.Path(path_type=str), help="Write sensitivity.json/.md/.html here.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the ranking as JSON (schema weightsmith.sensitivity/1)."
@@ -224,6 +252,7 @@ def sensitivity_command(
     """
     from weightsmith.verify.sensitivity import format_ranking, run_sensitivity, write_sensitivity_report
 
+    check_report_dir(report)
     settings = settings_from(kw)
     result = run_sensitivity(model, scheme, settings, vae=vae)
     if report:

@@ -66,26 +66,69 @@ def seeded_prompt(family: str, config: dict[str, Any], seed: int, text_len: int 
     return Prompt(f"seed{seed}", emb, neg, mask, None if mask is None else mask.clone())
 
 
+PROMPTS_HINT = "pass a .safetensors file of embeddings or a .txt of prompts, one a line"
+MAX_TEXT_PROMPTS_BYTES = 4 * 2**20
+
+
+def prompt_path(path: str | Path) -> Path:
+    """``--prompts`` as a regular file, or an error that says what it is instead."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"--prompts {p} is a directory; a file is expected", hint=PROMPTS_HINT)
+    if not p.exists():
+        raise InputError(f"--prompts {p} does not exist", hint=PROMPTS_HINT)
+    if not p.is_file():
+        raise InputError(f"--prompts {p} is not a regular file", hint=PROMPTS_HINT)
+    return p
+
+
+def read_text_prompts(path: str | Path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file of prompts (bounded: prompts are short)."""
+    p = prompt_path(path)
+    if p.stat().st_size > MAX_TEXT_PROMPTS_BYTES:
+        raise InputError(
+            f"--prompts {p} is {p.stat().st_size} bytes, more than a file of prompts holds",
+            hint=PROMPTS_HINT,
+        )
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"--prompts {p} is not UTF-8 text", hint=PROMPTS_HINT) from None
+    texts = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not texts:
+        raise InputError(f"--prompts {p} holds no prompt", hint="write one prompt per line")
+    return texts
+
+
 def load_prompt_file(path: str | Path, family: str) -> list[Prompt]:
     """Prompts from a safetensors file: ``prompt_embeds`` [N, L, D] and optionally
     ``negative_prompt_embeds``, ``prompt_attention_mask``, ``negative_prompt_attention_mask``."""
     from safetensors.torch import load_file
 
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(
-            f"--prompts {p} does not exist", hint="pass a .safetensors file of embeddings or a .txt"
-        )
+    p = prompt_path(path)
     try:
         d = load_file(str(p))
     except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
-        raise InputError(f"--prompts {p} is not a readable safetensors file ({e})") from None
+        msg = " ".join(str(e).split())[:160]
+        raise InputError(f"--prompts {p} is not a readable safetensors file ({msg})") from None
     if "prompt_embeds" not in d or d["prompt_embeds"].dim() != 3:
         raise InputError(
             f"--prompts {p} holds no 'prompt_embeds' tensor of shape [N, tokens, width]",
             hint="save one with safetensors.torch.save_file({'prompt_embeds': ...}, path)",
         )
     n = d["prompt_embeds"].shape[0]
+    if n < 1 or d["prompt_embeds"].shape[1] < 1:
+        raise InputError(f"--prompts {p} holds no prompt (prompt_embeds is empty)", hint=PROMPTS_HINT)
+    for key in ("negative_prompt_embeds", "prompt_attention_mask", "negative_prompt_attention_mask"):
+        if key in d and (d[key].dim() < 2 or d[key].shape[0] != n):
+            raise InputError(
+                f"--prompts {p}: {key} {list(d[key].shape)} does not have one row per prompt ({n})",
+                hint="save every tensor with the same first dimension N",
+            )
+    for key in ("prompt_embeds", "negative_prompt_embeds"):
+        t = d.get(key)
+        if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise InputError(f"--prompts {p}: {key} holds NaN or Inf", hint="re-create the embeddings")
 
     def row(key: str, i: int) -> torch.Tensor | None:
         return d[key][i : i + 1].clone() if key in d else None

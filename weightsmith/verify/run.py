@@ -29,6 +29,7 @@ from weightsmith.verify.inputs import (
     image_digest,
     load_image,
     load_prompt_file,
+    read_text_prompts,
     seeded_image,
     seeded_prompt,
 )
@@ -255,13 +256,7 @@ def _prompts(settings: GenerationSettings, base: Baseline, device: torch.device)
     path = Path(p)
     if path.suffix == ".safetensors":
         return load_prompt_file(path, base.family)
-    if not path.is_file():
-        raise InputError(
-            f"--prompts {path} does not exist", hint="pass a .safetensors file of embeddings or a .txt"
-        )
-    texts = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    if not texts:
-        raise InputError(f"--prompts {path} holds no prompt", hint="write one prompt per line")
+    texts = read_text_prompts(path)
     if base.folder is None:
         raise UsageError(
             "text prompts need the baseline pipeline's text encoder, and BASELINE is a transformer alone",

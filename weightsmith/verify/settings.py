@@ -167,6 +167,10 @@ def check_options(settings: GenerationSettings) -> None:
     if not settings.seeds:
         raise UsageError("--seeds names no seed", hint="use e.g. 0 or 0,1,2 or 0-3")
     pick_device(settings.device)
+    if settings.prompts is not None:
+        from weightsmith.verify.inputs import prompt_path
+
+        prompt_path(settings.prompts)
 
 
 def pick_device(device: str) -> torch.device:

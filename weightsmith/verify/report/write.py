@@ -36,8 +36,16 @@ def fidelity_metric(run: Any) -> str:
     return "psnr" if run.frames else "latent_sqnr"
 
 
-def write_report(folder: str | Path, runs: Sequence[Any], title: str = "weightsmith verify") -> Path:
-    """Write the three report files into ``folder`` (created); returns the HTML path."""
+def write_report(
+    folder: str | Path,
+    runs: Sequence[Any],
+    title: str = "weightsmith verify",
+    headline: str | None = None,
+) -> Path:
+    """Write the three report files into ``folder`` (created); returns the HTML path.
+
+    ``headline`` replaces the PASS/FAIL verdict line where the gates are an illustration, not a
+    check of the run (the demo: tiny random models fail gates meant for real ones by design)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if len(runs) == 1:
@@ -51,18 +59,21 @@ def write_report(folder: str | Path, runs: Sequence[Any], title: str = "weightsm
     with atomic_file(folder / "report.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(body, indent=1, sort_keys=False) + "\n")
     with atomic_file(folder / "report.md", overwrite=True) as tmp:
-        tmp.write_text(markdown(runs, title))
+        tmp.write_text(markdown(runs, title, headline))
     html_path = folder / "report.html"
     with atomic_file(html_path, overwrite=True) as tmp:
-        tmp.write_text(html(runs, title))
+        tmp.write_text(html(runs, title, headline))
     return html_path
 
 
 # --------------------------------------------------------------------------------------------- markdown
-def markdown(runs: Sequence[Any], title: str) -> str:
+def markdown(runs: Sequence[Any], title: str, headline: str | None = None) -> str:
     lines = [f"# {title}", ""]
     ok = all(r.passed for r in runs)
-    lines += [f"**Result: {'PASS' if ok else 'FAIL'}**: {_pass_count(runs)}", ""]
+    if headline:
+        lines += [headline, ""]
+    else:
+        lines += [f"**Result: {'PASS' if ok else 'FAIL'}**: {_pass_count(runs)}", ""]
     if len(runs) > 1:
         lines += ["## Fidelity against size", "", *fidelity_table(runs), ""]
     for run in runs:
@@ -119,7 +130,7 @@ table{border-collapse:collapse;margin:10px 0;font-size:13px} td,th{border:1px so
 th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .pass{color:#1a7f37;font-weight:bold} .fail{color:#cf222e;font-weight:bold} .exact{color:#0969da;font-weight:bold}
 .badge{display:inline-block;padding:4px 12px;border-radius:12px;color:#fff;font-weight:bold}
-.badge.ok{background:#1a7f37} .badge.bad{background:#cf222e}
+.badge.ok{background:#1a7f37} .badge.bad{background:#cf222e} .badge.info{background:#0969da}
 .charts{display:flex;flex-wrap:wrap;gap:12px} .note{color:#555;font-size:13px}
 figure{margin:12px 0} figcaption{font-size:12px;color:#555} img.px{image-rendering:pixelated}
 """
@@ -140,15 +151,20 @@ def _cell(v: float | None) -> str:
     return f'<td class="num">{escape(format_value(v))}</td>'
 
 
-def html(runs: Sequence[Any], title: str) -> str:
+def html(runs: Sequence[Any], title: str, headline: str | None = None) -> str:
     ok = all(r.passed for r in runs)
+    verdict = (
+        f'<p><span class="badge info">demo</span> {escape(headline)}</p>'
+        if headline
+        else f'<p><span class="badge {"ok" if ok else "bad"}">{"PASS" if ok else "FAIL"}</span> '
+        f"{_pass_count(runs)}</p>"
+    )
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        f'<p><span class="badge {"ok" if ok else "bad"}">{"PASS" if ok else "FAIL"}</span> '
-        f"{_pass_count(runs)}</p>",
+        verdict,
     ]
     if len(runs) > 1:
         parts.append("<h2>Fidelity against size</h2>")
