@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,11 +25,11 @@ import torch
 
 from weightsmith import __version__
 from weightsmith.convert.engine import make_plan, resolve_detection, stream
-from weightsmith.errors import OutputError, QuantizationError, UsageError
+from weightsmith.errors import QuantizationError, UsageError
 from weightsmith.families import get_component
 from weightsmith.families.base import DIFFUSION_PREFIX
 from weightsmith.io import open_single
-from weightsmith.io.atomic import atomic_dir, atomic_file
+from weightsmith.io.atomic import atomic_dir, atomic_file, check_destination, scratch_dir
 from weightsmith.io.gguf_writer import GGUFTensorSpec, tensor_bytes, write_gguf
 from weightsmith.quantize.gguf_recipes import FAMILY_RULES, RECIPES, assign_types, get_recipe
 from weightsmith.quantize.imatrix import ImportanceMatrix, read_imatrix
@@ -163,36 +164,31 @@ def layers_path(dst: Path) -> Path:
     return dst.with_name(dst.name + ".layers.json")
 
 
-def check_outputs(dst: Path, overwrite: bool, report: bool) -> None:
-    """Refuse, before any work, to replace DST or DST.layers.json without --overwrite."""
-    targets = [dst, layers_path(dst)] if report else [dst]
-    for p in targets:
-        if p.is_symlink() or p.exists():
-            if p != dst and not p.is_file():
-                raise OutputError(f"{p} exists and is not a file", hint="move it away or choose another DST")
-            if not overwrite:
-                what = "" if p == dst else " (the per-layer table of an earlier run)"
-                raise OutputError(
-                    f"{p} already exists{what}", hint="choose another destination or pass --overwrite"
-                )
+def check_outputs(dst: Path, overwrite: bool, report: bool, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written or that exists without
+    --overwrite: DST and, when the run writes it, DST.layers.json (an earlier run's table)."""
+    check_destination(dst, overwrite, "dir" if folder else "file")
+    if report:
+        check_destination(layers_path(dst), overwrite, "file")
 
 
 @contextlib.contextmanager
 def staged_outputs(
     dst: Path, overwrite: bool, report: bool, folder: bool = False
 ) -> Iterator[tuple[Path, Path | None]]:
-    """Temporary paths for DST and its per-layer table, renamed into place together on success
-    (DST first, then the table), and both removed on failure: never a DST without its table, nor
-    an earlier run's table beside a new DST. The writer gets a path that does not exist yet."""
-    check_outputs(dst, overwrite, report)
-    with contextlib.ExitStack() as stack:
-        table = stack.enter_context(atomic_file(layers_path(dst), overwrite=True)) if report else None
+    """(path to write DST at, path to write its per-layer table at or None), put in place together
+    on success (DST first, then the table) and all removed on failure: never a new DST beside an
+    earlier run's table, nor a DST without its table.
+
+    DST is written inside a scratch folder named as a partial of DST (swept by a later run if
+    this one is killed), so the writer's own partials never sit beside DST under other names."""
+    check_outputs(dst, overwrite, report, folder)
+    with scratch_dir(dst) as scratch, contextlib.ExitStack() as stack:
+        table = stack.enter_context(atomic_file(layers_path(dst), overwrite)) if report else None
         main = stack.enter_context((atomic_dir if folder else atomic_file)(dst, overwrite))
-        if folder:
-            main.rmdir()
-        else:
-            main.unlink()
-        yield main, table
+        out = scratch / dst.name
+        yield out, table
+        os.replace(out, main)
 
 
 def encode(

@@ -188,7 +188,7 @@ def quantize_linear(
         )
     kb = keep_blocks if isinstance(keep_blocks, KeepBlocks) else parse_keep_blocks(keep_blocks)
     dev = pick_device(device)
-    check_outputs(dst, overwrite, report)
+    check_outputs(dst, overwrite, report, folder=fmt == "compressed-tensors")
     ck = open_source(src, config)
     try:
         det = resolve_detection(ck, family)

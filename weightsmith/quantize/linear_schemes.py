@@ -213,8 +213,13 @@ def quantize_weight(
     else:
         lo = xv.amin(dim=-1).clamp(max=0)
         hi = xv.amax(dim=-1).clamp(min=0)
-        _check_finite(hi - lo, name)
-        scale = (hi - lo) / float(scheme.qmax - scheme.qmin)
+        _check_finite(hi, name)
+        _check_finite(lo, name)
+        levels = float(scheme.qmax - scheme.qmin)
+        scale = (hi - lo) / levels
+        if not bool(torch.isfinite(scale).all()):  # a group spanning -3e38..3e38: its range in float64
+            wide = ((hi.to(torch.float64) - lo.to(torch.float64)) / levels).to(torch.float32)
+            scale = torch.where(torch.isfinite(scale), scale, wide)
         scale = torch.where(scale > 0, scale, one)
         zpf = torch.round(scheme.qmin - lo / scale).clamp(scheme.qmin, scheme.qmax)
         q = xv.div_(scale.unsqueeze(-1)).add_(zpf.unsqueeze(-1)).round_().clamp_(scheme.qmin, scheme.qmax)
