@@ -7,19 +7,23 @@ are derived from the family modules:
   ``.weight`` appended to a module name (and stripped again); musubi-tuner's
   ``blocks_0_self_attn_q`` names are the same templates with dots written as underscores.
 * CogVideoX: the family's own SAT -> Diffusers plan, run on a synthetic checkpoint (a
-  meta-device ``CogVideoXTransformer3DModel`` with the LoRA's layer count, converted to SAT names
-  by the family's reverse plan). Each ``.weight`` op of that plan is one ``Link``: a Rename, or a
-  one-input Regroup that cuts the SAT rows into Diffusers modules (qkv -> to_q/to_k/to_v,
-  adaLN -> norm1/norm2). The same op applied to a LoRA's ``up`` rows maps a LoRA on the fused
-  SAT module. Any layer count works: nothing counts keys.
+  meta-device one-block ``CogVideoXTransformer3DModel``, converted to SAT names by the family's
+  reverse plan). Each ``.weight`` op of that plan is one ``Link``: a Rename, or a one-input
+  Regroup that cuts the SAT rows into Diffusers modules (qkv -> to_q/to_k/to_v, adaLN ->
+  norm1/norm2). The same op applied to a LoRA's ``up`` rows maps a LoRA on the fused SAT module.
 * Sana has no native LoRA format; its Diffusers module names (for telling families apart) come
-  from a meta-device ``SanaTransformer2DModel``.
+  from a meta-device one-block ``SanaTransformer2DModel``.
+
+Blocks are identical, so block 0's names are kept as templates (``transformer_blocks.{i}.attn1``)
+and a name of block i is looked up with its index replaced: any layer count works, nothing counts
+keys, and a name's block index never sizes a model (a LoRA naming block 100000 costs nothing).
+Block indices past what any real model has are refused by the readers (``MAX_BLOCKS``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -41,8 +45,6 @@ _W = ".weight"
 # size a 100001-block meta model (minutes and gigabytes).
 LARGEST_RELEASED = {"wan": 40, "cogvideox": 42, "sana": 60}
 MAX_BLOCKS = {family: 4 * n for family, n in LARGEST_RELEASED.items()}
-# The deepest meta model this module ever builds, whatever bound a caller passed (a backstop).
-_BUILD_LIMIT = 4096
 _HUGE = 10**9  # stands for a block index too long to be a number worth converting
 
 
@@ -111,13 +113,122 @@ class Link:
         return self.op.apply([t])
 
 
+_COG_BLOCK = re.compile(r"(?:transformer\.layers|mixins\.adaln_layer\.\w+)\.([0-9]+)(?=\.|$)")
+_DIFF_BLOCK = re.compile(r"(?:transformer_blocks|blocks|vace_blocks)\.([0-9]+)(?=\.|$)")
+# A block index in any LoRA naming: SAT ``transformer.layers.N`` / ``adaLN_modulations.N`` /
+# ``query_layernorm_list.N``, Diffusers ``transformer_blocks.N`` / ``blocks.N`` / ``vace_blocks.N``,
+# musubi ``blocks_N_``.
+_ANY_BLOCK = re.compile(r"(?:^|[._])(?:layers|blocks|adaLN_modulations|layernorm_list)[._]([0-9]+)(?=[._]|$)")
+_SLOT = "{i}"  # where a block index stands in a name template
+
+
+def _index(digits: str) -> int:
+    """A block index; absurdly long digit runs (int() refuses over 4300 digits) become _HUGE."""
+    return int(digits) if len(digits) <= 9 else _HUGE
+
+
+def _template(name: str, rx: re.Pattern[str]) -> tuple[str, int | None] | None:
+    """``name`` with its block index replaced by ``{i}``, and the index (None for a name outside
+    the blocks); None for a name no model has (a non-canonical index such as ``007``, braces)."""
+    if _SLOT in name:
+        return None
+    m = rx.match(name)
+    if m is None:
+        return name, None
+    digits = m.group(1)
+    if len(digits) > 9 or str(int(digits)) != digits:
+        return None
+    return name[: m.start(1)] + _SLOT + name[m.end(1) :], int(digits)
+
+
+def _fill(template: str, index: int | None) -> str:
+    return template if index is None else template.replace(_SLOT, str(index))
+
+
+def layers_needed(names: Iterable[str], native: bool = False) -> int:
+    """1 + the highest block index the names mention (0 when none do)."""
+    rx = _COG_BLOCK if native else _DIFF_BLOCK
+    top = -1
+    for n in names:
+        m = rx.match(n)
+        if m:
+            top = max(top, _index(m.group(1)))
+    return top + 1
+
+
+def block_index(name: str) -> int:
+    """The highest block index a module or key name mentions, in any LoRA naming (-1 if none)."""
+    return max((_index(d) for d in _ANY_BLOCK.findall(name)), default=-1)
+
+
+def blocks_beyond(names: Iterable[str], limit: int) -> list[tuple[str, int]]:
+    """(name, block index) of the names that address a block at or past ``limit``; cheap, so a
+    reader can refuse them before looking the names up."""
+    return [(n, i) for n in names if (i := block_index(n)) >= limit]
+
+
+class _BlockNames:
+    """Names of a model with ``num_layers`` identical blocks, looked up in the templates of a
+    one-block model: block i's names are block 0's with the index replaced. Looking a name up
+    costs the same whatever its block index, so no name can make weightsmith build a deep model."""
+
+    def __init__(self, num_layers: int, templates: Mapping[str, object], rx: re.Pattern[str]) -> None:
+        self.num_layers = num_layers
+        self._templates = templates
+        self._rx = rx
+
+    def _find(self, name: object) -> tuple[object, int | None] | None:
+        if not isinstance(name, str):
+            return None
+        t = _template(name, self._rx)
+        if t is None or (t[1] is not None and t[1] >= self.num_layers):
+            return None
+        value = self._templates.get(t[0])
+        return None if value is None else (value, t[1])
+
+    def __contains__(self, name: object) -> bool:
+        return self._find(name) is not None
+
+
+class _LinkMap(_BlockNames):
+    """``by_native``: SAT module name -> Link, for any block."""
+
+    def get(self, name: str) -> Link | None:
+        hit = self._find(name)
+        return None if hit is None else _link_at(hit[0], hit[1])  # type: ignore[arg-type]
+
+    def __getitem__(self, name: str) -> Link:
+        link = self.get(name)
+        if link is None:
+            raise KeyError(name)
+        return link
+
+
+class _DiffusersLinkMap(_BlockNames):
+    """``by_diffusers``: Diffusers module name -> (Link, which of its Diffusers modules), for any block."""
+
+    def get(self, name: str) -> tuple[Link, int] | None:
+        hit = self._find(name)
+        if hit is None:
+            return None
+        (link, i), index = hit  # type: ignore[misc]
+        return _link_at(link, index), i
+
+
+def _link_at(template: Link, index: int | None) -> Link:
+    """The template link of block ``{i}`` for block ``index`` (its op, the same for every block)."""
+    return Link(
+        _fill(template.native, index), tuple(_fill(d, index) for d in template.diffusers), template.op
+    )
+
+
 @dataclass(frozen=True)
 class CogVideoXNames:
     """SAT <-> Diffusers module links of a CogVideoX DiT with ``num_layers`` blocks."""
 
     num_layers: int
-    by_native: dict[str, Link]
-    by_diffusers: dict[str, tuple[Link, int]]
+    by_native: _LinkMap
+    by_diffusers: _DiffusersLinkMap
 
 
 _COG_VARIANT = "1.5-5b-i2v"  # the variant with every Linear a CogVideoX DiT can have (ofs embedding too)
@@ -130,25 +241,26 @@ def _meta_state(cls: type, config: dict) -> dict[str, torch.Tensor]:
     return dict(model.state_dict())
 
 
-def _check_build(num_layers: int, what: str) -> None:
-    if num_layers > _BUILD_LIMIT:
+def _templated(name: str, rx: re.Pattern[str]) -> str:
+    t = _template(name, rx)
+    if t is None:
         raise ConversionError(
-            f"a {what} LoRA naming {num_layers} blocks is beyond any real model",
-            hint="the file is corrupt or not a LoRA for this family",
+            f"the family's own module name {name!r} has no block template (a weightsmith bug)"
         )
+    return t[0]
 
 
-@lru_cache(maxsize=8)
-def cogvideox_names(num_layers: int) -> CogVideoXNames:
-    """Links for ``num_layers`` blocks, read off the CogVideoX family's own plans (no table here)."""
-    _check_build(num_layers, "CogVideoX")
+@lru_cache(maxsize=1)
+def _cogvideox_links() -> tuple[dict[str, Link], dict[str, tuple[Link, int]]]:
+    """Template links (block index ``{i}``) read off the CogVideoX family's own plans for a
+    one-block model (no table here)."""
     import diffusers
 
     from weightsmith.families import PlanOptions, get_component
     from weightsmith.families.cogvideox import tiny_transformer_config
 
     comp = get_component("cogvideox", "transformer")
-    config = {**tiny_transformer_config(_COG_VARIANT), "num_layers": max(1, num_layers)}
+    config = {**tiny_transformer_config(_COG_VARIANT), "num_layers": 1}
     infos = infos_from_state_dict(_meta_state(diffusers.CogVideoXTransformer3DModel, config))
     det = comp.detect(infos, config)
     if det is None:
@@ -171,62 +283,38 @@ def cogvideox_names(num_layers: int) -> CogVideoXNames:
             continue
         if not all(o.endswith(_W) for o in op.outputs):
             continue
-        native = op.inputs[0].removeprefix(sat_det.prefix)[: -len(_W)]
-        link = Link(native, tuple(o[: -len(_W)] for o in op.outputs), op)
+        native = _templated(op.inputs[0].removeprefix(sat_det.prefix)[: -len(_W)], _COG_BLOCK)
+        link = Link(native, tuple(_templated(o[: -len(_W)], _DIFF_BLOCK) for o in op.outputs), op)
         by_native[native] = link
         for i, d in enumerate(link.diffusers):
             by_diff[d] = (link, i)
-    return CogVideoXNames(num_layers, by_native, by_diff)
+    return by_native, by_diff
 
 
-_COG_BLOCK = re.compile(r"(?:transformer\.layers|mixins\.adaln_layer\.\w+)\.([0-9]+)\.")
-_DIFF_BLOCK = re.compile(r"(?:transformer_blocks|blocks|vace_blocks)\.([0-9]+)\.")
-# A block index in any LoRA naming: SAT ``transformer.layers.N`` / ``adaLN_modulations.N`` /
-# ``query_layernorm_list.N``, Diffusers ``transformer_blocks.N`` / ``blocks.N`` / ``vace_blocks.N``,
-# musubi ``blocks_N_``.
-_ANY_BLOCK = re.compile(r"(?:^|[._])(?:layers|blocks|adaLN_modulations|layernorm_list)[._]([0-9]+)(?=[._]|$)")
-
-
-def _index(digits: str) -> int:
-    """A block index; absurdly long digit runs (int() refuses over 4300 digits) become _HUGE."""
-    return int(digits) if len(digits) <= 9 else _HUGE
-
-
-def layers_needed(names: Iterable[str], native: bool = False) -> int:
-    """1 + the highest block index the names mention (0 when none do)."""
-    rx = _COG_BLOCK if native else _DIFF_BLOCK
-    top = -1
-    for n in names:
-        m = rx.match(n)
-        if m:
-            top = max(top, _index(m.group(1)))
-    return top + 1
-
-
-def block_index(name: str) -> int:
-    """The highest block index a module or key name mentions, in any LoRA naming (-1 if none)."""
-    return max((_index(d) for d in _ANY_BLOCK.findall(name)), default=-1)
-
-
-def blocks_beyond(names: Iterable[str], limit: int) -> list[tuple[str, int]]:
-    """(name, block index) of the names that address a block at or past ``limit``; cheap, so a
-    reader can refuse them before any model is sized from the names."""
-    return [(n, i) for n in names if (i := block_index(n)) >= limit]
+def cogvideox_names(num_layers: int) -> CogVideoXNames:
+    """Links for ``num_layers`` blocks, from the family's own plans on a one-block model."""
+    by_native, by_diff = _cogvideox_links()
+    n = max(1, num_layers)
+    return CogVideoXNames(n, _LinkMap(n, by_native, _COG_BLOCK), _DiffusersLinkMap(n, by_diff, _DIFF_BLOCK))
 
 
 # ------------------------------------------------------------------------------------------ Sana
-@lru_cache(maxsize=8)
-def sana_modules(num_layers: int) -> frozenset[str]:
-    """Module names (holders of .weight/.bias) of a Sana transformer with every optional part."""
+@lru_cache(maxsize=1)
+def _sana_templates() -> dict[str, bool]:
     import diffusers
 
     from weightsmith.families import get_component
 
-    _check_build(num_layers, "Sana")
     comp = get_component("sana", "transformer")
-    config = {**comp.tiny_config("sprint"), "num_layers": max(1, num_layers)}  # type: ignore[attr-defined]
+    config = {**comp.tiny_config("sprint"), "num_layers": 1}  # type: ignore[attr-defined]
     state = _meta_state(diffusers.SanaTransformer2DModel, config)
-    return frozenset(k.rsplit(".", 1)[0] for k in state if k.endswith((_W, ".bias")))
+    return {_templated(k.rsplit(".", 1)[0], _DIFF_BLOCK): True for k in state if k.endswith((_W, ".bias"))}
+
+
+def sana_modules(num_layers: int) -> Container[str]:
+    """Module names (holders of .weight/.bias) of a Sana transformer with every optional part
+    and ``num_layers`` blocks (a container: ``name in sana_modules(n)``)."""
+    return _BlockNames(max(1, num_layers), _sana_templates(), _DIFF_BLOCK)
 
 
 # ----------------------------------------------------------------------------- family of names
