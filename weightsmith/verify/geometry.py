@@ -74,6 +74,19 @@ def _int(cfg: dict[str, Any], key: str, default: int) -> int:
     return v
 
 
+def _blocks(cfg: dict[str, Any], key: str, default: int) -> int:
+    """How many VAE blocks a config lists (the pipeline's spatial factor is 2**(n-1))."""
+    v = cfg.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 16:
+        raise UsageError(
+            f"the VAE config has {key} = {str(v)[:40]!r}, not a list of block widths",
+            hint="fix the VAE's config.json",
+        )
+    return len(v)
+
+
 def _lcm(a: int, b: int) -> int:
     return a * b // math.gcd(a, b)
 
@@ -112,7 +125,7 @@ def geometry(base: Any) -> Geometry:
             text_width=_int(tcfg, "text_dim", 4096),
         )
     if fam == "cogvideox":
-        spatial = 2 ** (len(vcfg.get("block_out_channels") or [0] * 4) - 1) if vcfg else 8
+        spatial = 2 ** (_blocks(vcfg, "block_out_channels", 4) - 1) if vcfg else 8
         temporal = _int(vcfg, "temporal_compression_ratio", 4) if vcfg else 4
         patch = _int(tcfg, "patch_size", 2)
         mul = _lcm(8, spatial * patch)
@@ -144,7 +157,7 @@ def geometry(base: Any) -> Geometry:
         )
     if fam == "sana":
         if vcfg:
-            spatial = 2 ** (len(vcfg.get("encoder_block_out_channels") or [0] * 6) - 1)
+            spatial = 2 ** (_blocks(vcfg, "encoder_block_out_channels", 6) - 1)
         else:
             spatial = 32
         patch = _int(tcfg, "patch_size", 1)
