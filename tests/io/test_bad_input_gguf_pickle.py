@@ -266,11 +266,12 @@ def _call(mod: str, name: str, arg: bytes) -> bytes:
         ("builtins", "bytearray", b"J\xff\xff\xff\x7f", "does not read"),  # 2 GB from 60 bytes
         ("torch", "FloatTensor", b"J\xff\xff\xff\x7f", "does not read"),
         ("torch._utils", "_rebuild_meta_tensor_no_storage", b"N", "does not read"),
+        ("torch", "_dynamo", b"N", "does not read"),  # never looked up: it would import a subpackage
         ("collections", "OrderedDict", b"K\x05", "TypeError"),  # allowed global, bad argument
         ("torch", "Size", b"X\x01\x00\x00\x00a", "could not be read"),
         ("torch", "device", b"X\x03\x00\x00\x00bad", "could not be read"),
     ],
-    ids=["bytearray", "tensor-class", "meta", "ordereddict-int", "size-str", "device-bad"],
+    ids=["bytearray", "tensor-class", "meta", "lazy-submodule", "ordereddict-int", "size-str", "device-bad"],
 )
 def test_pickle_globals_with_bad_arguments(tmp_path, run_cli, mod, name, arg, needle):
     p = _zip_pickle(tmp_path / "m.pt", _call(mod, name, arg))

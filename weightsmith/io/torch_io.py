@@ -61,9 +61,8 @@ def _allowed_global(name: str) -> bool:
     if mod != "torch":
         return False
     # Storage type markers (torch.FloatStorage...) are not callable in torch's unpickler; dtypes are values.
-    return re.fullmatch(r"\w+Storage", attr) is not None or isinstance(
-        getattr(torch, attr, None), torch.dtype
-    )
+    # vars(), not getattr(): a name such as torch._dynamo would import a whole subpackage.
+    return re.fullmatch(r"\w+Storage", attr) is not None or isinstance(vars(torch).get(attr), torch.dtype)
 
 
 def _check_pickle_globals(path: Path, record: str, data: bytes) -> None:
