@@ -45,6 +45,19 @@ def _peft() -> dict[str, torch.Tensor]:
     return sd
 
 
+def _sat() -> dict[str, torch.Tensor]:
+    """CogVideoX SAT: qkv in three partitions, dense in one, one block (width 16)."""
+    gen = torch.Generator().manual_seed(2)
+    layer = "model.diffusion_model.transformer.layers.1.attention"
+    sd = {}
+    for j in range(3):
+        sd[f"{layer}.query_key_value.matrix_A.{j}"] = torch.randn(2, 16, generator=gen)
+        sd[f"{layer}.query_key_value.matrix_B.{j}"] = torch.randn(16, 2, generator=gen)
+    sd[f"{layer}.dense.matrix_A.0"] = torch.randn(2, 16, generator=gen).half()
+    sd[f"{layer}.dense.matrix_B.0"] = torch.randn(16, 2, generator=gen).half()
+    return sd
+
+
 _PEFT_META = {
     "lora_adapter_metadata": json.dumps(
         {"transformer.r": 2, "transformer.lora_alpha": 4, "transformer.alpha_pattern": {"ffn.net.2": 2}}
@@ -54,6 +67,7 @@ FILES: dict[str, tuple[Callable[[], dict[str, torch.Tensor]], dict[str, str] | N
     # name: (state, metadata, --to, seed)
     "wan-original": (_wan_original, None, "diffusers", 1001),
     "peft": (_peft, _PEFT_META, "original", 1002),
+    "cogvideox-sat": (_sat, None, "diffusers", 1003),
 }
 
 

@@ -110,7 +110,20 @@ class Link:
         """Cut a tensor whose rows are the native module's output rows into the Diffusers modules' rows."""
         if isinstance(self.op, Rename):
             return [t]
-        return self.op.apply([t])
+        op = self.op
+        if not isinstance(op, Regroup) or len(op.srcs) != 1 or op.reshape:
+            raise ConversionError(
+                f"a LoRA over the SAT module {self.native!r} cannot be cut into {', '.join(self.diffusers)}",
+                hint="convert the LoRA's base model instead, or use a LoRA trained on the Diffusers modules",
+            )
+        parts = op.chunks[0]
+        if t.ndim != 2 or t.shape[op.dim] == 0 or t.shape[op.dim] % parts:
+            raise ConversionError(
+                f"SAT LoRA module {self.native!r}: matrix_B {list(t.shape)} does not cut into {parts} "
+                f"equal row blocks for {', '.join(self.diffusers)}",
+                hint="the file is corrupt, or the LoRA is for another model",
+            )
+        return op.apply([t])
 
 
 _COG_BLOCK = re.compile(r"(?:transformer\.layers|mixins\.adaln_layer\.\w+)\.([0-9]+)(?=\.|$)")

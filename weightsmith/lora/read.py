@@ -532,7 +532,10 @@ def _read_sat(
                 entries.append(LoraModule(d, by_part[j]["down"], by_part[j]["up"], alpha=sat_alpha))
         elif k == 1:
             # One LoRA over the fused module: its up rows are cut as the base weight's rows are.
-            ups = link.rows_to_diffusers(by_part[0]["up"])
+            try:
+                ups = link.rows_to_diffusers(by_part[0]["up"])
+            except ConversionError as e:
+                raise ConversionError(f"{src}: {e.message}", hint=e.hint) from None
             for d, up in zip(link.diffusers, ups):
                 entries.append(LoraModule(d, by_part[0]["down"], up.contiguous(), alpha=sat_alpha))
         else:

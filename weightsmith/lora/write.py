@@ -42,7 +42,7 @@ ORIGINAL_PREFIX = "diffusion_model."  # ComfyUI's LoRA prefix, which Diffusers' 
 
 
 def _is_zero(t: torch.Tensor | None) -> bool:
-    return t is not None and not bool(torch.count_nonzero(t))
+    return t is not None and not bool(t.any())  # any(), not count_nonzero: it works for float8 too
 
 
 def _pair(m: LoraModule) -> tuple[torch.Tensor, torch.Tensor]:
