@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 import torch
 from safetensors import SafetensorError, safe_open
 
-from weightsmith.errors import CorruptFileError, UnsupportedFormatError
+from weightsmith.errors import ConversionError, CorruptFileError, UnsupportedFormatError
 from weightsmith.io.base import NAME_DTYPES, Checkpoint, TensorInfo, dtype_name
 from weightsmith.io.structured import parse_json, read_json_file
 
@@ -412,10 +412,15 @@ def write_safetensors_stream(
         try:
             got_name, t = next(it)
         except StopIteration:
-            raise AssertionError(f"stream ended before {name!r}") from None
+            raise ConversionError(
+                f"the tensor stream ended before {name!r}; nothing was written",
+                hint="this is a bug in the conversion plan: rerun with --debug and report it",
+            ) from None
         if got_name != name or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
-            raise AssertionError(
-                f"stream gave {got_name!r} {tuple(t.shape)} {t.dtype}, expected {name!r} {tuple(shape)} {dtype}"
+            raise ConversionError(
+                f"the tensor stream gave {got_name!r} {tuple(t.shape)} {t.dtype} where {name!r} "
+                f"{tuple(shape)} {dtype} was expected; nothing was written",
+                hint="this is a bug in the conversion plan: rerun with --debug and report it",
             )
         write_tensor_bytes(f, t)
         del t  # let it go before the stream makes the next one

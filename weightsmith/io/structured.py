@@ -81,6 +81,8 @@ def parse_json(
         raise error(f"{what} is not valid JSON ({msg})", hint=hint) from None
     if not _depth_ok(value):
         raise error(f"{what} is nested more than {MAX_DEPTH} levels deep; no real file is", hint=hint)
+    if not _finite(value):  # 1e999 parses to inf without any literal to refuse
+        raise error(f"{what} holds a number too large for a float (inf)", hint=hint)
     return value
 
 
