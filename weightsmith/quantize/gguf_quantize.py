@@ -25,7 +25,7 @@ import torch
 
 from weightsmith import __version__
 from weightsmith.convert.engine import make_plan, resolve_detection, stream
-from weightsmith.errors import QuantizationError, UsageError
+from weightsmith.errors import OutputError, QuantizationError, UsageError
 from weightsmith.families import get_component
 from weightsmith.families.base import DIFFUSION_PREFIX
 from weightsmith.io import open_single
@@ -116,11 +116,15 @@ def _ratio_db(signal: float, noise: float) -> float:
     return 10 * math.log10(signal / noise)
 
 
-def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file through one reused 1 MiB buffer (``read(n)`` would allocate n bytes per
+    call, whatever the file's size)."""
     h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
     with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
 
 
@@ -169,7 +173,13 @@ def check_outputs(dst: Path, overwrite: bool, report: bool, folder: bool = False
     --overwrite: DST and, when the run writes it, DST.layers.json (an earlier run's table)."""
     check_destination(dst, overwrite, "dir" if folder else "file")
     if report:
-        check_destination(layers_path(dst), overwrite, "file")
+        table = layers_path(dst)
+        if os.path.lexists(table) and not overwrite:
+            raise OutputError(
+                f"{table} already exists (the per-layer table of an earlier run)",
+                hint="choose another destination or pass --overwrite",
+            )
+        check_destination(table, overwrite, "file")
 
 
 @contextlib.contextmanager
@@ -202,8 +212,10 @@ def encode(
     if qtype == "F16":
         if t.is_floating_point() and t.numel() and float(t.abs().max()) > F16_MAX:
             raise QuantizationError(
-                f"tensor {name!r} holds values beyond F16's range",
-                hint=f"keep it in F32 with --keep '{name}' and a float recipe, or report it",
+                f"tensor {name!r} holds values beyond F16's range (up to {float(t.abs().max()):.3g}; "
+                f"F16 holds {F16_MAX:g})",
+                hint="use --scheme gguf:BF16 or gguf:F32, which keep every tensor in a wider float, "
+                "or fix the checkpoint's outliers",
             )
         return t.to(torch.float16).contiguous().numpy(), None
     if qtype == "BF16":
@@ -246,7 +258,8 @@ def _blockwise_sqnr(x: torch.Tensor, q: torch.Tensor, qtype: str, name: str = "t
                 raise QuantizationError(
                     f"tensor {name!r} does not fit {qtype}: its values reach {big:.3g}, and {qtype}'s "
                     "float16 block scales overflow, giving infinite or NaN blocks",
-                    hint=f"keep it in float with --keep '{name}', or fix the checkpoint's outliers",
+                    hint="values beyond float16 need --scheme gguf:BF16 or gguf:F32 (every tensor "
+                    "kept in a wider float); or fix the checkpoint's outliers",
                 )
             f64 = flat.to(torch.float64)
             d64 = deq.to(torch.float64).sub_(f64)
