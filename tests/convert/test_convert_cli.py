@@ -216,3 +216,31 @@ def test_lora_fused_while_converting(tmp_path, run_cli):
     orig = load_file(str(tmp_path / "fused.safetensors"))
     assert torch.equal(orig["blocks.0.self_attn.q.weight"], fused.get(key))
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".fused")]
+
+
+def test_pipeline_copy_refuses_special_files_and_follows_links(tmp_path, run_cli):
+    import os
+    import shutil
+
+    pipe = tmp_path / "pipe"
+    shutil.copytree(
+        save_fixture(Fixture("wan", "vae", "2.1", "diffusers", "diffusers-folder"), tmp_path / "b"),
+        pipe / "vae",
+    )
+    (pipe / "model_index.json").write_text(
+        json.dumps({"_class_name": "WanPipeline", "vae": ["diffusers", "AutoencoderKLWan"]})
+    )
+    # A tokenizer file linked from elsewhere (as in Hugging Face's cache) is copied as a file.
+    (tmp_path / "blob.json").write_text('{"a": 1}')
+    (pipe / "tokenizer").mkdir()
+    (pipe / "tokenizer" / "tokenizer.json").symlink_to(tmp_path / "blob.json")
+    r = run_cli("convert", pipe, tmp_path / "out", "--to", "original")
+    assert r.code == 0, r.err
+    copied = tmp_path / "out" / "tokenizer" / "tokenizer.json"
+    assert copied.is_file() and not copied.is_symlink() and copied.read_text() == '{"a": 1}'
+    # A FIFO would hang the copy: refused in one line, nothing written.
+    os.mkfifo(pipe / "tokenizer" / "pipe")
+    r = run_cli("convert", pipe, tmp_path / "out2", "--to", "original")
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "FIFO" in r.words and "not a regular file or folder" in r.words
+    assert not (tmp_path / "out2").exists() and not list(tmp_path.glob(".out2*"))

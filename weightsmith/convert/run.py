@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,12 +123,11 @@ def convert(
             overwrite=overwrite, progress=progress, config=config, loras=loras,
         )  # fmt: skip
     if loras and to != "diffusers":
-        dst = Path(dst)
-        if dst.exists() and not overwrite:
-            from weightsmith.errors import OutputError
+        from weightsmith.io.atomic import check_destination, scratch_dir
 
-            raise OutputError(f"{dst} already exists", hint="choose another destination or pass --overwrite")
-        with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", suffix=".fused", dir=dst.parent) as tmp:
+        dst = Path(dst)
+        check_destination(dst, overwrite)
+        with scratch_dir(dst) as tmp:
             first = convert(
                 src,
                 Path(tmp) / "fused",
@@ -176,6 +174,26 @@ def convert(
         ck.close()
 
 
+def _copy_plain(src: Path, dst: Path) -> None:
+    """Copy a pipeline item that is not converted (tokenizer, scheduler, ...). Symbolic links are
+    followed (Hugging Face cache folders are made of them); a FIFO, device or socket is refused,
+    since copying one would hang or copy endless bytes."""
+    from weightsmith.errors import InputError
+    from weightsmith.io.open import path_kind
+
+    items = [src, *sorted(src.rglob("*"))] if src.is_dir() else [src]
+    for p in items:
+        if not (p.is_file() or p.is_dir()):
+            raise InputError(
+                f"{p} is {path_kind(p)}, not a regular file or folder",
+                hint="remove it from the pipeline folder; only files and folders are copied",
+            )
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
 def _convert_pipeline(
     ck: PipelineCheckpoint,
     dst: Path,
@@ -202,7 +220,7 @@ def _convert_pipeline(
         for item in sorted(ck.path.iterdir()):
             if item.name in plans:
                 continue
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+            _copy_plain(item, tmp / item.name)
         for name, plan in plans.items():
             target = tmp / name
             if to == "sat" and plan.detection.component == "vae":
