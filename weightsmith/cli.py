@@ -21,7 +21,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """Convert, quantize and verify CogVideoX, Wan and Sana checkpoints.
 
     \b
-    Exit codes: 0 success, 1 a verification gate failed, 2 bad input or usage.
+    Exit codes: 0 success, 1 a verification gate failed, 2 bad input or usage,
+    3 internal error (a bug: please report it), 130 interrupted, 143 terminated (SIGTERM).
+    An interrupted or failed run leaves no partial output behind.
     Run `weightsmith COMMAND --help` for each command's options.
     """
     ctx.ensure_object(dict)
