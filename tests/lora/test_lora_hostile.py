@@ -184,6 +184,31 @@ def test_alpha_pattern_keys_match_module_names_and_dotted_suffixes(tmp_path: Pat
     assert scales == {"blocks.0.attn1.to_q": 4.0, "blocks.1.attn1.to_q": 0.5, "blocks.1.ffn.net.2": 3.0}
 
 
+def test_alpha_pattern_lookup_agrees_with_peft() -> None:
+    """The literal suffix rule gives what PEFT's own regex rule gives, for module-name keys."""
+    from peft.utils.other import get_pattern_key
+
+    from weightsmith.lora.read import _pattern_lookup
+
+    keys = ["to_q", "blocks.0.attn1.to_q", "ffn.net.2", "net.2", "1.attn2.to_k", "proj_out", "o.0"]
+    modules = [
+        "blocks.0.attn1.to_q",
+        "blocks.1.attn2.to_k",
+        "blocks.1.attn1.to_k",
+        "blocks.3.ffn.net.2",
+        "blocks.3.ffn.net.0.proj",
+        "proj_out",
+        "blocks.0.attn1.to_out.0",
+        "condition_embedder.text_embedder.linear_1",
+    ]
+    for order in (keys, keys[::-1]):
+        patterns = {k: float(i) for i, k in enumerate(order)}
+        ours = _pattern_lookup(patterns)
+        for m in modules:
+            theirs = get_pattern_key(list(patterns), m)
+            assert ours(m) == patterns.get(theirs), (order, m)
+
+
 @pytest.mark.parametrize(
     ("config", "needle"),
     [

@@ -398,6 +398,10 @@ def _pattern_keys(patterns: Any, field: str, src: str) -> dict[str, float]:
         )
     out: dict[str, float] = {}
     for key, value in patterns.items():
+        if not isinstance(key, str):
+            raise ConversionError(
+                f"{src}: {field} key {key!r} is not a module name", hint="the file is corrupt"
+            )
         name = key.replace("\\.", ".")
         if not name or _REGEX_CHARS.intersection(name):
             raise ConversionError(
@@ -405,7 +409,8 @@ def _pattern_keys(patterns: Any, field: str, src: str) -> dict[str, float]:
                 "not a module name; weightsmith matches module names only",
                 hint="list the modules it stands for by name (e.g. blocks.1.ffn.net.2)",
             )
-        out[name] = _number(value, f"{field}[{key[:80]!r}]", src)
+        number = _number(value, f"{field}[{key[:80]!r}]", src)
+        out.setdefault(name, number)  # the first of two spellings of one name wins, as in PEFT
     return out
 
 
@@ -426,13 +431,29 @@ def _number(value: Any, field: str, src: str) -> float:
     return number
 
 
-def _pattern_value(patterns: Mapping[str, float], module: str) -> float | None:
-    """PEFT's rule for alpha_pattern keys: the first key that is the module's name or a dotted
-    suffix of it (keys are module names: ``_pattern_keys``)."""
-    for key, value in patterns.items():
-        if module == key or module.endswith("." + key):
-            return value
-    return None
+def _pattern_lookup(patterns: Mapping[str, float]) -> Callable[[str], float | None]:
+    """PEFT's rule for alpha_pattern keys, as a function of the module name: the value of the
+    first key (in the file's order) that is the module's name or a dotted suffix of it (keys are
+    module names: ``_pattern_keys``).
+
+    Looked up by suffix, not by scanning every key, so a file with many keys and many modules
+    costs modules x name depth.
+    """
+    order = {key: i for i, key in enumerate(patterns)}
+    lengths = {len(key) for key in patterns}
+
+    def value_of(module: str) -> float | None:
+        hits = [(order[module], module)] if module in order else []
+        dot = module.find(".")
+        while dot >= 0:
+            if len(module) - dot - 1 in lengths:  # only slice suffixes as long as some key
+                tail = module[dot + 1 :]
+                if tail in order:
+                    hits.append((order[tail], tail))
+            dot = module.find(".", dot + 1)
+        return patterns[min(hits)[1]] if hits else None
+
+    return value_of
 
 
 def _peft_alphas(metadata: Mapping[str, Any], src: str) -> Callable[[str, int | None], float | None]:
@@ -450,18 +471,22 @@ def _peft_alphas(metadata: Mapping[str, Any], src: str) -> Callable[[str, int | 
     if not isinstance(cfg, dict):
         raise ConversionError(f"{what} is not a JSON object", hint="the file is corrupt")
     if any(isinstance(k, str) and k.startswith("transformer.") for k in cfg):
-        cfg = {k[len("transformer.") :]: v for k, v in cfg.items() if k.startswith("transformer.")}
+        cfg = {
+            k[len("transformer.") :]: v
+            for k, v in cfg.items()
+            if isinstance(k, str) and k.startswith("transformer.")
+        }
     if cfg.get("use_dora"):
         raise ConversionError(f"{src} is a DoRA (use_dora in its metadata); DoRA is not supported")
     raw_alpha = cfg.get("lora_alpha")
     base_alpha = None if raw_alpha is None else _number(raw_alpha, "lora_alpha", src)
-    patterns = _pattern_keys(cfg.get("alpha_pattern") or {}, "alpha_pattern", src)
+    pattern_alpha = _pattern_lookup(_pattern_keys(cfg.get("alpha_pattern") or {}, "alpha_pattern", src))
     rslora = bool(cfg.get("use_rslora"))
 
     def alpha_of(module: str, rank: int | None) -> float | None:
         if rank is None:
             return None
-        alpha = _pattern_value(patterns, module)
+        alpha = pattern_alpha(module)
         alpha = base_alpha if alpha is None else alpha
         if alpha is None:
             return None
