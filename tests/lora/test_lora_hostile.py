@@ -230,7 +230,7 @@ def test_bad_alpha_metadata_is_refused(tmp_path: Path, run_cli, config: dict, ne
 @pytest.mark.parametrize(
     ("raw", "needle"),
     [
-        ('{"lora_alpha": 1' + "0" * 400 + "}", "digits"),  # overflows a float
+        ('{"lora_alpha": 1' + "0" * 400 + "}", "bits"),  # overflows a float
         ('{"lora_alpha": 1' + "0" * 5000 + "}", "not valid JSON"),  # over Python's int digit limit
         ('{"lora_alpha": NaN}', "NaN"),
         ('{"lora_alpha": Infinity}', "Infinity"),

@@ -122,7 +122,7 @@ class FusedStream:
         self.progress = progress
         self.lines: list[str] = []
         specs = {s.name: s for s in plan.specs}
-        # A LoRA cannot change a block the base does not have: checked before its names size anything.
+        # A LoRA cannot change a block the base does not have: checked before its names are looked up.
         blocks = layers_needed(specs)
         self.targets: dict[str, _Target] = {}
         for item, strength in loras:

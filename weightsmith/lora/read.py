@@ -121,8 +121,8 @@ def lora_from_state_dict(
 ) -> Lora:
     """Detect the format and family of LoRA keys and turn them into Diffusers-named entries.
 
-    Block indices are checked before any name lookup sizes a model from them: against
-    ``max_blocks`` (the base model's block count) when given, else against the family's bound.
+    Block indices are checked before the names are looked up: against ``max_blocks`` (the base
+    model's block count) when given, else against the family's bound (``names.MAX_BLOCKS``).
     """
     if family is not None and family not in FAMILIES:
         raise UsageError(f"unknown family {family!r}", hint=f"choose one of {', '.join(FAMILIES)}")
@@ -156,6 +156,9 @@ def lora_from_state_dict(
 
 
 # --------------------------------------------------------------------------------- block bounds
+_FAMILY_NAMES = {"wan": "Wan", "cogvideox": "CogVideoX", "sana": "Sana"}
+
+
 class _Limits:
     """How deep a LoRA may reach: the base model's block count when fusing, else the family's bound."""
 
@@ -164,7 +167,7 @@ class _Limits:
         self.max_blocks = max_blocks
 
     def check(self, names: Iterable[str], family: str | None) -> None:
-        """Refuse module names that address a block the model cannot have, before any model is built."""
+        """Refuse module names that address a block the model cannot have, before any lookup."""
         names = list(names)
         if self.max_blocks is not None:
             deep = blocks_beyond(names, self.max_blocks)
@@ -181,13 +184,9 @@ class _Limits:
         if deep:
             name, index = max(deep, key=lambda d: d[1])
             largest = max(LARGEST_RELEASED[f] for f in fams)
-            what = (
-                {"wan": "Wan", "cogvideox": "CogVideoX", "sana": "Sana"}[family]
-                if family in fams and len(fams) == 1
-                else "CogVideoX, Wan or Sana"
-            )
+            what = _FAMILY_NAMES[fams[0]] if len(fams) == 1 else "CogVideoX, Wan or Sana"
             raise ConversionError(
-                f"{self.src}: LoRA module {name!r} is in block {index if index < 10**9 else 'beyond 10^9'}, "
+                f"{self.src}: LoRA module {name[:200]!r} is in block {index if index < 10**9 else 'beyond 10^9'}, "
                 f"but no {what} model has that many (the deepest released has {largest}; "
                 f"up to {limit} accepted)",
                 hint="the file is corrupt or not a LoRA for these families",
@@ -336,7 +335,7 @@ def _read_dotted(
     groups, unknown = _group(state, lambda k: k[len(prefix) :], src)
     _refuse_unknown(src, unknown, "LoRA keys (lora_A/lora_B, lora_down/lora_up, alpha, diff, diff_b)")
     modules = list(groups)
-    limits.check(modules, family)  # before diffusers_families sizes meta models from the names
+    limits.check(modules, family)  # before any name is looked up
     native_ok = all(wan_to_diffusers(m) is not None for m in modules)
     fams = [] if (native_ok and prefix in _NATIVE_PREFIXES) else diffusers_families(modules)
     if native_ok and (prefix != "transformer." or not fams):
@@ -423,7 +422,9 @@ def _number(value: Any, field: str, src: str) -> float:
         except OverflowError:
             number = None
     if number is None or not math.isfinite(number):
-        shown = f"an integer of {len(str(value))} digits" if isinstance(value, int) else repr(str(value)[:40])
+        shown = (
+            f"an integer of {value.bit_length()} bits" if isinstance(value, int) else repr(str(value)[:40])
+        )
         raise ConversionError(
             f"{src}: {field} in the {METADATA_KEY} metadata is {shown}, not a usable number",
             hint="the file is corrupt; fix the metadata or re-export the LoRA",
