@@ -30,3 +30,27 @@ def test_cli_never_prints_raw_control_bytes(tmp_path, run_cli):
 def test_hint_is_part_of_the_message():
     e = CorruptFileError("header is cut", hint="re-download it")
     assert str(e) == "header is cut; re-download it" and e.hint == "re-download it"
+
+
+def test_structured_json_limits():
+    import pytest
+
+    from weightsmith.io.structured import MAX_DEPTH, parse_json, parse_toml
+
+    # brackets inside a string are text, not nesting
+    assert parse_json('{"a": "' + "[" * 200 + '"}', "x") == {"a": "[" * 200}
+    assert parse_json("[" * MAX_DEPTH + "]" * MAX_DEPTH, "x") is not None
+    for bad, words in [
+        ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "nested more than"),
+        ("[" * 100000, "nested too deeply"),
+        ("[NaN]", "NaN is not valid JSON"),
+        ("[1e999]", "too large for a float"),
+        ("1" * 5000, "4300"),
+        (b"\xff\xfe", "not UTF-8"),
+    ]:
+        with pytest.raises(CorruptFileError, match=words):
+            parse_json(bad, "x")
+    with pytest.raises(CorruptFileError, match="nan or inf"):
+        parse_toml("a = nan", "t")
+    with pytest.raises(CorruptFileError, match="nested"):
+        parse_toml("a = " + "[" * 5000, "t")

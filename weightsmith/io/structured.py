@@ -66,8 +66,6 @@ def parse_json(
             data = data.decode("utf-8")
     except UnicodeDecodeError:
         raise error(f"{what} is not valid JSON (not UTF-8 text)", hint=hint) from None
-    if "[" * (MAX_DEPTH + 1) in data or "{" * (MAX_DEPTH + 1) in data:
-        raise error(f"{what} is nested more than {MAX_DEPTH} levels deep; no real file is", hint=hint)
     try:
         value = json.loads(data, parse_constant=_reject_constant)
     except RecursionError:
