@@ -207,7 +207,7 @@ def quantize_weight(
     if scheme.symmetric:
         amax = xv.abs().amax(dim=-1)
         _check_finite(amax, name)
-        scale = torch.where(amax > 0, amax / scheme.qmax, one)
+        scale = _fit_top(torch.where(amax > 0, amax / scheme.qmax, one), float(scheme.qmax))
         q = xv.div_(scale.unsqueeze(-1)).round_().clamp_(scheme.qmin, scheme.qmax)
         zp = None
     else:
@@ -228,6 +228,17 @@ def quantize_weight(
     if scheme.granularity == "tensor":
         scale = scale.reshape(1)
     return QuantizedWeight(scheme, q, scale, zp, (out, inn))
+
+
+def _fit_top(scale: torch.Tensor, top: float) -> torch.Tensor:
+    """``scale`` lowered by an ulp where ``top * scale`` rounds past float32's largest value (an
+    abs-max at ~3.4e38), so that the top level decodes to a finite number; otherwise unchanged."""
+    for _ in range(4):
+        over = ~torch.isfinite(scale * top)
+        if not bool(over.any()):
+            break
+        scale = torch.where(over, torch.nextafter(scale, torch.zeros_like(scale)), scale)
+    return scale
 
 
 def _check_finite(t: torch.Tensor, name: str) -> None:
