@@ -362,16 +362,16 @@ def test_output_is_deterministic(wide, tmp_path):
 def test_cli_errors(wide, tmp_path, run_cli):
     _, folder = wide["wan"]
     r = run_cli("quantize", folder, tmp_path / "x.gguf", "--scheme", "gguf:Q9_K")
-    assert r.code == 2 and "unknown GGUF recipe" in r.err
+    assert r.code == 2 and "unknown GGUF recipe" in r.words, r.err
     r = run_cli("quantize", folder, tmp_path / "x.bin", "--scheme", "gguf:Q8_0")
-    assert r.code == 2 and ".gguf" in r.err
+    assert r.code == 2 and ".gguf" in r.words, r.err
     r = run_cli("quantize", folder, tmp_path / "x.gguf", "--scheme", "nonsense")
-    assert r.code == 2 and "unknown scheme" in r.err
+    assert r.code == 2 and "unknown scheme" in r.words, r.err
     from weightsmith.tiny import Fixture, save_fixture
 
     vae = save_fixture(Fixture("wan", "vae", "2.1", "diffusers", "diffusers-folder"), tmp_path)
     r = run_cli("quantize", vae, tmp_path / "v.gguf", "--scheme", "gguf:Q8_0")
-    assert r.code == 2 and "transformers" in r.err
+    assert r.code == 2 and "transformers" in r.words, r.err
     assert not list(tmp_path.glob("*.gguf"))
     r = run_cli("quantize", folder, tmp_path / "ok.gguf", "--scheme", "gguf:Q8_0")
     assert r.code == 0, r.err

@@ -534,7 +534,7 @@ def test_gguf_converts_back_to_the_weights_its_loader_uses(work, run_cli):
 def test_bad_input_is_one_line_and_leaves_nothing(work, run_cli, args, needle):
     dst = work / "bad-out"
     r = run_cli("quantize", _source("wan"), dst, *args)
-    assert r.code == 2 and r.err.count("\n") == 1 and needle in r.err, r.err
+    assert r.code == 2 and r.err.count("\n") == 1 and needle in r.words, r.err
     assert not dst.exists() and not list(work.glob(".bad-out*"))
 
 

@@ -301,6 +301,8 @@ def test_summary_counts_nan_sqnr_as_the_worst():
         (("--keep", "   "), "empty pattern"),
         (("--keep", "["), "matches no tensor"),
         (("--keep", "blocks.9.*"), "matches no tensor"),
+        (("--keep", "*a" * 30000), "pattern of 60000 characters"),
+        (("--keep", "b" * 900), "matches no tensor"),
         (("--keep", "blocks.0.*", "--keep", "blocks.0.self_atn.q.weight"), "'blocks.0.self_atn.q.weight'"),
         (("--keep-blocks", ""), "--keep-blocks"),
         (("--device", "meta"), "meta"),

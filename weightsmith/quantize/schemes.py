@@ -49,6 +49,10 @@ def _load() -> None:
     import weightsmith.quantize.linear_quantize  # noqa: F401 - registers int8, fp8, int4...
 
 
+# Longest --keep pattern taken (a tensor name is at most a few hundred characters).
+MAX_GLOB = 1000
+
+
 def check_keep_globs(globs: Sequence[str], names: Iterable[str], option: str = "--keep") -> None:
     """Refuse, before any work, a --keep glob that is empty or matches no tensor of the model: a
     typo there would otherwise quantize the tensors the user meant to keep, without a word."""
@@ -57,6 +61,11 @@ def check_keep_globs(globs: Sequence[str], names: Iterable[str], option: str = "
         if not g.strip():
             raise UsageError(
                 f"{option} got an empty pattern", hint="give a glob of tensor names, e.g. 'blocks.0.*'"
+            )
+        if len(g) > MAX_GLOB:
+            raise UsageError(
+                f"{option} pattern of {len(g)} characters; tensor names are far shorter",
+                hint="give a glob of tensor names, e.g. 'blocks.0.*'",
             )
         try:
             hit = any(fnmatch.fnmatchcase(n, g) for n in pool)
