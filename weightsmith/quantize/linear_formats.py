@@ -23,7 +23,6 @@ elements would ask for full-precision matmuls, so it has none).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
@@ -237,20 +236,31 @@ def comfy_marker(ck: Checkpoint) -> str | None:
 def _comfy_quant_layers(ck: Checkpoint) -> dict[str, dict[str, Any]] | None:
     raw = ck.metadata.get("_quantization_metadata")
     if raw is not None:
-        try:
-            layers = json.loads(raw)["layers"]
-        except (ValueError, KeyError, TypeError):
-            raise UnsupportedFormatError(f"{ck.path}: unreadable _quantization_metadata") from None
+        from weightsmith.io.structured import parse_json
+
+        doc = parse_json(raw, f"{ck.path}: _quantization_metadata", error=UnsupportedFormatError, hint=None)
+        layers = doc.get("layers") if isinstance(doc, dict) else None
+        if not isinstance(layers, dict):
+            raise UnsupportedFormatError(f"{ck.path}: _quantization_metadata has no 'layers' table")
+        bad = next((k for k, v in layers.items() if not isinstance(v, (str, dict))), None)
+        if bad is not None:
+            raise UnsupportedFormatError(
+                f"{ck.path}: _quantization_metadata layer {bad[:80]!r} is not a format"
+            )
         return {k: ({"format": v} if isinstance(v, str) else dict(v)) for k, v in layers.items()}
     tagged = [k for k in ck.infos if k.endswith(".comfy_quant")]
     if not tagged:
         return None
     out = {}
     for k in tagged:
-        try:
-            out[k.removesuffix(".comfy_quant")] = json.loads(bytes(ck.get(k).tolist()).decode())
-        except (ValueError, UnicodeDecodeError):
-            raise UnsupportedFormatError(f"{ck.path}: {k} is not JSON") from None
+        from weightsmith.io.structured import parse_json
+
+        value = parse_json(
+            bytes(ck.get(k).tolist()), f"{ck.path}: {k}", error=UnsupportedFormatError, hint=None
+        )
+        if not isinstance(value, dict):
+            raise UnsupportedFormatError(f"{ck.path}: {k} is not a JSON object")
+        out[k.removesuffix(".comfy_quant")] = value
     return out
 
 

@@ -19,7 +19,6 @@ the reference path. Importing this module is cheap: torchao is imported only whe
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -230,9 +229,10 @@ def _merge_config(ck: Checkpoint, config: dict[str, Any] | None) -> None:
     """A caller's config replaces the Diffusers part, never the folder's quantization_config."""
     own = dict(ck.config or {})
     if not own.get("quantization_config") and ck.path.is_dir() and (ck.path / "config.json").is_file():
-        try:
-            own = json.loads((ck.path / "config.json").read_text())
-        except (OSError, ValueError):
+        from weightsmith.io.structured import read_json_file
+
+        own = read_json_file(ck.path / "config.json", hint="fix or re-export the folder's config.json")
+        if not isinstance(own, dict):
             own = {}
     if config is not None:
         qc = own.get("quantization_config")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from weightsmith.errors import DetectionError, NotFoundError, UsageError
+from weightsmith.errors import DetectionError, InputError, NotFoundError, UsageError
 from weightsmith.families import Detection
 from weightsmith.io import PipelineCheckpoint, open_checkpoint, open_single
 
@@ -168,7 +168,13 @@ def resolve_baseline(spec: str, vae: str | None = None) -> Baseline:
         expand = bool(index.get("expand_timesteps", False))
         sched_file = folder / "scheduler" / "scheduler_config.json"
         if sched_file.is_file():
-            sched = json.loads(sched_file.read_text())
+            from weightsmith.io.structured import read_json_file
+
+            sched = read_json_file(sched_file, hint="fix or re-export the pipeline's scheduler folder")
+            if not isinstance(sched, dict):
+                raise InputError(
+                    f"{sched_file} is not a JSON object", hint="fix or re-export the scheduler folder"
+                )
     else:
         paths = parsed if isinstance(parsed, dict) else {"transformer": parsed}
         experts = {e: describe_source(p, "transformer") for e, p in paths.items()}
