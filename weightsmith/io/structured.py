@@ -56,10 +56,13 @@ def parse_json(
     *,
     error: type[WeightsmithError] = CorruptFileError,
     hint: str | None = "fix or re-create the file",
+    allow_nonfinite: bool = False,
 ) -> Any:
     """JSON from untrusted text: bounded nesting, no NaN/Infinity, no gigantic integers.
 
     ``what`` names the source in the message ("path/config.json", "the safetensors header").
+    ``allow_nonfinite`` accepts Python's NaN/Infinity literals, for files that diffusers itself
+    writes with them (scheduler configs hold ``-Infinity``).
     """
     try:
         if isinstance(data, bytes):
@@ -67,7 +70,7 @@ def parse_json(
     except UnicodeDecodeError:
         raise error(f"{what} is not valid JSON (not UTF-8 text)", hint=hint) from None
     try:
-        value = json.loads(data, parse_constant=_reject_constant)
+        value = json.loads(data) if allow_nonfinite else json.loads(data, parse_constant=_reject_constant)
     except RecursionError:
         raise error(f"{what} is nested too deeply to be a real file", hint=hint) from None
     except json.JSONDecodeError as e:
@@ -79,7 +82,7 @@ def parse_json(
         raise error(f"{what} is not valid JSON ({msg})", hint=hint) from None
     if not _depth_ok(value):
         raise error(f"{what} is nested more than {MAX_DEPTH} levels deep; no real file is", hint=hint)
-    if not _finite(value):  # 1e999 parses to inf without any literal to refuse
+    if not allow_nonfinite and not _finite(value):  # 1e999 parses to inf without any literal
         raise error(f"{what} holds a number too large for a float (inf)", hint=hint)
     return value
 
@@ -91,6 +94,7 @@ def read_json_file(
     error: type[WeightsmithError] = CorruptFileError,
     hint: str | None = "fix or re-create the file",
     max_bytes: int = 64 * 2**20,
+    allow_nonfinite: bool = False,
 ) -> Any:
     """A JSON file (a regular file of at most ``max_bytes``) parsed by ``parse_json``."""
     p = Path(path)
@@ -101,7 +105,7 @@ def read_json_file(
         raise error(
             f"{label} is {p.stat().st_size} bytes, larger than any real JSON file of its kind", hint=hint
         )
-    return parse_json(p.read_bytes(), label, error=error, hint=hint)
+    return parse_json(p.read_bytes(), label, error=error, hint=hint, allow_nonfinite=allow_nonfinite)
 
 
 def parse_toml(

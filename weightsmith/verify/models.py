@@ -170,7 +170,9 @@ def resolve_baseline(spec: str, vae: str | None = None) -> Baseline:
         if sched_file.is_file():
             from weightsmith.io.structured import read_json_file
 
-            sched = read_json_file(sched_file, hint="fix or re-export the pipeline's scheduler folder")
+            sched = read_json_file(
+                sched_file, hint="fix or re-export the pipeline's scheduler folder", allow_nonfinite=True
+            )
             if not isinstance(sched, dict):
                 raise InputError(
                     f"{sched_file} is not a JSON object", hint="fix or re-export the scheduler folder"
