@@ -153,8 +153,8 @@ def test_prompt_files(wan, run_cli, tmp_path):
 
 
 GATES_BAD = [
-    ("[gates]\npsnr = nan\n", "nan or inf"),
-    ("[gates]\npsnr = inf\n", "nan or inf"),
+    ("[gates]\npsnr = nan\n", "gates.psnr is nan, not a finite number"),
+    ("[gates]\npsnr = inf\n", "gates.psnr is inf, not a finite number"),
     ("gates = " + "[" * 200 + "]" * 200 + "\n", "nested"),
     ("[gates]\npsnr = " + "9" * 5000 + "\n", "not valid TOML"),
     ("[gates]\npsnr = " + "9" * 100 + "\n", "beyond any metric's range"),

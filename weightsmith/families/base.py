@@ -101,14 +101,55 @@ class KeyView:
         return len(self.infos)
 
 
+@dataclass(frozen=True)
+class KeepRule:
+    """A tensor every quantizer keeps in high precision: a glob on its Diffusers name, and why."""
+
+    pattern: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How a component is quantized, for GGUF and the Linear schemes (int8/fp8/int4) alike.
+
+    ``keep`` is the one keep-in-high-precision policy, in Diffusers names. GGUF files use the
+    ``gguf_layout`` names (the published single-file layout); the GGUF tensor classes that
+    recipes raise (attention-v, fused qkv, FFN-down) and the kept tensors stored as F32
+    (modulation tables) are name patterns in that layout. ``gguf_arch`` is the file's
+    ``general.architecture``; None means no GGUF is written for this component.
+    """
+
+    keep: tuple[KeepRule, ...] = ()
+    blocks: str = r"^(?:blocks|transformer_blocks)\.(\d+)\."  # the block stack --keep-blocks counts
+    gguf_arch: str | None = None
+    gguf_layout: str = "original"
+    gguf_v: tuple[str, ...] = ()
+    gguf_qkv: tuple[str, ...] = ()
+    gguf_ffn_down: tuple[str, ...] = ()
+    gguf_f32: tuple[str, ...] = ()
+    diffusers_reads_gguf: bool = False  # diffusers' from_single_file loads our GGUF of it
+
+
 class Component(ABC):
-    """One model component of one family (e.g. CogVideoX transformer), in all its layouts."""
+    """One model component of one family (e.g. CogVideoX transformer), in all its layouts.
+
+    Everything weightsmith knows about a model lives here or in an object held here: key maps
+    and plans, detection, configs, the quantization policy (``quant``), how to run it in its
+    diffusers pipeline for verification (``generation``), how LoRA files name its modules
+    (``lora``) and its tiny test configurations (``tiny_config``). The rest of the code asks.
+    """
 
     family: ClassVar[str]
     component: ClassVar[str]  # "transformer" or "vae"
     layouts: ClassVar[tuple[str, ...]]  # e.g. ("sat", "diffusers") or ("original", "diffusers")
     variants: ClassVar[tuple[str, ...]]
     diffusers_class: ClassVar[str]  # name in the diffusers package
+    quant: ClassVar[QuantSpec] = QuantSpec()
+    # The verify adapter (weightsmith.families.generation); None: not verifiable on its own.
+    generation: ClassVar[Any] = None
+    # The LoRA naming adapter; None: LoRA files for this component are not read.
+    lora: ClassVar[Any] = None
 
     @abstractmethod
     def detect(
@@ -137,6 +178,11 @@ class Component(ABC):
     @abstractmethod
     def tiny_model(self, variant: str, seed: int = 0) -> torch.nn.Module:
         """A tiny random-weight instance of the real diffusers class shaped like ``variant``."""
+
+    def tiny_config(self, variant: str, wide: bool = False) -> dict[str, Any]:
+        """The diffusers config of the tiny ``variant``; ``wide``: Linear rows of 256 so every GGUF
+        K-type applies (verification and quantization tests)."""
+        raise NotImplementedError(f"{self.family}/{self.component} declares no tiny configs")
 
     def class_name(self, variant: str | None = None) -> str:
         """The diffusers class for ``variant`` (override where variants use different classes)."""

@@ -37,17 +37,18 @@ def _depth_ok(value: Any, limit: int = MAX_DEPTH) -> bool:
     return True
 
 
-def _finite(value: Any) -> bool:
-    stack = [value]
+def _first_nonfinite(value: Any) -> tuple[str, float] | None:
+    """Where the first NaN or infinity sits (a dotted key path) and what it is, or None."""
+    stack: list[tuple[str, Any]] = [("", value)]
     while stack:
-        v = stack.pop()
+        path, v = stack.pop()
         if isinstance(v, float) and not math.isfinite(v):
-            return False
+            return path or "the value", v
         if isinstance(v, dict):
-            stack.extend(v.values())
+            stack.extend((f"{path}.{k}" if path else str(k), x) for k, x in reversed(list(v.items())))
         elif isinstance(v, list):
-            stack.extend(v)
-    return True
+            stack.extend((f"{path}[{i}]", x) for i, x in reversed(list(enumerate(v))))
+    return None
 
 
 def parse_json(
@@ -82,8 +83,9 @@ def parse_json(
         raise error(f"{what} is not valid JSON ({msg})", hint=hint) from None
     if not _depth_ok(value):
         raise error(f"{what} is nested more than {MAX_DEPTH} levels deep; no real file is", hint=hint)
-    if not allow_nonfinite and not _finite(value):  # 1e999 parses to inf without any literal
-        raise error(f"{what} holds a number too large for a float (inf)", hint=hint)
+    bad = None if allow_nonfinite else _first_nonfinite(value)  # 1e999 parses to inf, no literal
+    if bad is not None:
+        raise error(f"{what}: {bad[0][:80]} is {bad[1]}, not a finite number", hint=hint)
     return value
 
 
@@ -135,6 +137,7 @@ def parse_toml(
         raise error(f"{what} is not valid TOML ({str(e).split(';')[0][:120]})", hint=hint) from None
     if not _depth_ok(value):
         raise error(f"{what} is nested more than {MAX_DEPTH} levels deep; no real file is", hint=hint)
-    if not _finite(value):
-        raise error(f"{what} holds nan or inf, which no setting accepts", hint=hint)
+    bad = _first_nonfinite(value)
+    if bad is not None:
+        raise error(f"{what}: {bad[0][:80]} is {bad[1]}, not a finite number", hint=hint)
     return value
