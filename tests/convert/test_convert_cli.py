@@ -61,7 +61,7 @@ def test_summary_names_what_was_done(tmp_path, run_cli):
     src = save_fixture(Fixture("cogvideox", "transformer", "5b", "diffusers", "diffusers-folder"), tmp_path)
     r = run_cli("convert", src, tmp_path / "sat", "--to", "sat")
     assert r.code == 0, r.err
-    assert "fused" in r.err and "renamed" in r.err
+    assert "fused" in r.words and "renamed" in r.words
     assert r.out.strip() == str(tmp_path / "sat")
 
 
@@ -92,7 +92,7 @@ def test_wrong_family_forced(tmp_path, run_cli):
     src = save_fixture(Fixture("wan", "transformer", "2.1-t2v", "diffusers", "diffusers-folder"), tmp_path)
     r = run_cli("convert", src, tmp_path / "out", "--to", "diffusers", "--family", "sana")
     assert r.code == 2
-    assert "not a sana checkpoint" in r.err and "wan" in r.err
+    assert "not a sana checkpoint" in r.words and "wan" in r.words
     assert not (tmp_path / "out").exists()
 
 
@@ -103,7 +103,7 @@ def test_unexpected_key_is_named_and_nothing_written(tmp_path, run_cli):
     save_file(state, str(tmp_path / "odd.safetensors"))
     r = run_cli("convert", tmp_path / "odd.safetensors", tmp_path / "out", "--to", "diffusers")
     assert r.code == 2
-    assert "blocks.0.self_attn.surprise.weight" in r.err
+    assert "blocks.0.self_attn.surprise.weight" in r.words
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -115,14 +115,14 @@ def test_missing_key_is_named(tmp_path, run_cli):
     save_file(state, str(tmp_path / "odd.safetensors"))
     r = run_cli("convert", tmp_path / "odd.safetensors", tmp_path / "out", "--to", "diffusers")
     assert r.code == 2
-    assert "blocks.0.cross_attn.proj.weight" in r.err
+    assert "blocks.0.cross_attn.proj.weight" in r.words
     assert not (tmp_path / "out").exists()
 
 
 def test_unknown_model(tmp_path, run_cli):
     save_file({"encoder.layer.0.weight": torch.zeros(2, 2)}, str(tmp_path / "bert.safetensors"))
     r = run_cli("convert", tmp_path / "bert.safetensors", tmp_path / "out", "--to", "diffusers")
-    assert r.code == 2 and "match no known family" in r.err
+    assert r.code == 2 and "match no known family" in r.words
     assert not (tmp_path / "out").exists()
 
 
@@ -130,7 +130,7 @@ def test_existing_destination(tmp_path, run_cli):
     src = save_fixture(Fixture("wan", "vae", "2.1", "diffusers", "diffusers-folder"), tmp_path)
     (tmp_path / "out.safetensors").write_text("mine")
     r = run_cli("convert", src, tmp_path / "out.safetensors", "--to", "original")
-    assert r.code == 2 and "already exists" in r.err
+    assert r.code == 2 and "already exists" in r.words
     assert (tmp_path / "out.safetensors").read_text() == "mine"
 
 

@@ -375,4 +375,4 @@ def test_cli_errors(wide, tmp_path, run_cli):
     assert not list(tmp_path.glob("*.gguf"))
     r = run_cli("quantize", folder, tmp_path / "ok.gguf", "--scheme", "gguf:Q8_0")
     assert r.code == 0, r.err
-    assert "Q8_0" in r.err and "SQNR" in r.err
+    assert "Q8_0" in r.words and "SQNR" in r.words
