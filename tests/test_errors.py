@@ -54,3 +54,60 @@ def test_structured_json_limits():
         parse_toml("a = nan", "t")
     with pytest.raises(CorruptFileError, match="nested"):
         parse_toml("a = " + "[" * 5000, "t")
+
+
+def test_library_callers_can_catch_builtins():
+    import pytest
+
+    from weightsmith.errors import NotFoundError, OutputError, UnsupportedFormatError, UsageError
+
+    cases = [
+        (NotFoundError, FileNotFoundError),
+        (UsageError, ValueError),
+        (CorruptFileError, ValueError),
+        (UnsupportedFormatError, ValueError),
+        (OutputError, OSError),
+    ]
+    for cls, builtin in cases:
+        with pytest.raises(builtin) as info:
+            raise cls("what went wrong", hint="what to do")
+        e = info.value
+        # the builtin's own constructor never reinterprets the message (OSError's errno form)
+        assert str(e) == "what went wrong; what to do" and e.hint == "what to do"
+        assert e.message == "what went wrong" and e.one_line() == str(e)
+    e = OutputError("a", hint="b")
+    assert e.errno is None and e.filename is None and e.args == ("a; b",)
+    assert not isinstance(NotFoundError("x"), ValueError)
+
+
+def test_builtin_bases_keep_cli_one_line_and_exit_2(tmp_path, run_cli, monkeypatch):
+    # NotFoundError (a FileNotFoundError) and OutputError (an OSError) still print as ours.
+    import weightsmith.inspect
+    from weightsmith.errors import OutputError
+
+    r = run_cli("inspect", tmp_path / "missing.safetensors")
+    assert r.code == 2 and r.err.count("\n") == 1 and r.err.startswith("error: "), r.err
+    assert "Errno" not in r.err and "check the file and its permissions" not in r.err
+
+    def refuse(path):
+        raise OutputError("cannot write the report", hint="check the destination")
+
+    monkeypatch.setattr(weightsmith.inspect, "describe", refuse)
+    r = run_cli("inspect", tmp_path)
+    assert r.code == 2 and r.err == "error: cannot write the report; check the destination\n", r.err
+
+
+def test_atomic_output_error_raised_inside_commit_keeps_its_message(tmp_path):
+    # An OutputError is an OSError: the writer's "cannot put the output in place" wrapper must
+    # not swallow it.
+    import pytest
+
+    from weightsmith.errors import OutputError
+    from weightsmith.io.atomic import atomic_file
+
+    dst = tmp_path / "out.bin"
+    appeared = "appeared while the output was being written"
+    with pytest.raises(OutputError, match=appeared), atomic_file(dst) as tmp:
+        tmp.write_bytes(b"x")
+        dst.write_bytes(b"someone else")
+    assert dst.read_bytes() == b"someone else"

@@ -2,6 +2,12 @@
 
 Every message says what was wrong and what to do about it; the CLI prints it on one line and
 exits with ``exit_code`` (2 for bad input or usage, 1 for a failed verification gate).
+
+Library callers may catch the builtin each error also is: a missing path is a
+``FileNotFoundError``, a bad option or a malformed file a ``ValueError``, an unwritable
+destination an ``OSError``. The builtin sits after ``WeightsmithError`` in each class's bases,
+so the one-argument construction below is what every one of them receives: ``str(e)`` is the
+message and its hint, and ``errno``/``strerror``/``filename`` stay None.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ class WeightsmithError(Exception):
         return " ".join(text.split())
 
 
-class UsageError(WeightsmithError):
+class UsageError(WeightsmithError, ValueError):
     """Options that contradict each other or name something that does not exist."""
 
 
@@ -37,15 +43,15 @@ class InputError(WeightsmithError):
     """Something wrong with an input path or file."""
 
 
-class NotFoundError(InputError):
+class NotFoundError(InputError, FileNotFoundError):
     """A path, shard or component that should be there is not."""
 
 
-class UnsupportedFormatError(InputError):
+class UnsupportedFormatError(InputError, ValueError):
     """A file or folder whose container weightsmith does not read."""
 
 
-class CorruptFileError(InputError):
+class CorruptFileError(InputError, ValueError):
     """A file whose bytes contradict its own header: truncated, wrong magic, lying offsets."""
 
 
@@ -65,7 +71,7 @@ class QuantizationError(WeightsmithError):
     """A tensor or scheme that cannot be quantized as asked."""
 
 
-class OutputError(WeightsmithError):
+class OutputError(WeightsmithError, OSError):
     """The destination cannot be written (exists, not writable, no space)."""
 
 

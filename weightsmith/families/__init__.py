@@ -1,12 +1,14 @@
 """Model families. Importing this package registers every built-in family component.
 
-Each module registers its components with ``@register``; add a family by adding a module and
-importing it below.
+Each family package registers its components with ``@register`` when imported; add a family by
+adding a package under ``weightsmith/families/`` and importing it below.
 """
 
-import importlib
-import importlib.util
+# Registration order is detection order (the first component that recognises the keys wins).
+# isort: off
+from weightsmith.families import cogvideox, wan, sana
 
+# isort: on
 from weightsmith.families.base import (
     Component,
     Detection,
@@ -31,6 +33,5 @@ __all__ = [
     "register",
 ]
 
-for _name in ("cogvideox", "wan", "sana"):
-    if importlib.util.find_spec(f"weightsmith.families.{_name}") is not None:
-        importlib.import_module(f"weightsmith.families.{_name}")
+# The built-in family packages, imported for their registrations.
+BUILTIN = (cogvideox, wan, sana)

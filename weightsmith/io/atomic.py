@@ -422,13 +422,15 @@ def _atomic(dst: Path, overwrite: bool, is_dir: bool) -> Iterator[Path]:
         yield tmp
         try:
             _commit(tmp, dst, overwrite)
+        except WeightsmithError:  # already says what went wrong (it is an OSError too)
+            raise
         except OSError as e:
             raise OutputError(
                 f"cannot put the output in place at {dst}: {e.strerror or e}", hint=_hint(e.errno)
             ) from None
     except OSError as e:  # raised by the writer in the body
         _remove(tmp)
-        mapped = _output_error(e, dst, tmp)
+        mapped = None if isinstance(e, WeightsmithError) else _output_error(e, dst, tmp)
         if mapped is None:
             raise
         raise mapped from e

@@ -20,7 +20,13 @@ from typing import Any
 
 import torch
 
-from weightsmith.errors import CorruptFileError, NotFoundError, UnsafeFileError, UnsupportedFormatError
+from weightsmith.errors import (
+    CorruptFileError,
+    NotFoundError,
+    UnsafeFileError,
+    UnsupportedFormatError,
+    WeightsmithError,
+)
 from weightsmith.io.base import Checkpoint, TensorInfo, dtype_name
 from weightsmith.io.gguf_io import require_regular_file
 from weightsmith.io.structured import read_json_file
@@ -87,6 +93,8 @@ def _check_pickle_globals(path: Path, record: str, data: bytes) -> None:
                 )
             if op.name == "STOP":
                 return
+    except WeightsmithError:  # the refusals above (a ValueError too): already one line
+        raise
     except (ValueError, EOFError, UnicodeDecodeError, struct.error) as e:
         raise CorruptFileError(
             f"{path}: {record} is not a valid pickle ({str(e)[:120]})", hint="re-download the file"
