@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 import torch
 
 from weightsmith.convert.ops import Op
+from weightsmith.errors import UsageError
+from weightsmith.families.tiny_init import FIXTURE, SIGNAL, TinyInit, build_tiny
 from weightsmith.io.base import TensorInfo
 
 # The prefix ComfyUI-style single files (and SAT) put before DiT keys.
@@ -145,11 +147,14 @@ class Component(ABC):
     layouts: ClassVar[tuple[str, ...]]  # e.g. ("sat", "diffusers") or ("original", "diffusers")
     variants: ClassVar[tuple[str, ...]]
     diffusers_class: ClassVar[str]  # name in the diffusers package
+    label: ClassVar[str | None] = None  # how messages name it ("Wan transformer"); None: family + component
     quant: ClassVar[QuantSpec] = QuantSpec()
     # The verify adapter (weightsmith.families.generation); None: not verifiable on its own.
     generation: ClassVar[Any] = None
     # The LoRA naming adapter; None: LoRA files for this component are not read.
     lora: ClassVar[Any] = None
+    # How a tiny model's random weights are drawn (weightsmith.families.tiny_init); wide models use SIGNAL.
+    tiny_init: ClassVar[TinyInit] = FIXTURE
 
     @abstractmethod
     def detect(
@@ -175,14 +180,30 @@ class Component(ABC):
     def diffusers_config(self, detection: Detection, infos: Mapping[str, TensorInfo]) -> dict[str, Any]:
         """The diffusers class's config (``__init__`` kwargs) that fits these diffusers-layout shapes."""
 
-    @abstractmethod
-    def tiny_model(self, variant: str, seed: int = 0) -> torch.nn.Module:
-        """A tiny random-weight instance of the real diffusers class shaped like ``variant``."""
-
     def tiny_config(self, variant: str, wide: bool = False) -> dict[str, Any]:
         """The diffusers config of the tiny ``variant``; ``wide``: Linear rows of 256 so every GGUF
         K-type applies (verification and quantization tests)."""
         raise NotImplementedError(f"{self.family}/{self.component} declares no tiny configs")
+
+    def tiny_model(self, variant: str, seed: int = 0, wide: bool = False) -> torch.nn.Module:
+        """A tiny random-weight instance of the real diffusers class shaped like ``variant``.
+
+        Built from ``tiny_config(variant, wide)``; weights drawn with ``tiny_init`` (``SIGNAL`` when
+        ``wide``: weights that carry a signal through the blocks, as verification needs).
+        """
+        cfg = self.tiny_config(variant, wide)
+        return build_tiny(self.model_class(variant), cfg, seed, SIGNAL if wide else self.tiny_init)
+
+    def check_variant(self, variant: str) -> None:
+        """UsageError unless ``variant`` is one this component declares."""
+        if variant not in self.variants:
+            raise UsageError(
+                f"unknown {self.title()} variant {variant!r}", hint="one of: " + ", ".join(self.variants)
+            )
+
+    def title(self) -> str:
+        """How messages name this component, e.g. "Wan transformer"."""
+        return self.label or f"{self.family} {self.component}"
 
     def class_name(self, variant: str | None = None) -> str:
         """The diffusers class for ``variant`` (override where variants use different classes)."""

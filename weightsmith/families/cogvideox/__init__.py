@@ -4,11 +4,9 @@ CogVideoX is the one family whose layouts differ by tensor surgery and not only 
 this package registers both components (``cogvideox/transformer`` and ``cogvideox/vae``).
 """
 
-from weightsmith.families.cogvideox.transformer import (
-    CogVideoXTransformer,
-    tiny_transformer_config,
-)
-from weightsmith.families.cogvideox.vae import CogVideoXVAE, tiny_vae_config
+from weightsmith.families.cogvideox.tiny import tiny_transformer_config, tiny_vae_config
+from weightsmith.families.cogvideox.transformer import CogVideoXTransformer
+from weightsmith.families.cogvideox.vae import CogVideoXVAE
 
 __all__ = [
     "CogVideoXTransformer",

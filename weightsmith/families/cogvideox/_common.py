@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
-
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.base import Component, Detection, PlanOptions
 from weightsmith.io.base import TensorInfo
@@ -58,19 +56,3 @@ def local_keys(infos: Mapping[str, TensorInfo], prefix: str) -> tuple[dict[str, 
         else:
             outside.append(k)
     return local, outside
-
-
-def randomize(model: torch.nn.Module, seed: int) -> None:
-    """Overwrite every saved float tensor with seeded noise, so no zero or constant init hides a bug.
-
-    1-D ``weight`` tensors (norm scales) get 1 + 0.1*N(0,1) so activations survive the depth;
-    everything else (matrices, biases, learned tables) gets 0.1*N(0,1).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in sorted(model.state_dict(keep_vars=True).items()):
-            if not t.is_floating_point():
-                continue
-            noise = torch.randn(t.shape, generator=gen, dtype=torch.float64)
-            is_norm_scale = name.endswith("weight") and t.ndim == 1
-            t.copy_((1.0 + 0.1 * noise if is_norm_scale else 0.1 * noise).to(t.dtype))

@@ -16,10 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from weightsmith.convert.ops import Drop, Fuse, Op, Regroup, Rename, Spec, Split
-from weightsmith.errors import ConversionError, UsageError
+from weightsmith.errors import ConversionError
 from weightsmith.families.base import (
     DIFFUSION_PREFIX,
     Component,
@@ -38,8 +36,8 @@ from weightsmith.families.cogvideox._common import (
     bad_keys,
     check_target,
     local_keys,
-    randomize,
 )
+from weightsmith.families.cogvideox.tiny import COGVIDEOX_INIT, TRANSFORMER_VARIANTS, tiny_transformer_config
 from weightsmith.io.base import TensorInfo
 
 # One-to-one module renames, (SAT module path, Diffusers module path); both hold .weight/.bias.
@@ -425,8 +423,10 @@ class CogVideoXTransformer(Component):
     family = FAMILY
     component = "transformer"
     layouts = (SAT, DIFFUSERS)
-    variants = ("2b", "5b", "5b-i2v", "1.5-5b", "1.5-5b-i2v")
+    variants = TRANSFORMER_VARIANTS
     diffusers_class = "CogVideoXTransformer3DModel"
+    label = "CogVideoX transformer"
+    tiny_init = COGVIDEOX_INIT
 
     # ---------------------------------------------------------------- detection
     def detect(
@@ -681,64 +681,6 @@ class CogVideoXTransformer(Component):
         return shapes
 
     # ---------------------------------------------------------------- tiny models
-    def tiny_model(self, variant: str, seed: int = 0) -> torch.nn.Module:
-        """A tiny CogVideoXTransformer3DModel with the structure of ``variant`` and random weights."""
-        from diffusers import CogVideoXTransformer3DModel
-
-        cfg = tiny_transformer_config(variant)
-        torch.manual_seed(seed)
-        model = CogVideoXTransformer3DModel(**cfg)
-        randomize(model, seed)
-        return model.eval()
-
-
-def tiny_transformer_config(variant: str) -> dict[str, Any]:
-    """Constructor kwargs of the tiny model for ``variant`` (after diffusers' test configs, layouts.md 6)."""
-    base: dict[str, Any] = {
-        "num_attention_heads": 2,
-        "attention_head_dim": 8,
-        "in_channels": 4,
-        "out_channels": 4,
-        "time_embed_dim": 8,
-        "text_embed_dim": 8,
-        "num_layers": 2,
-        "sample_width": 8,
-        "sample_height": 8,
-        "sample_frames": 9,
-        "patch_size": 2,
-        "patch_size_t": None,
-        "temporal_compression_ratio": 4,
-        "max_text_seq_length": 8,
-    }
-    if variant == "2b":
-        return base
-    if variant == "5b":
-        return {**base, "use_rotary_positional_embeddings": True}
-    if variant == "5b-i2v":
-        # Released text length and frame count, tiny 2x3-patch grid: the learned table's 304 rows
-        # (226 + 13*2*3) let diffusers_config re-derive the sample size from shapes alone.
-        return {
-            **base,
-            "in_channels": 8,
-            "use_rotary_positional_embeddings": True,
-            "use_learned_positional_embeddings": True,
-            "sample_height": 4,
-            "sample_width": 6,
-            "sample_frames": 49,
-            "max_text_seq_length": 226,
-        }
-    if variant == "1.5-5b":
-        return {**base, "patch_size_t": 2, "use_rotary_positional_embeddings": True, "patch_bias": False}
-    if variant == "1.5-5b-i2v":
-        return {
-            **base,
-            "in_channels": 8,
-            "patch_size_t": 2,
-            "ofs_embed_dim": 8,
-            "use_rotary_positional_embeddings": True,
-            "patch_bias": False,
-        }
-    raise UsageError(
-        f"unknown CogVideoX transformer variant {variant!r}",
-        hint="one of: " + ", ".join(CogVideoXTransformer.variants),
-    )
+    def tiny_config(self, variant: str, wide: bool = False) -> dict[str, Any]:
+        """The tiny (or wide) CogVideoXTransformer3DModel kwargs of ``variant`` (see cogvideox/tiny.py)."""
+        return tiny_transformer_config(variant, wide)

@@ -12,10 +12,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import torch
-
 from weightsmith.convert.ops import Drop, Op, Rename
-from weightsmith.errors import ConversionError, UsageError
+from weightsmith.errors import ConversionError
 from weightsmith.families.base import Component, Detection, PlanOptions, find_prefix, register
 from weightsmith.families.cogvideox._common import (
     DIFFUSERS,
@@ -26,8 +24,8 @@ from weightsmith.families.cogvideox._common import (
     bad_keys,
     check_target,
     local_keys,
-    randomize,
 )
+from weightsmith.families.cogvideox.tiny import COGVIDEOX_INIT, tiny_vae_config
 from weightsmith.io.base import TensorInfo
 
 # What may follow a resnet's path: GroupNorm (encoder) or SpatialNorm3D (decoder) norms, the two
@@ -208,6 +206,8 @@ class CogVideoXVAE(Component):
     layouts = (SAT, DIFFUSERS)
     variants = ("default",)
     diffusers_class = "AutoencoderKLCogVideoX"
+    label = "CogVideoX VAE"
+    tiny_init = COGVIDEOX_INIT
 
     def detect(
         self, infos: Mapping[str, TensorInfo], config: Mapping[str, Any] | None = None
@@ -372,28 +372,7 @@ class CogVideoXVAE(Component):
                 cfg[k] = v
         return cfg
 
-    def tiny_model(self, variant: str = "default", seed: int = 0) -> torch.nn.Module:
+    def tiny_config(self, variant: str = "default", wide: bool = False) -> dict[str, Any]:
         """A tiny AutoencoderKLCogVideoX (4 blocks, widths 8/8/16/16 so resnet shortcuts exist)."""
-        from diffusers import AutoencoderKLCogVideoX
-
-        if variant not in self.variants:
-            raise UsageError(f"unknown CogVideoX VAE variant {variant!r}", hint="one of: default")
-        torch.manual_seed(seed)
-        model = AutoencoderKLCogVideoX(**tiny_vae_config())
-        randomize(model, seed)
-        return model.eval()
-
-
-def tiny_vae_config() -> dict[str, Any]:
-    """Constructor kwargs of the tiny VAE (diffusers' test config, with a channel change for shortcuts)."""
-    return {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ("CogVideoXDownBlock3D",) * 4,
-        "up_block_types": ("CogVideoXUpBlock3D",) * 4,
-        "block_out_channels": (8, 8, 16, 16),
-        "latent_channels": 4,
-        "layers_per_block": 1,
-        "norm_num_groups": 2,
-        "temporal_compression_ratio": 4,
-    }
+        self.check_variant(variant)
+        return tiny_vae_config()

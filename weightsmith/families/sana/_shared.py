@@ -1,12 +1,8 @@
-"""Helpers both Sana components use: prefix finding, plan checks, op ordering, tiny-model weights."""
+"""Helpers both Sana components use: prefix finding, plan checks, op ordering."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
-
-import torch
 
 from weightsmith.convert.ops import Op
 from weightsmith.errors import ConversionError, UsageError
@@ -84,36 +80,3 @@ def order_by_input(ops: list[Op], infos: Mapping[str, TensorInfo]) -> list[Op]:
     """
     position = {k: i for i, k in enumerate(infos)}
     return sorted(ops, key=lambda op: min((position[k] for k in op.inputs), default=-1))
-
-
-def init_kwargs(cls: type, config: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The part of a config (``config.json`` contents) that ``cls.__init__`` accepts."""
-    if not config:
-        return {}
-    params = inspect.signature(cls.__init__).parameters
-    return {k: v for k, v in config.items() if k in params and k != "self"}
-
-
-@torch.no_grad()
-def reinit_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Give every parameter fresh ``randn * 0.02`` values from one seeded generator.
-
-    Diffusers leaves some parameters at exact zeros or ones (norm weights, zero-initialised
-    projections), which would let a conversion bug that mixes them up go unnoticed. Float buffers
-    (batch-norm statistics) get positive values so they stay valid variances.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype) * 0.02)
-    for _, b in sorted(model.named_buffers(), key=lambda kv: kv[0]):
-        if b.is_floating_point():
-            b.copy_(torch.rand(b.shape, generator=gen, dtype=torch.float32).to(b.dtype) + 0.5)
-    return model
-
-
-def build_tiny(cls: type, kwargs: Mapping[str, Any], seed: int) -> torch.nn.Module:
-    """``cls(**kwargs)`` with deterministic weights, leaving the caller's global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = cls(**kwargs)
-    return reinit_(model, seed).eval()

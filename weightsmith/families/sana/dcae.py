@@ -18,17 +18,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
-
 from weightsmith.convert.ops import Op, Regroup, Rename, Reshape
-from weightsmith.errors import ConversionError, UsageError
+from weightsmith.errors import ConversionError
 from weightsmith.families.base import Component, Detection, KeyView, PlanOptions, register
 from weightsmith.families.sana._shared import (
     NO_OPTIONS,
-    build_tiny,
     candidate_prefixes,
     check_target,
-    init_kwargs,
     order_by_input,
     raise_missing,
     raise_unknown,
@@ -418,6 +414,7 @@ class DCAE(Component):
     # is itself a downsample layer (f32c32/f64c128/f128c512 in/mix releases).
     variants: ClassVar[tuple[str, ...]] = ("f32c32-sana", "generic")
     diffusers_class: ClassVar[str] = "AutoencoderDC"
+    label: ClassVar[str | None] = "Sana DC-AE"
 
     # ---------------------------------------------------------------- detection
     def detect(
@@ -688,10 +685,12 @@ class DCAE(Component):
         return None
 
     # ---------------------------------------------------------------- tiny models
-    def tiny_config(self, variant: str) -> dict[str, Any]:
+    def tiny_config(self, variant: str, wide: bool = False) -> dict[str, Any]:
         """``f32c32-sana``: diffusers' tiny DC-AE test config (layouts.md section 6). ``generic``: a
         three-stage one shaped like the in/mix releases (empty first stage, pixel (un)shuffle
-        samplers, batch-norm/ReLU decoder stages before RMS-norm/SiLU ones)."""
+        samplers, batch-norm/ReLU decoder stages before RMS-norm/SiLU ones). ``wide`` changes
+        nothing: an autoencoder has no Linear rows to widen."""
+        self.check_variant(variant)
         if variant == "f32c32-sana":
             return {
                 "in_channels": 3,
@@ -711,28 +710,21 @@ class DCAE(Component):
                 "decoder_act_fns": "silu",
                 "scaling_factor": SANA_SCALING_FACTOR,
             }
-        if variant == "generic":
-            return {
-                "in_channels": 3,
-                "latent_channels": 4,
-                "attention_head_dim": 2,
-                "encoder_block_types": ("ResBlock", "ResBlock", "EfficientViTBlock"),
-                "decoder_block_types": ("ResBlock", "ResBlock", "EfficientViTBlock"),
-                "encoder_block_out_channels": (8, 8, 16),
-                "decoder_block_out_channels": (8, 8, 16),
-                "encoder_qkv_multiscales": ((), (), (5,)),
-                "decoder_qkv_multiscales": ((), (), (5,)),
-                "encoder_layers_per_block": (0, 1, 1),
-                "decoder_layers_per_block": (0, 1, 1),
-                "downsample_block_type": "pixel_unshuffle",
-                "upsample_block_type": "pixel_shuffle",
-                "decoder_norm_types": ("batch_norm", "batch_norm", "rms_norm"),
-                "decoder_act_fns": ("relu", "relu", "silu"),
-                "scaling_factor": 1.0,
-            }
-        raise UsageError(f"unknown Sana DC-AE variant {variant!r}", hint=f"one of {self.variants}")
-
-    def tiny_model(self, variant: str, seed: int = 0) -> torch.nn.Module:
-        """A ~40 KB ``AutoencoderDC`` of ``variant`` with seeded ``randn*0.02`` weights."""
-        cls = self.model_class(variant)
-        return build_tiny(cls, init_kwargs(cls, self.tiny_config(variant)), seed)
+        return {  # generic
+            "in_channels": 3,
+            "latent_channels": 4,
+            "attention_head_dim": 2,
+            "encoder_block_types": ("ResBlock", "ResBlock", "EfficientViTBlock"),
+            "decoder_block_types": ("ResBlock", "ResBlock", "EfficientViTBlock"),
+            "encoder_block_out_channels": (8, 8, 16),
+            "decoder_block_out_channels": (8, 8, 16),
+            "encoder_qkv_multiscales": ((), (), (5,)),
+            "decoder_qkv_multiscales": ((), (), (5,)),
+            "encoder_layers_per_block": (0, 1, 1),
+            "decoder_layers_per_block": (0, 1, 1),
+            "downsample_block_type": "pixel_unshuffle",
+            "upsample_block_type": "pixel_shuffle",
+            "decoder_norm_types": ("batch_norm", "batch_norm", "rms_norm"),
+            "decoder_act_fns": ("relu", "relu", "silu"),
+            "scaling_factor": 1.0,
+        }

@@ -18,14 +18,12 @@ from typing import Any, ClassVar
 import torch
 
 from weightsmith.convert.ops import Derive, Drop, Fuse, Op, Rename, Split
-from weightsmith.errors import ConversionError, UsageError
+from weightsmith.errors import ConversionError
 from weightsmith.families.base import Component, Detection, KeyView, PlanOptions, register
 from weightsmith.families.sana._shared import (
     NO_OPTIONS,
-    build_tiny,
     check_target,
     find_prefix_all,
-    init_kwargs,
     order_by_input,
     raise_missing,
     raise_unknown,
@@ -210,6 +208,35 @@ def sincos_pos_embed(hidden: int, grid: int, interpolation_scale: float) -> torc
     return table.float().unsqueeze(0)
 
 
+# Tiny test configurations (``SanaTransformer.tiny_config``).
+_TINY: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 4,
+    "out_channels": 4,
+    "num_layers": 1,
+    "attention_head_dim": 4,
+    "num_attention_heads": 2,
+    "num_cross_attention_heads": 2,
+    "cross_attention_head_dim": 4,
+    "cross_attention_dim": 8,
+    "caption_channels": 8,
+    "sample_size": 32,
+}
+_WIDE: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 4,
+    "out_channels": 4,
+    "num_layers": 2,
+    "attention_head_dim": 32,
+    "num_attention_heads": 8,
+    "num_cross_attention_heads": 8,
+    "cross_attention_head_dim": 32,
+    "cross_attention_dim": 256,
+    "caption_channels": 64,
+    "sample_size": 16,
+}
+
+
 def _source_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: config[k] for k in _CONFIG_ONLY if config and k in config}
 
@@ -223,6 +250,7 @@ class SanaTransformer(Component):
     layouts: ClassVar[tuple[str, ...]] = ("original", "diffusers")
     variants: ClassVar[tuple[str, ...]] = ("1.0", "1.5", "sprint")
     diffusers_class: ClassVar[str] = "SanaTransformer2DModel"
+    label: ClassVar[str | None] = "Sana transformer"
 
     # ---------------------------------------------------------------- detection
     def detect(
@@ -432,30 +460,15 @@ class SanaTransformer(Component):
         }
 
     # ---------------------------------------------------------------- tiny models
-    def tiny_config(self, variant: str) -> dict[str, Any]:
-        """diffusers' own tiny Sana test config (layouts.md section 6), plus the variant's switches."""
-        if variant not in self.variants:
-            raise UsageError(f"unknown Sana transformer variant {variant!r}", hint=f"one of {self.variants}")
-        cfg: dict[str, Any] = {
-            "patch_size": 1,
-            "in_channels": 4,
-            "out_channels": 4,
-            "num_layers": 1,
-            "attention_head_dim": 4,
-            "num_attention_heads": 2,
-            "num_cross_attention_heads": 2,
-            "cross_attention_head_dim": 4,
-            "cross_attention_dim": 8,
-            "caption_channels": 8,
-            "sample_size": 32,
-        }
+    def tiny_config(self, variant: str, wide: bool = False) -> dict[str, Any]:
+        """diffusers' own tiny Sana test config (layouts.md section 6), plus the variant's switches.
+
+        ``wide``: eight heads of 32 and a 256-wide cross-attention, so every GGUF K-type applies.
+        """
+        self.check_variant(variant)
+        cfg = dict(_WIDE if wide else _TINY)
         if variant in ("1.5", "sprint"):
             cfg["qk_norm"] = "rms_norm_across_heads"
         if variant == "sprint":
             cfg["guidance_embeds"] = True
         return cfg
-
-    def tiny_model(self, variant: str, seed: int = 0) -> torch.nn.Module:
-        """A ~20 KB ``SanaTransformer2DModel`` of ``variant`` with seeded ``randn*0.02`` weights."""
-        cls = self.model_class(variant)
-        return build_tiny(cls, init_kwargs(cls, self.tiny_config(variant)), seed)

@@ -33,8 +33,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from weightsmith.convert.ops import Drop, Op, Rename
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.base import Component, Detection, PlanOptions, register
@@ -331,6 +329,30 @@ def _facts(st: Structure, config: Mapping[str, Any] | None) -> tuple[dict[str, A
     return {k: v for k, v in facts.items() if v is not None}, notes
 
 
+# Tiny test configurations (``WanTransformer.tiny_config``).
+_TINY: dict[str, Any] = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 2,
+    "attention_head_dim": 12,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": 32,
+    "freq_dim": 256,
+    "ffn_dim": 32,
+    "num_layers": 2,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "rope_max_seq_len": 1024,
+}
+_WIDE: dict[str, Any] = _TINY | {
+    "attention_head_dim": 128,
+    "text_dim": 64,
+    "ffn_dim": 256,
+    "rope_max_seq_len": 32,
+}
+
+
 @register
 class WanTransformer(Component):
     """Wan 2.1 / 2.2 transformer: original (Wan-AI, ComfyUI, GGUF) and Diffusers layouts."""
@@ -340,6 +362,7 @@ class WanTransformer(Component):
     layouts = ("original", "diffusers")
     variants = ("2.1-t2v", "2.1-i2v", "2.1-flf2v", "2.1-vace", "2.2-i2v-a14b", "2.2-ti2v-5b")
     diffusers_class = "WanTransformer3DModel"
+    label = "Wan transformer"
 
     def class_name(self, variant: str | None = None) -> str:
         """VACE checkpoints need the VACE subclass; every other variant is the plain class."""
@@ -482,30 +505,16 @@ class WanTransformer(Component):
         return cfg
 
     # -- tiny models ---------------------------------------------------------------------
-    def tiny_config(self, variant: str) -> dict[str, Any]:
-        """Diffusers' own tiny test shape (2 heads of 12, 2 layers) with each variant's real channels."""
-        if variant not in self.variants:
-            raise UsageError(
-                f"unknown Wan transformer variant {variant!r}", hint=f"one of {', '.join(self.variants)}"
-            )
-        cfg: dict[str, Any] = {
-            "patch_size": (1, 2, 2),
-            "num_attention_heads": 2,
-            "attention_head_dim": 12,
-            "in_channels": 16,
-            "out_channels": 16,
-            "text_dim": 32,
-            "freq_dim": 256,
-            "ffn_dim": 32,
-            "num_layers": 2,
-            "cross_attn_norm": True,
-            "qk_norm": "rms_norm_across_heads",
-            "eps": 1e-6,
-            "rope_max_seq_len": 1024,
-        }
-        dim = 24
+    def tiny_config(self, variant: str, wide: bool = False) -> dict[str, Any]:
+        """Diffusers' own tiny test shape (2 heads of 12, 2 layers) with each variant's real channels.
+
+        ``wide``: two heads of 128 and a 256-wide FFN, so every GGUF K-type applies.
+        """
+        self.check_variant(variant)
+        cfg = dict(_WIDE if wide else _TINY)
+        dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
         if variant in ("2.1-i2v", "2.1-flf2v"):
-            cfg |= {"in_channels": 36, "image_dim": 4, "added_kv_proj_dim": dim}
+            cfg |= {"in_channels": 36, "image_dim": 64 if wide else 4, "added_kv_proj_dim": dim}
         if variant == "2.1-flf2v":
             cfg["pos_embed_seq_len"] = 8  # two images of 4 tokens (real: 2 x 257 CLIP tokens)
         if variant == "2.2-i2v-a14b":
@@ -515,13 +524,3 @@ class WanTransformer(Component):
         if variant == "2.1-vace":
             cfg |= {"num_layers": 4, "vace_layers": [0, 2], "vace_in_channels": 96}
         return cfg
-
-    def tiny_model(self, variant: str, seed: int = 0) -> torch.nn.Module:
-        """A tiny random instance of the real class; every parameter ~ N(0, 0.02^2), none zero."""
-        cls = self.model_class(variant)
-        model = cls(**self.tiny_config(variant))
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for _, p in sorted(model.named_parameters()):
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype) * 0.02)
-        return model.eval()

@@ -319,6 +319,7 @@ class WanVAE(Component):
     layouts = ("original", "diffusers")
     variants = ("2.1", "2.2")
     diffusers_class = "AutoencoderKLWan"
+    label = "Wan VAE"
 
     def detect(
         self, infos: Mapping[str, TensorInfo], config: Mapping[str, Any] | None = None
@@ -446,12 +447,14 @@ class WanVAE(Component):
             cfg["latents_mean"], cfg["latents_std"] = [0.0] * z, [1.0] * z
         return cfg
 
-    def tiny_config(self, variant: str) -> dict[str, Any]:
+    def tiny_config(self, variant: str, wide: bool = False) -> dict[str, Any]:
         """Tiny widths, but the released depth (4 levels of 2 resnets, widths x1,x2,x4,x4).
 
         The released depth matters: diffusers' own 2.1 single-file converter hard-codes the
         decoder's flat indices of the 2-resnet layout, and the tests load our output with it.
+        ``wide`` changes nothing: an autoencoder has no Linear rows to widen.
         """
+        self.check_variant(variant)
         common: dict[str, Any] = {
             "base_dim": 2,
             "dim_mult": [1, 2, 4, 4],
@@ -460,26 +463,15 @@ class WanVAE(Component):
         }
         if variant == "2.1":
             return common | {"z_dim": 16}
-        if variant == "2.2":
-            return common | {
-                "decoder_base_dim": 4,
-                "z_dim": 48,
-                "in_channels": 12,
-                "out_channels": 12,
-                "is_residual": True,
-                "patch_size": 2,
-                "scale_factor_spatial": 16,
-                "scale_factor_temporal": 4,
-                "latents_mean": [0.0] * 48,
-                "latents_std": [1.0] * 48,
-            }
-        raise UsageError(f"unknown Wan VAE variant {variant!r}", hint="one of 2.1, 2.2")
-
-    def tiny_model(self, variant: str, seed: int = 0) -> torch.nn.Module:
-        """A tiny random ``AutoencoderKLWan``; every parameter ~ N(0, 0.02^2)."""
-        model = self.model_class(variant)(**self.tiny_config(variant))
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for _, p in sorted(model.named_parameters()):
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype) * 0.02)
-        return model.eval()
+        return common | {  # 2.2
+            "decoder_base_dim": 4,
+            "z_dim": 48,
+            "in_channels": 12,
+            "out_channels": 12,
+            "is_residual": True,
+            "patch_size": 2,
+            "scale_factor_spatial": 16,
+            "scale_factor_temporal": 4,
+            "latents_mean": [0.0] * 48,
+            "latents_std": [1.0] * 48,
+        }
