@@ -71,11 +71,14 @@ def run_demo(out: str | Path) -> None:
 
 def _fidelity(out: Path) -> None:
     """Quantize a matrix of schemes, verify every artifact, write the fidelity-against-size reports."""
+    from weightsmith.verify.family import demo_models, generation
     from weightsmith.verify.matrix import available_schemes, run_matrix
     from weightsmith.verify.report import write_report
 
     schemes = available_schemes()
-    click.echo(f"verifying {', '.join(schemes)} on tiny Wan, CogVideoX and Sana models ...")
+    titles = [generation(family).title for family, _ in demo_models()]
+    named = ", ".join(titles[:-1]) + " and " + titles[-1] if len(titles) > 1 else "".join(titles)
+    click.echo(f"verifying {', '.join(schemes)} on tiny {named} models ...")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is faster, and kinder to a busy machine
     try:
@@ -98,13 +101,15 @@ def _fidelity(out: Path) -> None:
 
 
 def _scheme_of(row: dict[str, Any]) -> str:
-    """``wan-Q4_K_M.gguf [diffusers GGUF]`` -> ``Q4_K_M``; the converted file -> ``original layout``."""
+    """``FAMILY-Q4_K_M.gguf [diffusers GGUF]`` -> ``Q4_K_M``; the converted file (named after its
+    layout) -> ``unquantized conversion``."""
     family = str(row["model"]).split()[0]
     label = str(row["candidate"]).split(" [")[0]
     name = label[len(family) + 1 :] if label.startswith(family + "-") else label
     for ext in (".gguf", ".safetensors"):
         name = name.removesuffix(ext)
-    return "unquantized conversion" if name in ("original", "sat") else name
+    layouts = {layout for comp in components() for layout in comp.layouts}
+    return "unquantized conversion" if name in layouts else name
 
 
 def demo_summary(rows: list[dict[str, Any]], gates: Sequence[str]) -> list[str]:
@@ -150,9 +155,9 @@ def demo_summary(rows: list[dict[str, Any]], gates: Sequence[str]) -> list[str]:
 
 
 def _fidelity_markdown(result) -> tuple[str, str]:
+    import weightsmith.verify.report.svg as svg
     from weightsmith.verify.gates import format_value
     from weightsmith.verify.matrix import DEMO_GATES, fidelity_rows
-    from weightsmith.verify.report import svg
     from weightsmith.verify.report.write import short_label
 
     rows = fidelity_rows(result)

@@ -148,7 +148,7 @@ def _cache_dir(cache_dir: str | None, no_cache: bool) -> Path | None:
     type=click.Choice(["both", "weightsmith", "diffusers"]),
     default="both",
     show_default=True,
-    help="GGUF of Wan/Sana: load with weightsmith's loader, diffusers' own, or both.",
+    help="A GGUF diffusers also reads (per family): load with weightsmith's loader, diffusers' own, or both.",
 )
 def verify_command(
     baseline: str,
@@ -184,7 +184,8 @@ def verify_command(
       torchrun --nproc-per-node 4 -m weightsmith verify base/ cand.gguf --seeds 0-7 --json
     """
     from weightsmith.verify.gates import failure_table, load_gates_toml, parse_gate
-    from weightsmith.verify.run import VerifyOptions, check_gates, summary_table, verify
+    from weightsmith.verify.results import check_gates, summary_table
+    from weightsmith.verify.run import VerifyOptions, verify
 
     # Everything a user typed is checked before any model is opened: gates, report folder, settings.
     gates = [parse_gate(g) for g in gate] + (load_gates_toml(gates_file) if gates_file else [])

@@ -1,43 +1,27 @@
 """Generation sizes checked against the model before anything runs, and defaults taken from it.
 
-diffusers checks little of what a size does to the model: Wan's rotary table (``rope_max_seq_len``
-positions per axis) silently falls short and ends in a RuntimeError deep in a forward pass; a
-CogVideoX model with learned positional embeddings (5B I2V) runs at its sample size only; the
-CogVideoX positional table includes the text tokens, so prompt embeddings of another length
-break the addition; sizes that are not multiples of the VAE and patch factors are rounded down
-with a warning, so the recorded settings would not be what ran. Every such case is refused here
-with a message naming what fits, and sizes the user did not give are chosen so they fit.
+diffusers checks little of what a size does to the model: a rotary table too short for the
+latent grid ends in a RuntimeError deep in a forward pass; a model with learned positional
+embeddings runs at its sample size only; a positional table that includes the text tokens breaks
+on prompt embeddings of another length; sizes that are not multiples of the VAE and patch
+factors are rounded down with a warning, so the recorded settings would not be what ran. The
+family's generation adapter says what its model accepts (``Generation.geometry``); every size
+that does not fit is refused here with a message naming what fits, and sizes the user did not
+give are chosen so they fit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
-from dataclasses import dataclass
 from typing import Any
 
 from weightsmith.errors import UsageError
-from weightsmith.verify.settings import FAMILY_DEFAULTS, MAX_FRAMES, MAX_SIDE, GenerationSettings
+from weightsmith.families.generation import Geometry
+from weightsmith.verify.family import generation
+from weightsmith.verify.settings import MAX_FRAMES, MAX_SIDE, GenerationSettings
 
-
-@dataclass(frozen=True)
-class Geometry:
-    """What one model accepts: pixel multiples, upper bounds, fixed sizes, the text length."""
-
-    family: str
-    h_multiple: int
-    w_multiple: int
-    temporal: int  # video frames are temporal*k + 1; 0 for image families
-    max_height: int = MAX_SIDE
-    max_width: int = MAX_SIDE
-    max_frames: int = MAX_FRAMES
-    why_max: str = ""  # what sets the upper bounds (the rotary table)
-    fixed_hw: tuple[int, int] | None = None  # learned positional embeddings: this size only
-    text_len: int | None = None  # prompt tokens the positional table fixes
-    text_width: int | None = None
-    sample_hw: tuple[int, int] | None = None  # the model's own sample size, when it has one
-    sample_frames: int | None = None
+__all__ = ["Geometry", "check_prompts", "fit_settings", "geometry"]
 
 
 def _signature_defaults(cls: Any) -> dict[str, Any]:
@@ -61,117 +45,29 @@ def _class_config(
     return {**defaults, **(cfg or {})}
 
 
-def _int(cfg: dict[str, Any], key: str, default: int) -> int:
-    """A positive integer setting; anything else (a hostile config) is a usage error, not a crash."""
-    v = cfg.get(key, default)
-    if v is None:
-        v = default
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v > 2**31:
-        raise UsageError(
-            f"the model's config has {key} = {str(v)[:40]!r}, not a positive whole number",
-            hint="fix the model's config.json",
-        )
-    return v
-
-
-def _blocks(cfg: dict[str, Any], key: str, default: int) -> int:
-    """How many VAE blocks a config lists (the pipeline's spatial factor is 2**(n-1))."""
-    v = cfg.get(key)
-    if v is None:
-        return default
-    if not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 16:
-        raise UsageError(
-            f"the VAE config has {key} = {str(v)[:40]!r}, not a list of block widths",
-            hint="fix the VAE's config.json",
-        )
-    return len(v)
-
-
-def _lcm(a: int, b: int) -> int:
-    return a * b // math.gcd(a, b)
-
-
 def geometry(base: Any) -> Geometry:
-    """What ``base`` (a resolved Baseline) accepts, from its transformer and VAE configs."""
+    """What ``base`` (a resolved Baseline) accepts, from its transformer and VAE configs.
+
+    The family's generation adapter reads the configs; the model's own bounds are then held to
+    what a user may ask for at all (MAX_SIDE, MAX_FRAMES).
+    """
     fam = base.family
     tcfg = _class_config(fam, "transformer", base.variant, base.config("transformer"))
     vae = base.vae
     vcfg = _class_config(fam, "vae", vae.detection.variant, vae.config) if vae is not None else None
-    if fam == "wan":
-        spatial = _int(vcfg, "scale_factor_spatial", 8) if vcfg else 8
-        temporal = _int(vcfg, "scale_factor_temporal", 4) if vcfg else 4
-        patch = tcfg.get("patch_size") or (1, 2, 2)
-        if not (isinstance(patch, (list, tuple)) and len(patch) == 3):
-            raise UsageError(f"the model's config has patch_size = {str(patch)[:40]!r}, not 3 numbers")
-        p_t, p_h, p_w = (_int({"patch_size": x}, "patch_size", 1) for x in patch)
-        rope = min(
-            _int(_class_config(fam, "transformer", base.variant, base.config(e)), "rope_max_seq_len", 1024)
-            for e in base.experts
-        )
-        h_mul, w_mul = _lcm(16, spatial * p_h), _lcm(16, spatial * p_w)
-        # Positions per axis after the VAE and the patch embedding must fit the rotary table.
-        max_h = rope * p_h * spatial // h_mul * h_mul
-        max_w = rope * p_w * spatial // w_mul * w_mul
-        max_latent_frames = (rope + 1) * p_t - 1
-        return Geometry(
-            fam,
-            h_mul,
-            w_mul,
-            temporal,
-            max_height=min(max_h, MAX_SIDE // h_mul * h_mul),
-            max_width=min(max_w, MAX_SIDE // w_mul * w_mul),
-            max_frames=min((max_latent_frames - 1) * temporal + 1, MAX_FRAMES),
-            why_max=f"its rotary table holds {rope} positions per axis (rope_max_seq_len)",
-            text_width=_int(tcfg, "text_dim", 4096),
-        )
-    if fam == "cogvideox":
-        spatial = 2 ** (_blocks(vcfg, "block_out_channels", 4) - 1) if vcfg else 8
-        temporal = _int(vcfg, "temporal_compression_ratio", 4) if vcfg else 4
-        patch = _int(tcfg, "patch_size", 2)
-        mul = _lcm(8, spatial * patch)
-        sample_hw = (_int(tcfg, "sample_height", 60) * spatial, _int(tcfg, "sample_width", 90) * spatial)
-        learned = bool(tcfg.get("use_learned_positional_embeddings"))
-        rotary = bool(tcfg.get("use_rotary_positional_embeddings"))
-        table = learned or not rotary  # the positional table covers the text tokens too
-        limits: dict[str, Any] = {}
-        if rotary and tcfg.get("patch_size_t") is not None:
-            # CogVideoX 1.5 slices its rotary table, sample_height/patch x sample_width/patch
-            # positions, to the latent grid: a larger grid runs off its end.
-            rows, cols = _int(tcfg, "sample_height", 60) // patch, _int(tcfg, "sample_width", 90) // patch
-            limits = {
-                "max_height": min(max(rows, 1) * patch * spatial, MAX_SIDE) // mul * mul,
-                "max_width": min(max(cols, 1) * patch * spatial, MAX_SIDE) // mul * mul,
-                "why_max": f"its rotary table holds {rows}x{cols} positions (sample_height/width over the patch size)",
-            }
-        return Geometry(
-            fam,
-            mul,
-            mul,
-            temporal,
-            **limits,
-            fixed_hw=sample_hw if learned else None,
-            text_len=_int(tcfg, "max_text_seq_length", 226) if table else None,
-            text_width=_int(tcfg, "text_embed_dim", 4096),
-            sample_hw=sample_hw,
-            sample_frames=_int(tcfg, "sample_frames", 49),
-        )
-    if fam == "sana":
-        if vcfg:
-            spatial = 2 ** (_blocks(vcfg, "encoder_block_out_channels", 6) - 1)
-        else:
-            spatial = 32
-        patch = _int(tcfg, "patch_size", 1)
-        mul = _lcm(32, spatial * patch)
-        side = _int(tcfg, "sample_size", 32) * spatial
-        return Geometry(
-            fam,
-            mul,
-            mul,
-            0,
-            text_width=_int(tcfg, "caption_channels", 2304),
-            sample_hw=(side, side),
-        )
-    raise UsageError(f"no generation sizes known for family {fam!r}")
+    expert_cfgs = [_class_config(fam, "transformer", base.variant, base.config(e)) for e in base.experts]
+    geo = generation(fam).geometry(tcfg, vcfg, expert_cfgs)
+
+    def side(v: int | None, mul: int) -> int:
+        return MAX_SIDE if v is None else min(v, MAX_SIDE // mul * mul)
+
+    return dataclasses.replace(
+        geo,
+        family=fam,
+        max_height=side(geo.max_height, geo.h_multiple),
+        max_width=side(geo.max_width, geo.w_multiple),
+        max_frames=MAX_FRAMES if geo.max_frames is None else min(geo.max_frames, MAX_FRAMES),
+    )
 
 
 def fit_settings(
@@ -185,7 +81,8 @@ def fit_settings(
     """
     geo = geometry(base)
     notes: list[str] = []
-    dh, dw, df, _, _ = FAMILY_DEFAULTS[base.family]
+    d = generation(base.family).defaults
+    dh, dw, df = d.height, d.width, d.frames
     if geo.sample_hw is not None:
         dh, dw = min(dh, geo.sample_hw[0]), min(dw, geo.sample_hw[1])
     if geo.sample_frames is not None:
@@ -230,7 +127,7 @@ def _check_size(geo: Geometry, s: GenerationSettings, given: GenerationSettings)
             lo, hi = max(mul, v // mul * mul), (v // mul + 1) * mul
             also = f" or {hi}" if hi <= top and lo != hi else ""
             raise UsageError(
-                f"{_pipeline_name(geo)} refused the generation settings: {name} {v} is not a "
+                f"{geo.pipeline} refused the generation settings: {name} {v} is not a "
                 f"multiple of {mul}, which this {fam} model needs (its VAE and patch factors)",
                 hint=f"pass {name} {min(lo, top)}{also}",
             )
@@ -263,11 +160,6 @@ def _check_size(geo: Geometry, s: GenerationSettings, given: GenerationSettings)
                 f"--frames {f} does not fit this {fam} model's VAE, which takes {geo.temporal}k+1 frames",
                 hint=f"pass --frames {lo}{up}",
             )
-
-
-def _pipeline_name(geo: Geometry) -> str:
-    """The diffusers pipeline that would refuse (or silently round) the size, for the message."""
-    return {"wan": "WanPipeline", "cogvideox": "CogVideoXPipeline", "sana": "SanaPipeline"}[geo.family]
 
 
 def _check_text_len(geo: Geometry, s: GenerationSettings) -> None:

@@ -76,11 +76,11 @@ def linear_inputs(
 
     For measuring what an importance matrix optimises: a quantized layer's output error on the
     activations it really gets."""
-    from weightsmith.verify.run import _Runner, prepare
+    from weightsmith.verify.runner import Runner, prepare
 
     base = resolve_baseline(model, vae)
     sched, settings, device, items = prepare(base, settings)
-    runner = _Runner(base, sched, settings, device)
+    runner = Runner(base, sched, settings, device)
     experts = {e: runner.baseline_module(e) for e in base.experts}
     tr = experts["transformer"]
     seen: dict[str, list[torch.Tensor]] = {}
@@ -124,13 +124,13 @@ def collect_imatrix(
 ) -> ImatrixResult:
     """Run MODEL's reference generations with hooks and write the importance matrix to ``out``."""
     from weightsmith.quantize.imatrix import write_imatrix
-    from weightsmith.verify.run import _Runner, prepare
+    from weightsmith.verify.runner import Runner, prepare
 
     t0 = time.perf_counter()
     out = Path(out)
     base = resolve_baseline(model, vae)
     sched, settings, device, items = prepare(base, settings)
-    runner = _Runner(base, sched, settings, device)
+    runner = Runner(base, sched, settings, device)
     experts = {e: runner.baseline_module(e) for e in base.experts}
     tr = experts["transformer"]
     hooks = _SquareSums(tr)

@@ -17,15 +17,12 @@ from typing import Any
 import torch
 
 from weightsmith.errors import InputError, UsageError
-
-# Text length of seeded embeddings when the transformer config does not fix one (the lengths the
-# released pipelines pad to).
-TEXT_LEN = {"wan": 512, "sana": 300}
+from weightsmith.verify.family import generation
 
 
 @dataclass
 class Prompt:
-    """One prompt's embeddings (batch 1). ``mask``s are Sana's attention masks."""
+    """One prompt's embeddings (batch 1). ``mask``s: attention masks, for pipelines that take them."""
 
     label: str
     embeds: torch.Tensor
@@ -44,16 +41,7 @@ class Prompt:
 
 def text_shape(family: str, config: dict[str, Any], text_len: int | None) -> tuple[int, int]:
     """(tokens, width) of the prompt embeddings a transformer takes."""
-    if family == "cogvideox":
-        width = int(config["text_embed_dim"])
-        length = text_len or int(config.get("max_text_seq_length", 226))
-    elif family == "wan":
-        width, length = int(config["text_dim"]), text_len or TEXT_LEN["wan"]
-    elif family == "sana":
-        width, length = int(config["caption_channels"]), text_len or TEXT_LEN["sana"]
-    else:  # pragma: no cover - every family is listed
-        raise UsageError(f"no prompt layout known for family {family}")
-    return length, width
+    return generation(family).text_shape(config, text_len)
 
 
 def seeded_prompt(family: str, config: dict[str, Any], seed: int, text_len: int | None = None) -> Prompt:
@@ -62,7 +50,7 @@ def seeded_prompt(family: str, config: dict[str, Any], seed: int, text_len: int 
     g = torch.Generator().manual_seed(1_000_003 * (seed + 1))
     emb = torch.randn(1, length, width, generator=g)
     neg = torch.randn(1, length, width, generator=g)
-    mask = torch.ones(1, length, dtype=torch.long) if family == "sana" else None
+    mask = torch.ones(1, length, dtype=torch.long) if generation(family).attention_masks else None
     return Prompt(f"seed{seed}", emb, neg, mask, None if mask is None else mask.clone())
 
 
@@ -133,13 +121,14 @@ def load_prompt_file(path: str | Path, family: str) -> list[Prompt]:
     def row(key: str, i: int) -> torch.Tensor | None:
         return d[key][i : i + 1].clone() if key in d else None
 
+    masks = generation(family).attention_masks
     out = []
     for i in range(n):
         mask = row("prompt_attention_mask", i)
-        if family == "sana" and mask is None:
+        if masks and mask is None:
             mask = torch.ones(1, d["prompt_embeds"].shape[1], dtype=torch.long)
         nmask = row("negative_prompt_attention_mask", i)
-        if family == "sana" and nmask is None and "negative_prompt_embeds" in d:
+        if masks and nmask is None and "negative_prompt_embeds" in d:
             nmask = torch.ones(1, d["negative_prompt_embeds"].shape[1], dtype=torch.long)
         out.append(
             Prompt(f"prompt{i}", row("prompt_embeds", i), row("negative_prompt_embeds", i), mask, nmask)
@@ -184,18 +173,11 @@ def encode_text_prompts(
         if quiet:
             dlogging.enable_progress_bar()
     pipe.text_encoder.to(device)
+    gen = generation(family)
     out = []
     with torch.no_grad():
         for i, text in enumerate(prompts):
-            if family == "sana":
-                pe, pm, ne, nm = pipe.encode_prompt(
-                    prompt=text, do_classifier_free_guidance=True, negative_prompt=negative, device=device
-                )
-            else:
-                pe, ne = pipe.encode_prompt(
-                    prompt=text, negative_prompt=negative, do_classifier_free_guidance=True, device=device
-                )
-                pm = nm = None
+            pe, pm, ne, nm = gen.encode_prompt(pipe, text, negative, device)
             out.append(
                 Prompt(
                     f"prompt{i}",
@@ -234,9 +216,3 @@ def load_image(path: str | Path, height: int, width: int) -> Any:
 
 def image_digest(img: Any) -> str:
     return hashlib.sha256(img.tobytes()).hexdigest()[:16]
-
-
-def seeded_image_embeds(seed: int, tokens: int, width: int) -> torch.Tensor:
-    """CLIP image-encoder hidden states drawn from ``seed`` (Wan 2.1 I2V/FLF2V without an image encoder)."""
-    g = torch.Generator().manual_seed(104_729 * (seed + 1))
-    return torch.randn(1, tokens, width, generator=g)

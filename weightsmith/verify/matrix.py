@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from weightsmith.errors import QuantizationError, UsageError
+from weightsmith.verify.family import demo_models, published_layout
 from weightsmith.verify.gates import Gate, parse_gate
 from weightsmith.verify.run import VerifyOptions, VerifyResult, verify
 from weightsmith.verify.settings import GenerationSettings
@@ -30,7 +31,6 @@ WISHED_SCHEMES = (
     "fp8",
     "int4",
 )
-FAMILIES = (("wan", "2.1-t2v"), ("cogvideox", "5b"), ("sana", "1.0"))
 # Shown in the report as an example of CI gates; the demo itself does not fail on them.
 DEMO_GATES = ("psnr>=30", "ssim>=0.95")
 
@@ -60,16 +60,17 @@ def _artifact_name(family: str, scheme: str) -> str:
 def run_matrix(
     folder: str | Path,
     *,
-    families: Sequence[tuple[str, str]] = FAMILIES,
+    families: Sequence[tuple[str, str]] | None = None,
     schemes: Sequence[str] | None = None,
     seeds: tuple[int, ...] = (0, 1),
     steps: int = 4,
     gates: Sequence[str] = DEMO_GATES,
     progress: bool = False,
 ) -> MatrixResult:
-    """Build, convert, quantize and verify; models go under ``folder``, results are returned."""
+    """Build, convert, quantize and verify; models go under ``folder``, results are returned.
+
+    ``families``: (family, variant) pairs; default each family's demo model (``demo_models``)."""
     from weightsmith.convert.run import convert
-    from weightsmith.families import get_component
     from weightsmith.quantize.schemes import find_scheme
 
     t0 = time.perf_counter()
@@ -77,11 +78,11 @@ def run_matrix(
     schemes = list(available_schemes() if schemes is None else schemes)
     gate_list: list[Gate] = [parse_gate(g) for g in gates]
     result = MatrixResult([])
-    for family, variant in families:
+    for family, variant in demo_models() if families is None else families:
         base = folder / family
         base.mkdir(parents=True, exist_ok=True)
         pipe = save_tiny_pipeline(base / "pipeline", family, variant)
-        layout = "original" if "original" in get_component(family, "transformer").layouts else "sat"
+        layout = published_layout(family)
         suffix = ".safetensors" if layout == "original" else ""
         # The published-layout checkpoint is what people quantize from; it is a candidate too.
         converted = convert(

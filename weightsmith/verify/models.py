@@ -3,7 +3,7 @@
 An argument is a path (a pipeline folder, a Diffusers component folder, or any checkpoint file
 weightsmith reads) or, for two-expert models, ``transformer=PATH,transformer_2=PATH``. Candidates
 load through ``weightsmith.load.load_model``; a GGUF candidate of a family diffusers can load from
-GGUF (Wan, Sana) is also loaded through diffusers' own ``from_single_file`` with
+GGUF (the family's ``quant.diffusers_reads_gguf``) is also loaded through diffusers' own ``from_single_file`` with
 ``GGUFQuantizationConfig``, the way users will run it, and verified as a second entry.
 """
 
@@ -22,9 +22,10 @@ from torch import nn
 from weightsmith.errors import DetectionError, InputError, NotFoundError, UsageError
 from weightsmith.families import Detection
 from weightsmith.io import PipelineCheckpoint, open_checkpoint, open_single
+from weightsmith.verify.family import generation, reads_gguf
 
+# The component names a BASELINE/CANDIDATE spec may give (a family says which of them it runs).
 EXPERTS = ("transformer", "transformer_2")
-DIFFUSERS_GGUF_FAMILIES = ("wan", "sana")
 
 
 @dataclass
@@ -103,8 +104,8 @@ def parse_spec(spec: str, need_first: bool = True) -> dict[str, Path] | Path:
 
 def describe_source(path: Path, component: str | None = "transformer") -> Source:
     """Open a checkpoint just enough to know what it is and what its config is (no weights read)."""
+    from weightsmith.convert.config import output_config
     from weightsmith.convert.engine import make_plan, resolve_detection
-    from weightsmith.convert.run import output_config
 
     if not path.exists():
         raise NotFoundError(f"{path} does not exist", hint="check the path")
@@ -145,6 +146,18 @@ def _kind(ck: Any) -> str:
     return "gguf" if "gguf" in c else c
 
 
+def _open_pipeline(folder: Path) -> PipelineCheckpoint:
+    """A folder with model_index.json, opened as the pipeline it declares."""
+    ck = open_checkpoint(folder)
+    if not isinstance(ck, PipelineCheckpoint):
+        ck.close()
+        raise InputError(
+            f"{folder} has a model_index.json but is not read as a pipeline folder",
+            hint="check the folder's model_index.json and component folders",
+        )
+    return ck
+
+
 def resolve_baseline(spec: str, vae: str | None = None) -> Baseline:
     """BASELINE: a pipeline folder, a transformer alone, or ``transformer=..,transformer_2=..``."""
     parsed = parse_spec(spec)
@@ -155,14 +168,17 @@ def resolve_baseline(spec: str, vae: str | None = None) -> Baseline:
     notes: list[str] = []
     if isinstance(parsed, Path) and (parsed / "model_index.json").is_file():
         folder = parsed
-        ck = open_checkpoint(folder)
-        assert isinstance(ck, PipelineCheckpoint)
+        ck = _open_pipeline(folder)
         index = ck.model_index
         names = list(ck.components)
         ck.close()
         if "transformer" not in names:
             raise NotFoundError(f"pipeline {folder} has no transformer weights", hint="check the folder")
-        experts = {e: describe_source(folder, e) for e in EXPERTS if e in names}
+        first = describe_source(folder, "transformer")
+        wanted = _expert_components(first)
+        experts = {
+            e: first if e == "transformer" else describe_source(folder, e) for e in wanted if e in names
+        }
         vae_src = describe_source(folder, "vae") if vae is None and "vae" in names else None
         boundary = index.get("boundary_ratio")
         expand = bool(index.get("expand_timesteps", False))
@@ -196,16 +212,14 @@ def resolve_baseline(spec: str, vae: str | None = None) -> Baseline:
             hint="pass the VAE that belongs to the baseline model",
         )
     det = experts["transformer"].detection
-    if det.family == "wan" and det.variant == "2.2-i2v-a14b":
+    gen = generation(det.family)
+    handover = gen.expert_boundary(det.variant)
+    if handover is not None:
         if "transformer_2" not in experts:
-            notes.append(
-                "Wan 2.2 A14B baseline given without its low-noise expert: one expert runs every step"
-            )
+            notes.append(gen.lone_expert_note(det.variant))
         elif boundary is None:
-            from weightsmith.verify.pipelines import A14B_BOUNDARY
-
-            boundary = A14B_BOUNDARY
-    if det.family == "wan" and det.variant == "2.2-ti2v-5b":
+            boundary = handover
+    if gen.expands_timesteps(det.variant):
         expand = True
     if vae_src is None:
         notes.append("no VAE: frames are not decoded; latents are scored (latent_* metrics)")
@@ -214,13 +228,12 @@ def resolve_baseline(spec: str, vae: str | None = None) -> Baseline:
 
 
 def resolve_candidates(specs: list[str], baseline: Baseline, consumers: str = "both") -> list[Candidate]:
-    """CANDIDATE arguments as Candidates; a GGUF of Wan/Sana also as its diffusers-loader twin."""
+    """CANDIDATE arguments as Candidates; a GGUF that diffusers reads also as its diffusers-loader twin."""
     out: list[Candidate] = []
     for spec in specs:
         parsed = parse_spec(spec, need_first=False)
         if isinstance(parsed, Path) and (parsed / "model_index.json").is_file():
-            names = open_checkpoint(parsed)
-            assert isinstance(names, PipelineCheckpoint)
+            names = _open_pipeline(parsed)
             comps = list(names.components)
             names.close()
             experts = {e: describe_source(parsed, e) for e in EXPERTS if e in comps and e in baseline.experts}
@@ -241,10 +254,17 @@ def resolve_candidates(specs: list[str], baseline: Baseline, consumers: str = "b
         if (
             consumers in ("both", "diffusers")
             and all(s.is_gguf for s in experts.values())
-            and baseline.family in DIFFUSERS_GGUF_FAMILIES
+            and reads_gguf(baseline.family)
         ):
             out.append(Candidate(f"{label} [diffusers GGUF]", experts, "diffusers-gguf"))
     return out
+
+
+def _expert_components(first: Source) -> tuple[str, ...]:
+    """The pipeline components the baseline's family runs as experts (the transformer first)."""
+    if first.detection.component != "transformer":
+        return ("transformer",)
+    return generation(first.detection.family).expert_components
 
 
 def _check_matches(src: Source, baseline: Baseline, expert: str) -> None:

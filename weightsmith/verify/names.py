@@ -19,6 +19,7 @@ from torch import nn
 from weightsmith.families import PlanOptions, get_component
 from weightsmith.families.base import DIFFUSION_PREFIX
 from weightsmith.io.base import infos_from_state_dict
+from weightsmith.verify.family import published_layout
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,7 @@ class GGUFTensor:
 
 
 def gguf_layout(family: str) -> str:
-    comp = get_component(family, "transformer")
-    return "original" if "original" in comp.layouts else "sat"
+    return published_layout(family)
 
 
 def gguf_tensors(model: nn.Module, family: str) -> dict[str, GGUFTensor]:

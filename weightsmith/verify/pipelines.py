@@ -3,8 +3,8 @@
 The pipeline is built from modules we loaded (transformer, optional second expert, optional VAE)
 with ``tokenizer``/``text_encoder`` left out: prompt embeddings are passed in. Each denoising step's
 latents are captured through ``callback_on_step_end``; a non-finite latent stops the run at once.
-Wan 2.1 image-to-video takes CLIP image embeddings, which without an image encoder come from the
-seed through a one-method subclass; everything else is diffusers' own code.
+Which pipeline class runs a model, and what it needs besides the shared arguments, the family's
+generation adapter says (``weightsmith.families.generation``); everything else is diffusers' own code.
 """
 
 from __future__ import annotations
@@ -17,18 +17,10 @@ import torch
 from torch import nn
 
 from weightsmith.errors import UsageError
-from weightsmith.verify.inputs import Prompt, seeded_image_embeds
+from weightsmith.verify.family import generation
+from weightsmith.verify.inputs import Prompt
 from weightsmith.verify.schedulers import SchedulerChoice
 from weightsmith.verify.settings import GenerationSettings
-
-I2V_VARIANTS = {
-    "cogvideox": ("5b-i2v", "1.5-5b-i2v"),
-    "wan": ("2.1-i2v", "2.1-flf2v", "2.2-i2v-a14b"),
-    "sana": (),
-}
-# Wan 2.2 A14B hands over from the high-noise to the low-noise expert at this fraction of the
-# training timesteps (the released I2V pipeline's boundary_ratio).
-A14B_BOUNDARY = 0.9
 
 
 @dataclass
@@ -67,59 +59,25 @@ class _NonFinite(Exception):
 
 
 def is_i2v(family: str, variant: str) -> bool:
-    return variant in I2V_VARIANTS.get(family, ())
+    return generation(family).is_i2v(variant)
 
 
 def pipeline_class(family: str, variant: str) -> type:
     """The diffusers pipeline class that runs this family and variant."""
-    import diffusers
-
-    if family == "cogvideox":
-        return (
-            diffusers.CogVideoXImageToVideoPipeline
-            if is_i2v(family, variant)
-            else diffusers.CogVideoXPipeline
-        )
-    if family == "wan":
-        if variant == "2.1-vace":
-            raise UsageError(
-                "verifying Wan VACE models is not supported yet (they need control videos)",
-                hint="verify the Wan 2.1 T2V/I2V models, or compare VACE transformers with `weightsmith inspect`",
-            )
-        return diffusers.WanImageToVideoPipeline if is_i2v(family, variant) else diffusers.WanPipeline
-    if family == "sana":
-        return diffusers.SanaSprintPipeline if variant == "sprint" else diffusers.SanaPipeline
-    raise UsageError(f"no pipeline known for family {family!r}")
-
-
-def _wan_i2v_with_embeds(base: type) -> type:
-    """WanImageToVideoPipeline whose ``encode_image`` returns seeded CLIP states (no image encoder)."""
-
-    def encode_image(self: Any, image: Any, device: torch.device | None = None) -> torch.Tensor:
-        return self._weightsmith_image_embeds.to(device)
-
-    return type(base.__name__, (base,), {"encode_image": encode_image})
+    return generation(family).pipeline_class(variant)
 
 
 def build_pipeline(parts: Parts) -> Any:
     """The family's diffusers pipeline around ``parts`` (no text encoder, no tokenizer)."""
-    cls = pipeline_class(parts.family, parts.variant)
+    cls, extra = generation(parts.family).build(parts)
     kwargs: dict[str, Any] = {
         "tokenizer": None,
         "text_encoder": None,
         "vae": parts.vae,
         "transformer": parts.transformer,
         "scheduler": parts.scheduler.build(),
+        **extra,
     }
-    if parts.family == "wan":
-        kwargs["transformer_2"] = parts.transformer_2
-        kwargs["boundary_ratio"] = parts.boundary_ratio if parts.transformer_2 is not None else None
-        kwargs["expand_timesteps"] = parts.expand_timesteps
-        if is_i2v(parts.family, parts.variant):
-            if parts.transformer.config.get("image_dim") is not None:
-                cls = _wan_i2v_with_embeds(cls)
-            kwargs["image_encoder"] = None
-            kwargs["image_processor"] = None
     pipe = cls(**kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -142,17 +100,6 @@ def place(pipe: Any, device: torch.device, offload: str, vae_tiling: bool) -> No
         raise UsageError(f"unknown --offload {offload!r}", hint="choose none, model or sequential")
     if vae_tiling and getattr(pipe, "vae", None) is not None and hasattr(pipe.vae, "enable_tiling"):
         pipe.vae.enable_tiling()
-
-
-def _image_embeds_for(parts: Parts, seed: int) -> torch.Tensor | None:
-    cfg = parts.transformer.config
-    width = cfg.get("image_dim")
-    if parts.family != "wan" or width is None:
-        return None
-    pos = cfg.get("pos_embed_seq_len")
-    if pos:  # FLF2V: two images, half the positions each
-        return seeded_image_embeds(seed, pos // 2, int(width)).repeat(2, 1, 1)
-    return seeded_image_embeds(seed, 257, int(width))
 
 
 def generate(
@@ -192,30 +139,9 @@ def generate(
         "callback_on_step_end": on_step,
         "return_dict": False,
     }
-    if not (parts.family == "sana" and parts.variant == "sprint"):
-        neg = prompt.negative if prompt.negative is not None else torch.zeros_like(prompt.embeds)
-        kw["negative_prompt_embeds"] = emb(neg)
-    if parts.family in ("wan", "cogvideox"):
-        kw["num_frames"] = settings.frames
-    if parts.family == "sana":
-        kw["use_resolution_binning"] = False
-        if parts.variant != "sprint":
-            kw["negative_prompt"] = None
-        kw["prompt_attention_mask"] = emb(prompt.mask)
-        if "negative_prompt_embeds" in kw:
-            nm = prompt.negative_mask if prompt.negative_mask is not None else torch.ones_like(prompt.mask)
-            kw["negative_prompt_attention_mask"] = emb(nm)
-        if parts.variant == "sprint" and settings.steps != 2:
-            kw["intermediate_timesteps"] = None
-    if is_i2v(parts.family, parts.variant):
-        if image is None:
-            raise UsageError("image-to-video generation needs an image", hint="pass --image PATH")
-        kw["image"] = image
-        if parts.variant == "2.1-flf2v":
-            kw["last_image"] = last_image if last_image is not None else image
-    if parts.family == "wan" and parts.transformer_2 is not None and parts.boundary_ratio is not None:
-        kw["guidance_scale_2"] = settings.guidance
-    pipe._weightsmith_image_embeds = _image_embeds_for(parts, seed)
+    gen = generation(parts.family)
+    kw.update(gen.call_kwargs(parts, settings, prompt, emb, image, last_image))
+    pipe._weightsmith_image_embeds = gen.image_embeds(parts, seed)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     t0 = time.perf_counter()

@@ -2,9 +2,10 @@
 
 ``--scheduler`` takes a short name (``default``, ``euler``, ``unipc``, ``dpm++``, ``ddim``,
 ``lightning``) or any diffusers scheduler class name compatible with the family. Flow-matching
-families (Wan, Sana) accept the FlowMatch* classes and the multistep solvers that honour
-``prediction_type="flow_prediction"``; CogVideoX (v-prediction) accepts the classes diffusers lists
-as compatible with its DDIM scheduler. Nothing is downloaded: configs are written here.
+families accept the FlowMatch* classes and the multistep solvers that honour
+``prediction_type="flow_prediction"``; other families (v- or epsilon-prediction) accept the
+classes diffusers lists as compatible with their DDIM scheduler. Nothing is downloaded: the
+released configs come from each family's generation adapter.
 """
 
 from __future__ import annotations
@@ -14,37 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from weightsmith.errors import UsageError
+from weightsmith.verify.family import generation
 
-# Released scheduler configs (the fields that differ from the class defaults).
-_WAN = {
-    "_class_name": "UniPCMultistepScheduler",
-    "prediction_type": "flow_prediction",
-    "use_flow_sigmas": True,
-    "flow_shift": 3.0,
-    "num_train_timesteps": 1000,
-}
-_SANA = {
-    "_class_name": "DPMSolverMultistepScheduler",
-    "prediction_type": "flow_prediction",
-    "use_flow_sigmas": True,
-    "flow_shift": 3.0,
-    "num_train_timesteps": 1000,
-}
-_COG = {
-    "_class_name": "CogVideoXDDIMScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "rescale_betas_zero_snr": True,
-    "set_alpha_to_one": True,
-    "snr_shift_scale": 3.0,
-    "steps_offset": 0,
-    "timestep_spacing": "trailing",
-}
-FLOW_FAMILIES = ("wan", "sana")
 ALIASES = ("default", "euler", "unipc", "dpm++", "ddim", "lightning")
 
 
@@ -70,25 +42,17 @@ class SchedulerChoice:
 
 
 def family_default(family: str, variant: str | None) -> dict[str, Any]:
-    """The released scheduler config of a family (CogVideoX 5B models use an SNR shift of 1)."""
-    if family == "wan":
-        return dict(_WAN)
-    if family == "sana":
-        if variant == "sprint":
-            return {"_class_name": "SCMScheduler", "num_train_timesteps": 1000, "prediction_type": "trigflow"}
-        return dict(_SANA)
-    cfg = dict(_COG)
-    if variant and variant != "2b":
-        cfg["snr_shift_scale"] = 1.0
-    return cfg
+    """The released scheduler config of a family's variant."""
+    return generation(family).scheduler_config(variant)
 
 
 def choose_scheduler(
     family: str, variant: str | None, name: str = "default", folder_config: dict[str, Any] | None = None
 ) -> SchedulerChoice:
     """Resolve ``--scheduler NAME`` for a family; ``folder_config`` is a pipeline folder's own config."""
-    base = dict(folder_config) if folder_config else family_default(family, variant)
-    flow = family in FLOW_FAMILIES
+    gen = generation(family)
+    base = dict(folder_config) if folder_config else gen.scheduler_config(variant)
+    flow = gen.flow_matching
     shift = float(base.get("flow_shift", base.get("shift", 3.0)))
     key = name.strip()
     low = key.lower()
@@ -104,7 +68,7 @@ def choose_scheduler(
                 steps=4,
                 guidance=1.0,
             )
-        return SchedulerChoice("lightning", "CogVideoXDDIMScheduler", _strip(base), steps=4, guidance=1.0)
+        return SchedulerChoice("lightning", gen.ddim_scheduler, _strip(base), steps=4, guidance=1.0)
     if low == "euler":
         if flow:
             return SchedulerChoice("euler", "FlowMatchEulerDiscreteScheduler", {"shift": shift})
@@ -113,7 +77,7 @@ def choose_scheduler(
         return _from_class("UniPCMultistepScheduler", family, base, shift, "unipc")
     if low in ("dpm++", "dpmpp", "dpm"):
         if not flow:
-            return SchedulerChoice(low, "CogVideoXDPMScheduler", _strip(base))
+            return SchedulerChoice(low, gen.dpm_scheduler, _strip(base))
         return _from_class("DPMSolverMultistepScheduler", family, base, shift, low)
     if low == "ddim":
         if flow:
@@ -121,7 +85,7 @@ def choose_scheduler(
                 f"--scheduler ddim does not fit {family}, a flow-matching model",
                 hint="use euler, unipc, dpm++ or lightning",
             )
-        return SchedulerChoice("ddim", "CogVideoXDDIMScheduler", _strip(base))
+        return SchedulerChoice("ddim", gen.ddim_scheduler, _strip(base))
     return _from_class(key, family, base, shift, key)
 
 
@@ -137,7 +101,8 @@ def _from_class(
             hint=f"use one of {', '.join(ALIASES)} or a diffusers scheduler class name",
         )
     params = set(inspect.signature(cls.__init__).parameters)
-    if family in FLOW_FAMILIES:
+    gen = generation(family)
+    if gen.flow_matching:
         if class_name.startswith("FlowMatch"):
             return SchedulerChoice(label, class_name, {"shift": shift} if "shift" in params else {})
         if "use_flow_sigmas" not in params:
@@ -152,12 +117,13 @@ def _from_class(
             "num_train_timesteps": 1000,
         }
         return SchedulerChoice(label, class_name, cfg)
-    compatible = {"CogVideoXDDIMScheduler", "CogVideoXDPMScheduler"} | {
-        getattr(c, "__name__", str(c)) for c in diffusers.CogVideoXDDIMScheduler._compatibles
+    ddim = getattr(diffusers, gen.ddim_scheduler)
+    compatible = {gen.ddim_scheduler, gen.dpm_scheduler} | {
+        getattr(c, "__name__", str(c)) for c in getattr(ddim, "_compatibles", ())
     }
     if class_name not in compatible:
         raise UsageError(
-            f"{class_name} is not compatible with CogVideoX's DDIM scheduler",
+            f"{class_name} is not compatible with {gen.title}'s DDIM scheduler",
             hint=f"use one of {', '.join(sorted(compatible))}",
         )
     return SchedulerChoice(label, class_name, _strip(base))

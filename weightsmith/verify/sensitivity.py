@@ -137,13 +137,13 @@ def run_sensitivity(
 ) -> SensitivityResult:
     """Score every Linear layer of MODEL's transformer quantized alone with ``scheme``."""
     from weightsmith.quantize.gguf_recipes import assign_types, get_recipe
-    from weightsmith.verify.run import _Runner, prepare
+    from weightsmith.verify.runner import Runner, prepare
 
     t0 = time.perf_counter()
     quantize_one = weight_quantizer(scheme)
     base = resolve_baseline(model, vae)
     sched, settings, device, items = prepare(base, settings)
-    runner = _Runner(base, sched, settings, device)
+    runner = Runner(base, sched, settings, device)
     experts = {e: runner.baseline_module(e) for e in base.experts}
     tr = experts["transformer"]
     rec = _Recorder(tr)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from weightsmith.errors import UsageError
+from weightsmith.verify.family import generation
 
 # Bounds on what a user can ask for: far beyond any released model (Wan's rotary table fits 16384
 # pixels and 4093 frames), small enough that a typo ends in a clear message, not an allocation
@@ -29,14 +30,6 @@ MAX_SEED = 2**32 - 1
 MAX_SEEDS = 10000
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-# Released defaults per family: (height, width, frames, steps, guidance). Tiny models want smaller
-# sizes; the CLI and tests pass them.
-FAMILY_DEFAULTS: dict[str, tuple[int, int, int, int, float]] = {
-    "wan": (480, 832, 81, 50, 5.0),
-    "cogvideox": (480, 720, 49, 50, 6.0),
-    "sana": (1024, 1024, 1, 20, 4.5),
-}
 
 
 @dataclass(frozen=True)
@@ -62,16 +55,17 @@ class GenerationSettings:
     def resolved(self, family: str, scheduler_steps: int | None = None, guidance: float | None = None):
         """The settings with the family's defaults filled in (``scheduler_steps``/``guidance``: a
         scheduler preset's own, such as Lightning's 4 steps without CFG)."""
-        h, w, f, steps, cfg = FAMILY_DEFAULTS[family]
+        gen = generation(family)
+        d = gen.defaults
         return dataclasses.replace(
             self,
-            height=self.height or h,
-            width=self.width or w,
-            frames=1 if family == "sana" else (self.frames or f),
-            steps=self.steps or scheduler_steps or steps,
+            height=self.height or d.height,
+            width=self.width or d.width,
+            frames=gen.frames(self.frames, d.frames),
+            steps=self.steps or scheduler_steps or d.steps,
             guidance=self.guidance
             if self.guidance is not None
-            else (guidance if guidance is not None else cfg),
+            else (guidance if guidance is not None else d.guidance),
         )
 
     @property

@@ -9,9 +9,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import weightsmith.verify.report.svg as svg
 from weightsmith.io.atomic import atomic_file
 from weightsmith.verify.gates import format_value
-from weightsmith.verify.report import svg
 from weightsmith.verify.report.media import DIFF_GAIN, animation_gif, data_uri, strip_png
 
 MATRIX_SCHEMA = "weightsmith.verify-matrix/1"
