@@ -12,19 +12,27 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
 from weightsmith.convert.ops import Op
-from weightsmith.errors import UsageError
+from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.tiny_init import FIXTURE, SIGNAL, TinyInit, build_tiny
 from weightsmith.io.base import TensorInfo
 
 # The prefix ComfyUI-style single files (and SAT) put before DiT keys.
 DIFFUSION_PREFIX = "model.diffusion_model."
+SHOW = 5  # how many offending keys an error message names
+
+
+def first_few(names: Iterable[str], n: int = SHOW) -> str:
+    """The first ``n`` names (sorted, quoted) and a count of the rest, for one-line errors."""
+    ns = sorted(set(names))
+    shown = ", ".join(repr(k) for k in ns[:n])
+    return shown + (f" and {len(ns) - n} more" if len(ns) > n else "")
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,10 @@ class PlanOptions:
 
     prefix: str = ""
     config: Mapping[str, Any] | None = None
+
+
+# The default of ``Component.plan``'s ``options`` (frozen, so one shared instance is safe).
+NO_OPTIONS = PlanOptions()
 
 
 class KeyView:
@@ -168,7 +180,7 @@ class Component(ABC):
         detection: Detection,
         infos: Mapping[str, TensorInfo],
         target_layout: str,
-        options: PlanOptions = PlanOptions(),
+        options: PlanOptions = NO_OPTIONS,
     ) -> list[Op]:
         """Ops that turn ``infos`` (in ``detection.layout``, with ``detection.prefix``) into ``target_layout``.
 
@@ -179,6 +191,47 @@ class Component(ABC):
     @abstractmethod
     def diffusers_config(self, detection: Detection, infos: Mapping[str, TensorInfo]) -> dict[str, Any]:
         """The diffusers class's config (``__init__`` kwargs) that fits these diffusers-layout shapes."""
+
+    def check_plan(self, detection: Detection, target_layout: str, options: PlanOptions = NO_OPTIONS) -> None:
+        """The checks every ``plan`` opens with: layouts and detection are this component's own,
+        and an output key prefix is a dotted path. A failure is a usage mistake, not a bad file."""
+        choose = f"choose one of: {', '.join(self.layouts)}"
+        if target_layout not in self.layouts:
+            raise UsageError(f"the {self.title()} has no layout {target_layout!r}", hint=choose)
+        if (detection.family, detection.component) != (self.family, self.component):
+            raise UsageError(
+                f"detection is {detection.family}/{detection.component}, not {self.family}/{self.component}",
+                hint="plan with the component that detected the checkpoint",
+            )
+        if detection.layout not in self.layouts:
+            raise UsageError(f"the {self.title()} has no layout {detection.layout!r}", hint=choose)
+        if options.prefix and not options.prefix.endswith("."):
+            raise UsageError(
+                f"key prefix {options.prefix!r} must end with '.'", hint="e.g. model.diffusion_model."
+            )
+
+    def check_keys(
+        self,
+        what: str,
+        unknown: Iterable[str] = (),
+        missing: Iterable[str] = (),
+        hint: str | None = None,
+    ) -> None:
+        """ConversionError naming the first few keys no rule knows, else the first few a complete
+        ``what`` (e.g. "Wan transformer (original layout)") needs but lacks: nothing is dropped or
+        invented silently. ``hint`` replaces the default advice."""
+        unknown, missing = set(unknown), set(missing)
+        if unknown:
+            raise ConversionError(
+                f"{len(unknown)} unexpected key(s), not part of a {what}: {first_few(unknown)}",
+                hint=hint
+                or "the checkpoint holds tensors this conversion does not know; check --family or strip them",
+            )
+        if missing:
+            raise ConversionError(
+                f"{len(missing)} key(s) a {what} needs are missing: {first_few(missing)}",
+                hint=hint or "the checkpoint is incomplete (a shard missing?) or not the model it looks like",
+            )
 
     def tiny_config(self, variant: str, wide: bool = False) -> dict[str, Any]:
         """The diffusers config of the tiny ``variant``; ``wide``: Linear rows of 256 so every GGUF
@@ -261,6 +314,25 @@ def detect(infos: Mapping[str, TensorInfo], config: Mapping[str, Any] | None = N
         det = comp.detect(infos, config)
         if det is not None:
             return det
+    return None
+
+
+def candidate_prefixes(keys: Iterable[str], suffix: str) -> list[str]:
+    """Every prefix ("" or ending in ".") under which ``suffix`` appears as a whole dotted tail, shortest first.
+
+    Checkpoints arrive under many wrappers (``model.diffusion_model.``, ``vae.``, ``module.``,
+    a pipeline dump's component name); finding the prefix from a marker key beats a fixed list.
+    """
+    found = {k[: len(k) - len(suffix)] for k in keys if k == suffix or k.endswith("." + suffix)}
+    return sorted(found, key=lambda p: (len(p), p))
+
+
+def find_prefix_all(keys: Iterable[str], markers: Sequence[str]) -> str | None:
+    """The shortest prefix under which *every* marker key exists (one marker alone can be a coincidence)."""
+    keyset = set(keys)
+    for p in candidate_prefixes(keyset, markers[0]):
+        if all(p + m in keyset for m in markers):
+            return p
     return None
 
 

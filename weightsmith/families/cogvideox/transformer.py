@@ -20,6 +20,7 @@ from weightsmith.convert.ops import Drop, Fuse, Op, Regroup, Rename, Spec, Split
 from weightsmith.errors import ConversionError
 from weightsmith.families.base import (
     DIFFUSION_PREFIX,
+    NO_OPTIONS,
     Component,
     Detection,
     PlanOptions,
@@ -29,12 +30,9 @@ from weightsmith.families.base import (
 from weightsmith.families.cogvideox._common import (
     DIFFUSERS,
     FAMILY,
-    NO_OPTIONS,
     PARAMS,
     SAT,
     SAT_FOREIGN_PREFIXES,
-    bad_keys,
-    check_target,
     local_keys,
 )
 from weightsmith.families.cogvideox.tiny import COGVIDEOX_INIT, TRANSFORMER_VARIANTS, tiny_transformer_config
@@ -470,8 +468,9 @@ class CogVideoXTransformer(Component):
         options: PlanOptions = NO_OPTIONS,
     ) -> list[Op]:
         """Ops from ``detection.layout`` to ``target_layout``; every input key is consumed or refused."""
-        check_target(self, detection, target_layout)
+        self.check_plan(detection, target_layout, options)
         src = detection.layout
+        what = f"{self.title()} ({src} layout)"
         local, outside = local_keys(infos, detection.prefix)
         out_prefix = options.prefix or (DIFFUSION_PREFIX if target_layout == SAT else "")
         num_layers = _num_layers(local, src)
@@ -502,12 +501,11 @@ class CogVideoXTransformer(Component):
                 unknown.append(full)
             else:
                 extra.append((full, keep_as, reason))
-        if unknown:
-            raise bad_keys(
-                f"{len(unknown)} key(s) are not part of a CogVideoX transformer in the {src} layout",
-                unknown,
-                "check that this is a CogVideoX DiT checkpoint (LoRAs and other families differ)",
-            )
+        self.check_keys(
+            what,
+            unknown,
+            hint="check that this is a CogVideoX DiT checkpoint (LoRAs and other families differ)",
+        )
 
         # Missing keys: core units must be complete; optional groups (ofs embedding) all-or-none;
         # the patch bias is optional on its own; the positional table is required for 5B-I2V.
@@ -523,13 +521,12 @@ class CogVideoXTransformer(Component):
             missing.extend(detection.prefix + k for k in u.side(src) if needed and k not in local)
         if num_layers == 0:
             missing.append(detection.prefix + (_SAT_MARKERS[0] if src == SAT else _DIFF_MARKERS[0]))
-        if missing:
-            raise bad_keys(
-                f"{len(missing)} key(s) a CogVideoX transformer needs are missing",
-                missing,
-                "the checkpoint is incomplete or truncated (a LoRA-trained SAT file stores qkv under "
-                "LoRA names: merge or export the LoRA first)",
-            )
+        self.check_keys(
+            what,
+            missing=missing,
+            hint="the checkpoint is incomplete or truncated (a LoRA-trained SAT file stores qkv under "
+            "LoRA names: merge or export the LoRA first)",
+        )
 
         variant = self._variant_for_plan(detection, options)
         ops: list[Op] = []

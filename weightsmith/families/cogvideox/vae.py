@@ -14,15 +14,12 @@ from typing import Any
 
 from weightsmith.convert.ops import Drop, Op, Rename
 from weightsmith.errors import ConversionError
-from weightsmith.families.base import Component, Detection, PlanOptions, find_prefix, register
+from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, find_prefix, register
 from weightsmith.families.cogvideox._common import (
     DIFFUSERS,
     FAMILY,
-    NO_OPTIONS,
     PARAMS,
     SAT,
-    bad_keys,
-    check_target,
     local_keys,
 )
 from weightsmith.families.cogvideox.tiny import COGVIDEOX_INIT, tiny_vae_config
@@ -278,8 +275,9 @@ class CogVideoXVAE(Component):
         options: PlanOptions = NO_OPTIONS,
     ) -> list[Op]:
         """Renames both ways, with SAT's decoder ``up.{i}`` numbered n-1-i; SAT ``loss.*`` keys dropped."""
-        check_target(self, detection, target_layout)
+        self.check_plan(detection, target_layout, options)
         src = detection.layout
+        what = f"{self.title()} ({src} layout)"
         local, outside = local_keys(infos, detection.prefix)
         out_prefix = options.prefix
         n_up = _count_blocks(local, _VAE_UP_RX[src])
@@ -296,21 +294,18 @@ class CogVideoXVAE(Component):
                 unknown.append(full)
             else:
                 canon[d] = full
-        if unknown:
-            raise bad_keys(
-                f"{len(unknown)} key(s) are not part of a CogVideoX VAE in the {src} layout",
-                unknown,
-                "check that this is a CogVideoX 3D VAE (3d-vae.pt or AutoencoderKLCogVideoX)",
-            )
+        self.check_keys(
+            what, unknown, hint="check that this is a CogVideoX 3D VAE (3d-vae.pt or AutoencoderKLCogVideoX)"
+        )
         layers = _count_blocks(canon, re.compile(r"encoder\.down_blocks\.\d+\.resnets\.(\d+)\."))
         required = _vae_required(n_down, n_up, layers, set(canon))
         missing = [k for k in required if k not in canon]
         if missing or n_down == 0 or n_up == 0:
             names = [detection.prefix + (_vae_rename(k, DIFFUSERS, src, n_up) or k) for k in missing]
-            raise bad_keys(
-                f"{len(names)} key(s) a CogVideoX VAE needs are missing",
-                names or ["encoder.down_blocks.0 / decoder.up_blocks.0"],
-                "the checkpoint is incomplete or truncated",
+            self.check_keys(
+                what,
+                missing=names or ["encoder.down_blocks.0 / decoder.up_blocks.0"],
+                hint="the checkpoint is incomplete or truncated",
             )
         ops: list[Op] = []
         for d, full in canon.items():

@@ -20,14 +20,17 @@ from typing import Any, ClassVar
 
 from weightsmith.convert.ops import Op, Regroup, Rename, Reshape
 from weightsmith.errors import ConversionError
-from weightsmith.families.base import Component, Detection, KeyView, PlanOptions, register
-from weightsmith.families.sana._shared import (
+from weightsmith.families.base import (
     NO_OPTIONS,
+    Component,
+    Detection,
+    KeyView,
+    PlanOptions,
     candidate_prefixes,
-    check_target,
+    register,
+)
+from weightsmith.families.sana._shared import (
     order_by_input,
-    raise_missing,
-    raise_unknown,
     stray_keys,
 )
 from weightsmith.io.base import TensorInfo
@@ -504,9 +507,9 @@ class DCAE(Component):
         Linear [i, c]; ``proj.conv.weight`` [c, i', 1, 1] becomes [c, i']. To original: the reverse,
         back to 1x1 conv shapes. ``options.prefix`` goes before every original-layout output key.
         """
-        what = f"Sana DC-AE ({detection.layout} layout)"
-        check_target(self.layouts, target_layout, "the Sana DC-AE")
-        raise_unknown(stray_keys(infos, detection.prefix), what)
+        self.check_plan(detection, target_layout, options)
+        what = f"{self.title()} ({detection.layout} layout)"
+        self.check_keys(what, stray_keys(infos, detection.prefix))
         src = detection.prefix
         view = KeyView(infos, src)
         out_prefix = options.prefix if target_layout == "original" else ""
@@ -516,16 +519,16 @@ class DCAE(Component):
         if detection.layout == "original":
             ctx = _orig_ctx(view)
             canon = _canonical(view, ctx)
-            raise_unknown([k for k in view.infos if k not in canon], what)
+            self.check_keys(what, [k for k in view.infos if k not in canon])
             names = {n for v in canon.values() for n in v}
             missing = _required(names)
-            raise_missing(sorted({_any_name_to_orig(n, ctx) for n in missing}), what)
+            self.check_keys(what, missing={_any_name_to_orig(n, ctx) for n in missing})
             return order_by_input(self._to_diffusers(view, src, ctx), infos)
 
         cfg = dict(detection.facts.get("source_config") or {})
         cfg.update(options.config or {})
         ctx = _shape_ctx(view, cfg)
-        raise_missing(_required(set(view.infos)), what)
+        self.check_keys(what, missing=_required(set(view.infos)))
         return order_by_input(self._to_original(view, src, ctx, out_prefix, what), infos)
 
     def _to_diffusers(self, view: KeyView, src: str, ctx: _Ctx) -> list[Op]:
@@ -597,7 +600,7 @@ class DCAE(Component):
                 unknown.append(src + k)
             else:
                 ops.append(Rename(src + k, out_prefix + new))
-        raise_unknown(unknown, what)
+        self.check_keys(what, unknown)
         return ops
 
     # ---------------------------------------------------------------- config
@@ -621,7 +624,9 @@ class DCAE(Component):
         enc_in = view.shape("encoder.conv_in.weight") or view.shape("encoder.conv_in.conv.weight")
         latent = view.shape("encoder.conv_out.weight")
         if enc_in is None or latent is None:
-            raise_missing(["encoder.conv_in.weight", "encoder.conv_out.weight"], "Sana DC-AE config")
+            self.check_keys(
+                f"{self.title()} config", missing=["encoder.conv_in.weight", "encoder.conv_out.weight"]
+            )
         enc, dec = _blocks_of(view, "encoder.down_blocks"), _blocks_of(view, "decoder.up_blocks")
         n = 1 + max([*enc, *dec])
 

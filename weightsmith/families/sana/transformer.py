@@ -19,14 +19,17 @@ import torch
 
 from weightsmith.convert.ops import Derive, Drop, Fuse, Op, Rename, Split
 from weightsmith.errors import ConversionError
-from weightsmith.families.base import Component, Detection, KeyView, PlanOptions, register
-from weightsmith.families.sana._shared import (
+from weightsmith.families.base import (
     NO_OPTIONS,
-    check_target,
+    Component,
+    Detection,
+    KeyView,
+    PlanOptions,
     find_prefix_all,
+    register,
+)
+from weightsmith.families.sana._shared import (
     order_by_input,
-    raise_missing,
-    raise_unknown,
     stray_keys,
 )
 from weightsmith.io.base import TensorInfo
@@ -324,9 +327,9 @@ class SanaTransformer(Component):
         original layout (and diffusers' single-file loader) expects them. ``options.prefix`` goes
         before every original-layout output key.
         """
-        what = f"Sana transformer ({detection.layout} layout)"
-        check_target(self.layouts, target_layout, "the Sana transformer")
-        raise_unknown(stray_keys(infos, detection.prefix), what)
+        self.check_plan(detection, target_layout, options)
+        what = f"{self.title()} ({detection.layout} layout)"
+        self.check_keys(what, stray_keys(infos, detection.prefix))
         src = detection.prefix
         view = KeyView(infos, src)
         out_prefix = options.prefix if target_layout == "original" else ""
@@ -340,8 +343,7 @@ class SanaTransformer(Component):
         if detection.layout == "original":
             expected = {p.orig for p in pairs}
             dropped = [k for k in view.infos if k in DROPPED]
-            raise_unknown(present - expected - set(dropped), what)
-            raise_missing(sorted(expected - present), what)
+            self.check_keys(what, present - expected - set(dropped), expected - present)
             for p in pairs:
                 if len(p.diff) == 1:
                     ops.append(Rename(src + p.orig, p.diff[0]))
@@ -351,8 +353,7 @@ class SanaTransformer(Component):
             return order_by_input(ops, infos)
 
         expected = {d for p in pairs for d in p.diff}
-        raise_unknown(present - expected, what)
-        raise_missing(sorted(expected - present), what)
+        self.check_keys(what, present - expected, expected - present)
         for p in pairs:
             if len(p.diff) == 1:
                 ops.append(Rename(src + p.diff[0], out_prefix + p.orig))
@@ -415,7 +416,7 @@ class SanaTransformer(Component):
         b0 = "transformer_blocks.0"
         need = ["patch_embed.proj.weight", "proj_out.weight", "caption_projection.linear_1.weight"]
         need += [f"{b0}.attn2.to_q.weight", f"{b0}.attn2.to_k.weight", f"{b0}.ff.conv_inverted.weight"]
-        raise_missing([k for k in need if not view.has(k)], "Sana transformer config")
+        self.check_keys(f"{self.title()} config", missing=[k for k in need if not view.has(k)])
         shape = view.shape
         hidden, in_ch, _, patch = shape("patch_embed.proj.weight")  # type: ignore[misc]
         out_ch = shape("proj_out.weight")[0] // (patch * patch)  # type: ignore[index]

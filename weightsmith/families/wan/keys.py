@@ -1,4 +1,4 @@
-"""Key-name machinery shared by the Wan components: two-way templates, prefixes, key errors.
+"""Key-name machinery shared by the Wan components: two-way templates and layout finding.
 
 Wan conversions are pure renames, so a layout pair is a table of template pairs such as
 ``blocks.{i}.self_attn.q.{p}`` <-> ``blocks.{i}.attn1.to_q.{p}``. A template matches a whole key
@@ -12,10 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from weightsmith.errors import ConversionError
-from weightsmith.families.base import PlanOptions
-
-DEFAULT_OPTIONS = PlanOptions()
+from weightsmith.families.base import find_prefix_all
 
 # What each placeholder may stand for. Names not listed match one dotted token of digits.
 FIELDS: dict[str, str] = {
@@ -73,54 +70,11 @@ class KeyMap:
         return self._apply(self._ba, key)
 
 
-def find_prefix(keys: Iterable[str], markers: Sequence[str]) -> str | None:
-    """The shortest prefix under which every marker key exists ("" included), or None.
-
-    Any prefix ending in "." is accepted (``model.diffusion_model.``, ``diffusion_model.``,
-    ``transformer.``, ...): the markers themselves are what makes the match trustworthy.
-    """
-    keyset = set(keys)
-    first = markers[0]
-    candidates = set()
-    for k in keyset:
-        if k.endswith(first):
-            p = k[: len(k) - len(first)]
-            if p == "" or p.endswith("."):
-                candidates.add(p)
-    for p in sorted(candidates, key=lambda s: (len(s), s)):
-        if all(p + m in keyset for m in markers):
-            return p
-    return None
-
-
 def locate(keys: Iterable[str], markers: Mapping[str, Sequence[str]]) -> tuple[str, str] | None:
     """(layout, prefix) of the first layout whose marker keys all appear under one prefix."""
     keys = list(keys)
     for layout, ms in markers.items():
-        prefix = find_prefix(keys, ms)
+        prefix = find_prefix_all(keys, ms)
         if prefix is not None:
             return layout, prefix
     return None
-
-
-def name_some(keys: Iterable[str], n: int = 5) -> str:
-    """The first ``n`` keys (sorted) for an error message, with a count of the rest."""
-    ks = sorted(keys)
-    shown = ", ".join(repr(k) for k in ks[:n])
-    return shown + (f" and {len(ks) - n} more" if len(ks) > n else "")
-
-
-def check_keys(what: str, unknown: Iterable[str], missing: Iterable[str]) -> None:
-    """Raise ConversionError for keys this layout does not know, or ones it needs but lacks."""
-    unknown = list(unknown)
-    missing = list(missing)
-    if unknown:
-        raise ConversionError(
-            f"{len(unknown)} key(s) are not part of a {what}: {name_some(unknown)}",
-            hint="the checkpoint holds tensors this conversion does not know; check --family or strip them",
-        )
-    if missing:
-        raise ConversionError(
-            f"{len(missing)} key(s) a {what} needs are missing: {name_some(missing)}",
-            hint="the checkpoint is incomplete (a shard missing?) or not the model it looks like",
-        )

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from weightsmith.convert.ops import Drop, Op, Rename
-from weightsmith.errors import ConversionError, UsageError
-from weightsmith.families.base import Component, Detection, PlanOptions, register
-from weightsmith.families.wan.keys import DEFAULT_OPTIONS, KeyMap, check_keys, locate
+from weightsmith.errors import ConversionError
+from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, register
+from weightsmith.families.wan.keys import KeyMap, locate
 from weightsmith.io.base import TensorInfo
 
 # Original name <-> Diffusers name. Written once; read left to right or right to left.
@@ -400,10 +400,6 @@ class WanTransformer(Component):
 
     # -- conversion ----------------------------------------------------------------------
     def _checked(self, detection: Detection, infos: Mapping[str, TensorInfo]) -> _Canon:
-        if detection.layout not in self.layouts:
-            raise UsageError(
-                f"unknown Wan transformer layout {detection.layout!r}", hint="use original or diffusers"
-            )
         canon = _canonical(infos, detection.layout, detection.prefix)
         st = structure(canon.shapes)
         expected = set(expected_original_keys(st))
@@ -412,7 +408,7 @@ class WanTransformer(Component):
         if detection.layout == "diffusers":
             missing = [KEYMAP.a_to_b(n) or n for n in missing]
         missing = [detection.prefix + n for n in missing]
-        check_keys(f"Wan transformer ({detection.layout} layout)", canon.unknown + extra, missing)
+        self.check_keys(f"{self.title()} ({detection.layout} layout)", canon.unknown + extra, missing)
         return canon
 
     def plan(
@@ -420,18 +416,10 @@ class WanTransformer(Component):
         detection: Detection,
         infos: Mapping[str, TensorInfo],
         target_layout: str,
-        options: PlanOptions = DEFAULT_OPTIONS,
+        options: PlanOptions = NO_OPTIONS,
     ) -> list[Op]:
         """Renames only; original output gets ``options.prefix`` in front of every key."""
-        if target_layout not in self.layouts:
-            raise UsageError(
-                f"the Wan transformer has no layout {target_layout!r}",
-                hint=f"choose one of: {', '.join(self.layouts)}",
-            )
-        if options.prefix and not options.prefix.endswith("."):
-            raise UsageError(
-                f"key prefix {options.prefix!r} must end with '.'", hint="e.g. model.diffusion_model."
-            )
+        self.check_plan(detection, target_layout, options)
         canon = self._checked(detection, infos)
         by_source = {src: name for name, src in canon.names.items()}
         dropped = set(canon.droppable)

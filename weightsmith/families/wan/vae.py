@@ -28,8 +28,8 @@ import torch
 
 from weightsmith.convert.ops import Op, Rename
 from weightsmith.errors import ConversionError, UsageError
-from weightsmith.families.base import Component, Detection, PlanOptions, register
-from weightsmith.families.wan.keys import DEFAULT_OPTIONS, KeyMap, check_keys, locate, name_some
+from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, first_few, register
+from weightsmith.families.wan.keys import KeyMap, locate
 from weightsmith.io.base import TensorInfo
 
 # Leaf names inside one block (a = original, b = diffusers).
@@ -373,15 +373,15 @@ class WanVAE(Component):
         return names, unknown, table
 
     def _checked(self, detection: Detection, infos: Mapping[str, TensorInfo]) -> tuple[dict[str, str], dict]:
-        if detection.layout not in self.layouts or detection.variant not in self.variants:
+        if detection.variant not in self.variants:
             raise UsageError(
-                f"unknown Wan VAE layout/variant {detection.layout}/{detection.variant}",
-                hint="use original or diffusers, 2.1 or 2.2",
+                f"unknown Wan VAE variant {detection.variant}", hint="detect the checkpoint again: 2.1 or 2.2"
             )
         names, unknown, _ = self._diffusers_names(
             infos, detection.layout, detection.prefix, detection.variant
         )
-        check_keys(f"Wan {detection.variant} VAE ({detection.layout} layout)", unknown, [])
+        what = f"Wan {detection.variant} VAE ({detection.layout} layout)"
+        self.check_keys(what, unknown)
         shapes = {n: tuple(infos[s].shape) for n, s in names.items()}
         cfg = derive_config(shapes, detection.variant)
         want = expected_shapes(cfg)
@@ -390,17 +390,13 @@ class WanVAE(Component):
         if detection.layout == "original":
             back = to_original_names(want, detection.variant)
             missing = [back[n] or n for n in missing]
-        check_keys(
-            f"Wan {detection.variant} VAE ({detection.layout} layout)",
-            extra,
-            [detection.prefix + n for n in missing],
-        )
+        self.check_keys(what, extra, [detection.prefix + n for n in missing])
         wrong = [
             f"{names[n]} {list(shapes[n])} (expected {list(want[n])})" for n in names if shapes[n] != want[n]
         ]
         if wrong:
             raise ConversionError(
-                f"{len(wrong)} Wan VAE tensor(s) have unexpected shapes: {name_some(wrong, 3)}",
+                f"{len(wrong)} Wan VAE tensor(s) have unexpected shapes: {first_few(wrong, 3)}",
                 hint="the checkpoint mixes parts of different VAEs or is not a Wan VAE",
             )
         return names, cfg
@@ -410,16 +406,10 @@ class WanVAE(Component):
         detection: Detection,
         infos: Mapping[str, TensorInfo],
         target_layout: str,
-        options: PlanOptions = DEFAULT_OPTIONS,
+        options: PlanOptions = NO_OPTIONS,
     ) -> list[Op]:
         """Renames only, checked against the real class's names and shapes for the derived config."""
-        if target_layout not in self.layouts:
-            raise UsageError(
-                f"the Wan VAE has no layout {target_layout!r}",
-                hint=f"choose one of: {', '.join(self.layouts)}",
-            )
-        if options.prefix and not options.prefix.endswith("."):
-            raise UsageError(f"key prefix {options.prefix!r} must end with '.'")
+        self.check_plan(detection, target_layout, options)
         names, _ = self._checked(detection, infos)
         if target_layout == "original":
             back = to_original_names(names, detection.variant)
