@@ -9,6 +9,7 @@ import traceback
 import click
 
 from weightsmith import __version__
+from weightsmith.cli_choices import FAMILY, LAYOUT
 from weightsmith.errors import WeightsmithError
 from weightsmith.lora.cli import lora_command, lora_options, resolve_lora_options
 
@@ -64,10 +65,10 @@ def inspect(path: str, as_json: bool) -> None:
     "--to",
     "to",
     required=True,
-    type=click.Choice(["diffusers", "original", "sat"]),
+    type=LAYOUT,
     help="Target layout: diffusers (component folder), original (Wan/Sana reference names), sat (CogVideoX).",
 )
-@click.option("--family", type=click.Choice(["cogvideox", "wan", "sana"]), help="Insist on this family.")
+@click.option("--family", type=FAMILY, help="Insist on this family.")
 @click.option(
     "--dtype",
     type=click.Choice(["keep", "fp32", "bf16", "fp16"]),
@@ -169,7 +170,7 @@ def convert(
     help="llama.cpp imatrix file (GGUF or .dat) for the K/IQ types.",
 )
 @click.option("--keep", multiple=True, help="Glob of tensor names to keep unquantized (repeatable).")
-@click.option("--family", type=click.Choice(["cogvideox", "wan", "sana"]), help="Insist on this family.")
+@click.option("--family", type=FAMILY, help="Insist on this family.")
 @click.option(
     "--device", default="auto", show_default=True, help="Where the kernels run: auto, cpu, cuda, cuda:N."
 )

@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from weightsmith.families import detect
+from weightsmith.families import detect, get_component
 from weightsmith.io import Checkpoint, PipelineCheckpoint, open_checkpoint
 
 SCHEMA = "weightsmith.inspect/1"
@@ -76,16 +76,19 @@ def describe(path: str | Path) -> dict[str, Any]:
 
 
 def pipeline_detection(comps: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """The pipeline's family and variant, from its transformer(s)."""
+    """The pipeline's family and variant, from its transformer(s).
+
+    A second transformer (``transformer_2``) makes a two-expert pipeline where the family has
+    them (its component's ``expert_pairs``): the variant is the pipeline's, not one expert's.
+    """
     main = comps.get("transformer", {}).get("detection")
     if not main:
         return None
     det = dict(main)
     second = comps.get("transformer_2", {}).get("detection")
-    if second and det["family"] == "wan":
-        # Wan 2.2 A14B: a high-noise and a low-noise expert of the same architecture.
-        base = {"2.1-t2v": "2.2-t2v-a14b", "2.2-i2v-a14b": "2.2-i2v-a14b"}.get(det["variant"] or "")
-        det["variant"] = base
+    pairs = get_component(det["family"], det["component"]).expert_pairs if second else None
+    if pairs is not None:
+        det["variant"] = pairs.get(det["variant"] or "")
         det["notes"] = [
             *det.get("notes", []),
             "two experts: transformer (high noise), transformer_2 (low noise)",

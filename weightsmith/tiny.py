@@ -16,19 +16,20 @@ from typing import Any
 
 import torch
 
+from weightsmith.convert.engine import DIFFUSERS, ORIGINAL, SAT
 from weightsmith.convert.ops import run_in_memory
-from weightsmith.families import PlanOptions, components, get_component
+from weightsmith.errors import ConversionError, UsageError
+from weightsmith.families import Component, PlanOptions, components, get_component
+from weightsmith.families.base import DIFFUSION_PREFIX
 from weightsmith.io.base import infos_from_state_dict
 from weightsmith.io.writers import write_diffusers_component, write_safetensors, write_sat, write_torch_file
-
-GGUF_ARCH = {"wan": "wan", "cogvideox": "cogvideox", "sana": "sana"}
 
 # Containers each layout is saved in. "prefixed" is a single safetensors file whose keys carry
 # ComfyUI's ``model.diffusion_model.`` prefix.
 CONTAINERS = {
-    "diffusers": ("diffusers-folder", "safetensors", "safetensors-sharded", "torch", "gguf"),
-    "original": ("safetensors", "prefixed", "torch", "safetensors-sharded", "gguf"),
-    "sat": ("sat",),
+    DIFFUSERS: ("diffusers-folder", "safetensors", "safetensors-sharded", "torch", "gguf"),
+    ORIGINAL: ("safetensors", "prefixed", "torch", "safetensors-sharded", "gguf"),
+    SAT: ("sat",),
 }
 
 
@@ -51,7 +52,7 @@ def fixtures() -> Iterator[Fixture]:
         for variant in comp.variants:
             for layout in comp.layouts:
                 containers = CONTAINERS[layout]
-                if layout == "sat" and comp.component != "transformer":
+                if layout == SAT and comp.component != "transformer":
                     containers = ("torch",)
                 for container in containers:
                     yield Fixture(comp.family, comp.component, variant, layout, container)
@@ -72,13 +73,16 @@ def tiny_state(
     """The tiny model's weights in ``layout`` and its Diffusers config."""
     state, config = _diffusers_state(family, component, variant, seed)
     state = dict(state)
-    if layout == "diffusers" and not prefix:
+    if layout == DIFFUSERS and not prefix:
         return state, dict(config)
     comp = get_component(family, component)
     infos = infos_from_state_dict(state)
     det = comp.detect(infos, config)
     if det is None or det.variant != variant:
-        raise AssertionError(f"tiny {family} {component} {variant} detects as {det}")
+        raise ConversionError(
+            f"the tiny {family} {component} {variant} detects as {det}",
+            hint="the family's tiny_config and detect disagree; fix the family",
+        )
     ops = comp.plan(det, infos, layout, PlanOptions(prefix=prefix, config=config))
     return run_in_memory(ops, state), dict(config)
 
@@ -96,7 +100,7 @@ def save_fixture(fx: Fixture, folder: str | Path, seed: int = 0) -> Path:
     """Write one tiny fixture under ``folder``; returns the path to hand to ``open_checkpoint``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    prefix = "model.diffusion_model." if fx.container == "prefixed" else ""
+    prefix = DIFFUSION_PREFIX if fx.container == "prefixed" else ""
     state, config = tiny_state(fx.family, fx.component, fx.variant, fx.layout, seed, prefix)
     comp = get_component(fx.family, fx.component)
     base = folder / fx.name
@@ -114,11 +118,7 @@ def save_fixture(fx: Fixture, folder: str | Path, seed: int = 0) -> Path:
         )
         return base / "diffusion_pytorch_model.safetensors.index.json"
     if fx.container == "torch":
-        wrap = (
-            "state_dict"
-            if (fx.family, fx.component, fx.layout) == ("sana", "transformer", "original")
-            else None
-        )
+        wrap = comp.torch_wrap.get(fx.layout)
         return write_torch_file(
             base.with_suffix(".pt"), _specs(state), _items(state), overwrite=True, wrap=wrap
         )
@@ -127,8 +127,13 @@ def save_fixture(fx: Fixture, folder: str | Path, seed: int = 0) -> Path:
         # tiny 2B and 5B differ in no weight.
         return write_sat(base, _specs(state), _items(state), overwrite=True, diffusers_config=config)
     if fx.container == "gguf":
-        return _write_gguf_fixture(base.with_suffix(".gguf"), state, GGUF_ARCH[fx.family])
-    raise ValueError(f"unknown container {fx.container}")
+        return _write_gguf_fixture(base.with_suffix(".gguf"), state, _gguf_arch(comp))
+    raise UsageError(f"unknown container {fx.container}", hint=f"one of {', '.join(CONTAINERS[fx.layout])}")
+
+
+def _gguf_arch(comp: Component) -> str:
+    """``general.architecture`` of a plain GGUF fixture: the component's, else its family name."""
+    return comp.quant.gguf_arch or comp.family
 
 
 def _write_gguf_fixture(path: Path, state: Mapping[str, torch.Tensor], arch: str) -> Path:
@@ -154,5 +159,9 @@ def save_diffusers_config(family: str, component: str, variant: str, folder: str
     model = comp.tiny_model(variant, 0)
     model.save_pretrained(str(folder))
     cfg = json.loads((Path(folder) / "config.json").read_text())
-    assert cfg["_class_name"] == comp.class_name(variant)
+    if cfg["_class_name"] != comp.class_name(variant):
+        raise ConversionError(
+            f"the tiny {family} {component} {variant} saved as {cfg['_class_name']}",
+            hint=f"the family's class_name says {comp.class_name(variant)}; fix the family",
+        )
     return Path(folder)

@@ -20,6 +20,9 @@ from weightsmith.errors import ConversionError, DetectionError, UsageError
 from weightsmith.families import Detection, PlanOptions, detect, get_component
 from weightsmith.io.base import Checkpoint
 
+# The layouts the writers know how to lay out (which components have which: Component.layouts).
+DIFFUSERS, ORIGINAL, SAT = "diffusers", "original", "sat"
+
 DTYPES: dict[str, torch.dtype | None] = {
     "keep": None,
     "fp32": torch.float32,

@@ -2,95 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from weightsmith.convert.engine import Plan, make_plan, stream, summary_lines
-from weightsmith.errors import UsageError
-from weightsmith.families import Detection, get_component
+from weightsmith.convert.config import load_config, output_config, provenance_config
+from weightsmith.convert.engine import DIFFUSERS, ORIGINAL, SAT, Plan, make_plan, summary_lines
+from weightsmith.convert.write import write_plan
+from weightsmith.errors import InputError, UsageError
+from weightsmith.families import detect, get_component, layouts
 from weightsmith.io import Checkpoint, PipelineCheckpoint, open_checkpoint
-from weightsmith.io.atomic import atomic_dir
-from weightsmith.io.base import CONFIG_METADATA_KEY
-from weightsmith.io.writers import parse_size as _parse_size
-from weightsmith.io.writers import (
-    write_diffusers_component,
-    write_safetensors,
-    write_sat,
-    write_shards_into,
-    write_torch_file,
-)
+from weightsmith.io.atomic import atomic_dir, check_destination, scratch_dir
+from weightsmith.io.open import path_kind
+from weightsmith.io.writers import parse_size
 
-LAYOUTS = ("diffusers", "original", "sat")
+# Re-exported while importers move to weightsmith.convert.config / weightsmith.convert.write.
+__all__ = ["ConvertResult", "convert", "load_config", "output_config", "provenance_config", "write_plan"]
+LAYOUTS = tuple(layouts())
 
 
 @dataclass
 class ConvertResult:
     dst: Path
     lines: list[str]
-
-
-def output_config(plan: Plan) -> dict:
-    """config.json for a Diffusers output: derived from the output shapes and detected variant,
-    with config-only knobs (sample sizes, RoPE lengths...) taken from the source's own config
-    when it has one."""
-    import inspect as pyinspect
-
-    import diffusers
-
-    comp = get_component(plan.detection.family, plan.detection.component)
-    d = plan.detection
-    out_det = Detection(d.family, d.component, "diffusers", d.variant, "", d.notes, d.facts)
-    cfg = comp.diffusers_config(out_det, plan.output_infos())
-    params = pyinspect.signature(comp.model_class(d.variant).__init__).parameters
-    knobs = {k: v for k, v in (plan.source_config or {}).items() if k in params and k not in cfg}
-    return {
-        "_class_name": comp.class_name(d.variant),
-        "_diffusers_version": diffusers.__version__,
-        **knobs,
-        **cfg,
-    }
-
-
-def provenance_config(plan: Plan) -> dict | None:
-    """The Diffusers config to embed in original/SAT output, so converting back loses nothing."""
-    if plan.source_config is None:
-        return None
-    return {k: v for k, v in plan.source_config.items() if not k.startswith("_")} or None
-
-
-def write_plan(
-    plan: Plan, dst: Path, *, shard_size: str, overwrite: bool, progress: bool, tensors: Any = None
-) -> Path:
-    """Write a plan's output in the container its target layout calls for (``tensors``: a stream
-    to write instead of the plan's own, e.g. one with LoRAs fused in)."""
-    specs = plan.spec_tuples
-    tensors = stream(plan, progress) if tensors is None else tensors
-    layout, component = plan.target_layout, plan.detection.component
-    if layout == "diffusers":
-        return write_diffusers_component(dst, specs, tensors, output_config(plan), shard_size, overwrite)
-    cfg = provenance_config(plan)
-    meta = {CONFIG_METADATA_KEY: json.dumps(cfg, sort_keys=True)} if cfg else {}
-    if layout == "sat":
-        if component == "transformer":
-            return write_sat(dst, specs, tensors, overwrite, diffusers_config=cfg)
-        if dst.suffix not in (".pt", ".pth"):
-            raise UsageError(
-                f"a SAT {component} is a single torch file", hint="give DST ending in .pt (e.g. 3d-vae.pt)"
-            )
-        return write_torch_file(dst, specs, tensors, overwrite)
-    # original layout: a single file, or a folder of shards
-    if dst.suffix == ".safetensors":
-        return write_safetensors(dst, specs, tensors, meta, overwrite=overwrite)
-    if dst.suffix in (".pt", ".pth", ".ckpt"):
-        wrap = "state_dict" if plan.detection.family == "sana" and component == "transformer" else None
-        return write_torch_file(dst, specs, tensors, overwrite, wrap=wrap, side=meta if wrap else None)
-    with atomic_dir(dst, overwrite) as tmp:
-        write_shards_into(tmp, specs, tensors, _parse_size(shard_size), metadata=meta)
-    return dst
 
 
 def convert(
@@ -122,16 +57,14 @@ def convert(
             src, dst, to=to, dtype=dtype, family=family, shard_size=shard_size, prefix=prefix,
             overwrite=overwrite, progress=progress, config=config, loras=loras,
         )  # fmt: skip
-    if loras and to != "diffusers":
-        from weightsmith.io.atomic import check_destination, scratch_dir
-
+    if loras and to != DIFFUSERS:
         dst = Path(dst)
         check_destination(dst, overwrite)
         with scratch_dir(dst) as tmp:
             first = convert(
                 src,
                 Path(tmp) / "fused",
-                "diffusers",
+                DIFFUSERS,
                 family=family,
                 shard_size=shard_size,
                 progress=progress,
@@ -150,9 +83,9 @@ def convert(
                 progress=progress,
             )
         return ConvertResult(dst, first.lines + second.lines)
-    if to not in LAYOUTS:
-        raise UsageError(f"unknown layout {to!r}", hint=f"choose one of {', '.join(LAYOUTS)}")
-    _parse_size(shard_size)
+    if to not in layouts():
+        raise UsageError(f"unknown layout {to!r}", hint=f"choose one of {', '.join(layouts())}")
+    parse_size(shard_size)
     dst = Path(dst)
     ck = open_checkpoint(src)
     try:
@@ -178,8 +111,6 @@ def _copy_plain(src: Path, dst: Path) -> None:
     """Copy a pipeline item that is not converted (tokenizer, scheduler, ...). Symbolic links are
     followed (Hugging Face cache folders are made of them); a FIFO, device or socket is refused,
     since copying one would hang or copy endless bytes."""
-    from weightsmith.errors import InputError
-    from weightsmith.io.open import path_kind
 
     items = [src, *sorted(src.rglob("*"))] if src.is_dir() else [src]
     for p in items:
@@ -223,10 +154,10 @@ def _convert_pipeline(
             _copy_plain(item, tmp / item.name)
         for name, plan in plans.items():
             target = tmp / name
-            if to == "sat" and plan.detection.component == "vae":
+            if to == SAT and plan.detection.component == "vae":
                 target.mkdir()
                 target = target / "3d-vae.pt"
-            elif to == "original":
+            elif to == ORIGINAL:
                 target = tmp / name / "diffusion_pytorch_model.safetensors"
                 target.parent.mkdir()
             write_plan(plan, target, shard_size=shard_size, overwrite=False, progress=progress)
@@ -235,45 +166,9 @@ def _convert_pipeline(
 
 
 def _maybe_plan(comp: Checkpoint, to: str, family: str | None, dtype: str, prefix: str) -> Plan | None:
-    from weightsmith.families import detect
-
     det = detect(comp.infos, comp.config)
     if det is None or (family and det.family != family):
         return None
     if to not in get_component(det.family, det.component).layouts:
         return None
     return make_plan(comp, to, dtype=dtype, prefix=prefix, detection=det)
-
-
-def load_config(path: str | Path) -> dict:
-    """Read a Diffusers config.json given as a file or the folder holding it.
-
-    A checkpoint it is attached to (``ck.config = ...``) checks it on first use: types and
-    ranges by the class of the weights' family, then against the weights themselves."""
-    from weightsmith.errors import CorruptFileError, InputError, NotFoundError
-    from weightsmith.families.config_check import check_finite
-    from weightsmith.io.open import path_kind
-    from weightsmith.io.structured import read_json_file
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / "config.json"
-        if not (p.exists() or p.is_symlink()):
-            raise NotFoundError(
-                f"config folder {p.parent} holds no config.json",
-                hint="pass a config.json or the folder that holds one",
-            )
-    if not (p.exists() or p.is_symlink()):
-        raise NotFoundError(
-            f"config {p} does not exist", hint="pass a config.json or the folder that holds one"
-        )
-    if not p.is_file():
-        raise InputError(
-            f"config {p} is {path_kind(p)}, not a regular file",
-            hint="pass a config.json or the folder that holds one",
-        )
-    cfg = read_json_file(p, hint="pass a valid Diffusers config.json")
-    if not isinstance(cfg, dict):
-        raise CorruptFileError(f"{p} is not a JSON object", hint="pass a valid Diffusers config.json")
-    check_finite(cfg, str(p))
-    return cfg

@@ -20,6 +20,8 @@ from weightsmith.families.base import (
     get_component,
     register,
 )
+from weightsmith.families.config_check import validate_config
+from weightsmith.io.base import add_config_check
 
 __all__ = [
     "Component",
@@ -30,8 +32,17 @@ __all__ = [
     "detect",
     "families",
     "get_component",
+    "layouts",
     "register",
 ]
 
+# Configs attached to checkpoints are checked by the families' rules (io cannot import them).
+add_config_check(validate_config)
+
 # The built-in family packages, imported for their registrations.
 BUILTIN = (cogvideox, wan, sana)
+
+
+def layouts() -> list[str]:
+    """Every layout some registered component is known in (the choices of ``convert --to``)."""
+    return sorted({layout for comp in components() for layout in comp.layouts})

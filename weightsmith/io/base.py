@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,19 @@ class TensorInfo:
         return self.storage not in NAME_DTYPES
 
 
+# How an attached config is checked on first use: (config, infos, where) -> None, raising a
+# weightsmith error. The families add their checker when imported (io sits below them and never
+# imports them); every command that detects a family has therefore installed it.
+ConfigCheck = Callable[[dict[str, Any], Mapping[str, "TensorInfo"], str], None]
+CONFIG_CHECKS: list[ConfigCheck] = []
+
+
+def add_config_check(check: ConfigCheck) -> None:
+    """Have every checkpoint run ``check`` on its config before first use (once per function)."""
+    if check not in CONFIG_CHECKS:
+        CONFIG_CHECKS.append(check)
+
+
 class Checkpoint(ABC):
     """A lazily opened checkpoint of one model component.
 
@@ -97,9 +110,8 @@ class Checkpoint(ABC):
         and checked before anything (detection, planning, an output's config.json) uses it.
         """
         if self._config is not None and not self._config_checked:
-            from weightsmith.families.config_check import validate_config
-
-            validate_config(self._config, self.infos, self._config_source)
+            for check in CONFIG_CHECKS:
+                check(self._config, self.infos, self._config_source)
             self._config_checked = True
         return self._config
 

@@ -104,7 +104,7 @@ def write_gguf(
             raise QuantizationError(f"tensor {s.name!r}: {s.qtype!r} is not a GGML tensor type")
         qt = gguf.GGMLQuantizationType[s.qtype]
         w.add_tensor_info(s.name, list(s.shape), np.dtype(np.float32), s.nbytes, raw_dtype=qt)
-    from weightsmith.io.writers import stream_mismatch
+    from weightsmith.io.stream_check import stream_mismatch
 
     it = iter(tensors)
     with atomic_file(dst, overwrite) as tmp:

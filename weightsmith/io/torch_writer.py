@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from weightsmith.io.writers import stream_mismatch
+from weightsmith.io.stream_check import stream_mismatch
 
 SpecT = tuple[str, tuple[int, ...], torch.dtype]
 

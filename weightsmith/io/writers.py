@@ -16,8 +16,8 @@ import torch
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.io.atomic import atomic_dir, atomic_file
 from weightsmith.io.safetensors_io import write_safetensors_stream
+from weightsmith.io.stream_check import SpecT, checked_stream
 
-SpecT = tuple[str, tuple[int, ...], torch.dtype]
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 SAT_ITERATION = "1"
 
@@ -72,40 +72,6 @@ def _take(it: Iterator[tuple[str, torch.Tensor]], k: int) -> Iterator[tuple[str,
         except StopIteration:
             return  # the checked stream below names the missing tensor
         yield item
-
-
-def _describe(name: str, shape: Sequence[int], dtype: torch.dtype) -> str:
-    return f"{name!r} {list(shape)} {str(dtype).removeprefix('torch.')}"
-
-
-def stream_mismatch(got: str, expected: str) -> ConversionError:
-    """The error for a tensor stream out of step with the specs a writer laid its header out from.
-
-    A source whose data contradicts its own header can cause it, as can a bug; either way the
-    output is not written."""
-    return ConversionError(
-        f"the tensor stream gave {got} where {expected} was expected; nothing was written",
-        hint="the source's tensors do not match what its header declares; if the file is intact, "
-        "rerun with --debug and report it",
-    )
-
-
-def checked_stream(
-    specs: Sequence[SpecT], tensors: Iterable[tuple[str, torch.Tensor]]
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """``tensors``, checked against ``specs`` one by one (name, shape, dtype, count), so a stream
-    out of step ends in a ConversionError naming the tensor instead of a corrupt file."""
-    it = iter(tensors)
-    for name, shape, dtype in specs:
-        try:
-            item = next(it)
-        except StopIteration:
-            raise stream_mismatch("nothing (it ended early)", _describe(name, shape, dtype)) from None
-        got, t = item
-        if got != name or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
-            raise stream_mismatch(_describe(got, tuple(t.shape), t.dtype), _describe(name, shape, dtype))
-        yield got, t
-        del t, item
 
 
 def _json_text(obj: Any, what: str) -> str:
