@@ -236,7 +236,10 @@ class Component(ABC):
     def tiny_config(self, variant: str, wide: bool = False) -> dict[str, Any]:
         """The diffusers config of the tiny ``variant``; ``wide``: Linear rows of 256 so every GGUF
         K-type applies (verification and quantization tests)."""
-        raise NotImplementedError(f"{self.family}/{self.component} declares no tiny configs")
+        raise UsageError(
+            f"{self.family}/{self.component} declares no tiny configs",
+            hint="override Component.tiny_config to build tiny test models of it",
+        )
 
     def tiny_model(self, variant: str, seed: int = 0, wide: bool = False) -> torch.nn.Module:
         """A tiny random-weight instance of the real diffusers class shaped like ``variant``.
@@ -268,6 +271,8 @@ class Component(ABC):
         return getattr(diffusers, self.class_name(variant))
 
 
+# Filled by ``@register``. Importing this module imports the ``weightsmith.families`` package
+# first, whose ``__init__`` imports every built-in family, so the registry is complete on use.
 _REGISTRY: dict[tuple[str, str], Component] = {}
 
 
@@ -275,18 +280,18 @@ def register(cls: type[Component]) -> type[Component]:
     """Class decorator: make a component known to detection, conversion and the CLI."""
     key = (cls.family, cls.component)
     if key in _REGISTRY:
-        raise ValueError(f"component {key} registered twice")
+        raise UsageError(
+            f"component {key} registered twice", hint="each (family, component) registers one class"
+        )
     _REGISTRY[key] = cls()
     return cls
 
 
 def components() -> list[Component]:
-    _load_builtin()
     return list(_REGISTRY.values())
 
 
 def get_component(family: str, component: str) -> Component:
-    _load_builtin()
     try:
         return _REGISTRY[(family, component)]
     except KeyError:
@@ -299,13 +304,7 @@ def get_component(family: str, component: str) -> Component:
 
 
 def families() -> list[str]:
-    _load_builtin()
     return sorted({f for f, _ in _REGISTRY})
-
-
-def _load_builtin() -> None:
-    # Importing the package registers the built-in families (see families/__init__.py).
-    import weightsmith.families  # noqa: F401
 
 
 def detect(infos: Mapping[str, TensorInfo], config: Mapping[str, Any] | None = None) -> Detection | None:

@@ -221,7 +221,7 @@ def check_types(config: Mapping[str, Any], classes: list[type], where: str) -> N
 
 
 def _class_owners() -> dict[str, Any]:
-    from weightsmith.families import components
+    from weightsmith.families.base import components
 
     owners: dict[str, Any] = {}
     for comp in components():
@@ -321,7 +321,7 @@ def validate_config(config: Mapping[str, Any], infos: Mapping[str, TensorInfo] |
     ``infos``: the weights' tensor infos, or None to check the config on its own (types, ranges
     and finiteness, by the class its ``_class_name`` names).
     """
-    from weightsmith.families import detect
+    from weightsmith.families.base import detect
 
     check_finite(config, where)
     cls_name = config.get("_class_name")
@@ -330,7 +330,7 @@ def validate_config(config: Mapping[str, Any], infos: Mapping[str, TensorInfo] |
     det = detect(infos, None) if infos else None
     comp = named
     if det is not None:
-        from weightsmith.families import get_component
+        from weightsmith.families.base import get_component
 
         actual = get_component(det.family, det.component)
         if named is not None and named is not actual:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from weightsmith.errors import UsageError
+
 _BUFFER_RULES = ("keep", "noise", "positive")
 
 
@@ -43,7 +45,10 @@ class TinyInit:
 
     def __post_init__(self) -> None:
         if self.buffers not in _BUFFER_RULES:
-            raise ValueError(f"TinyInit.buffers must be one of {_BUFFER_RULES}, not {self.buffers!r}")
+            raise UsageError(
+                f"TinyInit.buffers must be one of {_BUFFER_RULES}, not {self.buffers!r}",
+                hint="keep: built values; noise: like parameters; positive: U(0.5, 1.5)",
+            )
 
     def draw(self, name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
         """Noise for one tensor, in ``self.dtype``."""

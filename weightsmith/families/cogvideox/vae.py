@@ -310,7 +310,11 @@ class CogVideoXVAE(Component):
         ops: list[Op] = []
         for d, full in canon.items():
             dst = d if target_layout == DIFFUSERS else _vae_rename(d, DIFFUSERS, SAT, n_up)
-            assert dst is not None
+            if dst is None:  # _vae_rename gave every canonical key a name both ways
+                raise ConversionError(
+                    f"no {target_layout} name for {d!r}",
+                    hint="this is a weightsmith bug; please report it with the checkpoint's key list",
+                )
             ops.append(Rename(full, out_prefix + dst))
         for full in drops:
             if target_layout == src:
@@ -323,7 +327,10 @@ class CogVideoXVAE(Component):
         """AutoencoderKLCogVideoX kwargs from shapes; config-only knobs from the detection's config."""
         own = self.detect(infos)  # the infos may be in another layout than the detection passed in
         if own is None:
-            raise ConversionError("the tensors given for the config are not a CogVideoX VAE")
+            raise ConversionError(
+                "the tensors given for the config are not a CogVideoX VAE",
+                hint="derive the config from the VAE's own weights (3d-vae.pt or AutoencoderKLCogVideoX)",
+            )
         local, _ = local_keys(infos, own.prefix)
         shapes = {k: infos[full].shape for k, full in local.items()}
         facts = self._facts(shapes, own.layout)
@@ -331,7 +338,8 @@ class CogVideoXVAE(Component):
         channels = facts["block_out_channels"]
         if n == 0 or None in channels or "latent_channels" not in facts:
             raise ConversionError(
-                "cannot derive a CogVideoX VAE config: encoder blocks or decoder input missing"
+                "cannot derive a CogVideoX VAE config: encoder blocks or decoder input missing",
+                hint="the checkpoint is incomplete or truncated",
             )
         hints = dict(detection.facts.get("config") or {})
         groups = int(hints.get("norm_num_groups", 32))

@@ -1,5 +1,8 @@
 """DC-AE, Sana's autoencoder: MIT Han Lab's efficientvit layout <-> Diffusers ``AutoencoderDC``.
 
+The registered component: detection, the conversion plan and configs. The name translator lives
+in ``dcae_names`` and the structure-from-shapes rules in ``dcae_shapes``.
+
 The original layout nests every block in efficientvit containers (``stages.i.op_list.j``,
 ``ResidualBlock.main``, ``ConvLayer.conv``, ``context_module``/``local_module``); Diffusers
 flattens them (``down_blocks.i.j``) and turns the 1x1-conv attention projections into Linear
@@ -12,10 +15,8 @@ efficientvit defaults. See ``shared/reference/layouts.md`` section 4.3.
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from weightsmith.convert.ops import Op, Regroup, Rename, Reshape
@@ -33,6 +34,24 @@ from weightsmith.families.sana._shared import (
     order_by_input,
     stray_keys,
 )
+from weightsmith.families.sana.dcae_names import (
+    BLOCKS,
+    DIFF_BLOCK,
+    ORIG_BLOCK,
+    PROJ_DIFF,
+    PROJ_ORIG,
+    QKV_DIFF,
+    QKV_ORIG,
+    SIDES,
+    Ctx,
+    any_name_to_orig,
+    canonical,
+    name_to_diff,
+    name_to_orig,
+    orig_ctx,
+    required_keys,
+)
+from weightsmith.families.sana.dcae_shapes import blocks_of, guess_downsample, is_sampler, shape_ctx, stages
 from weightsmith.io.base import TensorInfo
 
 SANA_SCALING_FACTOR = 0.41407  # dc-ae-f32c32-sana-1.x latent scaling (diffusers' Sana VAE config)
@@ -51,354 +70,6 @@ _CONFIG_ONLY = (
     "decoder_conv_act_fn",
     "scaling_factor",
 )
-
-_ORIG_BLOCK = re.compile(r"(encoder|decoder)\.stages\.(\d+)\.op_list\.(\d+)\.(.+)")
-_DIFF_BLOCK = re.compile(r"(encoder\.down_blocks|decoder\.up_blocks)\.(\d+)\.(\d+)\.(.+)")
-_BLOCKS = {"encoder": "encoder.down_blocks", "decoder": "decoder.up_blocks"}
-_SIDES = {v: k for k, v in _BLOCKS.items()}
-
-# Placeholders in the name templates below.
-_SLOTS = {
-    "p": r"(?P<p>weight|bias)",
-    "n": r"(?P<n>weight|bias|running_mean|running_var|num_batches_tracked)",
-    "k": r"(?P<k>\d+)",
-}
-
-
-@dataclass(frozen=True)
-class _Ctx:
-    """The facts about a DC-AE that its Diffusers names leave open (see module docstring)."""
-
-    downsample: str = "conv"  # "conv" (stride-2 ConvLayer) or "pixel_unshuffle"
-    out_shortcut: bool = True  # encoder.project_out wrapped in a ResidualBlock (``main.``)
-    in_shortcut: bool = True  # decoder.project_in wrapped in a ResidualBlock (``main.``)
-    stage0_empty: bool = False  # encoder stage 0 has no blocks: project_in downsamples
-
-
-Pred = Callable[[_Ctx], bool]
-
-
-def _always(_: _Ctx) -> bool:
-    return True
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """One name template in both layouts; ``fwd``/``rev`` say when it applies in each direction."""
-
-    orig: str
-    diff: str
-    fwd: Pred = _always
-    rev: Pred = _always
-
-    def to_diff(self, name: str, ctx: _Ctx) -> str | None:
-        m = _template_rx(self.orig).fullmatch(name)
-        return self.diff.format(**m.groupdict()) if m and self.fwd(ctx) else None
-
-    def to_orig(self, name: str, ctx: _Ctx) -> str | None:
-        m = _template_rx(self.diff).fullmatch(name)
-        return self.orig.format(**m.groupdict()) if m and self.rev(ctx) else None
-
-
-@functools.cache
-def _template_rx(tpl: str) -> re.Pattern[str]:
-    """A name template (``main.conv1.conv.{p}``) as a regex with one named group per slot."""
-    pattern = re.escape(tpl)
-    for slot, rx in _SLOTS.items():
-        pattern = pattern.replace(re.escape("{" + slot + "}"), rx)
-    return re.compile(pattern)
-
-
-# Whole-model names outside the stages.
-_TOP_RULES = (
-    _Rule("encoder.project_in.conv.{p}", "encoder.conv_in.{p}", fwd=lambda c: not c.stage0_empty),
-    # Stage 0 empty: project_in is a downsample layer (Diffusers' DCDownBlock2d ``conv_in.conv``).
-    _Rule(
-        "encoder.project_in.conv.conv.{p}", "encoder.conv_in.conv.{p}", rev=lambda c: c.downsample != "conv"
-    ),
-    _Rule(
-        "encoder.project_in.conv.{p}",
-        "encoder.conv_in.conv.{p}",
-        fwd=lambda c: c.stage0_empty,
-        rev=lambda c: c.downsample == "conv",
-    ),
-    _Rule(
-        "encoder.project_out.main.op_list.0.conv.{p}", "encoder.conv_out.{p}", rev=lambda c: c.out_shortcut
-    ),
-    _Rule("encoder.project_out.op_list.0.conv.{p}", "encoder.conv_out.{p}", rev=lambda c: not c.out_shortcut),
-    _Rule("decoder.project_in.main.conv.{p}", "decoder.conv_in.{p}", rev=lambda c: c.in_shortcut),
-    _Rule("decoder.project_in.conv.{p}", "decoder.conv_in.{p}", rev=lambda c: not c.in_shortcut),
-    _Rule("decoder.project_out.op_list.0.{n}", "decoder.norm_out.{n}"),
-    _Rule("decoder.project_out.op_list.2.conv.{p}", "decoder.conv_out.{p}"),
-    _Rule("decoder.project_out.op_list.2.conv.conv.{p}", "decoder.conv_out.conv.{p}"),
-)
-
-# Names inside one block, relative to ``stages.i.op_list.j.`` / ``down_blocks.i.j.``.
-_COMMON_BLOCK_RULES = (
-    # ResBlock
-    _Rule("main.conv1.conv.{p}", "conv1.{p}"),
-    _Rule("main.conv2.conv.{p}", "conv2.{p}"),
-    _Rule("main.conv2.norm.{n}", "norm.{n}"),
-    # EfficientViTBlock: LiteMLA context module (qkv and proj are special ops, see _special_*)
-    _Rule("context_module.main.aggreg.{k}.0.{p}", "attn.to_qkv_multiscale.{k}.proj_in.{p}"),
-    _Rule("context_module.main.aggreg.{k}.1.{p}", "attn.to_qkv_multiscale.{k}.proj_out.{p}"),
-    _Rule("context_module.main.proj.norm.{n}", "attn.norm_out.{n}"),
-    # EfficientViTBlock: GLUMBConv local module
-    _Rule("local_module.main.inverted_conv.conv.{p}", "conv_out.conv_inverted.{p}"),
-    _Rule("local_module.main.depth_conv.conv.{p}", "conv_out.conv_depth.{p}"),
-    _Rule("local_module.main.point_conv.conv.{p}", "conv_out.conv_point.{p}"),
-    _Rule("local_module.main.point_conv.norm.{n}", "conv_out.norm.{n}"),
-)
-_SIDE_BLOCK_RULES = {
-    # Downsample: ResidualBlock(ConvLayer stride 2) or ResidualBlock(ConvPixelUnshuffle(ConvLayer)).
-    "encoder": (
-        _Rule("main.conv.{p}", "conv.{p}", rev=lambda c: c.downsample == "conv"),
-        _Rule("main.conv.conv.{p}", "conv.{p}", rev=lambda c: c.downsample != "conv"),
-    ),
-    # Upsample: ResidualBlock(InterpolateConv(ConvLayer)) or ResidualBlock(ConvPixelShuffle(ConvLayer)).
-    "decoder": (_Rule("main.conv.conv.{p}", "conv.{p}"),),
-}
-_MULTISCALE_IN = re.compile(r"attn\.to_qkv_multiscale\.(\d+)\.proj_in\.weight")
-_QKV_ORIG, _PROJ_ORIG = "context_module.main.qkv.conv.weight", "context_module.main.proj.conv.weight"
-_QKV_DIFF, _PROJ_DIFF = ("attn.to_q.weight", "attn.to_k.weight", "attn.to_v.weight"), "attn.to_out.weight"
-
-
-def _name_to_diff(name: str, ctx: _Ctx) -> str | None:
-    """Original name -> Diffusers name (plain renames only), or None when no rule knows it."""
-    m = _ORIG_BLOCK.fullmatch(name)
-    if m:
-        side, i, j, rest = m.groups()
-        for rule in _COMMON_BLOCK_RULES + _SIDE_BLOCK_RULES[side]:
-            new = rule.to_diff(rest, ctx)
-            if new is not None:
-                return f"{_BLOCKS[side]}.{i}.{j}.{new}"
-        return None
-    for rule in _TOP_RULES:
-        new = rule.to_diff(name, ctx)
-        if new is not None:
-            return new
-    return None
-
-
-def _name_to_orig(name: str, ctx: _Ctx) -> str | None:
-    """Diffusers name -> original name (plain renames only), or None when no rule knows it."""
-    m = _DIFF_BLOCK.fullmatch(name)
-    if m:
-        blocks, i, j, rest = m.groups()
-        side = _SIDES[blocks]
-        for rule in _COMMON_BLOCK_RULES + _SIDE_BLOCK_RULES[side]:
-            new = rule.to_orig(rest, ctx)
-            if new is not None:
-                return f"{side}.stages.{i}.op_list.{j}.{new}"
-        return None
-    for rule in _TOP_RULES:
-        new = rule.to_orig(name, ctx)
-        if new is not None:
-            return new
-    return None
-
-
-def _any_name_to_orig(name: str, ctx: _Ctx) -> str:
-    """Diffusers name -> original name, fused q/k/v and reshaped projections included (for messages)."""
-    m = _DIFF_BLOCK.fullmatch(name)
-    if m and m.group(4) in (*_QKV_DIFF, _PROJ_DIFF):
-        base = f"{_SIDES[m.group(1)]}.stages.{m.group(2)}.op_list.{m.group(3)}."
-        return base + (_PROJ_ORIG if m.group(4) == _PROJ_DIFF else _QKV_ORIG)
-    return _name_to_orig(name, ctx) or name
-
-
-def _canonical(view: KeyView, ctx: _Ctx) -> dict[str, tuple[str, ...]]:
-    """Diffusers name(s) of every original key a rule knows (a fused qkv has three)."""
-    out: dict[str, tuple[str, ...]] = {}
-    for k in view.infos:
-        m = _ORIG_BLOCK.fullmatch(k)
-        if m and m.group(4) in (_QKV_ORIG, _PROJ_ORIG):
-            base = f"{_BLOCKS[m.group(1)]}.{m.group(2)}.{m.group(3)}."
-            out[k] = tuple(base + q for q in _QKV_DIFF) if m.group(4) == _QKV_ORIG else (base + _PROJ_DIFF,)
-            continue
-        new = _name_to_diff(k, ctx)
-        if new is not None:
-            out[k] = (new,)
-    return out
-
-
-_BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _required(names: set[str]) -> list[str]:
-    """Diffusers keys a DC-AE with these blocks cannot do without (a block is typed by any key of it).
-
-    Every DC-AE norm (RMS or batch) has a weight and a bias; a batch norm that shows one running
-    statistic must have all three.
-    """
-    need: set[str] = set()
-
-    def norm(base: str) -> None:
-        need.update((f"{base}.weight", f"{base}.bias"))
-        if any(f"{base}.{s}" in names for s in _BN_STATS):
-            need.update(f"{base}.{s}" for s in _BN_STATS)
-
-    def conv(base: str, bias: bool = True) -> None:
-        need.update((f"{base}.weight", f"{base}.bias") if bias else (f"{base}.weight",))
-
-    stem = any(n.startswith("encoder.conv_in.conv.") for n in names)
-    conv("encoder.conv_in.conv" if stem else "encoder.conv_in")
-    conv("encoder.conv_out")
-    conv("decoder.conv_in")
-    norm("decoder.norm_out")
-    conv(
-        "decoder.conv_out.conv"
-        if any(n.startswith("decoder.conv_out.conv.") for n in names)
-        else "decoder.conv_out"
-    )
-    blocks: dict[str, set[str]] = {}
-    for n in names:
-        m = _DIFF_BLOCK.fullmatch(n)
-        if m:
-            blocks.setdefault(f"{m.group(1)}.{m.group(2)}.{m.group(3)}", set()).add(m.group(4))
-    for base, rests in blocks.items():
-        if any(r.startswith(("conv1.", "conv2.")) for r in rests):  # ResBlock
-            conv(f"{base}.conv1")
-            conv(f"{base}.conv2", bias=False)
-            norm(f"{base}.norm")
-        elif any(r.startswith(("attn.", "conv_out.")) for r in rests):  # EfficientViTBlock
-            need.update(f"{base}.{r}" for r in (*_QKV_DIFF, _PROJ_DIFF))
-            norm(f"{base}.attn.norm_out")
-            conv(f"{base}.conv_out.conv_inverted")
-            conv(f"{base}.conv_out.conv_depth")
-            conv(f"{base}.conv_out.conv_point", bias=False)
-            norm(f"{base}.conv_out.norm")
-            for r in rests:
-                ms = re.fullmatch(r"attn\.to_qkv_multiscale\.(\d+)\.proj_(?:in|out)\.weight", r)
-                if ms:
-                    ms_base = f"{base}.attn.to_qkv_multiscale.{ms.group(1)}"
-                    need.update((f"{ms_base}.proj_in.weight", f"{ms_base}.proj_out.weight"))
-        elif any(r.startswith("conv.") for r in rests):  # down/upsample layer
-            conv(f"{base}.conv")
-    return sorted(need - names)
-
-
-def _blocks_of(view: KeyView, blocks: str) -> dict[int, dict[int, set[str]]]:
-    """stage -> op index -> the Diffusers sub-names under ``blocks.stage.op``."""
-    out: dict[int, dict[int, set[str]]] = {}
-    for k in view.infos:
-        m = _DIFF_BLOCK.fullmatch(k)
-        if m and m.group(1) == blocks:
-            out.setdefault(int(m.group(2)), {}).setdefault(int(m.group(3)), set()).add(m.group(4))
-    return out
-
-
-def _is_sampler(rests: set[str]) -> bool:
-    return "conv.weight" in rests
-
-
-def _shape_ctx(view: KeyView, cfg: Mapping[str, Any]) -> _Ctx:
-    """Reverse-direction facts from a Diffusers checkpoint: its config first, then shapes, then defaults."""
-    down = cfg.get("downsample_block_type") or _guess_downsample(view) or "pixel_unshuffle"
-    return _Ctx(
-        downsample="conv" if str(down).lower() == "conv" else "pixel_unshuffle",
-        out_shortcut=bool(cfg.get("encoder_out_shortcut", True)),
-        in_shortcut=bool(cfg.get("decoder_in_shortcut", True)),
-    )
-
-
-def _orig_ctx(view: KeyView) -> _Ctx:
-    """Facts an original checkpoint states by its own names."""
-    keys = list(view.infos)
-    return _Ctx(
-        downsample="pixel_unshuffle"
-        if any(
-            re.fullmatch(r"encoder\.stages\.\d+\.op_list\.\d+\.main\.conv\.conv\.(weight|bias)", k)
-            for k in keys
-        )
-        or view.has("encoder.project_in.conv.conv.weight")
-        else "conv",
-        out_shortcut=any(k.startswith("encoder.project_out.main.") for k in keys),
-        in_shortcut=any(k.startswith("decoder.project_in.main.") for k in keys),
-        stage0_empty=not any(k.startswith("encoder.stages.0.") for k in keys),
-    )
-
-
-def _widths(view: KeyView, blocks: str) -> dict[int, int]:
-    """Channel width of every stage that has at least one block (sampler layers excluded)."""
-    out: dict[int, int] = {}
-    for i, ops in _blocks_of(view, blocks).items():
-        for j, rests in sorted(ops.items()):
-            base = f"{blocks}.{i}.{j}."
-            if "conv1.weight" in rests:
-                out[i] = view.shape(base + "conv1.weight")[0]  # type: ignore[index]
-            elif "attn.to_q.weight" in rests:
-                out[i] = view.shape(base + "attn.to_q.weight")[1]  # type: ignore[index]
-            else:
-                continue
-            break
-    return out
-
-
-def _guess_downsample(view: KeyView) -> str | None:
-    """A stride-2 conv keeps the next stage's width; a pixel-unshuffle conv has a quarter of it."""
-    widths = _widths(view, "encoder.down_blocks")
-    for i, ops in sorted(_blocks_of(view, "encoder.down_blocks").items()):
-        for j, rests in ops.items():
-            if _is_sampler(rests) and i + 1 in widths:
-                out = view.shape(f"encoder.down_blocks.{i}.{j}.conv.weight")[0]  # type: ignore[index]
-                return "conv" if out == widths[i + 1] else "pixel_unshuffle"
-    shape = view.shape("encoder.conv_in.conv.weight")
-    if shape is not None and 1 in widths:
-        return "conv" if shape[0] == widths[1] else "pixel_unshuffle"
-    return None
-
-
-def _stages(
-    view: KeyView, blocks: str, ops: dict[int, dict[int, set[str]]], n: int, given: list[int] | None
-) -> dict[str, list[Any]]:
-    """Per-stage layers, block type, multiscale kernels, norm type and width of one side.
-
-    A stage without blocks (only the first can be) has no weights to tell its width, type or norm:
-    its width comes from the given config, else it copies the next stage's, as do its type and norm.
-    """
-    widths = _widths(view, blocks)
-    layers: list[int] = []
-    info: dict[int, tuple[str, list[int], str]] = {}
-    for i in range(n):
-        body = [(j, r) for j, r in sorted(ops.get(i, {}).items()) if not _is_sampler(r)]
-        layers.append(len(body))
-        if not body:
-            continue
-        evit = [(j, r) for j, r in body if "attn.to_q.weight" in r]
-        kernels: list[int] = []
-        if evit:
-            j, r = evit[0]
-            scale_ids = sorted(int(m.group(1)) for x in r if (m := _MULTISCALE_IN.fullmatch(x)))
-            kernels = [
-                view.shape(f"{blocks}.{i}.{j}.attn.to_qkv_multiscale.{q}.proj_in.weight")[-1]  # type: ignore[index]
-                for q in scale_ids
-            ]
-        batch_norm = any(x.endswith("norm.running_mean") for _, r in body for x in r)
-        info[i] = (
-            "EfficientViTBlock" if evit else "ResBlock",
-            kernels,
-            "batch_norm" if batch_norm else "rms_norm",
-        )
-    fallback = ("ResBlock", [], "rms_norm")
-    filled = [
-        info.get(i) or next((info[k] for k in range(i + 1, n) if k in info), fallback) for i in range(n)
-    ]
-    chans = []
-    for i in range(n):
-        if i in widths:
-            chans.append(widths[i])
-        elif given and len(given) == n:
-            chans.append(int(given[i]))
-        else:
-            chans.append(next((widths[k] for k in range(i + 1, n) if k in widths), widths.get(i - 1, 0)))
-    return {
-        "layers": layers,
-        "types": [t for t, _, _ in filled],
-        "scales": [info[i][1] if i in info else [] for i in range(n)],
-        "norms": [nm for _, _, nm in filled],
-        "chans": chans,
-    }
 
 
 def _source_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -441,13 +112,13 @@ class DCAE(Component):
                 continue
             keys = list(view.infos)
             if (
-                any(_ORIG_BLOCK.fullmatch(k) and k.startswith("decoder.") for k in keys)
+                any(ORIG_BLOCK.fullmatch(k) and k.startswith("decoder.") for k in keys)
                 and any(k.startswith("encoder.project_in.conv.") for k in keys)
                 and any(k.startswith("decoder.project_in.") for k in keys)
             ):
-                ctx = _orig_ctx(view)
+                ctx = orig_ctx(view)
                 sana = view.has("encoder.project_in.conv.bias") and not ctx.stage0_empty
-                n_stages = 1 + max(int(m.group(2)) for k in keys if (m := _ORIG_BLOCK.fullmatch(k)))
+                n_stages = 1 + max(int(m.group(2)) for k in keys if (m := ORIG_BLOCK.fullmatch(k)))
                 latent = view.shape("encoder.project_out.main.op_list.0.conv.weight") or view.shape(
                     "encoder.project_out.op_list.0.conv.weight"
                 )
@@ -455,9 +126,9 @@ class DCAE(Component):
             if (
                 view.has("decoder.conv_in.weight", "decoder.norm_out.weight")
                 and view.any("encoder.conv_in.weight", "encoder.conv_in.conv.weight")
-                and any(_DIFF_BLOCK.fullmatch(k) for k in keys)
+                and any(DIFF_BLOCK.fullmatch(k) for k in keys)
             ):
-                blocks = [m for k in keys if (m := _DIFF_BLOCK.fullmatch(k))]
+                blocks = [m for k in keys if (m := DIFF_BLOCK.fullmatch(k))]
                 n_stages = 1 + max(int(m.group(2)) for m in blocks)
                 sana = view.has("encoder.conv_in.weight")
                 return self._detection(
@@ -517,41 +188,45 @@ class DCAE(Component):
             return [Rename(src + k, out_prefix + k) for k in view.infos]
 
         if detection.layout == "original":
-            ctx = _orig_ctx(view)
-            canon = _canonical(view, ctx)
+            ctx = orig_ctx(view)
+            canon = canonical(view, ctx)
             self.check_keys(what, [k for k in view.infos if k not in canon])
             names = {n for v in canon.values() for n in v}
-            missing = _required(names)
-            self.check_keys(what, missing={_any_name_to_orig(n, ctx) for n in missing})
+            missing = required_keys(names)
+            self.check_keys(what, missing={any_name_to_orig(n, ctx) for n in missing})
             return order_by_input(self._to_diffusers(view, src, ctx), infos)
 
         cfg = dict(detection.facts.get("source_config") or {})
         cfg.update(options.config or {})
-        ctx = _shape_ctx(view, cfg)
-        self.check_keys(what, missing=_required(set(view.infos)))
+        ctx = shape_ctx(view, cfg)
+        self.check_keys(what, missing=required_keys(set(view.infos)))
         return order_by_input(self._to_original(view, src, ctx, out_prefix, what), infos)
 
-    def _to_diffusers(self, view: KeyView, src: str, ctx: _Ctx) -> list[Op]:
+    def _to_diffusers(self, view: KeyView, src: str, ctx: Ctx) -> list[Op]:
         ops: list[Op] = []
         for k, info in view.infos.items():
-            m = _ORIG_BLOCK.fullmatch(k)
+            m = ORIG_BLOCK.fullmatch(k)
             rest = m.group(4) if m else ""
-            if m and rest in (_QKV_ORIG, _PROJ_ORIG):
-                base = f"{_BLOCKS[m.group(1)]}.{m.group(2)}.{m.group(3)}."
+            if m and rest in (QKV_ORIG, PROJ_ORIG):
+                base = f"{BLOCKS[m.group(1)]}.{m.group(2)}.{m.group(3)}."
                 if len(info.shape) != 4 or info.shape[2:] != (1, 1):
                     raise ConversionError(
-                        f"{src + k!r} should be a 1x1 conv weight, has shape {list(info.shape)}"
+                        f"{src + k!r} should be a 1x1 conv weight, has shape {list(info.shape)}",
+                        hint="the checkpoint is not an efficientvit DC-AE or is corrupt",
                     )
                 rows, cols = info.shape[0], info.shape[1]
-                if rest == _PROJ_ORIG:
-                    ops.append(Reshape(src + k, base + _PROJ_DIFF, (rows, cols)))
+                if rest == PROJ_ORIG:
+                    ops.append(Reshape(src + k, base + PROJ_DIFF, (rows, cols)))
                     continue
                 if rows % 3:
-                    raise ConversionError(f"{src + k!r} has {rows} rows, not three equal q/k/v parts")
+                    raise ConversionError(
+                        f"{src + k!r} has {rows} rows, not three equal q/k/v parts",
+                        hint="the checkpoint is not an efficientvit DC-AE or is corrupt",
+                    )
                 ops.append(
                     Regroup(
                         (src + k,),
-                        tuple(base + q for q in _QKV_DIFF),
+                        tuple(base + q for q in QKV_DIFF),
                         (3,),
                         ((0,), (1,), (2,)),
                         dim=0,
@@ -560,33 +235,38 @@ class DCAE(Component):
                     )
                 )
                 continue
-            new = _name_to_diff(k, ctx)
-            assert new is not None  # _canonical accepted it
+            new = name_to_diff(k, ctx)
+            if new is None:  # canonical() accepted every key, so each has a Diffusers name
+                raise ConversionError(
+                    f"no Diffusers name for {src + k!r}",
+                    hint="this is a weightsmith bug; please report it with the checkpoint's key list",
+                )
             ops.append(Rename(src + k, new))
         return ops
 
-    def _to_original(self, view: KeyView, src: str, ctx: _Ctx, out_prefix: str, what: str) -> list[Op]:
+    def _to_original(self, view: KeyView, src: str, ctx: Ctx, out_prefix: str, what: str) -> list[Op]:
         ops: list[Op] = []
         unknown: list[str] = []
         for k, info in view.infos.items():
-            m = _DIFF_BLOCK.fullmatch(k)
+            m = DIFF_BLOCK.fullmatch(k)
             rest = m.group(4) if m else ""
-            if m and rest in (*_QKV_DIFF, _PROJ_DIFF):
-                side = _SIDES[m.group(1)]
+            if m and rest in (*QKV_DIFF, PROJ_DIFF):
+                side = SIDES[m.group(1)]
                 base = f"{side}.stages.{m.group(2)}.op_list.{m.group(3)}."
                 diff_base = f"{m.group(1)}.{m.group(2)}.{m.group(3)}."
                 if len(info.shape) != 2:
                     raise ConversionError(
-                        f"{src + k!r} should be a Linear weight, has shape {list(info.shape)}"
+                        f"{src + k!r} should be a Linear weight, has shape {list(info.shape)}",
+                        hint="the checkpoint is not a Diffusers AutoencoderDC or is corrupt",
                     )
-                if rest == _PROJ_DIFF:
-                    ops.append(Reshape(src + k, out_prefix + base + _PROJ_ORIG, (*info.shape, 1, 1)))
-                elif rest == _QKV_DIFF[0]:
+                if rest == PROJ_DIFF:
+                    ops.append(Reshape(src + k, out_prefix + base + PROJ_ORIG, (*info.shape, 1, 1)))
+                elif rest == QKV_DIFF[0]:
                     rows, cols = info.shape
                     ops.append(
                         Regroup(
-                            tuple(src + diff_base + q for q in _QKV_DIFF),
-                            (out_prefix + base + _QKV_ORIG,),
+                            tuple(src + diff_base + q for q in QKV_DIFF),
+                            (out_prefix + base + QKV_ORIG,),
                             (1, 1, 1),
                             ((0, 1, 2),),
                             dim=0,
@@ -595,7 +275,7 @@ class DCAE(Component):
                         )
                     )
                 continue  # to_k / to_v are inputs of the to_q op
-            new = _name_to_orig(k, ctx)
+            new = name_to_orig(k, ctx)
             if new is None:
                 unknown.append(src + k)
             else:
@@ -627,18 +307,18 @@ class DCAE(Component):
             self.check_keys(
                 f"{self.title()} config", missing=["encoder.conv_in.weight", "encoder.conv_out.weight"]
             )
-        enc, dec = _blocks_of(view, "encoder.down_blocks"), _blocks_of(view, "decoder.up_blocks")
+        enc, dec = blocks_of(view, "encoder.down_blocks"), blocks_of(view, "decoder.up_blocks")
         n = 1 + max([*enc, *dec])
 
-        e = _stages(view, "encoder.down_blocks", enc, n, cfg.get("encoder_block_out_channels"))
-        d = _stages(view, "decoder.up_blocks", dec, n, cfg.get("decoder_block_out_channels"))
+        e = stages(view, "encoder.down_blocks", enc, n, cfg.get("encoder_block_out_channels"))
+        d = stages(view, "decoder.up_blocks", dec, n, cfg.get("decoder_block_out_channels"))
 
         head_dim = cfg.get("attention_head_dim")
         if head_dim is None:
             po = [k for k in view.infos if re.search(r"\.attn\.to_qkv_multiscale\.\d+\.proj_out\.weight$", k)]
             head_dim = view.shape(po[0])[1] if po else 32  # type: ignore[index]
 
-        down = cfg.get("downsample_block_type") or _guess_downsample(view) or "pixel_unshuffle"
+        down = cfg.get("downsample_block_type") or guess_downsample(view) or "pixel_unshuffle"
         up = (
             cfg.get("upsample_block_type")
             or self._guess_upsample(view, d["chans"], enc_in[1])
@@ -679,9 +359,9 @@ class DCAE(Component):
     @staticmethod
     def _guess_upsample(view: KeyView, widths: list[int], image_channels: int) -> str | None:
         """An interpolate-then-conv upsampler outputs the stage width; a pixel-shuffle one four times it."""
-        for i, ops in sorted(_blocks_of(view, "decoder.up_blocks").items()):
+        for i, ops in sorted(blocks_of(view, "decoder.up_blocks").items()):
             for j, rests in ops.items():
-                if _is_sampler(rests):
+                if is_sampler(rests):
                     out = view.shape(f"decoder.up_blocks.{i}.{j}.conv.weight")[0]  # type: ignore[index]
                     return "interpolate" if out == widths[i] else "pixel_shuffle"
         shape = view.shape("decoder.conv_out.conv.weight")

@@ -32,6 +32,7 @@ from weightsmith.families.sana._shared import (
     order_by_input,
     stray_keys,
 )
+from weightsmith.families.sana.generation import SanaGeneration
 from weightsmith.io.base import TensorInfo
 
 # All must exist. PixArt originals share t_block/y_embedder/cross_attn names with Sana, so the
@@ -253,7 +254,10 @@ class SanaTransformer(Component):
     layouts: ClassVar[tuple[str, ...]] = ("original", "diffusers")
     variants: ClassVar[tuple[str, ...]] = ("1.0", "1.5", "sprint")
     diffusers_class: ClassVar[str] = "SanaTransformer2DModel"
+    generation = SanaGeneration()
     label: ClassVar[str | None] = "Sana transformer"
+    # NVlabs' Sana checkpoints (.pth) keep the DiT's weights under "state_dict".
+    torch_wrap: ClassVar[Mapping[str, str]] = {"original": "state_dict"}
 
     # ---------------------------------------------------------------- detection
     def detect(
@@ -370,7 +374,11 @@ class SanaTransformer(Component):
         cfg.update(options.config or {})
         patch_shape = view.shape("patch_embed.proj.weight")
         cap_shape = view.shape("caption_projection.linear_1.weight")
-        assert patch_shape is not None and cap_shape is not None  # checked as required keys
+        if patch_shape is None or cap_shape is None:  # plan() checked them as required keys
+            raise ConversionError(
+                "patch_embed.proj or caption_projection.linear_1 missing",
+                hint="this is a weightsmith bug; please report it with the checkpoint's key list",
+            )
         hidden, patch = patch_shape[0], patch_shape[-1]
         dtype = view.infos["patch_embed.proj.weight"].dtype
         sample = int(cfg.get("sample_size") or DEFAULT_SAMPLE_SIZE)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+from weightsmith.errors import UsageError
 from weightsmith.families.base import find_prefix_all
 
 # What each placeholder may stand for. Names not listed match one dotted token of digits.
@@ -48,7 +49,10 @@ class KeyMap:
     def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
         for a, b in pairs:
             if sorted(_TOKEN.findall(a)) != sorted(_TOKEN.findall(b)):
-                raise ValueError(f"KeyMap pair {a!r} <-> {b!r} uses different placeholders")
+                raise UsageError(
+                    f"KeyMap pair {a!r} <-> {b!r} uses different placeholders",
+                    hint="both templates of a pair must name the same {placeholders}",
+                )
         self.pairs = tuple(pairs)
         self._ab = [(_compile(a), b) for a, b in pairs]
         self._ba = [(_compile(b), a) for a, b in pairs]

@@ -277,7 +277,8 @@ def derive_config(shapes: Mapping[str, tuple[int, ...]], variant: str) -> dict[s
         )
     if any(lv[-1] % base for lv in levels):
         raise ConversionError(
-            f"Wan VAE encoder widths {[lv[-1] for lv in levels]} are not multiples of {base}"
+            f"Wan VAE encoder widths {[lv[-1] for lv in levels]} are not multiples of {base}",
+            hint="the checkpoint mixes parts of different VAEs or is not a Wan VAE",
         )
     dim_mult = [lv[-1] // base for lv in levels]
     dec_base = dec_last // dim_mult[0]
