@@ -130,6 +130,8 @@ def _check_zip(path: Path, size: int) -> None:
                 raise CorruptFileError(f"{path} is a zip file but not a torch checkpoint (no data.pkl)")
             for info in pickles:
                 _check_pickle_globals(path, info.filename[:80], zf.read(info))
+    except WeightsmithError:  # the refusals above (ValueErrors too): already one line
+        raise
     except (
         zipfile.BadZipFile,
         zipfile.LargeZipFile,
