@@ -51,7 +51,7 @@ def fixtures() -> Iterator[Fixture]:
     for comp in components():
         for variant in comp.variants:
             for layout in comp.layouts:
-                containers = CONTAINERS[layout]
+                containers = CONTAINERS.get(layout, ("safetensors",))
                 if layout == SAT and comp.component != "transformer":
                     containers = ("torch",)
                 for container in containers:
