@@ -133,11 +133,11 @@ def fuzz_file(
         why = out.problem(len(data))
         if why:
             failures.append(f"{label}: {why}")
-    _log_run(target, count, codes, slowest, failures)
+    log_run(target, count, codes, slowest, failures)
     return failures
 
 
-def _log_run(target: Path, count: int, codes: dict[int, int], slowest: float, failures: list[str]) -> None:
+def log_run(target: Path, count: int, codes: dict[int, int], slowest: float, failures: list[str]) -> None:
     """Append one line per fuzzed reader to WEIGHTSMITH_FUZZ_LOG (bench/bench_fuzz.py reads it)."""
     log = os.environ.get("WEIGHTSMITH_FUZZ_LOG")
     if not log:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile import fuzz_count, mutants, run_case
+from tests.hostile import fuzz_count, log_run, mutants, run_case
 from tests.quantize.hostile_inputs import (
     IM_NAMES,
     assert_finite_gguf,
@@ -30,12 +30,19 @@ def _fuzz(run_cli, src: Path, raw: bytes, target: Path, seed: int) -> list[str]:
     target.write_bytes(raw)
     warm = run_cli(*args)  # imports and the C kernels' build, outside the timed cases
     assert warm.code == 0, warm.err
+    # A case that passes quantizes the whole model: its allocations are bounded by the model's
+    # size plus the imatrix's, not by the imatrix alone.
+    model_bytes = sum(p.stat().st_size for p in Path(src).rglob("*") if p.is_file())
     failures = []
+    codes: dict[int, int] = {}
+    slowest = 0.0
     for label, data in mutants(raw, seed, fuzz_count(200)):
         target.write_bytes(data)
         dst.unlink(missing_ok=True)
         out = run_case(run_cli, label, *args)
-        why = out.problem(len(data))
+        codes[out.code] = codes.get(out.code, 0) + 1
+        slowest = max(slowest, out.seconds)
+        why = out.problem(len(data) + (model_bytes if out.code == 0 else 0))
         if why is None and out.code == 0:
             try:
                 assert_finite_gguf(dst)
@@ -45,6 +52,7 @@ def _fuzz(run_cli, src: Path, raw: bytes, target: Path, seed: int) -> list[str]:
             why = "exit 2 but an output was written"
         if why:
             failures.append(f"{label}: {why}")
+    log_run(target, fuzz_count(200), codes, slowest, failures)
     return failures
 
 
