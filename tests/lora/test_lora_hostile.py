@@ -188,7 +188,7 @@ def test_alpha_pattern_lookup_agrees_with_peft() -> None:
     """The literal suffix rule gives what PEFT's own regex rule gives, for module-name keys."""
     from peft.utils.other import get_pattern_key
 
-    from weightsmith.lora.read import _pattern_lookup
+    from weightsmith.lora.alphas import pattern_lookup
 
     keys = ["to_q", "blocks.0.attn1.to_q", "ffn.net.2", "net.2", "1.attn2.to_k", "proj_out", "o.0"]
     modules = [
@@ -203,7 +203,7 @@ def test_alpha_pattern_lookup_agrees_with_peft() -> None:
     ]
     for order in (keys, keys[::-1]):
         patterns = {k: float(i) for i, k in enumerate(order)}
-        ours = _pattern_lookup(patterns)
+        ours = pattern_lookup(patterns)
         for m in modules:
             theirs = get_pattern_key(list(patterns), m)
             assert ours(m) == patterns.get(theirs), (order, m)

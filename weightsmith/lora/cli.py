@@ -13,41 +13,88 @@ from typing import Any
 import click
 
 from weightsmith.lora.fuse import parse_lora_option
+from weightsmith.lora.names import adapters, lora_families, targets, titles
 
-_FAMILIES = click.Choice(["cogvideox", "wan", "sana"])
+_HELP = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_COL = 15  # width of the name column in the format tables
 
 
-@click.group(name="lora", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _table(rows: list[tuple[str, tuple[str, ...]]], width: int = _COL) -> str:
+    """Two-column help text (click keeps it as written after a \\b line)."""
+    lines = []
+    for name, text in rows:
+        first, *rest = text or ("",)
+        lines.append(f"  {name:<{width}}{first}")
+        lines += [" " * (width + 2) + line for line in rest]
+    return "\n".join(lines)
+
+
+def _group_help() -> str:
+    peft = (
+        "PEFT: transformer.<module>.lora_A.weight / lora_B.weight [/ lora_B.bias]",
+        f"({titles(joiner=', ')}; pytorch_lora_weights.safetensors or a folder holding it)",
+    )
+    rows = [("diffusers", peft)] + [row for a in adapters() for row in a.format_help]
+    return (
+        "Convert LoRA files between formats, or inspect one.\n\n\b\nFormats weightsmith reads "
+        "(detected from key names):\n" + _table(rows) + "\n\nTo fuse LoRAs into a base model while "
+        "converting it, use\n`weightsmith convert SRC DST --to diffusers --lora PATH[:SCALE]`."
+    )
+
+
+def _convert_help() -> str:
+    own = [(t.name, t.dst_help) for a in adapters() for t in a.targets]
+    rows = [
+        (
+            "diffusers",
+            (
+                "a .safetensors file, or a folder that gets pytorch_lora_weights.safetensors",
+                "(load it with pipe.load_lora_weights(DST))",
+            ),
+        ),
+        *sorted(own),
+    ]
+    examples = ["weightsmith lora convert style.safetensors out/ --to diffusers"]
+    examples += [
+        f"weightsmith lora convert out/pytorch_lora_weights.safetensors {t.example_dst} --to {t.name}"
+        for a in adapters()
+        for t in a.targets
+    ]
+    return (
+        "Rewrite the LoRA SRC in another format at DST; the effective weights stay the same.\n\n"
+        "\b\nDST by format:\n" + _table(rows, 11) + "\n\n\b\nScale (alpha/rank): a diffusers PEFT "
+        "file stores no alpha, so Diffusers loads it at\nscale 1; weightsmith folds each module's "
+        "alpha/rank into lora_A. The original format keeps\nalpha as it was. A SAT LoRA scales by "
+        "lora_alpha/r (lora_alpha 1 unless --sat-alpha).\n\n\b\nExamples:\n"
+        + "\n".join("  " + e for e in examples)
+    )
+
+
+def _to_help() -> str:
+    own = sorted((t.name, t.choice_help) for a in adapters() for t in a.targets)
+    return "Target format: diffusers (PEFT, any family), " + ", ".join(f"{n} ({h})" for n, h in own) + "."
+
+
+def _family_help() -> str:
+    shared = [a for a in adapters() if not a.exclusive]
+    if len(shared) < 2:
+        return "Insist on this family."
+    return f"Insist on this family ({titles(joiner=' and ', of=shared)} share names)."
+
+
+_FAMILIES = click.Choice(lora_families())
+
+
+@click.group(name="lora", context_settings=_HELP, help=_group_help())
 def lora_command() -> None:
-    """Convert LoRA files between formats, or inspect one.
-
-    \b
-    Formats weightsmith reads (detected from key names):
-      diffusers      PEFT: transformer.<module>.lora_A.weight / lora_B.weight [/ lora_B.bias]
-                     (Wan, CogVideoX, Sana; pytorch_lora_weights.safetensors or a folder holding it)
-      wan-original   ComfyUI / Wan: diffusion_model.blocks.0.self_attn.q.lora_down.weight,
-                     lora_up, .alpha, .diff, .diff_b
-      wan-musubi     musubi-tuner: lora_unet_blocks_0_self_attn_q.lora_down.weight, .alpha
-      cogvideox-sat  SwissArmyTransformer: ...attention.query_key_value.matrix_A.0/1/2, matrix_B.*,
-                     attention.dense.matrix_A.0 (any layer count; also inside a LoRA-trained SAT
-                     checkpoint folder)
-
-    To fuse LoRAs into a base model while converting it, use
-    `weightsmith convert SRC DST --to diffusers --lora PATH[:SCALE]`.
-    """
+    pass
 
 
-@lora_command.command("convert")
+@lora_command.command("convert", help=_convert_help())
 @click.argument("src", type=click.Path(path_type=str))
 @click.argument("dst", type=click.Path(path_type=str))
-@click.option(
-    "--to",
-    "to",
-    required=True,
-    type=click.Choice(["diffusers", "original", "sat"]),
-    help="Target format: diffusers (PEFT, any family), original (Wan/ComfyUI), sat (CogVideoX).",
-)
-@click.option("--family", type=_FAMILIES, help="Insist on this family (CogVideoX and Sana share names).")
+@click.option("--to", "to", required=True, type=click.Choice(targets()), help=_to_help())
+@click.option("--family", type=_FAMILIES, help=_family_help())
 @click.option(
     "--sat-alpha",
     type=float,
@@ -64,27 +111,6 @@ def lora_command() -> None:
 def convert_cmd(
     src: str, dst: str, to: str, family: str | None, sat_alpha: float, drop_diffs: bool, overwrite: bool
 ) -> None:
-    """Rewrite the LoRA SRC in another format at DST; the effective weights stay the same.
-
-    \b
-    DST by format:
-      diffusers  a .safetensors file, or a folder that gets pytorch_lora_weights.safetensors
-                 (load it with pipe.load_lora_weights(DST))
-      original   a .safetensors file with ComfyUI's diffusion_model. keys (Wan only)
-      sat        a SAT folder (latest + 1/mp_rank_00_model_states.pt), a .pt file or a
-                 .safetensors file (CogVideoX only)
-
-    \b
-    Scale (alpha/rank): a diffusers PEFT file stores no alpha, so Diffusers loads it at
-    scale 1; weightsmith folds each module's alpha/rank into lora_A. The original format keeps
-    alpha as it was. A SAT LoRA scales by lora_alpha/r (lora_alpha 1 unless --sat-alpha).
-
-    \b
-    Examples:
-      weightsmith lora convert wan_style.safetensors out/ --to diffusers
-      weightsmith lora convert out/pytorch_lora_weights.safetensors comfy.safetensors --to original
-      weightsmith lora convert CogVideoX-5b-lora-sat/ cog_lora/ --to diffusers
-    """
     from weightsmith.lora.convert import convert_lora
 
     lines = convert_lora(

@@ -19,8 +19,8 @@ import torch
 
 from weightsmith.convert.engine import CASTABLE, Plan, stream
 from weightsmith.errors import ConversionError, UsageError
+from weightsmith.families import get_component
 from weightsmith.lora.model import Lora, LoraModule, all_finite, name_some
-from weightsmith.lora.names import layers_needed
 from weightsmith.lora.read import read_lora
 
 LoraSpec = tuple[str | Path | Lora, float]
@@ -116,14 +116,18 @@ class FusedStream:
                 hint="convert with --to diffusers to fuse, then convert the fused model onward",
             )
         det = plan.detection
-        if det.component != "transformer":
-            raise UsageError(f"LoRAs apply to a transformer, and this is a {det.family} {det.component}")
+        adapter = get_component(det.family, det.component).lora
+        if adapter is None:
+            raise UsageError(
+                f"LoRAs apply to a transformer, and this is a {det.family} {det.component}",
+                hint="convert the transformer with --lora, and this component without",
+            )
         self.plan = plan
         self.progress = progress
         self.lines: list[str] = []
         specs = {s.name: s for s in plan.specs}
         # A LoRA cannot change a block the base does not have: checked before its names are looked up.
-        blocks = layers_needed(specs)
+        blocks = adapter.layers_needed(specs)
         self.targets: dict[str, _Target] = {}
         for item, strength in loras:
             _strength(float(strength), "a LoRA strength")

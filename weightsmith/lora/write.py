@@ -6,16 +6,18 @@
   alpha == rank (scale 1), so a module's scale alpha/rank is folded into its ``lora_A`` (computed
   in float32, stored in lora_A's dtype). A scale of exactly 1 leaves the tensors untouched, so a
   PEFT -> original -> PEFT round trip is bit-identical.
-* ``original`` (Wan / ComfyUI): ``diffusion_model.<Wan module>.lora_down.weight`` /
-  ``lora_up.weight`` / ``.alpha`` (float32; the source's alpha, or the rank when it had none),
-  ``.diff_b`` and ``.diff``. Tensors are copied as they are.
-* ``sat`` (CogVideoX): ``model.diffusion_model.<SAT module>.matrix_A.i`` / ``matrix_B.i``, one
-  partition per Diffusers module of a fused SAT module (qkv: to_q, to_k, to_v), a missing one
-  zero-filled, ranks padded with zeros to the largest. SAT scales by ``sat_alpha / r``; each
-  entry's own scale is folded into its ``matrix_A`` (so SAT -> PEFT -> SAT with a power-of-two
-  rank is bit-identical).
+* a family's dotted native format (``native_state_dict``; e.g. ``--to original``, ComfyUI):
+  ``<prefix><native module>.lora_down.weight`` / ``lora_up.weight`` / ``.alpha`` (float32; the
+  source's alpha, or the rank when it had none), ``.diff_b`` and ``.diff``. Tensors are copied
+  as they are.
+* a family's partitioned native format (``partition_state_dict``; e.g. ``--to sat``, SAT's
+  ``matrix_A.i`` / ``matrix_B.i``): one partition per Diffusers module of a fused native module
+  (qkv: to_q, to_k, to_v), a missing one zero-filled, ranks padded with zeros to the largest.
+  The format scales by ``sat_alpha / r``; each entry's own scale is folded into its down matrix
+  (so SAT -> PEFT -> SAT with a power-of-two rank is bit-identical).
 
-Full-weight diffs (``.diff``) and bias deltas without a low-rank pair have no PEFT or SAT key.
+Which family writes which format is asked of the families' LoRA adapters (``names.target``).
+Full-weight diffs (``.diff``) and bias deltas without a low-rank pair have no PEFT or partitioned key.
 A diff of a Linear weight goes to PEFT exactly as an identity-factor pair (``identity_factors``);
 all-zero diffs (what trainers store for norms) are dropped with a note; any other is refused
 unless ``drop_diffs`` (fusing into the base applies them all).
@@ -24,21 +26,22 @@ unless ``drop_diffs`` (fusing into the base applies them all).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from weightsmith.errors import ConversionError, UsageError
+from weightsmith.families.lora import ComponentLora, Link, LoraTarget
 from weightsmith.io.writers import write_safetensors, write_sat, write_torch_file
 from weightsmith.lora.model import Lora, LoraModule, all_finite, fold, name_some
-from weightsmith.lora.names import SAT_PREFIX, Link, cogvideox_names, layers_needed, wan_from_diffusers
+from weightsmith.lora.names import adapters, targets
+from weightsmith.lora.names import target as target_of
+from weightsmith.lora.partitioned import check_alpha
 from weightsmith.lora.read import LORA_WEIGHT_NAME
 
-TARGETS = ("diffusers", "original", "sat")
 PEFT_PREFIX = "transformer."
-ORIGINAL_PREFIX = "diffusion_model."  # ComfyUI's LoRA prefix, which Diffusers' Wan converter expects
+StateAndNotes = tuple[dict[str, torch.Tensor], list[str]]
 
 
 def _is_zero(t: torch.Tensor | None) -> bool:
@@ -76,7 +79,9 @@ def identity_factors(diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.eye(in_f, dtype=diff.dtype), diff.contiguous()
 
 
-def _strip_inexpressible(lora: Lora, what: str, drop_diffs: bool) -> tuple[list[LoraModule], list[str]]:
+def _strip_inexpressible(
+    lora: Lora, what: str, drop_diffs: bool, peft: bool = True
+) -> tuple[list[LoraModule], list[str]]:
     """Entries reduced to what ``what`` can hold; zero diffs dropped, others refused or dropped.
 
     For PEFT, a full diff of a Linear weight (2-D) without a low-rank pair is written exactly as
@@ -86,7 +91,6 @@ def _strip_inexpressible(lora: Lora, what: str, drop_diffs: bool) -> tuple[list[
     zero, nonzero = [], []
     out = []
     carried = 0
-    peft = what != "SAT"
     for m in lora.modules:
         down, up, alpha, diff, bias = m.down, m.up, m.alpha, m.diff, m.bias
         linear_diff = peft and down is None and diff is not None and diff.ndim == 2 and not m.param
@@ -143,22 +147,23 @@ def peft_state_dict(lora: Lora, *, drop_diffs: bool = False) -> tuple[dict[str, 
     return sd, notes
 
 
-# ------------------------------------------------------------------------------- Wan original
-def original_state_dict(lora: Lora) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Wan original / ComfyUI keys (``diffusion_model.`` prefix), tensors unchanged."""
-    if lora.family != "wan":
+# ------------------------------------------------------------------------ native dotted names
+def native_state_dict(lora: Lora, adapter: ComponentLora, target: LoraTarget) -> StateAndNotes:
+    """A family's dotted native keys (ComfyUI style, under ``target.prefix``), tensors unchanged."""
+    if lora.family != adapter.family:
+        shown = lora.family or "/".join(a.display for a in adapters() if a.family in lora.candidates)
         raise UsageError(
-            f"the original LoRA format is Wan's; {lora.source} is a {lora.family or 'CogVideoX/Sana'} LoRA",
-            hint="use --to diffusers (or --to sat for CogVideoX)",
+            f"the {target.label} LoRA format is {adapter.display}'s; {lora.source} is a {shown} LoRA",
+            hint=_other_targets_hint(adapter),
         )
     sd: dict[str, torch.Tensor] = {}
     bad = []
     for m in lora.modules:
-        native = wan_from_diffusers(m.module, m.param)
+        native = adapter.diffusers_to_native(m.module, m.param)
         if native is None:
             bad.append(m.module)
             continue
-        key = ORIGINAL_PREFIX + native
+        key = target.prefix + native
         if m.has_lowrank:
             down, up = _pair(m)
             sd[f"{key}.lora_down.weight"] = down.contiguous()
@@ -175,27 +180,42 @@ def original_state_dict(lora: Lora) -> tuple[dict[str, torch.Tensor], list[str]]
         if m.diff is not None:
             sd[f"{key}.diff"] = m.diff.contiguous()
     if bad:
-        raise ConversionError(f"{lora.source}: Wan has no original name for {name_some(bad)}")
+        raise ConversionError(
+            f"{lora.source}: {adapter.display} has no {target.label} name for {name_some(bad)}",
+            hint="convert to diffusers instead, or fuse the LoRA into the base",
+        )
     notes = []
     if any(m.alpha is None and m.has_lowrank for m in lora.modules):
         notes.append("alpha written as the rank (scale 1), as the source stored no alpha")
     return sd, notes
 
 
-# -------------------------------------------------------------------------------- CogVideoX SAT
-def sat_state_dict(
-    lora: Lora, *, sat_alpha: float = 1.0, drop_diffs: bool = False
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """SAT LoraMixin keys (``matrix_A.i`` / ``matrix_B.i``) for a CogVideoX LoRA."""
-    if lora.family not in ("cogvideox", None) or (lora.family is None and "cogvideox" not in lora.candidates):
+def _other_targets_hint(adapter: ComponentLora) -> str:
+    """``use --to diffusers (or --to X for Family)`` naming the other families' own formats."""
+    others = [f"--to {t.name} for {a.display}" for a in adapters() if a is not adapter for t in a.targets]
+    return "use --to diffusers" + (f" (or {', '.join(others)})" if others else "")
+
+
+# ------------------------------------------------------------------------- partitioned names
+def partition_state_dict(
+    lora: Lora,
+    adapter: ComponentLora,
+    target: LoraTarget,
+    *,
+    sat_alpha: float = 1.0,
+    drop_diffs: bool = False,
+) -> StateAndNotes:
+    """Partitioned native keys (SAT LoraMixin ``matrix_A.i`` / ``matrix_B.i``) of a LoRA of ``adapter``'s family."""
+    fam = adapter.family
+    if lora.family not in (fam, None) or (lora.family is None and fam not in lora.candidates):
         raise UsageError(
-            f"the SAT LoRA format is CogVideoX's; {lora.source} is a {lora.family} LoRA",
-            hint="use --to diffusers (or --to original for Wan)",
+            f"the {target.label} LoRA format is {adapter.display}'s; {lora.source} is a {lora.family} LoRA",
+            hint=_other_targets_hint(adapter),
         )
-    if not (sat_alpha > 0 and math.isfinite(sat_alpha)):
-        raise UsageError(f"SAT lora_alpha must be a positive number, got {sat_alpha}")
-    modules, notes = _strip_inexpressible(lora, "SAT", drop_diffs)
-    names = cogvideox_names(max(layers_needed(m.module for m in modules), 1))
+    check_alpha(adapter, sat_alpha)
+    label = adapter.partition_label
+    modules, notes = _strip_inexpressible(lora, label, drop_diffs, peft=False)
+    names = adapter.links(max(adapter.layers_needed(m.module for m in modules), 1))
     grouped: dict[str, tuple[Link, dict[int, LoraModule]]] = {}
     bad = []
     for m in modules:
@@ -207,17 +227,16 @@ def sat_state_dict(
         grouped.setdefault(link.native, (link, {}))[1][i] = m
     if bad:
         raise ConversionError(
-            f"{lora.source}: {len(bad)} module(s) have no SAT counterpart: {name_some(bad)}",
-            hint="the LoRA is not a CogVideoX transformer LoRA",
+            f"{lora.source}: {len(bad)} module(s) have no {label} counterpart: {name_some(bad)}",
+            hint=f"the LoRA is not a {adapter.display} transformer LoRA",
         )
     sd: dict[str, torch.Tensor] = {}
-    prefix = SAT_PREFIX
     for native in sorted(grouped):
         link, parts = grouped[native]
         if len(link.diffusers) > 1 and not link.partitions_match:
             raise ConversionError(
-                f"{lora.source}: SAT LoRA cannot express separate LoRAs on {', '.join(link.diffusers)} "
-                f"(one SAT module {native!r} whose rows are regrouped)",
+                f"{lora.source}: {label} LoRA cannot express separate LoRAs on {', '.join(link.diffusers)} "
+                f"(one {label} module {native!r} whose rows are regrouped)",
                 hint="convert to diffusers instead, or fuse the LoRA into the base",
             )
         rank = max(int(_pair(m)[0].shape[0]) for m in parts.values())
@@ -228,15 +247,36 @@ def sat_state_dict(
                 a = torch.zeros((rank, *s_down.shape[1:]), dtype=s_down.dtype)
                 b = torch.zeros((s_up.shape[0], rank, *s_up.shape[2:]), dtype=s_up.dtype)
             else:
-                # SAT multiplies by sat_alpha / rank; this entry wants m.scale.
+                # The native format multiplies by sat_alpha / rank; this entry wants m.scale.
                 a = _pad_rows(_folded(m, m.scale * rank / sat_alpha, lora.source), rank)
                 b = _pad_cols(_pair(m)[1], rank)
-            sd[f"{prefix}{native}.matrix_A.{i}"] = a
-            sd[f"{prefix}{native}.matrix_B.{i}"] = b
+            sd[adapter.partition_key(native, "down", i)] = a
+            sd[adapter.partition_key(native, "up", i)] = b
     if any(len(p) < len(link.diffusers) for link, p in grouped.values()):
-        notes.append("zero-filled the partitions of fused SAT modules that the LoRA does not touch")
-    notes.append(f"SAT scale lora_alpha/r with lora_alpha = {sat_alpha:g}; entry scales folded into matrix_A")
+        notes.append(f"zero-filled the partitions of fused {label} modules that the LoRA does not touch")
+    notes.append(
+        f"{label} scale lora_alpha/r with lora_alpha = {sat_alpha:g}; entry scales folded into "
+        f"{adapter.partition_roles[0]}"
+    )
     return sd, notes
+
+
+def target_state_dict(
+    lora: Lora, to_format: str, *, sat_alpha: float = 1.0, drop_diffs: bool = False
+) -> tuple[dict[str, torch.Tensor], list[str], str]:
+    """Keys, notes and a label for the summary of ``lora`` written in ``to_format``."""
+    if to_format == "diffusers":
+        sd, notes = peft_state_dict(lora, drop_diffs=drop_diffs)
+        return sd, notes, "diffusers PEFT"
+    found = target_of(to_format)
+    if found is None:
+        raise UsageError(f"unknown LoRA format {to_format!r}", hint=f"choose one of {', '.join(targets())}")
+    adapter, spec = found
+    if spec.naming == "native":
+        sd, notes = native_state_dict(lora, adapter, spec)
+    else:
+        sd, notes = partition_state_dict(lora, adapter, spec, sat_alpha=sat_alpha, drop_diffs=drop_diffs)
+    return sd, notes, spec.summary
 
 
 def _pad_rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -271,8 +311,8 @@ def write_state(
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write LoRA tensors, sorted by key, atomically: safetensors, or for SAT a .pt / SAT folder."""
-    if target not in TARGETS:
-        raise UsageError(f"unknown LoRA format {target!r}", hint=f"choose one of {', '.join(TARGETS)}")
+    if target not in targets():
+        raise UsageError(f"unknown LoRA format {target!r}", hint=f"choose one of {', '.join(targets())}")
     out = lora_output_path(dst, target)
     names = sorted(sd)
     specs = [(k, tuple(sd[k].shape), sd[k].dtype) for k in names]
@@ -282,7 +322,8 @@ def write_state(
         if out.parent == folder and folder.parent.is_dir():
             folder.mkdir(exist_ok=True)  # DST names the LoRA folder Diffusers loads from
         return write_safetensors(out, specs, items, dict(metadata or {}), overwrite=overwrite)
-    if target != "sat":
+    found = target_of(target)
+    if found is None or not found[1].torch_files:
         raise UsageError(
             f"{dst}: a {target} LoRA is written as .safetensors", hint="give DST ending in .safetensors"
         )

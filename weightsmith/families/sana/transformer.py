@@ -33,6 +33,7 @@ from weightsmith.families.sana._shared import (
     stray_keys,
 )
 from weightsmith.families.sana.generation import SanaGeneration
+from weightsmith.families.sana.lora import SanaLora
 from weightsmith.io.base import TensorInfo
 
 # All must exist. PixArt originals share t_block/y_embedder/cross_attn names with Sana, so the
@@ -254,6 +255,7 @@ class SanaTransformer(Component):
     layouts: ClassVar[tuple[str, ...]] = ("original", "diffusers")
     variants: ClassVar[tuple[str, ...]] = ("1.0", "1.5", "sprint")
     diffusers_class: ClassVar[str] = "SanaTransformer2DModel"
+    lora = SanaLora()
     generation = SanaGeneration()
     label: ClassVar[str | None] = "Sana transformer"
     # NVlabs' Sana checkpoints (.pth) keep the DiT's weights under "state_dict".
