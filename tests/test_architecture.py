@@ -20,36 +20,18 @@ ROOT = PACKAGE.parent
 MAX_LINES = 500
 
 # Work still under way, by owner: module (dotted) or file (path) prefixes each check lets pass.
-# An import cycle is let pass when every module in it lies under one entry's prefixes.
-ALLOWED_CYCLES: dict[str, tuple[str, ...]] = {
-    # R5 (families): families.base's _load_builtin and config_check import the package
-    # `weightsmith.families`, which imports them; they should import weightsmith.families.base
-    # (importing any families module runs the package __init__ first, which registers them).
-    "R5": ("weightsmith.families",),
-    # R1 (quantize): convert's quantized-artifact branch, the scheme table and the run modules.
-    "R1": ("weightsmith.quantize", "weightsmith.load", "weightsmith.convert.run"),
-    # R2 (verify): verify <-> verify.run, report <-> report.write, inputs/models/pipelines/settings.
-    "R2": ("weightsmith.verify",),
-}
+# An import cycle is let pass when every module in it lies under one entry's prefixes. Empty
+# tables are the goal; nothing new may join them.
+ALLOWED_CYCLES: dict[str, tuple[str, ...]] = {}
 
-# Source files over MAX_LINES still being split.
+# Source files over MAX_LINES still to be split.
 ALLOWED_LONG: dict[str, tuple[str, ...]] = {
-    "R5": (
-        "weightsmith/families/cogvideox/transformer.py",
-        "weightsmith/families/sana/dcae.py",
-        "weightsmith/families/wan/transformer.py",
-    ),
-    "R1": ("weightsmith/kernels/ggml/common.py", "weightsmith/quantize/"),
-    "R2": ("weightsmith/verify/run.py",),
-    "R3": ("weightsmith/lora/read.py",),
+    # R1: the ggml helpers moved from quantize/ggml (507 lines).
+    "R1": ("weightsmith/kernels/ggml/common.py",),
 }
 
 # Files outside weightsmith/families/ that still name a family or variant.
-ALLOWED_LITERALS: dict[str, tuple[str, ...]] = {
-    "R1": ("weightsmith/quantize/", "weightsmith/load.py"),
-    "R2": ("weightsmith/verify/", "weightsmith/demo.py"),
-    "R3": ("weightsmith/lora/",),
-}
+ALLOWED_LITERALS: dict[str, tuple[str, ...]] = {}
 
 # Variant names that are ordinary words in code ("default" recipe, "default" device...); the
 # family-specific names are checked.
@@ -196,3 +178,13 @@ def test_no_family_or_variant_literals_outside_families():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
                 hits.setdefault(rel, []).append(f"{node.lineno}:{node.value!r}")
     assert not hits, f"family/variant names outside weightsmith/families/ (ask the registry): {hits}"
+
+
+def test_cli_choices_come_from_the_registry(monkeypatch):
+    import weightsmith.families as fam
+    from weightsmith.cli_choices import FAMILY, LAYOUT
+
+    assert FAMILY.choices == tuple(fam.families()) and LAYOUT.choices == tuple(fam.layouts())
+    # asked each time, so a family registered later is offered too
+    monkeypatch.setattr(fam, "families", lambda: ["newfamily"])
+    assert FAMILY.choices == ("newfamily",) and FAMILY.convert("newfamily", None, None) == "newfamily"
