@@ -89,7 +89,7 @@ def repeats_for(qtype: str, n: int, base: int) -> int:
 
 def measure(types: list[str], repeats: int, imatrix: bool, before) -> list[dict]:
     """Rows of M elements/s: quantize (ours, before, numpy) and, without imatrix, dequantize."""
-    from weightsmith.quantize.ggml import dequantize, get_kernel, native, quantize
+    from weightsmith.kernels.ggml import dequantize, get_kernel, native, quantize
 
     rows = []
     for name, shape in SHAPES.items():
@@ -210,7 +210,7 @@ def report(rows: list[dict], meta: dict) -> str:
 
 
 def native_description() -> str:
-    from weightsmith.quantize.ggml import native
+    from weightsmith.kernels.ggml import native
 
     native.library()
     info = native.info()

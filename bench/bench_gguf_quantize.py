@@ -36,8 +36,8 @@ def child(src: str, dst: str, recipe: str) -> None:
     release_large_allocations()  # as the CLI does
 
     import weightsmith.families  # noqa: F401
-    import weightsmith.quantize.ggml  # noqa: F401
-    from weightsmith.quantize.gguf_quantize import quantize_gguf
+    import weightsmith.kernels.ggml  # noqa: F401
+    from weightsmith.quantize.gguf.run import quantize_gguf
 
     with PeakSampler() as s:
         t0 = time.perf_counter()

@@ -82,7 +82,7 @@ def main() -> None:
 
     import torch
 
-    from weightsmith.quantize.linear_quantize import quantize_linear
+    from weightsmith.quantize.linear.run import quantize_linear
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp:

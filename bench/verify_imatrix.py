@@ -36,7 +36,8 @@ def layer_sqnr(gguf: Path, inputs: dict, base: torch.nn.Module) -> float:
     """Mean over quantized Linear layers of the output SQNR (dB) on real activations: what an imatrix optimises."""
     import torch.nn.functional as F
 
-    from weightsmith.quantize.gguf_loader import GGMLLinear, load_gguf_model
+    from weightsmith.load import load_gguf_model
+    from weightsmith.quantize.gguf.loader import GGMLLinear
     from weightsmith.verify.metrics import sqnr
 
     model = load_gguf_model(gguf)
@@ -56,8 +57,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from weightsmith.quantize.gguf_quantize import quantize_gguf
-    from weightsmith.quantize.imatrix import read_imatrix
+    from weightsmith.quantize.gguf.imatrix import read_imatrix
+    from weightsmith.quantize.gguf.run import quantize_gguf
     from weightsmith.verify import GenerationSettings, VerifyOptions, verify
     from weightsmith.verify.importance import collect_imatrix, linear_inputs
     from weightsmith.verify.tiny import TINY_SIZE, save_tiny_pipeline

@@ -223,7 +223,7 @@ def quantize(
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-int4/ --scheme int4 --keep-blocks first:1,last:1
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-fp8-scaled.safetensors --scheme fp8-tensor
     """
-    from weightsmith.quantize.linear_quantize import linear_cli_kwargs
+    from weightsmith.quantize.linear.run import linear_cli_kwargs
     from weightsmith.quantize.schemes import find_scheme
 
     fam = find_scheme(scheme)

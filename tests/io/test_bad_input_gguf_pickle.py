@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from weightsmith.io.base import CONFIG_METADATA_KEY
-from weightsmith.quantize.ggml import quantize
+from weightsmith.kernels.ggml import quantize
 from weightsmith.tiny import tiny_state
 
 QUANTIZED = "condition_embedder.time_embedder.linear_1.weight"  # (24, 256): whole Q8_0 and K blocks
@@ -196,7 +196,7 @@ def test_gguf_plain_nan_weight_is_refused(tmp_path, run_cli):
 
 def test_gguf_loader_refuses_nan_scales(tmp_path):
     from weightsmith.errors import CorruptFileError
-    from weightsmith.quantize.gguf_loader import load_gguf_model
+    from weightsmith.load import load_gguf_model
 
     def poison(name, q):
         q.reshape(-1)[0:2] = np.frombuffer(np.float16("nan").tobytes(), dtype=np.uint8)

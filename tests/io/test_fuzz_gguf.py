@@ -16,7 +16,7 @@ import torch
 
 from tests.hostile import fuzz_count, fuzz_file
 from weightsmith.io.base import CONFIG_METADATA_KEY
-from weightsmith.quantize.ggml import quantize
+from weightsmith.kernels.ggml import quantize
 from weightsmith.tiny import tiny_state
 
 

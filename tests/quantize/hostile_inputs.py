@@ -71,7 +71,7 @@ def decoded(path: Path) -> dict[str, tuple[str, np.ndarray]]:
     """Every tensor of a GGUF file decoded to float32: name -> (type, values)."""
     import gguf
 
-    from weightsmith.quantize.ggml import dequantize
+    from weightsmith.kernels.ggml import dequantize
 
     out = {}
     for t in gguf.GGUFReader(str(path)).tensors:

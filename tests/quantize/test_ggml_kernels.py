@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from weightsmith.errors import QuantizationError
-from weightsmith.quantize.ggml import byte_shape, dequantize, get_kernel, native, quantize, registered_types
-from weightsmith.quantize.ggml.native import IMATRIX_TYPES, NATIVE_TYPES
+from weightsmith.kernels.ggml import byte_shape, dequantize, get_kernel, native, quantize, registered_types
+from weightsmith.kernels.ggml.native import IMATRIX_TYPES, NATIVE_TYPES
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "ggml_golden.npz"
 QUANT_TYPES = [

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from weightsmith.quantize.ggml import quantize
+from weightsmith.kernels.ggml import quantize
 
 LIB = os.environ.get("WEIGHTSMITH_LIBGGML")
 pytestmark = pytest.mark.skipif(not LIB, reason="set WEIGHTSMITH_LIBGGML=/path/to/libggml-base.so to run")

@@ -1,4 +1,4 @@
-"""The fused CPU kernels (weightsmith.quantize.ggml.native): same bytes as the torch kernels, a build
+"""The fused CPU kernels (weightsmith.kernels.ggml.native): same bytes as the torch kernels, a build
 that falls back cleanly, and the lane widths of other CPUs.
 
 Golden-byte equality with ggml is in test_ggml_kernels.py (parametrised over both backends)."""
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from weightsmith.errors import QuantizationError
-from weightsmith.quantize.ggml import dequantize, get_kernel, native, quantize
+from weightsmith.kernels.ggml import dequantize, get_kernel, native, quantize
 
 TYPES = list(native.NATIVE_TYPES)
 

@@ -13,10 +13,11 @@ from diffusers import GGUFQuantizationConfig
 
 from weightsmith.families import get_component
 from weightsmith.io.base import infos_from_state_dict
-from weightsmith.quantize.ggml import dequantize
-from weightsmith.quantize.gguf_loader import GGMLLinear, load_gguf_model
-from weightsmith.quantize.gguf_quantize import quantize_gguf
-from weightsmith.quantize.gguf_recipes import RECIPES, assign_types, get_recipe
+from weightsmith.kernels.ggml import dequantize
+from weightsmith.load import load_gguf_model
+from weightsmith.quantize.gguf.loader import GGMLLinear
+from weightsmith.quantize.gguf.recipes import RECIPES, assign_types, get_recipe
+from weightsmith.quantize.gguf.run import quantize_gguf
 
 # Tiny models whose Linear rows are 256 wide, so every K-type applies.
 WIDE = {
@@ -313,7 +314,7 @@ def test_output_sqnr_orders_with_bits(wide, tmp_path):
 
 
 def test_imatrix_changes_k_quant_bytes(wide, tmp_path):
-    from weightsmith.quantize.imatrix import write_imatrix
+    from weightsmith.quantize.gguf.imatrix import write_imatrix
 
     _, folder = wide["wan"]
     g = torch.Generator().manual_seed(3)

@@ -19,17 +19,8 @@ from torch import nn
 
 from weightsmith.errors import UsageError
 from weightsmith.families import get_component
-from weightsmith.load import load_model
-from weightsmith.quantize import linear_schemes
-from weightsmith.quantize.gguf_quantize import sqnr_db
-from weightsmith.quantize.linear_formats import (
-    ct_format,
-    ct_quantization_config,
-    ct_tensors,
-)
-from weightsmith.quantize.linear_policy import parse_keep_blocks
-from weightsmith.quantize.linear_quantize import quantize_linear
-from weightsmith.quantize.linear_schemes import (
+from weightsmith.kernels import linear as linear_schemes
+from weightsmith.kernels.linear import (
     LINEAR_SCHEMES,
     dequantize,
     get_linear_scheme,
@@ -37,7 +28,16 @@ from weightsmith.quantize.linear_schemes import (
     quantize_weight,
     unpack_int32,
 )
-from weightsmith.quantize.runtime import QuantLinear, load_quantized
+from weightsmith.load import load_model, load_quantized
+from weightsmith.quantize.keep import parse_keep_blocks
+from weightsmith.quantize.linear.formats import (
+    ct_format,
+    ct_quantization_config,
+    ct_tensors,
+)
+from weightsmith.quantize.linear.run import quantize_linear
+from weightsmith.quantize.linear.runtime import QuantLinear
+from weightsmith.quantize.report import sqnr_db
 from weightsmith.tiny import Fixture, save_fixture
 
 # Tiny models of the real classes whose Linear rows are 128 or 256 wide, so every int4 group fits.
@@ -467,9 +467,10 @@ def test_int4_rows_that_do_not_split_into_groups_are_kept(work):
     assert all(x.qtype in ("int4", "F32") for x in r.layers)
     with pytest.raises(Exception, match="not a multiple"):
         quantize_weight(torch.zeros(4, 96), get_linear_scheme("int4"))
-    from weightsmith.quantize.linear_policy import LinearPolicy
+    from weightsmith.quantize.linear.policy import LinearPolicy
 
-    p = LinearPolicy("sana", get_linear_scheme("int4"), ["transformer_blocks.0.attn1.to_q.weight"], [])
+    spec = get_component("sana", "transformer").quant
+    p = LinearPolicy(spec, get_linear_scheme("int4"), ["transformer_blocks.0.attn1.to_q.weight"], [])
     d = p.decide("transformer_blocks.0.attn1.to_q.weight", (2240, 2240))
     assert not d.quantize and "2240 not a multiple of group 128" in d.reason and "int4-g64" in d.reason
 
@@ -498,8 +499,9 @@ def test_bf16_source_dequantizes_back_to_bf16(work, run_cli):
 
 
 def test_gguf_converts_back_to_the_weights_its_loader_uses(work, run_cli):
-    from weightsmith.quantize.gguf_loader import GGMLLinear, load_gguf_model
-    from weightsmith.quantize.gguf_quantize import quantize_gguf
+    from weightsmith.load import load_gguf_model
+    from weightsmith.quantize.gguf.loader import GGMLLinear
+    from weightsmith.quantize.gguf.run import quantize_gguf
 
     g = work / "wan-Q8_0.gguf"
     quantize_gguf(_source("wan"), g, "gguf:Q8_0", progress=False, report=False)

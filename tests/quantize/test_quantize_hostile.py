@@ -131,7 +131,7 @@ def test_imatrix_zero_or_extreme_values_give_finite_sensible_output(tiny_wan, tm
 
 def test_imatrix_within_range_is_used_as_written(tiny_wan, tmp_path, run_cli):
     """Values inside the safe range are not rescaled: the bytes stay those of ggml's kernels."""
-    from weightsmith.quantize.imatrix import read_imatrix
+    from weightsmith.quantize.gguf.imatrix import read_imatrix
 
     values = {n: importance(i) * np.float32(1e6) for i, n in enumerate(IM_NAMES)}
     im = read_imatrix(_write_imatrix(tmp_path, "gguf", values))
@@ -266,7 +266,7 @@ def test_linear_schemes_keep_extreme_finite_weights_finite(tiny_wan, tmp_path, r
         for k, v in load_file(st).items():
             if v.is_floating_point():
                 assert torch.isfinite(v.float()).all(), k
-    from weightsmith.quantize.linear_quantize import open_source
+    from weightsmith.quantize.linear.run import open_source
 
     ck = open_source(dst, None)
     try:
@@ -277,7 +277,7 @@ def test_linear_schemes_keep_extreme_finite_weights_finite(tiny_wan, tmp_path, r
 
 
 def test_summary_counts_nan_sqnr_as_the_worst():
-    from weightsmith.quantize.gguf_quantize import LayerRecord, QuantizeResult
+    from weightsmith.quantize.report import LayerRecord, QuantizeResult
 
     layers = [
         LayerRecord("a", (256, 256), "Q4_K", "default", 1, 1, 22.0),
@@ -382,7 +382,7 @@ def test_failed_run_leaves_no_output_and_keeps_the_earlier_table(tiny_wan, tmp_p
 
 
 def test_report_false_leaves_an_existing_table_alone(tiny_wan, tmp_path):
-    from weightsmith.quantize.gguf_quantize import quantize_gguf
+    from weightsmith.quantize.gguf.run import quantize_gguf
 
     table = tmp_path / "o.gguf.layers.json"
     table.write_text("kept\n")

@@ -54,7 +54,7 @@ def one_thread():
 def wan(tmp_path_factory) -> dict[str, Path]:
     """A tiny Wan 2.1 T2V pipeline and candidates: identical, converted, broken and quantized."""
     from weightsmith.convert.run import convert
-    from weightsmith.quantize.gguf_quantize import quantize_gguf
+    from weightsmith.quantize.gguf.run import quantize_gguf
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -105,7 +105,7 @@ def test_image_to_video_takes_an_image_file(tmp_path):
 
 
 def test_sana_gguf_through_both_loaders(tmp_path):
-    from weightsmith.quantize.gguf_quantize import quantize_gguf
+    from weightsmith.quantize.gguf.run import quantize_gguf
 
     pipe = save_tiny_pipeline(tmp_path / "pipe", "sana", "1.0")
     q = quantize_gguf(pipe / "transformer", tmp_path / "sana-Q8_0.gguf", "gguf:Q8_0", progress=False).dst

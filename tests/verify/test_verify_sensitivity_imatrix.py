@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from conftest import GEN, settings
 
-from weightsmith.quantize.gguf_loader import GGMLLinear, load_gguf_model
-from weightsmith.quantize.gguf_quantize import quantize_gguf
-from weightsmith.quantize.imatrix import read_imatrix
+from weightsmith.load import load_gguf_model
+from weightsmith.quantize.gguf.imatrix import read_imatrix
+from weightsmith.quantize.gguf.loader import GGMLLinear
+from weightsmith.quantize.gguf.run import quantize_gguf
 from weightsmith.verify.importance import linear_inputs
 from weightsmith.verify.metrics import sqnr
 from weightsmith.verify.sensitivity import LayerEffect, suggest_keep

@@ -15,6 +15,7 @@ from weightsmith.families import detect, get_component, layouts
 from weightsmith.io import Checkpoint, PipelineCheckpoint, open_checkpoint
 from weightsmith.io.atomic import atomic_dir, check_destination, scratch_dir
 from weightsmith.io.open import path_kind
+from weightsmith.io.quantized import dequantized_lines
 from weightsmith.io.writers import parse_size
 
 # Re-exported while importers move to weightsmith.convert.config / weightsmith.convert.write.
@@ -50,13 +51,6 @@ def convert(
     in the Diffusers layout; for another target the fused model passes through a temporary
     Diffusers folder beside DST, removed at the end.
     """
-    from weightsmith.quantize.runtime import dequantize_to_plain, quantized_artifact_kind
-
-    if quantized_artifact_kind(src) is not None:  # compressed-tensors / ComfyUI fp8: dequantized
-        return dequantize_to_plain(
-            src, dst, to=to, dtype=dtype, family=family, shard_size=shard_size, prefix=prefix,
-            overwrite=overwrite, progress=progress, config=config, loras=loras,
-        )  # fmt: skip
     if loras and to != DIFFUSERS:
         dst = Path(dst)
         check_destination(dst, overwrite)
@@ -102,7 +96,7 @@ def convert(
             tensors = fused_stream(plan, list(loras), progress=progress)
             extra = list(tensors.lines)
         write_plan(plan, dst, shard_size=shard_size, overwrite=overwrite, progress=progress, tensors=tensors)
-        return ConvertResult(dst, summary_lines(plan) + extra)
+        return ConvertResult(dst, summary_lines(plan) + dequantized_lines(ck, plan.cast) + extra)
     finally:
         ck.close()
 

@@ -10,6 +10,7 @@ class for tests. Adding a family means registering components, never editing a c
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
@@ -135,7 +136,7 @@ class QuantSpec:
     """
 
     keep: tuple[KeepRule, ...] = ()
-    blocks: str = r"^(?:blocks|transformer_blocks)\.(\d+)\."  # the block stack --keep-blocks counts
+    blocks: str = r"^(?:blocks|transformer_blocks)\.([0-9]+)\."  # the block stack --keep-blocks counts
     gguf_arch: str | None = None
     gguf_layout: str = "original"
     gguf_v: tuple[str, ...] = ()
@@ -143,6 +144,11 @@ class QuantSpec:
     gguf_ffn_down: tuple[str, ...] = ()
     gguf_f32: tuple[str, ...] = ()
     diffusers_reads_gguf: bool = False  # diffusers' from_single_file loads our GGUF of it
+    comfy_fp8: bool = False  # ComfyUI loads a scaled-fp8 single file of it in ``gguf_layout``
+
+    def keep_reason(self, name: str) -> str | None:
+        """Why the tensor of Diffusers name ``name`` stays in high precision, or None."""
+        return next((r.reason for r in self.keep if fnmatch.fnmatchcase(name, r.pattern)), None)
 
 
 class Component(ABC):

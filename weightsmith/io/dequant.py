@@ -7,15 +7,12 @@ import numpy as np
 import torch
 
 from weightsmith.errors import UnsupportedFormatError
+from weightsmith.kernels.ggml import dequantize, registered_types
 
 
 def dequantize_gguf(data: np.ndarray, qtype: str, shape: tuple[int, ...]) -> torch.Tensor:
     """Float32 values of a quantized GGUF tensor, in torch ``shape``."""
-    try:
-        from weightsmith.quantize.ggml import dequantize, registered_types
-    except ImportError:
-        dequantize, registered_types = None, None
-    if dequantize is not None and registered_types is not None and qtype in registered_types():
+    if qtype in registered_types():
         return dequantize(torch.from_numpy(np.array(data, copy=True)), qtype, shape)
     from gguf.constants import GGMLQuantizationType
     from gguf.quants import QuantError

@@ -14,6 +14,7 @@ from typing import Any
 from weightsmith.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from weightsmith.io.base import CONFIG_METADATA_KEY, Checkpoint, PipelineCheckpoint
 from weightsmith.io.gguf_io import GGUF_MAGIC, GGUFCheckpoint
+from weightsmith.io.quantized import dequantizing_view
 from weightsmith.io.safetensors_io import SafetensorsCheckpoint, ShardedSafetensorsCheckpoint
 from weightsmith.io.structured import parse_json, read_json_file
 from weightsmith.io.torch_io import PICKLE_SUFFIXES, SatCheckpoint, TorchCheckpoint
@@ -148,9 +149,20 @@ def _magic(path: Path, n: int) -> bytes:
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint | PipelineCheckpoint:
-    """Open any supported checkpoint file or folder lazily (see DESIGN.md, Contracts)."""
+    """Open any supported checkpoint file or folder lazily (see DESIGN.md, Contracts).
+
+    A quantized artifact (compressed-tensors, ComfyUI fp8) opens as the plain checkpoint it
+    encodes, dequantized on read (``io/quantized.py``), as a GGUF file does."""
     ck = _open(Path(path))
-    if isinstance(ck, Checkpoint) and ck._config is None:
+    if isinstance(ck, PipelineCheckpoint):
+        try:
+            for name, comp in ck.components.items():
+                ck.components[name] = dequantizing_view(comp)
+        except BaseException:
+            ck.close()
+            raise
+        return ck
+    if ck._config is None:
         try:
             found = _embedded(ck)
         except BaseException:
@@ -158,7 +170,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint | PipelineCheckpoint:
             raise
         if found is not None:
             ck.set_config(*found)
-    return ck
+    return dequantizing_view(ck)
 
 
 def embedded_config(ck: Checkpoint) -> dict[str, Any] | None:

@@ -19,9 +19,9 @@ FALLBACK = ("int8", "fp8", "fp8-e5m2", "int4", "int4-g64", "int4-g32")
 
 
 def _linear_schemes():
-    if importlib.util.find_spec("weightsmith.quantize.linear_schemes") is None:
+    if importlib.util.find_spec("weightsmith.kernels.linear") is None:
         return None
-    import weightsmith.quantize.linear_schemes as ls
+    import weightsmith.kernels.linear as ls
 
     return ls
 
@@ -47,7 +47,7 @@ def weight_quantizer(scheme: str) -> Callable[[torch.Tensor, str, str | None], t
 
 
 def _gguf(w: torch.Tensor, name: str, qtype: str | None) -> tuple[torch.Tensor, str]:
-    from weightsmith.quantize.ggml import dequantize, quantize
+    from weightsmith.kernels.ggml import dequantize, quantize
 
     if qtype is None or qtype == "F32":
         return w, qtype or "F32"

@@ -123,7 +123,7 @@ def collect_imatrix(
     progress: bool = True,
 ) -> ImatrixResult:
     """Run MODEL's reference generations with hooks and write the importance matrix to ``out``."""
-    from weightsmith.quantize.imatrix import write_imatrix
+    from weightsmith.quantize.gguf.imatrix import write_imatrix
     from weightsmith.verify.runner import Runner, prepare
 
     t0 = time.perf_counter()

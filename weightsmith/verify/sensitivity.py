@@ -136,7 +136,7 @@ def run_sensitivity(
     progress: bool = True,
 ) -> SensitivityResult:
     """Score every Linear layer of MODEL's transformer quantized alone with ``scheme``."""
-    from weightsmith.quantize.gguf_recipes import assign_types, get_recipe
+    from weightsmith.quantize.gguf.recipes import assign_types, get_recipe
     from weightsmith.verify.runner import Runner, prepare
 
     t0 = time.perf_counter()

@@ -27,6 +27,7 @@ from weightsmith.families.cogvideox._common import (
     local_keys,
 )
 from weightsmith.families.cogvideox.generation import CogVideoXGeneration
+from weightsmith.families.cogvideox.quant import TRANSFORMER_QUANT
 from weightsmith.families.cogvideox.lora import CogVideoXLora
 from weightsmith.families.cogvideox.tiny import COGVIDEOX_INIT, TRANSFORMER_VARIANTS, tiny_transformer_config
 from weightsmith.families.cogvideox.transformer_detect import (
@@ -59,6 +60,7 @@ class CogVideoXTransformer(Component):
     layouts = (SAT, DIFFUSERS)
     variants = TRANSFORMER_VARIANTS
     diffusers_class = "CogVideoXTransformer3DModel"
+    quant = TRANSFORMER_QUANT
     lora = CogVideoXLora()
     generation = CogVideoXGeneration()
     label = "CogVideoX transformer"

@@ -33,6 +33,7 @@ from weightsmith.families.sana._shared import (
     stray_keys,
 )
 from weightsmith.families.sana.generation import SanaGeneration
+from weightsmith.families.sana.quant import TRANSFORMER_QUANT
 from weightsmith.families.sana.lora import SanaLora
 from weightsmith.io.base import TensorInfo
 
@@ -255,6 +256,7 @@ class SanaTransformer(Component):
     layouts: ClassVar[tuple[str, ...]] = ("original", "diffusers")
     variants: ClassVar[tuple[str, ...]] = ("1.0", "1.5", "sprint")
     diffusers_class: ClassVar[str] = "SanaTransformer2DModel"
+    quant = TRANSFORMER_QUANT
     lora = SanaLora()
     generation = SanaGeneration()
     label: ClassVar[str | None] = "Sana transformer"

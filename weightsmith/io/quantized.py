@@ -1,24 +1,13 @@
-"""Where INT8/FP8/INT4 weights are stored: the compressed-tensors layout and ComfyUI's scaled fp8,
-written the way their own loaders read them, and read back (ours and other tools') as the plain
-checkpoint they encode.
+"""Reading INT8/FP8/INT4 artifacts: a compressed-tensors folder or a ComfyUI fp8 file (ours and
+other tools') opens as the plain checkpoint it encodes, each quantized weight dequantized on read,
+as ``GGUFCheckpoint`` does for GGUF.
 
-compressed-tensors (reference quantization-and-onnx.md section 2), per quantized Linear ``M``:
-
-* ``pack-quantized`` (int weights, no activation quantization: int8 W8A16, int4 W4A16):
-  ``M.weight_packed`` int32 (values + 2**(bits-1), LSB first, 32/bits per word), ``M.weight_scale``
-  float32 (out, 1) or (out, in/group), ``M.weight_shape`` int64 (2,), and for zero points
-  ``M.weight_zero_point`` packed the same way along the output dimension;
-* ``naive-quantized`` (fp8 weight-only), ``int-quantized`` / ``float-quantized`` (W8A8 with
-  dynamic per-token activations): ``M.weight`` int8 or float8_e4m3fn, ``M.weight_scale`` float32
-  (out, 1) or (1,) per tensor;
-* config.json carries ``quantization_config`` (quant_method ``compressed-tensors``, the format,
-  one config group targeting ``Linear``, and an ``ignore`` list naming every module whose
-  ``.weight`` is not quantized, so model-free tools never mistake a norm or conv for one).
-
-ComfyUI scaled fp8 (reference section 3.1), per quantized Linear ``L`` in the original layout:
-``L.weight`` fp8, ``L.scale_weight`` float32 scalar (shape ``()``), and one marker tensor
-``scaled_fp8``: empty, of the fp8 dtype the weights use (ComfyUI reads the flavour from it; two
-elements would ask for full-precision matmuls, so it has none).
+``open_checkpoint`` hands every component checkpoint to ``dequantizing_view``: an artifact of one
+of these formats comes back as a ``DequantizingView`` (scales, zero points, shapes and markers
+hidden; each quantized weight under its plain name, shape and the model's precision), anything
+else as it was. ``DequantizingView.quantized(name)`` gives the stored numbers to loaders that
+keep weights quantized. The layouts are described in ``weightsmith.quantize.linear.formats``,
+which writes them.
 """
 
 from __future__ import annotations
@@ -31,210 +20,42 @@ from typing import Any
 
 import torch
 
-from weightsmith.errors import UnsupportedFormatError, UsageError
+from weightsmith.errors import UnsupportedFormatError
 from weightsmith.io.base import NAME_DTYPES, Checkpoint, TensorInfo
-from weightsmith.quantize.linear_schemes import (
-    LINEAR_SCHEMES,
-    LinearScheme,
-    QuantizedWeight,
-    pack_int32,
-    packed_cols,
-    unpack_int32,
-)
+from weightsmith.kernels.linear import LINEAR_SCHEMES, LinearScheme, QuantizedWeight, unpack_int32
 
-SpecT = tuple[str, tuple[int, ...], torch.dtype]
-
-PACK = "pack-quantized"
-NAIVE = "naive-quantized"
-INT_Q = "int-quantized"
-FLOAT_Q = "float-quantized"
-CT_FORMATS = (PACK, NAIVE, INT_Q, FLOAT_Q)
-# The compressed-tensors release whose on-disk layout this module writes and was tested against.
-CT_LAYOUT_VERSION = "0.20.0"
 COMFY_MARKER = "scaled_fp8"
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+# Metadata keys weightsmith writes into its quantized files.
 SOURCE_DTYPE_KEY = "weightsmith.source_dtype"
 SCHEME_KEY = "weightsmith.scheme"
-ACTIVATIONS = ("int8", "fp8")
+COMFY_LAYERS_KEY = "_quantization_metadata"
 
 
-# ---------------------------------------------------------------------------------------------
-# compressed-tensors: writing
-
-
-def ct_format(scheme: LinearScheme, activations: str | None) -> str:
-    """The format name compressed-tensors itself infers for this scheme (its priority order)."""
-    if activations is None:
-        return PACK if scheme.kind == "int" else NAIVE
-    return INT_Q if scheme.kind == "int" else FLOAT_Q
-
-
-def check_activations(scheme: LinearScheme, activations: str | None, fmt: str) -> None:
-    """W8A8 pairs int8 activations with int8 weights and fp8 activations with e4m3 weights."""
-    if activations is None:
-        return
-    if activations not in ACTIVATIONS:
-        raise UsageError(f"unknown --activations {activations!r}", hint="choose int8 or fp8")
-    if fmt != "compressed-tensors":
-        raise UsageError(
-            "--activations is recorded in the compressed-tensors layout only",
-            hint="ComfyUI decides fp8 compute itself; drop --activations",
-        )
-    ok = (activations == "int8" and scheme.kind == "int" and scheme.bits == 8) or (
-        activations == "fp8" and scheme.fp8_dtype == torch.float8_e4m3fn
-    )
-    if not ok:
-        raise UsageError(
-            f"--activations {activations} does not go with --scheme {scheme.name}",
-            hint="use int8 activations with --scheme int8, fp8 activations with fp8 or fp8-tensor",
-        )
-
-
-def ct_weight_args(scheme: LinearScheme) -> dict[str, Any]:
-    args: dict[str, Any] = {
-        "num_bits": scheme.bits,
-        "type": scheme.kind,
-        "symmetric": scheme.symmetric,
-        "group_size": scheme.group_size,
-        "strategy": scheme.granularity,
-        "dynamic": False,
-    }
-    return args
-
-
-def ct_activation_args(activations: str | None) -> dict[str, Any] | None:
-    if activations is None:
-        return None
-    return {
-        "num_bits": 8,
-        "type": "int" if activations == "int8" else "float",
-        "symmetric": True,
-        "group_size": None,
-        "strategy": "token",
-        "dynamic": True,
-    }
-
-
-def ct_quantization_config(
-    scheme: LinearScheme, activations: str | None, ignore: list[str]
-) -> dict[str, Any]:
-    """The ``quantization_config`` object of config.json, keyed as compressed-tensors writes it."""
-    fmt = ct_format(scheme, activations)
-    return {
-        "version": CT_LAYOUT_VERSION,
-        "quant_method": "compressed-tensors",
-        "format": fmt,
-        "quantization_status": "compressed",
-        "config_groups": {
-            "group_0": {
-                "targets": ["Linear"],
-                "weights": ct_weight_args(scheme),
-                "input_activations": ct_activation_args(activations),
-                "output_activations": None,
-                "format": fmt,
-            }
-        },
-        "ignore": sorted(ignore),
-        "kv_cache_scheme": None,
-        "global_compression_ratio": None,
-        "sparsity_config": {},
-        "transform_config": {},
-    }
-
-
-def _scale_shape(scheme: LinearScheme, out: int, inn: int) -> tuple[int, ...]:
-    if scheme.granularity == "channel":
-        return (out, 1)
-    if scheme.granularity == "tensor":
-        return (1,)
-    return (out, inn // scheme.group_size)  # type: ignore[operator]
-
-
-def ct_specs(module: str, shape: tuple[int, int], scheme: LinearScheme, fmt: str) -> list[SpecT]:
-    """Names, shapes and dtypes one quantized Linear ``module`` is stored as (write order)."""
-    out, inn = shape
-    sshape = _scale_shape(scheme, out, inn)
-    if fmt == PACK:
-        specs: list[SpecT] = [
-            (f"{module}.weight_packed", (out, packed_cols(inn, scheme.bits)), torch.int32),
-            (f"{module}.weight_scale", sshape, torch.float32),
-            (f"{module}.weight_shape", (2,), torch.int64),
-        ]
-        if not scheme.symmetric:
-            specs.append(
-                (f"{module}.weight_zero_point", (packed_cols(out, scheme.bits), sshape[1]), torch.int32)
-            )
-        return specs
-    dtype = scheme.fp8_dtype if scheme.kind == "float" else torch.int8
-    specs = [(f"{module}.weight", (out, inn), dtype), (f"{module}.weight_scale", sshape, torch.float32)]  # type: ignore[list-item]
-    if not scheme.symmetric:
-        specs.append((f"{module}.weight_zero_point", sshape, torch.int8))
-    return specs
-
-
-def ct_tensors(module: str, qw: QuantizedWeight, fmt: str) -> list[tuple[str, torch.Tensor]]:
-    """The tensors of ``ct_specs``, in the same order."""
-    s = qw.scheme
-    if fmt == PACK:
-        out = [
-            (f"{module}.weight_packed", pack_int32(qw.values(), s.bits)),
-            (f"{module}.weight_scale", qw.scale),
-            (f"{module}.weight_shape", torch.tensor(qw.shape, dtype=torch.int64)),
-        ]
-        if qw.zero_point is not None:
-            out.append((f"{module}.weight_zero_point", pack_int32(qw.zero_point, s.bits, dim=0)))
-        return out
-    out = [(f"{module}.weight", qw.values()), (f"{module}.weight_scale", qw.scale)]
-    if qw.zero_point is not None:
-        out.append((f"{module}.weight_zero_point", qw.zero_point))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# ComfyUI scaled fp8: writing
-
-
-def comfy_specs(layer: str, shape: tuple[int, ...], scheme: LinearScheme) -> list[SpecT]:
-    if scheme.kind != "float" or scheme.granularity != "tensor":
-        raise UsageError(
-            f"ComfyUI's scaled-fp8 layout holds one fp8 scale per tensor; {scheme.name} is not that",
-            hint="use --scheme fp8-tensor or fp8-e5m2 with --format comfy",
-        )
-    return [(f"{layer}.weight", tuple(shape), scheme.fp8_dtype), (f"{layer}.scale_weight", (), torch.float32)]  # type: ignore[list-item]
-
-
-def comfy_tensors(layer: str, qw: QuantizedWeight) -> list[tuple[str, torch.Tensor]]:
-    return [(f"{layer}.weight", qw.data), (f"{layer}.scale_weight", qw.scale.reshape(()))]
-
-
-def comfy_marker_spec(scheme: LinearScheme, prefix: str = "") -> tuple[SpecT, torch.Tensor]:
-    dtype = scheme.fp8_dtype
-    assert dtype is not None
-    return (f"{prefix}{COMFY_MARKER}", (0,), dtype), torch.empty(0, dtype=dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading: any of these artifacts, seen as the plain checkpoint it encodes
-
-
-def ct_config(ck: Checkpoint) -> dict[str, Any] | None:
-    """The compressed-tensors ``quantization_config`` of a checkpoint's config, if it has one."""
-    cfg = ck.config or {}
-    qc = cfg.get("quantization_config") or cfg.get("compression_config")
+def _ct_config_of(cfg: dict[str, Any] | None) -> dict[str, Any] | None:
+    qc = (cfg or {}).get("quantization_config") or (cfg or {}).get("compression_config")
     if isinstance(qc, dict) and qc.get("quant_method", "compressed-tensors") == "compressed-tensors":
         return qc if "config_groups" in qc else None
     return None
 
 
+def ct_config(ck: Checkpoint) -> dict[str, Any] | None:
+    """The compressed-tensors ``quantization_config`` of a checkpoint's config, if it has one.
+
+    Read from the config as attached, before it is checked against the weights (that check
+    reads every shard's header, and is done on the plain view instead)."""
+    return _ct_config_of(ck._config)
+
+
 def comfy_marker(ck: Checkpoint) -> str | None:
-    for k in ck.infos:
+    for k in ck.keys():
         if k == COMFY_MARKER or k.endswith("." + COMFY_MARKER):
             return k
     return None
 
 
 def _comfy_quant_layers(ck: Checkpoint) -> dict[str, dict[str, Any]] | None:
-    raw = ck.metadata.get("_quantization_metadata")
+    raw = ck.metadata.get(COMFY_LAYERS_KEY)
     if raw is not None:
         from weightsmith.io.structured import parse_json
 
@@ -248,7 +69,7 @@ def _comfy_quant_layers(ck: Checkpoint) -> dict[str, dict[str, Any]] | None:
                 f"{ck.path}: _quantization_metadata layer {bad[:80]!r} is not a format"
             )
         return {k: ({"format": v} if isinstance(v, str) else dict(v)) for k, v in layers.items()}
-    tagged = [k for k in ck.infos if k.endswith(".comfy_quant")]
+    tagged = [k for k in ck.keys() if k.endswith(".comfy_quant")]
     if not tagged:
         return None
     out = {}
@@ -270,7 +91,7 @@ def quantized_kind(ck: Checkpoint) -> str | None:
         return "compressed-tensors"
     if comfy_marker(ck) is not None:
         return "comfy-scaled-fp8"
-    if "_quantization_metadata" in ck.metadata or any(k.endswith(".comfy_quant") for k in ck.infos):
+    if COMFY_LAYERS_KEY in ck.metadata or any(k.endswith(".comfy_quant") for k in ck.keys()):
         return "comfy-quant"
     return None
 
@@ -356,14 +177,12 @@ class DequantizingView(Checkpoint):
         activations: str | None = None,
         scheme_name: str | None = None,
     ) -> None:
-        cfg = {k: v for k, v in (inner.config or {}).items() if k not in ("quantization_config",)}
+        cfg = {k: v for k, v in (inner._config or {}).items() if k not in ("quantization_config",)}
         super().__init__(
-            inner.path,
-            f"{inner.container} [{kind}]",
-            metadata=inner.metadata,
-            config=cfg or None,
-            files=inner.files,
+            inner.path, f"{inner.container} [{kind}]", metadata=inner.metadata, files=inner.files
         )
+        # Checked against the plain names and shapes on first use, like any config.
+        self.set_config(cfg or None, inner._config_source)
         self.inner, self.kind, self.layers, self.hidden = inner, kind, layers, hidden
         self.activations = activations
         self.scheme_name = scheme_name or ",".join(sorted({lay.scheme.name for lay in layers.values()}))
@@ -510,10 +329,28 @@ def open_view(ck: Checkpoint) -> DequantizingView | None:
     if isinstance(ck, DequantizingView):
         return ck
     kind = quantized_kind(ck)
-    if kind == "compressed-tensors":
-        qc = ct_config(ck)
-        assert qc is not None
+    qc = ct_config(ck)
+    if kind == "compressed-tensors" and qc is not None:
         return _ct_view(ck, qc)
     if kind in ("comfy-scaled-fp8", "comfy-quant"):
         return _comfy_view(ck)
     return None
+
+
+def dequantizing_view(ck: Checkpoint) -> Checkpoint:
+    """``ck`` as the plain checkpoint it encodes: what ``open_checkpoint`` hands out. A view that
+    cannot be built (a malformed artifact) closes the file before the error propagates."""
+    try:
+        view = open_view(ck)
+    except BaseException:
+        ck.close()
+        raise
+    return ck if view is None else view
+
+
+def dequantized_lines(ck: Checkpoint, cast: torch.dtype | None) -> list[str]:
+    """What a conversion's summary says about reading a quantized artifact (nothing for others)."""
+    if not isinstance(ck, DequantizingView):
+        return []
+    to = str(cast or ck.logical_dtype).removeprefix("torch.")
+    return [f"  dequantized {len(ck.layers)} {ck.scheme_name} weights ({ck.kind}) to {to}"]

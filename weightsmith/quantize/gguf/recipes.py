@@ -4,7 +4,9 @@ The rules follow the image-model patch of llama.cpp that ComfyUI-GGUF publishes 
 gguf.md 1.7), so "Q4_K_M" means what it means on the Hub:
 
 * only exactly-2-D ``.weight`` tensors outside the family's high-precision list are quantized
-  (biases, norms, modulation tables, embeddings, patch embedding and head stay in float);
+  (biases, norms, modulation tables, embeddings, patch embedding and head stay in float). That
+  list is the component's ``quant.keep``, in Diffusers names: a GGUF tensor is kept when any of
+  the Diffusers tensors it is made of (``sources``: renamed, or fused like a qkv) is kept;
 * a recipe has a default type and may raise three tensor classes: attention-v, fused qkv and
   FFN-down (Q4_K_M raises v and ffn-down to Q6_K, as llama.cpp does);
 * Q3_K_M and Q4_K_S raise only the first few v tensors (in file order, i.e. sorted names);
@@ -15,16 +17,23 @@ gguf.md 1.7), so "Q4_K_M" means what it means on the Hub:
   than 4 dims, else F16 (never BF16 outside Linear weights: diffusers cannot load BF16 there).
   A tensor too large for F16 (|x| > 65504) is kept in F32.
 
-The families' own extensions of the class patterns are marked below.
+The tensor classes (attention-v, fused qkv, FFN-down) and the kept tensors stored as F32
+(modulation) are the component's ``quant.gguf_*`` globs on GGUF-layout names.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from weightsmith.errors import UsageError
+import torch
+
+from weightsmith.errors import DetectionError, UsageError
+from weightsmith.families import Component, PlanOptions, get_component
+from weightsmith.families.base import QuantSpec
+from weightsmith.io.base import TensorInfo
 
 QK_K = 256
 
@@ -110,72 +119,6 @@ K_FALLBACK = {
 BLOCK = {"Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "IQ4_NL": 32}
 
 
-@dataclass(frozen=True)
-class FamilyRules:
-    """Which original-layout names a family keeps in float, and its tensor-class patterns."""
-
-    keep: tuple[str, ...]  # substrings: tensors never quantized
-    v: tuple[str, ...] = ()
-    qkv: tuple[str, ...] = ()
-    ffn_down: tuple[str, ...] = ()
-    modulation: tuple[str, ...] = ()  # substrings: kept in F32
-    arch: str = ""
-
-
-FAMILY_RULES: dict[str, FamilyRules] = {
-    "wan": FamilyRules(
-        keep=(
-            "modulation",
-            "patch_embedding.",
-            "text_embedding.",
-            "time_projection.",
-            "time_embedding.",
-            "img_emb.",
-            "head.",
-        ),
-        v=(".self_attn.v.weight", ".cross_attn.v.weight"),
-        ffn_down=(".ffn.2.weight",),
-        modulation=("modulation",),
-        arch="wan",
-    ),
-    # SAT names (the model.diffusion_model. prefix stripped). Extensions of the patch's patterns:
-    # CogVideoX's fused query_key_value counts as fused qkv, mlp.dense_4h_to_h as FFN-down, and its
-    # per-block adaLN Linear layers count as modulation (kept in float, like Wan's time_projection).
-    "cogvideox": FamilyRules(
-        keep=(
-            "mixins.patch_embed.",
-            "time_embed.",
-            "ofs_embed.",
-            "mixins.adaln_layer.adaLN_modulations.",
-            "mixins.final_layer.",
-            "mixins.pos_embed.",
-        ),
-        qkv=(".attention.query_key_value.weight",),
-        ffn_down=(".mlp.dense_4h_to_h.weight",),
-        modulation=("adaLN_modulation",),
-        arch="cogvideox",
-    ),
-    # Sana's MLP is made of convolutions, which no GGUF consumer quantizes: only attention Linear
-    # weights are quantized. attn.qkv is the patch's fused-qkv class.
-    "sana": FamilyRules(
-        keep=(
-            "x_embedder.",
-            "t_embedder.",
-            "t_block.",
-            "y_embedder.",
-            "final_layer.",
-            "pos_embed",
-            "cfg_embedder.",
-            "scale_shift_table",
-            "attention_y_norm",
-        ),
-        qkv=(".attn.qkv.weight",),
-        modulation=("scale_shift_table", "t_block."),
-        arch="sana",
-    ),
-}
-
-
 @dataclass
 class Assignment:
     """The type chosen for one tensor and why."""
@@ -202,7 +145,11 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[key]
 
 
-def _float_type(shape: Sequence[int], name: str, rules: FamilyRules, recipe: Recipe) -> tuple[str, str]:
+def _matches(name: str, globs: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+def _float_type(shape: Sequence[int], name: str, spec: QuantSpec, recipe: Recipe) -> tuple[str, str]:
     if recipe.name == "F32":
         return "F32", "kept"
     n = 1
@@ -212,7 +159,7 @@ def _float_type(shape: Sequence[int], name: str, rules: FamilyRules, recipe: Rec
         return "F32", "1-D"
     if n <= 1024:
         return "F32", "small"
-    if any(m in name for m in rules.modulation):
+    if _matches(name, spec.gguf_f32):
         return "F32", "modulation"
     if len(shape) > 4:
         return "F32", f"{len(shape)}-D"
@@ -224,20 +171,47 @@ def _fits(qtype: str, row: int) -> bool:
     return row % block == 0
 
 
+def gguf_sources(
+    comp: Component, tensors: Iterable[tuple[str, tuple[int, ...]]], config: Mapping[str, Any] | None = None
+) -> dict[str, list[str]]:
+    """GGUF name -> the Diffusers names its tensor is made of (several for a fused or regrouped
+    one), through the component's own plan from its GGUF layout to Diffusers."""
+    infos = {n: TensorInfo(n, tuple(shape), torch.float32, "F32", 0) for n, shape in tensors}
+    det = comp.detect(infos, config)
+    if det is None or det.layout != comp.quant.gguf_layout:
+        raise DetectionError(
+            f"these tensors are not a {comp.title()} in its {comp.quant.gguf_layout} layout",
+            hint="name the tensors as the GGUF file does (the family's GGUF layout)",
+        )
+    ops = comp.plan(det, infos, "diffusers", PlanOptions(config=config))
+    return {k: list(op.outputs) for op in ops for k in op.inputs}
+
+
+def family_kept(spec: QuantSpec, sources: Mapping[str, Iterable[str]]) -> set[str]:
+    """The GGUF names the family keeps: those made of any Diffusers tensor ``spec.keep`` names."""
+    return {name for name, parts in sources.items() if any(spec.keep_reason(p) for p in parts)}
+
+
 def assign_types(
     recipe: Recipe,
-    family: str,
+    component: Component | str,
     tensors: Iterable[tuple[str, tuple[int, ...]]],
     keep: Sequence[str] = (),
+    config: Mapping[str, Any] | None = None,
 ) -> RecipePlan:
-    """Choose a ggml type for every (original-layout name, torch shape), in sorted-name order."""
-    rules = FAMILY_RULES[family]
+    """Choose a ggml type for every (GGUF-layout name, torch shape) of a transformer, in sorted-name
+    order. ``component``: the Component, or its family's name; ``keep``: the user's --keep globs;
+    ``config``: the model's Diffusers config, where its shapes leave the plan something open."""
+    comp = get_component(component, "transformer") if isinstance(component, str) else component
+    spec = comp.quant
+    tensors = list(tensors)
+    kept = family_kept(spec, gguf_sources(comp, tensors, config))
     plan = RecipePlan(recipe)
     v_seen = 0
     for name, shape in sorted(tensors):
-        quantizable = name.endswith(".weight") and len(shape) == 2 and not any(k in name for k in rules.keep)
-        if not quantizable or any(fnmatch.fnmatchcase(name, g) for g in keep):
-            qt, why = _float_type(shape, name, rules, recipe)
+        quantizable = name.endswith(".weight") and len(shape) == 2 and name not in kept
+        if not quantizable or _matches(name, keep):
+            qt, why = _float_type(shape, name, spec, recipe)
             if quantizable:
                 why = "--keep"
             plan.assignments.append(Assignment(name, shape, qt, why))
@@ -246,7 +220,7 @@ def assign_types(
         if recipe.float_recipe:
             plan.assignments.append(Assignment(name, shape, qt, "Linear weight"))
             continue
-        if any(name.endswith(p) for p in rules.v):
+        if _matches(name, spec.gguf_v):
             if recipe.v_first is not None:
                 n, bumped = recipe.v_first
                 qt, why = (
@@ -257,9 +231,9 @@ def assign_types(
             elif recipe.v:
                 qt, why = recipe.v, "attention-v"
             v_seen += 1
-        elif any(name.endswith(p) for p in rules.qkv) and recipe.qkv:
+        elif _matches(name, spec.gguf_qkv) and recipe.qkv:
             qt, why = recipe.qkv, "fused qkv"
-        elif any(name.endswith(p) for p in rules.ffn_down) and recipe.ffn_down:
+        elif _matches(name, spec.gguf_ffn_down) and recipe.ffn_down:
             qt, why = recipe.ffn_down, "ffn-down"
         row = shape[-1]
         if not _fits(qt, row):

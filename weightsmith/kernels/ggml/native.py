@@ -305,7 +305,7 @@ def _check(x: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def main() -> None:
-    """``python -m weightsmith.quantize.ggml.native``: build now (``make`` does this once)."""
+    """``python -m weightsmith.kernels.ggml.native``: build now (``make`` does this once)."""
     info_ = build()
     if info_.path is None:
         print(f"native GGUF kernels not built: {info_.error}; the torch kernels will be used")

@@ -4,7 +4,8 @@ A ``LinearScheme`` says how one 2-D weight becomes integers (or fp8 values) and 
 kernels here quantize and dequantize it in torch, on whatever device the tensor is on, with the
 same result on CPU and CUDA (only IEEE-exact operations: abs-max, one division, round-half-even,
 clamp, a cast). The layouts that store the result (compressed-tensors, ComfyUI scaled fp8) live
-in ``linear_formats``. Adding a scheme is registering one more ``LinearScheme``.
+in ``weightsmith.quantize.linear.formats`` (writing) and ``weightsmith.io.quantized`` (reading).
+Adding a scheme is registering one more ``LinearScheme``.
 
 Conventions (chosen so that compressed-tensors' own compressor, given our scales, produces our
 integers, and its decompressor our weights):
@@ -31,6 +32,8 @@ import torch.nn.functional as F
 from weightsmith.errors import QuantizationError, UsageError
 
 GRANULARITIES = ("channel", "tensor", "group")
+# Dynamic per-token activation quantization a W8A8 artifact may record.
+ACTIVATIONS = ("int8", "fp8")
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,11 @@ class LinearScheme:
 
     @property
     def fmax(self) -> float:
-        assert self.fp8_dtype is not None
+        if self.fp8_dtype is None:
+            raise QuantizationError(
+                f"{self.name} is an integer scheme: it has no fp8 range",
+                hint="this is a bug in weightsmith; report it",
+            )
         return float(torch.finfo(self.fp8_dtype).max)
 
     def fits(self, in_features: int) -> bool:

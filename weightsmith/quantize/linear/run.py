@@ -4,8 +4,9 @@ a transformer's Linear weights as INT8/FP8/INT4 safetensors, in the layout their
 * ``--format compressed-tensors`` (default; DST a folder): a Diffusers component folder whose
   config.json is the Diffusers config plus compressed-tensors' ``quantization_config``, and whose
   safetensors hold each quantized Linear as that format defines it (see ``linear_formats``).
-* ``--format comfy`` (Wan; DST a ``.safetensors`` file): ComfyUI's scaled-fp8 file in Wan's
-  original layout, for fp8-tensor and fp8-e5m2. Chosen by default when DST ends in .safetensors.
+* ``--format comfy`` (DST a ``.safetensors`` file): ComfyUI's scaled-fp8 file in the family's
+  published layout (``quant.gguf_layout``), for fp8-tensor and fp8-e5m2, for the families whose
+  ``quant.comfy_fp8`` says ComfyUI loads one. Chosen by default when DST ends in .safetensors.
 
 The run streams like the GGUF runner: open lazily, detect, plan the conversion to the output
 layout, then quantize each tensor the policy selects on the chosen device as the stream reaches
@@ -24,24 +25,18 @@ from typing import Any
 import torch
 
 from weightsmith import __version__
+from weightsmith.convert.config import load_config, output_config, provenance_config
 from weightsmith.convert.engine import Plan, make_plan, resolve_detection, stream
 from weightsmith.convert.ops import Rename
 from weightsmith.errors import QuantizationError, UsageError
-from weightsmith.families import Detection, get_component
+from weightsmith.families import Detection, components, get_component
 from weightsmith.io import Checkpoint, open_single
 from weightsmith.io.base import CONFIG_METADATA_KEY, dtype_name
 from weightsmith.io.writers import SpecT, write_diffusers_component, write_safetensors
-from weightsmith.quantize.gguf_quantize import (
-    LayerRecord,
-    QuantizeResult,
-    check_outputs,
-    layers_path,
-    pick_device,
-    sqnr_db,
-    staged_outputs,
-    write_layer_report,
-)
-from weightsmith.quantize.linear_formats import (
+from weightsmith.kernels.linear import LINEAR_SCHEMES, LinearScheme, get_linear_scheme, quantize_weight
+from weightsmith.quantize.device import pick_device
+from weightsmith.quantize.keep import KeepBlocks, check_keep_globs, parse_keep_blocks
+from weightsmith.quantize.linear.formats import (
     SCHEME_KEY,
     SOURCE_DTYPE_KEY,
     check_activations,
@@ -52,16 +47,11 @@ from weightsmith.quantize.linear_formats import (
     ct_quantization_config,
     ct_specs,
     ct_tensors,
-    open_view,
 )
-from weightsmith.quantize.linear_policy import KeepBlocks, LinearPolicy, parse_keep_blocks
-from weightsmith.quantize.linear_schemes import (
-    LINEAR_SCHEMES,
-    LinearScheme,
-    get_linear_scheme,
-    quantize_weight,
-)
-from weightsmith.quantize.schemes import SchemeFamily, check_keep_globs, register_scheme_family
+from weightsmith.quantize.linear.policy import LinearPolicy
+from weightsmith.quantize.options import LinearOptions, QuantizeOptions, SchemeFamily
+from weightsmith.quantize.outputs import check_outputs, staged_outputs
+from weightsmith.quantize.report import LayerRecord, QuantizeResult, layers_path, sqnr_db, write_layer_report
 
 FORMATS = ("compressed-tensors", "comfy")
 
@@ -139,14 +129,12 @@ def _rename_map(plan: Plan) -> dict[str, str]:
 
 
 def open_source(src: str | Path, config: str | Path | None) -> Checkpoint:
-    """The source checkpoint; a quantized artifact is seen dequantized (so it can be re-quantized)."""
+    """The source checkpoint; a quantized artifact is seen dequantized (its reader does that), so
+    it can be re-quantized."""
     ck = open_single(src)
     if config is not None:
-        from weightsmith.convert.run import load_config
-
         ck.config = load_config(config)
-    view = open_view(ck)
-    return view if view is not None else ck
+    return ck
 
 
 def _source_dtype(ck: Checkpoint) -> torch.dtype:
@@ -174,47 +162,57 @@ def quantize_linear(
     keep_blocks: str | KeepBlocks | None = None,
     activations: str | None = None,
     shard_size: str = "5GB",
-    **_: Any,
 ) -> QuantizeResult:
     """Quantize a transformer's Linear weights with an INT8/FP8/INT4 scheme into ``dst``."""
+    opts = QuantizeOptions(imatrix, tuple(keep), family, device, overwrite, progress, config, report)
+    return run_linear(src, dst, scheme, opts, LinearOptions(format, keep_blocks, activations, shard_size))
+
+
+def run_linear(
+    src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOptions, lopts: LinearOptions
+) -> QuantizeResult:
+    """``quantize_linear`` with its options as typed values."""
     t0 = time.perf_counter()
     ls = get_linear_scheme(scheme)
     dst = Path(dst)
-    fmt = resolve_format(format, ls, dst)
+    fmt = resolve_format(lopts.format, ls, dst)
+    activations = lopts.activations
     check_activations(ls, activations, fmt)
-    if imatrix is not None:
+    if opts.imatrix is not None:
         raise UsageError(
             "--imatrix applies to GGUF K/IQ recipes only", hint=f"drop it for --scheme {ls.name}"
         )
-    kb = keep_blocks if isinstance(keep_blocks, KeepBlocks) else parse_keep_blocks(keep_blocks)
-    dev = pick_device(device)
+    kb = lopts.keep_blocks
+    kb = kb if isinstance(kb, KeepBlocks) else parse_keep_blocks(kb)
+    keep, overwrite, report = opts.keep, opts.overwrite, opts.report
+    dev = pick_device(opts.device)
     check_outputs(dst, overwrite, report, folder=fmt == "compressed-tensors")
-    ck = open_source(src, config)
+    ck = open_source(src, opts.config)
     try:
-        det = resolve_detection(ck, family)
+        det = resolve_detection(ck, opts.family)
+        spec = get_component(det.family, det.component).quant
         if det.component != "transformer":
             raise UsageError(
                 f"{src} is a {det.family} {det.component}; {ls.name} quantizes transformers",
                 hint="point at the transformer (a pipeline folder's transformer is picked automatically)",
             )
         plan_d = make_plan(ck, "diffusers", detection=det)
-        from weightsmith.convert.run import output_config, provenance_config
-
         cfg = output_config(plan_d)
         linear = linear_weight_names(det, cfg)
         if fmt == "compressed-tensors":
             out_plan, to_diffusers = plan_d, {s.name: s.name for s in plan_d.specs}
         else:
-            if det.family != "wan":
+            if not spec.comfy_fp8:
+                comfy = ", ".join(c.family for c in components() if c.quant.comfy_fp8) or "none"
                 raise UsageError(
-                    f"--format comfy writes Wan's original layout; this is {det.family}",
+                    f"--format comfy writes the ComfyUI layout of {comfy}; this is {det.family}",
                     hint="use --format compressed-tensors (--scheme fp8 or fp8-tensor)",
                 )
-            out_plan = make_plan(ck, "original", detection=det, prefix="")
+            out_plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="")
             src_to_d, src_to_o = _rename_map(plan_d), _rename_map(out_plan)
             to_diffusers = {o: src_to_d[s] for s, o in src_to_o.items() if s in src_to_d}
         check_keep_globs(keep, [*to_diffusers.values(), *(s.name for s in out_plan.specs)])
-        policy = LinearPolicy(det.family, ls, linear, to_diffusers.values(), keep, kb)
+        policy = LinearPolicy(spec, ls, linear, to_diffusers.values(), keep, kb)
         decisions = {
             s.name: (
                 policy.decide(to_diffusers[s.name], s.shape, s.name)
@@ -257,7 +255,7 @@ def quantize_linear(
             meta["weightsmith.activations"] = activations
 
         def tensors() -> Iterator[tuple[str, torch.Tensor]]:
-            for name, t in stream(out_plan, progress):
+            for name, t in stream(out_plan, opts.progress):
                 d = decisions[name]
                 before = t.numel() * t.element_size()
                 if not d.quantize:
@@ -291,7 +289,7 @@ def quantize_linear(
             if folder:
                 qcfg = ct_quantization_config(ls, activations, sorted(ignore))
                 write_diffusers_component(
-                    tmp, specs, tensors(), {**cfg, "quantization_config": qcfg}, shard_size, False, meta
+                    tmp, specs, tensors(), {**cfg, "quantization_config": qcfg}, lopts.shard_size, False, meta
                 )
             else:
                 prov = provenance_config(out_plan)
@@ -314,11 +312,9 @@ def quantize_linear(
     return result
 
 
-register_scheme_family(
-    SchemeFamily(
-        "linear",
-        lambda s: s.lower() in LINEAR_SCHEMES,
-        quantize_linear,
-        lambda: list(LINEAR_SCHEMES),
-    )
+SCHEME_FAMILY = SchemeFamily(
+    "linear",
+    lambda s: s.lower() in LINEAR_SCHEMES,
+    quantize_linear,
+    lambda: list(LINEAR_SCHEMES),
 )

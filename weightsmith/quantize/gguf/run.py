@@ -1,0 +1,201 @@
+"""`weightsmith quantize SRC DST.gguf --scheme gguf:TYPE`: any supported checkpoint to a GGUF file
+that ComfyUI-GGUF and diffusers load as it is.
+
+The source is converted on the fly to the family's GGUF layout (GGUF consumers expect original
+names), each tensor gets its type from the recipe, is quantized with weightsmith's torch kernels
+(bit-exact with ggml) on the chosen device, and streamed into the file, whose header was written
+from the shapes and types known ahead. Memory holds one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from weightsmith import __version__
+from weightsmith.convert.config import load_config
+from weightsmith.convert.engine import make_plan, resolve_detection, stream
+from weightsmith.errors import UsageError
+from weightsmith.families import Detection, get_component
+from weightsmith.families.base import DIFFUSION_PREFIX
+from weightsmith.io import Checkpoint, open_single
+from weightsmith.io.gguf_writer import GGUFTensorSpec, write_gguf
+from weightsmith.kernels.ggml import get_kernel
+from weightsmith.quantize.device import pick_device
+from weightsmith.quantize.gguf.encode import encode
+from weightsmith.quantize.gguf.imatrix import ImportanceMatrix, read_imatrix
+from weightsmith.quantize.gguf.recipes import RECIPES, RecipePlan, assign_types, get_recipe
+from weightsmith.quantize.keep import check_keep_globs
+from weightsmith.quantize.options import QuantizeOptions, SchemeFamily
+from weightsmith.quantize.outputs import check_outputs, staged_outputs
+from weightsmith.quantize.report import LayerRecord, QuantizeResult, layers_path, write_layer_report
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file through one reused 1 MiB buffer (``read(n)`` would allocate n bytes per
+    call, whatever the file's size)."""
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb") as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def recipe_plan(ck: Checkpoint, det: Detection, recipe: str, keep: tuple[str, ...] = ()) -> RecipePlan:
+    """The type of every tensor of ``ck`` in its GGUF file (what ``quantize_gguf`` writes)."""
+    comp = get_component(det.family, det.component)
+    plan = make_plan(ck, comp.quant.gguf_layout, detection=det, prefix="")
+    names = [(s.name.removeprefix(DIFFUSION_PREFIX), s.shape) for s in plan.specs]
+    return assign_types(get_recipe(recipe), comp, names, keep, plan.source_config)
+
+
+def quantize_gguf(
+    src: str | Path,
+    dst: str | Path,
+    scheme: str,
+    *,
+    imatrix: str | Path | None = None,
+    keep: tuple[str, ...] = (),
+    family: str | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    config: str | Path | None = None,
+    report: bool = True,
+) -> QuantizeResult:
+    """Quantize a transformer checkpoint into a GGUF file with a named recipe."""
+    opts = QuantizeOptions(imatrix, tuple(keep), family, device, overwrite, progress, config, report)
+    return run_gguf(src, dst, scheme, opts)
+
+
+def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOptions) -> QuantizeResult:
+    """``quantize_gguf`` with its options as one typed value."""
+    t0 = time.perf_counter()
+    recipe = get_recipe(scheme.split(":", 1)[1] if ":" in scheme else scheme)
+    dst = Path(dst)
+    if dst.suffix != ".gguf":
+        raise UsageError(
+            f"GGUF output {dst} should end in .gguf", hint="name the destination like model-Q4_K_M.gguf"
+        )
+    dev = pick_device(opts.device)
+    check_outputs(dst, opts.overwrite, opts.report)
+    im: ImportanceMatrix | None = read_imatrix(opts.imatrix) if opts.imatrix else None
+    ck = open_single(src)
+    try:
+        if opts.config is not None:
+            ck.config = load_config(opts.config)
+        det = resolve_detection(ck, opts.family)
+        comp = get_component(det.family, det.component)
+        if det.component != "transformer":
+            raise UsageError(
+                f"{src} is a {det.family} {det.component}; GGUF recipes are for transformers",
+                hint="point at the transformer (a pipeline folder's transformer is picked automatically)",
+            )
+        spec = comp.quant
+        if spec.gguf_arch is None:
+            raise UsageError(
+                f"{src} is a {det.family} {det.component}, for which no GGUF architecture is known",
+                hint="use an int8/fp8/int4 scheme, or declare quant.gguf_arch on the family's Component",
+            )
+        plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="")
+        names = {s.name: s.name.removeprefix(DIFFUSION_PREFIX) for s in plan.specs}
+        check_keep_globs(opts.keep, names.values())
+        rp = assign_types(
+            recipe, comp, [(names[s.name], s.shape) for s in plan.specs], opts.keep, plan.source_config
+        )
+        types = rp.types()
+        reasons = {a.name: a.reason for a in rp.assignments}
+        specs = [GGUFTensorSpec(names[s.name], s.shape, types[names[s.name]]) for s in plan.specs]
+        if im is not None:
+            _check_imatrix(im, specs)
+        meta = _metadata(recipe.name, det, ck, plan.source_config, im)
+        layers: list[LayerRecord] = []
+
+        def arrays():
+            for (out_name, t), tspec in zip(stream(plan, opts.progress), specs):
+                name = names[out_name]
+                w = im.get(name) if im is not None else None
+                arr, sqnr = encode(t, tspec.qtype, dev, w, name)
+                used = w is not None and get_kernel(tspec.qtype).uses_imatrix
+                before = t.numel() * t.element_size()
+                layers.append(
+                    LayerRecord(name, tspec.shape, tspec.qtype, reasons[name], before, arr.nbytes, sqnr, used)
+                )
+                yield name, arr
+
+        with staged_outputs(dst, opts.overwrite, opts.report) as (tmp, table):
+            write_gguf(tmp, spec.gguf_arch, specs, arrays(), meta)
+            result = QuantizeResult(dst, f"gguf:{recipe.name}", layers, time.perf_counter() - t0)
+            if im is not None:
+                result.notes.extend(im.notes)
+            if table is not None:
+                write_layer_report(dst, result, table)
+    finally:
+        ck.close()
+    if opts.report:
+        result.report_path = layers_path(dst)
+    return result
+
+
+def _check_imatrix(im: ImportanceMatrix, specs: list[GGUFTensorSpec]) -> None:
+    """Before any work: the imatrix belongs to this model (names it), and each entry a quantized
+    tensor will use has one value per input column."""
+    if not any(im.names(s.name) for s in specs):
+        some = ", ".join(sorted([*im.values, *im.dropped])[:3])
+        raise UsageError(
+            f"none of the imatrix's entries ({some}...) names a tensor of this model",
+            hint="use the imatrix made for this model (entries are named like blocks.0.ffn.0.weight)",
+        )
+    for s in specs:
+        w = im.get(s.name)
+        if w is None or s.qtype in ("F32", "F16", "BF16") or not get_kernel(s.qtype).uses_imatrix:
+            continue
+        if w.numel() != s.shape[-1]:
+            raise UsageError(
+                f"imatrix entry {s.name!r} has {w.numel()} values, but the tensor's rows have "
+                f"{s.shape[-1]} columns",
+                hint="use the imatrix made for this model",
+            )
+
+
+def _metadata(
+    recipe: str, det: Detection, ck: Checkpoint, config: dict | None, im: ImportanceMatrix | None
+) -> dict[str, Any]:
+    import gguf
+
+    files = [p for p in ck.files if p.is_file()]
+    meta: dict[str, Any] = {
+        "general.name": ck.path.name,
+        "general.file_type": int(gguf.LlamaFileType[RECIPES[recipe].file_type]),
+        "general.quantization_version": gguf.GGML_QUANT_VERSION,
+        "general.quantized_by": "weightsmith",
+        "weightsmith.version": __version__,
+        "weightsmith.scheme": f"gguf:{recipe}",
+        "weightsmith.family": det.family,
+        "weightsmith.component": det.component,
+        "weightsmith.variant": det.variant or "unknown",
+        "weightsmith.source.layout": det.layout,
+        "weightsmith.source.files": [p.name for p in files],
+        "weightsmith.source.sha256": [file_sha256(p) for p in files],
+    }
+    if config:
+        meta["weightsmith.diffusers_config"] = json.dumps(
+            {k: v for k, v in config.items() if not k.startswith("_")}, sort_keys=True
+        )
+    if im is not None and im.path is not None:
+        meta["weightsmith.imatrix.file"] = im.path.name
+        meta["weightsmith.imatrix.sha256"] = file_sha256(im.path)
+    return meta
+
+
+SCHEME_FAMILY = SchemeFamily(
+    "gguf",
+    lambda s: s.lower().startswith("gguf:"),
+    quantize_gguf,
+    lambda: [f"gguf:{n}" for n in RECIPES],
+)

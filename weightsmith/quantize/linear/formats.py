@@ -1,0 +1,203 @@
+"""Where INT8/FP8/INT4 weights are stored: the compressed-tensors layout and ComfyUI's scaled fp8,
+written the way their own loaders read them. Reading them back (ours and other tools') is the
+reader's job: ``weightsmith.io.quantized``.
+
+compressed-tensors (reference quantization-and-onnx.md section 2), per quantized Linear ``M``:
+
+* ``pack-quantized`` (int weights, no activation quantization: int8 W8A16, int4 W4A16):
+  ``M.weight_packed`` int32 (values + 2**(bits-1), LSB first, 32/bits per word), ``M.weight_scale``
+  float32 (out, 1) or (out, in/group), ``M.weight_shape`` int64 (2,), and for zero points
+  ``M.weight_zero_point`` packed the same way along the output dimension;
+* ``naive-quantized`` (fp8 weight-only), ``int-quantized`` / ``float-quantized`` (W8A8 with
+  dynamic per-token activations): ``M.weight`` int8 or float8_e4m3fn, ``M.weight_scale`` float32
+  (out, 1) or (1,) per tensor;
+* config.json carries ``quantization_config`` (quant_method ``compressed-tensors``, the format,
+  one config group targeting ``Linear``, and an ``ignore`` list naming every module whose
+  ``.weight`` is not quantized, so model-free tools never mistake a norm or conv for one).
+
+ComfyUI scaled fp8 (reference section 3.1), per quantized Linear ``L`` in the original layout:
+``L.weight`` fp8, ``L.scale_weight`` float32 scalar (shape ``()``), and one marker tensor
+``scaled_fp8``: empty, of the fp8 dtype the weights use (ComfyUI reads the flavour from it; two
+elements would ask for full-precision matmuls, so it has none).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from weightsmith.errors import QuantizationError, UsageError
+from weightsmith.io.quantized import COMFY_MARKER, SCHEME_KEY, SOURCE_DTYPE_KEY
+from weightsmith.kernels.linear import ACTIVATIONS, LinearScheme, QuantizedWeight, pack_int32, packed_cols
+
+__all__ = ["ACTIVATIONS", "COMFY_MARKER", "SCHEME_KEY", "SOURCE_DTYPE_KEY"]
+
+SpecT = tuple[str, tuple[int, ...], torch.dtype]
+
+PACK = "pack-quantized"
+NAIVE = "naive-quantized"
+INT_Q = "int-quantized"
+FLOAT_Q = "float-quantized"
+CT_FORMATS = (PACK, NAIVE, INT_Q, FLOAT_Q)
+# The compressed-tensors release whose on-disk layout this module writes and was tested against.
+CT_LAYOUT_VERSION = "0.20.0"
+
+
+# ---------------------------------------------------------------------------------------------
+# compressed-tensors: writing
+
+
+def ct_format(scheme: LinearScheme, activations: str | None) -> str:
+    """The format name compressed-tensors itself infers for this scheme (its priority order)."""
+    if activations is None:
+        return PACK if scheme.kind == "int" else NAIVE
+    return INT_Q if scheme.kind == "int" else FLOAT_Q
+
+
+def check_activations(scheme: LinearScheme, activations: str | None, fmt: str) -> None:
+    """W8A8 pairs int8 activations with int8 weights and fp8 activations with e4m3 weights."""
+    if activations is None:
+        return
+    if activations not in ACTIVATIONS:
+        raise UsageError(f"unknown --activations {activations!r}", hint="choose int8 or fp8")
+    if fmt != "compressed-tensors":
+        raise UsageError(
+            "--activations is recorded in the compressed-tensors layout only",
+            hint="ComfyUI decides fp8 compute itself; drop --activations",
+        )
+    ok = (activations == "int8" and scheme.kind == "int" and scheme.bits == 8) or (
+        activations == "fp8" and scheme.fp8_dtype == torch.float8_e4m3fn
+    )
+    if not ok:
+        raise UsageError(
+            f"--activations {activations} does not go with --scheme {scheme.name}",
+            hint="use int8 activations with --scheme int8, fp8 activations with fp8 or fp8-tensor",
+        )
+
+
+def ct_weight_args(scheme: LinearScheme) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "num_bits": scheme.bits,
+        "type": scheme.kind,
+        "symmetric": scheme.symmetric,
+        "group_size": scheme.group_size,
+        "strategy": scheme.granularity,
+        "dynamic": False,
+    }
+    return args
+
+
+def ct_activation_args(activations: str | None) -> dict[str, Any] | None:
+    if activations is None:
+        return None
+    return {
+        "num_bits": 8,
+        "type": "int" if activations == "int8" else "float",
+        "symmetric": True,
+        "group_size": None,
+        "strategy": "token",
+        "dynamic": True,
+    }
+
+
+def ct_quantization_config(
+    scheme: LinearScheme, activations: str | None, ignore: list[str]
+) -> dict[str, Any]:
+    """The ``quantization_config`` object of config.json, keyed as compressed-tensors writes it."""
+    fmt = ct_format(scheme, activations)
+    return {
+        "version": CT_LAYOUT_VERSION,
+        "quant_method": "compressed-tensors",
+        "format": fmt,
+        "quantization_status": "compressed",
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": ct_weight_args(scheme),
+                "input_activations": ct_activation_args(activations),
+                "output_activations": None,
+                "format": fmt,
+            }
+        },
+        "ignore": sorted(ignore),
+        "kv_cache_scheme": None,
+        "global_compression_ratio": None,
+        "sparsity_config": {},
+        "transform_config": {},
+    }
+
+
+def _scale_shape(scheme: LinearScheme, out: int, inn: int) -> tuple[int, ...]:
+    if scheme.granularity == "channel":
+        return (out, 1)
+    if scheme.granularity == "tensor":
+        return (1,)
+    return (out, inn // scheme.group_size)  # type: ignore[operator]
+
+
+def ct_specs(module: str, shape: tuple[int, int], scheme: LinearScheme, fmt: str) -> list[SpecT]:
+    """Names, shapes and dtypes one quantized Linear ``module`` is stored as (write order)."""
+    out, inn = shape
+    sshape = _scale_shape(scheme, out, inn)
+    if fmt == PACK:
+        specs: list[SpecT] = [
+            (f"{module}.weight_packed", (out, packed_cols(inn, scheme.bits)), torch.int32),
+            (f"{module}.weight_scale", sshape, torch.float32),
+            (f"{module}.weight_shape", (2,), torch.int64),
+        ]
+        if not scheme.symmetric:
+            specs.append(
+                (f"{module}.weight_zero_point", (packed_cols(out, scheme.bits), sshape[1]), torch.int32)
+            )
+        return specs
+    dtype = scheme.fp8_dtype if scheme.kind == "float" else torch.int8
+    specs = [(f"{module}.weight", (out, inn), dtype), (f"{module}.weight_scale", sshape, torch.float32)]  # type: ignore[list-item]
+    if not scheme.symmetric:
+        specs.append((f"{module}.weight_zero_point", sshape, torch.int8))
+    return specs
+
+
+def ct_tensors(module: str, qw: QuantizedWeight, fmt: str) -> list[tuple[str, torch.Tensor]]:
+    """The tensors of ``ct_specs``, in the same order."""
+    s = qw.scheme
+    if fmt == PACK:
+        out = [
+            (f"{module}.weight_packed", pack_int32(qw.values(), s.bits)),
+            (f"{module}.weight_scale", qw.scale),
+            (f"{module}.weight_shape", torch.tensor(qw.shape, dtype=torch.int64)),
+        ]
+        if qw.zero_point is not None:
+            out.append((f"{module}.weight_zero_point", pack_int32(qw.zero_point, s.bits, dim=0)))
+        return out
+    out = [(f"{module}.weight", qw.values()), (f"{module}.weight_scale", qw.scale)]
+    if qw.zero_point is not None:
+        out.append((f"{module}.weight_zero_point", qw.zero_point))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# ComfyUI scaled fp8: writing
+
+
+def comfy_specs(layer: str, shape: tuple[int, ...], scheme: LinearScheme) -> list[SpecT]:
+    if scheme.kind != "float" or scheme.granularity != "tensor":
+        raise UsageError(
+            f"ComfyUI's scaled-fp8 layout holds one fp8 scale per tensor; {scheme.name} is not that",
+            hint="use --scheme fp8-tensor or fp8-e5m2 with --format comfy",
+        )
+    return [(f"{layer}.weight", tuple(shape), scheme.fp8_dtype), (f"{layer}.scale_weight", (), torch.float32)]  # type: ignore[list-item]
+
+
+def comfy_tensors(layer: str, qw: QuantizedWeight) -> list[tuple[str, torch.Tensor]]:
+    return [(f"{layer}.weight", qw.data), (f"{layer}.scale_weight", qw.scale.reshape(()))]
+
+
+def comfy_marker_spec(scheme: LinearScheme, prefix: str = "") -> tuple[SpecT, torch.Tensor]:
+    dtype = scheme.fp8_dtype
+    if dtype is None:
+        raise QuantizationError(
+            f"{scheme.name} is no fp8 scheme: ComfyUI's scaled-fp8 marker names an fp8 dtype",
+            hint="this is a bug in weightsmith; report it",
+        )
+    return (f"{prefix}{COMFY_MARKER}", (0,), dtype), torch.empty(0, dtype=dtype)

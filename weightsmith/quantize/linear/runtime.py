@@ -1,0 +1,283 @@
+"""Run INT8/FP8/INT4 artifacts: the Linear layers that keep a compressed-tensors or ComfyUI fp8
+artifact's weights quantized inside the family's diffusers class (``weightsmith.load`` builds the
+model; ``LinearWeights`` tells it which weights stay quantized and how).
+
+Two paths compute each quantized Linear:
+
+* reference (``QuantLinear``): the stored numbers stay as they are (int4 packed in int32 words,
+  int8, fp8) and are dequantized at every forward with the same function ``convert`` uses, on
+  any device; optional W8A8 emulates dynamic per-token activation quantization in float;
+* torchao: each weight becomes a torchao quantized tensor *built from our stored integers and
+  scales* (``Int8Tensor`` for int8 per channel, ``Float8Tensor`` for fp8, ``IntxUnpackedToInt8Tensor``
+  for int4 and the other integer layouts, which runs on CPU too); with ``activations`` the int8
+  and fp8 tensors quantize activations per token at run time (int8 ``_int_mm``, fp8
+  ``_scaled_mm``). Nothing is re-quantized from float: in float32 their ``dequantize()`` equals
+  the reference weight bit for bit.
+
+``backend="auto"`` takes torchao where it is installed and runs the layout on the device, else
+the reference path. Importing this module is cheap: torchao is imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weightsmith.convert.ops import Op, Rename
+from weightsmith.errors import UsageError
+from weightsmith.io.quantized import DequantizingView
+from weightsmith.kernels.linear import ACTIVATIONS, LinearScheme, QuantizedWeight, dequantize
+
+BACKENDS = ("auto", "reference", "torchao")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference path
+
+
+def quantize_activations(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Dynamic per-token activation quantization, returned dequantized (float32).
+
+    Mirrors torchao's conventions so both paths agree: int8 symmetric with scale
+    absmax / 127.5 over [-128, 127]; fp8 e4m3 with scale absmax / 448."""
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1, keepdim=True)
+    if kind == "int8":
+        scale = (amax / 127.5).clamp(min=torch.finfo(torch.float32).eps)
+        return torch.clamp(torch.round(xf * (1.0 / scale)), -128, 127) * scale
+    fmax = float(torch.finfo(torch.float8_e4m3fn).max)
+    scale = (amax / fmax).clamp(min=torch.finfo(torch.float32).tiny)
+    return (xf / scale).clamp(-fmax, fmax).to(torch.float8_e4m3fn).float() * scale
+
+
+class QuantLinear(nn.Module):
+    """A Linear layer whose weight stays in its stored quantized form, dequantized per forward."""
+
+    def __init__(
+        self,
+        qw: QuantizedWeight,
+        bias: torch.Tensor | None,
+        compute_dtype: torch.dtype = torch.float32,
+        activations: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.out_features, self.in_features = qw.shape
+        self.scheme: LinearScheme = qw.scheme
+        self.packed_bits = qw.packed_bits
+        self.register_buffer("qdata", qw.data)
+        self.register_buffer("scale", qw.scale)
+        self.register_buffer("zero_point", qw.zero_point)
+        self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
+        self.compute_dtype = compute_dtype
+        self.activations = activations
+
+    def quantized_weight(self) -> QuantizedWeight:
+        return QuantizedWeight(
+            self.scheme,
+            self.qdata,
+            self.scale,
+            self.zero_point,
+            (self.out_features, self.in_features),
+            self.packed_bits,
+        )
+
+    def dequantized_weight(self) -> torch.Tensor:
+        qw = self.quantized_weight()
+        return dequantize(qw.values(), qw.scale, qw.zero_point, qw.scheme)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.compute_dtype
+        w = self.dequantized_weight().to(dtype)
+        xin = x.to(dtype)
+        if self.activations:
+            xin = quantize_activations(xin, self.activations).to(dtype)
+        b = self.bias.to(dtype) if self.bias is not None else None
+        return F.linear(xin, w, b).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        acts = f", activations={self.activations}" if self.activations else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme.name}{acts}"
+
+
+# ---------------------------------------------------------------------------------------------
+# torchao path
+
+
+def torchao_available() -> bool:
+    return importlib.util.find_spec("torchao") is not None
+
+
+def torchao_unsupported(
+    scheme: LinearScheme, activations: str | None, device: torch.device, compute_dtype: torch.dtype
+) -> str | None:
+    """Why torchao cannot run this layout here (None when it can)."""
+    if not torchao_available():
+        return "torchao is not installed"
+    if activations == "int8" and not (
+        scheme.kind == "int" and scheme.bits == 8 and scheme.granularity == "channel"
+    ):
+        return "int8 activations need int8 per-channel weights"
+    if activations == "fp8":
+        if device.type == "cuda":
+            if torch.cuda.get_device_capability(device) < (8, 9):
+                return "fp8 matmuls need a GPU of compute capability 8.9 or newer"
+            if compute_dtype != torch.bfloat16:
+                return (
+                    "torchao's row-wise fp8 matmul on CUDA computes in bfloat16 (pass dtype=torch.bfloat16)"
+                )
+        elif device.type != "cpu":
+            return f"no fp8 matmul on {device.type}"
+    if scheme.kind == "float" and device.type not in ("cpu", "cuda"):
+        return f"no float8 tensors on {device.type}"
+    return None
+
+
+def torchao_weight(
+    qw: QuantizedWeight, compute_dtype: torch.dtype, activations: str | None = None
+) -> torch.Tensor:
+    """A torchao quantized tensor holding exactly ``qw``'s integers (or fp8 values) and scales."""
+    s = qw.scheme
+    out, inn = qw.shape
+    if s.kind == "float":
+        from torchao.float8.inference import Float8MMConfig
+        from torchao.quantization.granularity import PerRow
+        from torchao.quantization.quantize_.workflows.float8.float8_tensor import (
+            Float8Tensor,
+            QuantizeTensorToFloat8Kwargs,
+        )
+
+        # One scale per row (a per-tensor scale repeated): the same weight, and the layout
+        # torchao's row-wise matmul with per-token activations takes.
+        scale = qw.scale.float().reshape(-1, 1).expand(out, 1).contiguous()
+        act = QuantizeTensorToFloat8Kwargs(granularity=PerRow()) if activations == "fp8" else None
+        return Float8Tensor(
+            qw.data,
+            scale,
+            block_size=[1, inn],
+            mm_config=Float8MMConfig(use_fast_accum=True),
+            act_quant_kwargs=act,
+            dtype=compute_dtype,
+        )
+    q = qw.values()
+    if s.bits == 8 and s.granularity == "channel" and s.symmetric:
+        from torchao.quantization.granularity import PerRow
+        from torchao.quantization.quantize_.workflows.int8.int8_tensor import (
+            Int8Tensor,
+            QuantizeTensorToInt8Kwargs,
+        )
+
+        act = QuantizeTensorToInt8Kwargs(granularity=PerRow()) if activations == "int8" else None
+        return Int8Tensor(q, qw.scale.reshape(out, 1), [1, inn], compute_dtype, act_quant_kwargs=act)
+    from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
+        IntxUnpackedToInt8Tensor,
+    )
+
+    block = {"group": [1, s.group_size], "channel": [1, inn], "tensor": [out, inn]}[s.granularity]
+    nblocks = (out // block[0], inn // block[1])
+    scale = qw.scale.reshape(nblocks)
+    zp = (
+        qw.zero_point.reshape(nblocks)
+        if qw.zero_point is not None
+        else torch.zeros_like(scale, dtype=torch.int8)
+    )
+    return IntxUnpackedToInt8Tensor(q, scale, zp, getattr(torch, f"int{s.bits}"), block, compute_dtype, None)
+
+
+def _torchao_linear(
+    qw: QuantizedWeight, bias: torch.Tensor | None, compute_dtype: torch.dtype, activations: str | None
+) -> nn.Linear:
+    out, inn = qw.shape
+    lin = nn.Linear(inn, out, bias=bias is not None, device="meta")
+    lin.weight = nn.Parameter(torchao_weight(qw, compute_dtype, activations), requires_grad=False)
+    if bias is not None:
+        lin.bias = nn.Parameter(bias.to(compute_dtype), requires_grad=False)
+    return lin
+
+
+# ---------------------------------------------------------------------------------------------
+# What ``weightsmith.load.build_model`` needs to keep an artifact's Linear weights quantized
+
+
+def check_activations(scheme: LinearScheme, activations: str | None) -> None:
+    if activations is None:
+        return
+    if activations not in ACTIVATIONS:
+        raise UsageError(f"unknown activations {activations!r}", hint="choose int8, fp8 or none")
+    if (activations == "int8" and not (scheme.kind == "int" and scheme.bits == 8)) or (
+        activations == "fp8" and scheme.fp8_dtype != torch.float8_e4m3fn
+    ):
+        raise UsageError(
+            f"{activations} activations do not go with {scheme.name} weights",
+            hint="int8 activations need int8 weights, fp8 activations e4m3 fp8 weights",
+        )
+
+
+class LinearWeights:
+    """How ``build_model`` loads a dequantizing view: weights the plan only renames stay in their
+    stored form (``view.quantized``) inside ``QuantLinear`` or torchao Linear layers; anything a
+    plan reshapes, and quantized tensors outside a Linear, are dequantized once at load.
+
+    ``dtype``: compute dtype of quantized layers (default: the model's recorded precision) and,
+    when given, the dtype plain weights are cast to. ``activations``: None follows the artifact,
+    ``"none"`` forces weight-only, ``"int8"``/``"fp8"`` asks for W8A8. ``backend``: ``auto``,
+    ``reference`` or ``torchao`` (see the module docstring).
+    """
+
+    label = "quantized artifact"
+    hint = "check that the artifact and its config belong together"
+
+    def __init__(
+        self,
+        view: DequantizingView,
+        device: torch.device,
+        dtype: torch.dtype | None = None,
+        backend: str = "auto",
+        activations: str | None = None,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise UsageError(f"unknown backend {backend!r}", hint=f"choose one of {', '.join(BACKENDS)}")
+        self.view, self.device, self.dtype, self.backend = view, device, dtype, backend
+        self.compute = dtype or view.logical_dtype
+        self.activations = (
+            view.activations if activations is None else (None if activations == "none" else activations)
+        )
+
+    def take(self, op: Op) -> dict[str, QuantizedWeight] | None:
+        if isinstance(op, Rename) and self.view.is_quantized(op.src):
+            return {op.dst: self.view.quantized(op.src)}
+        return None
+
+    def module(
+        self, name: str, mod: nn.Module, qw: QuantizedWeight, floats: dict[str, torch.Tensor]
+    ) -> nn.Module | None:
+        """The layer that replaces Linear ``mod`` (its bias taken from ``floats``), or None."""
+        if not (name.endswith(".weight") and isinstance(mod, nn.Linear) and len(qw.shape) == 2):
+            return None
+        check_activations(qw.scheme, self.activations)
+        bias = floats.pop(name.removesuffix(".weight") + ".bias", None)
+        bias = bias.to(self.device) if bias is not None else None
+        qw = qw.to(self.device)
+        why = (
+            torchao_unsupported(qw.scheme, self.activations, self.device, self.compute)
+            if self.backend != "reference"
+            else ""
+        )
+        if self.backend == "torchao" and why:
+            raise UsageError(
+                f"torchao cannot run {qw.scheme.name} here: {why}", hint="use backend='reference'"
+            )
+        if why is None:
+            return _torchao_linear(qw, bias, self.compute, self.activations)
+        if qw.packed_bits == 8:  # same bytes unpacked: no unpacking per forward
+            qw = QuantizedWeight(qw.scheme, qw.values(), qw.scale, qw.zero_point, qw.shape)
+        return QuantLinear(qw, bias, self.compute, self.activations)
+
+    def dequantize(self, name: str, qw: QuantizedWeight, model: nn.Module) -> torch.Tensor:
+        """A quantized tensor outside a Linear: plain from here on."""
+        return qw.dequantize()
+
+    def cast(self, v: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return v.to(self.dtype) if self.dtype is not None and v.is_floating_point() else v

@@ -1,0 +1,52 @@
+"""Typed options of a quantize run: what every scheme takes, and what only the Linear schemes take."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from weightsmith.quantize.keep import KeepBlocks
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """Options every scheme takes besides SRC, DST and the scheme name.
+
+    ``imatrix``: an importance matrix (GGUF K/IQ recipes only); ``keep``: --keep globs;
+    ``family``: insist on this family; ``config``: a Diffusers config.json for the source;
+    ``report``: write DST.layers.json."""
+
+    imatrix: str | Path | None = None
+    keep: tuple[str, ...] = ()
+    family: str | None = None
+    device: str = "auto"
+    overwrite: bool = False
+    progress: bool = True
+    config: str | Path | None = None
+    report: bool = True
+
+
+@dataclass(frozen=True)
+class LinearOptions:
+    """What only the INT8/FP8/INT4 schemes take: the output layout (``compressed-tensors`` or
+    ``comfy``; None picks by DST), whole blocks kept, W8A8 activations and the shard size."""
+
+    format: str | None = None
+    keep_blocks: str | KeepBlocks | None = None
+    activations: str | None = None
+    shard_size: str = "5GB"
+
+
+@dataclass(frozen=True)
+class SchemeFamily:
+    """A family of schemes by their command-line names, and the runner that writes them.
+
+    ``run(src, dst, scheme, **options)`` takes the fields of ``QuantizeOptions`` (and of
+    ``LinearOptions`` for the Linear schemes) as keywords."""
+
+    name: str
+    matches: Callable[[str], bool]
+    run: Callable[..., Any]
+    names: Callable[[], list[str]]
