@@ -22,16 +22,13 @@ from .common import (
     first_absmax,
     fp16_bytes,
     fp16_round,
-    make_q3_quants,
-    make_qkx_quants,
-    make_qp_quants,
-    make_qx_quants,
     nearest_int,
     pack_low_high,
     seq_sum,
     sqrtf,
     where_blocks,
 )
+from .search import make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants
 from .types import GGMLKernel, register
 
 T = gguf.GGMLQuantizationType

@@ -18,8 +18,6 @@ from .common import (
     F32,
     fdiv,
     first_min_rows,
-    make_qkx_quants,
-    make_qx_quants,
     non_finite_error,
     pack_bit_plane,
     pack_nibbles,
@@ -31,6 +29,7 @@ from .common import (
     sqrtf,
     unpack_bits_le,
 )
+from .search import make_qkx_quants, make_qx_quants
 from .types import GGMLKernel, register
 
 T = gguf.GGMLQuantizationType
