@@ -25,10 +25,7 @@ MAX_LINES = 500
 ALLOWED_CYCLES: dict[str, tuple[str, ...]] = {}
 
 # Source files over MAX_LINES still to be split.
-ALLOWED_LONG: dict[str, tuple[str, ...]] = {
-    # R1: the ggml helpers moved from quantize/ggml (507 lines).
-    "R1": ("weightsmith/kernels/ggml/common.py",),
-}
+ALLOWED_LONG: dict[str, tuple[str, ...]] = {}
 
 # Files outside weightsmith/families/ that still name a family or variant.
 ALLOWED_LITERALS: dict[str, tuple[str, ...]] = {}

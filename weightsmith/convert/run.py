@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from weightsmith.convert.config import load_config, output_config, provenance_config
+from weightsmith.convert.config import load_config
 from weightsmith.convert.engine import DIFFUSERS, ORIGINAL, SAT, Plan, make_plan, summary_lines
 from weightsmith.convert.write import write_plan
 from weightsmith.errors import InputError, UsageError
@@ -17,10 +17,6 @@ from weightsmith.io.atomic import atomic_dir, check_destination, scratch_dir
 from weightsmith.io.open import path_kind
 from weightsmith.io.quantized import dequantized_lines
 from weightsmith.io.writers import parse_size
-
-# Re-exported while importers move to weightsmith.convert.config / weightsmith.convert.write.
-__all__ = ["ConvertResult", "convert", "load_config", "output_config", "provenance_config", "write_plan"]
-LAYOUTS = tuple(layouts())
 
 
 @dataclass
