@@ -12,7 +12,7 @@ gguf.md 1.7), so "Q4_K_M" means what it means on the Hub:
 * Q3_K_M and Q4_K_S raise only the first few v tensors (in file order, i.e. sorted names);
 * a K-type whose row is not a multiple of 256 falls back the way upstream llama.cpp does
   (Q2_K/Q3_K/IQ4_XS -> IQ4_NL, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0), and to F16 if even
-  32 does not divide it (CogVideoX-2B's 1920 and Sana's 1152/2240 rows take this path);
+  32 does not divide it (rows of 1920, 1152 or 2240 in released models take this path);
 * tensors kept in float are F32 when 1-D, tiny (<= 1024 elements), a modulation table or of more
   than 4 dims, else F16 (never BF16 outside Linear weights: diffusers cannot load BF16 there).
   A tensor too large for F16 (|x| > 65504) is kept in F32.

@@ -1,7 +1,7 @@
 """Which tensors an INT8/FP8/INT4 run quantizes, by their Diffusers names.
 
 Only Linear weights are ever quantized (2-D ``.weight`` of an ``nn.Linear`` in the family's
-diffusers class: Sana's convolutions, norms, tables and biases stay as they are). Of those, the
+diffusers class: convolutions, norms, tables and biases stay as they are). Of those, the
 family's ``Component.quant.keep`` keeps in high precision what hurts most to quantize and costs
 little to keep (embeddings, modulation, the output head). Users add ``--keep GLOB`` and
 ``--keep-blocks first:N,last:M``; a Linear whose row does not split into whole groups of an int4

@@ -56,6 +56,11 @@ from weightsmith.quantize.report import LayerRecord, QuantizeResult, layers_path
 FORMATS = ("compressed-tensors", "comfy")
 
 
+def comfy_families() -> str:
+    """The families ComfyUI loads a scaled-fp8 file of (``quant.comfy_fp8``), for messages."""
+    return ", ".join(c.family for c in components() if c.quant.comfy_fp8) or "none"
+
+
 def resolve_format(fmt: str | None, scheme: LinearScheme, dst: Path) -> str:
     """The output layout: as asked, else ComfyUI for a .safetensors DST or a ComfyUI-only scheme."""
     if fmt in (None, "auto"):
@@ -68,14 +73,16 @@ def resolve_format(fmt: str | None, scheme: LinearScheme, dst: Path) -> str:
         )
     if fmt not in scheme.formats:
         hint = (
-            "compressed-tensors stores fp8 as e4m3fn only: use --scheme fp8 or fp8-tensor, or --format comfy (Wan)"
+            "compressed-tensors stores fp8 as e4m3fn only: use --scheme fp8 or fp8-tensor, "
+            f"or --format comfy ({comfy_families()})"
             if fmt == "compressed-tensors"
             else "use --scheme fp8-tensor or fp8-e5m2 with --format comfy"
         )
         raise UsageError(f"--scheme {scheme.name} cannot be written as {fmt}", hint=hint)
     if fmt == "comfy" and dst.suffix != ".safetensors":
         raise UsageError(
-            f"ComfyUI output {dst} should be one .safetensors file", hint="name DST like wan-fp8.safetensors"
+            f"ComfyUI output {dst} should be one .safetensors file",
+            hint="name DST like model-fp8.safetensors",
         )
     if fmt == "compressed-tensors" and dst.suffix == ".safetensors":
         raise UsageError(
@@ -203,9 +210,8 @@ def run_linear(
             out_plan, to_diffusers = plan_d, {s.name: s.name for s in plan_d.specs}
         else:
             if not spec.comfy_fp8:
-                comfy = ", ".join(c.family for c in components() if c.quant.comfy_fp8) or "none"
                 raise UsageError(
-                    f"--format comfy writes the ComfyUI layout of {comfy}; this is {det.family}",
+                    f"--format comfy writes the ComfyUI layout of {comfy_families()}; this is {det.family}",
                     hint="use --format compressed-tensors (--scheme fp8 or fp8-tensor)",
                 )
             out_plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="")
