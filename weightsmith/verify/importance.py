@@ -3,8 +3,8 @@
 A pre-hook on every ``nn.Linear`` of the transformer adds up ``x**2`` per input column (in float64)
 and counts the rows it saw, over every step, seed, prompt and CFG branch. The statistics are then
 renamed to the GGUF tensor names ``weightsmith quantize`` writes (original / SAT layout) through
-the family's conversion plan; a fused tensor (Sana's and CogVideoX's qkv) takes its parts' shared
-input statistics. Written with ``weightsmith.quantize.imatrix.write_imatrix`` (GGUF imatrix:
+the family's conversion plan; a fused tensor (a fused qkv) takes its parts' shared input
+statistics. Written with ``weightsmith.quantize.gguf.imatrix.write_imatrix`` (GGUF imatrix:
 ``<name>.in_sum2`` and ``<name>.counts``), which ``quantize --imatrix`` and llama.cpp read.
 """
 

@@ -22,6 +22,7 @@ from torch import nn
 from weightsmith.errors import DetectionError, InputError, NotFoundError, UsageError
 from weightsmith.families import Detection
 from weightsmith.io import PipelineCheckpoint, open_checkpoint, open_single
+from weightsmith.io.quantized import DequantizingView
 from weightsmith.verify.family import generation, reads_gguf
 
 # The component names a BASELINE/CANDIDATE spec may give (a family says which of them it runs).
@@ -109,9 +110,10 @@ def describe_source(path: Path, component: str | None = "transformer") -> Source
 
     if not path.exists():
         raise NotFoundError(f"{path} does not exist", hint="check the path")
-    raw = open_single(path, component)
-    files = [p for p in raw.files if p.is_file()]
-    ck = _plain_view(raw)
+    # Quantized artifacts (compressed-tensors, ComfyUI fp8) open as the plain checkpoint they
+    # encode, dequantized on read.
+    ck = open_single(path, component)
+    files = [p for p in ck.files if p.is_file()]
     try:
         det = resolve_detection(ck)
         config = None
@@ -122,23 +124,10 @@ def describe_source(path: Path, component: str | None = "transformer") -> Source
                 config = {**config, **{k: v for k, v in ck.config.items() if not k.startswith("_")}}
         except Exception:  # noqa: BLE001 - shapes alone may not settle the config; the loader says why
             config = dict(ck.config) if ck.config else None
-        kind = _kind(raw) if ck is raw else "quantized"
+        kind = "quantized" if isinstance(ck, DequantizingView) else _kind(ck)
         return Source(path, component, det, config, files, sum(p.stat().st_size for p in files), kind)
     finally:
         ck.close()
-        raw.close()
-
-
-def _plain_view(ck: Any) -> Any:
-    """Quantized artifacts (compressed-tensors, ComfyUI fp8) seen as the plain checkpoint they
-    encode, through the quantize package's view when it is installed; anything else as it is."""
-    import importlib.util
-
-    if importlib.util.find_spec("weightsmith.quantize.runtime") is None:
-        return ck
-    from weightsmith.quantize.runtime import plain_view
-
-    return plain_view(ck)
 
 
 def _kind(ck: Any) -> str:

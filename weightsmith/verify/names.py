@@ -1,9 +1,9 @@
 """Diffusers module names to the tensor names a GGUF file of the same model uses.
 
-``weightsmith quantize`` writes GGUF tensors under the family's original (Wan, Sana) or SAT
-(CogVideoX) names, so importance matrices and ``--keep`` patterns must use those. The family's
-own conversion plan from Diffusers to that layout says which Diffusers weights make up each
-GGUF tensor (renamed, or fused as Sana's and CogVideoX's qkv). Per-column statistics are carried
+``weightsmith quantize`` writes GGUF tensors under the names of the family's published layout
+(``quant.gguf_layout``: original or SAT), so importance matrices and ``--keep`` patterns must
+use those. The family's own conversion plan from Diffusers to that layout says which Diffusers
+weights make up each GGUF tensor (renamed, or fused into one qkv). Per-column statistics are carried
 through the same ops: a matrix whose every row is the statistic goes through the op, and the
 first row of the result is the statistic of the output's columns.
 """
