@@ -21,6 +21,7 @@ import torch
 
 from weightsmith.convert.ops import Op
 from weightsmith.errors import ConversionError, UsageError
+from weightsmith.families.generation import Generation
 from weightsmith.families.tiny_init import FIXTURE, SIGNAL, TinyInit, build_tiny
 from weightsmith.io.base import TensorInfo
 
@@ -168,9 +169,16 @@ class Component(ABC):
     label: ClassVar[str | None] = None  # how messages name it ("Wan transformer"); None: family + component
     quant: ClassVar[QuantSpec] = QuantSpec()
     # The verify adapter (weightsmith.families.generation); None: not verifiable on its own.
-    generation: ClassVar[Any] = None
-    # The LoRA naming adapter; None: LoRA files for this component are not read.
+    generation: ClassVar[Generation | None] = None
+    # The LoRA naming adapter (weightsmith.families.lora.ComponentLora); None: LoRA files for this
+    # component are not read.
     lora: ClassVar[Any] = None
+    # Per layout, the key the family's reference code wraps its weights under in a torch file
+    # (e.g. {"original": "state_dict"}); a layout not named is saved as a bare state dict.
+    torch_wrap: ClassVar[Mapping[str, str]] = {}
+    # A pipeline holding this transformer twice (high- and low-noise experts) is its own variant:
+    # one expert's variant -> the pipeline's. None: the family has no two-expert pipelines.
+    expert_pairs: ClassVar[Mapping[str, str] | None] = None
     # How a tiny model's random weights are drawn (weightsmith.families.tiny_init); wide models use SIGNAL.
     tiny_init: ClassVar[TinyInit] = FIXTURE
 

@@ -27,8 +27,8 @@ from weightsmith.families.cogvideox._common import (
     local_keys,
 )
 from weightsmith.families.cogvideox.generation import CogVideoXGeneration
-from weightsmith.families.cogvideox.quant import TRANSFORMER_QUANT
 from weightsmith.families.cogvideox.lora import CogVideoXLora
+from weightsmith.families.cogvideox.quant import TRANSFORMER_QUANT
 from weightsmith.families.cogvideox.tiny import COGVIDEOX_INIT, TRANSFORMER_VARIANTS, tiny_transformer_config
 from weightsmith.families.cogvideox.transformer_detect import (
     CONFIG_ONLY,
@@ -61,8 +61,8 @@ class CogVideoXTransformer(Component):
     variants = TRANSFORMER_VARIANTS
     diffusers_class = "CogVideoXTransformer3DModel"
     quant = TRANSFORMER_QUANT
-    lora = CogVideoXLora()
     generation = CogVideoXGeneration()
+    lora = CogVideoXLora()
     label = "CogVideoX transformer"
     tiny_init = COGVIDEOX_INIT
 

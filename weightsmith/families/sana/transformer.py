@@ -33,8 +33,8 @@ from weightsmith.families.sana._shared import (
     stray_keys,
 )
 from weightsmith.families.sana.generation import SanaGeneration
-from weightsmith.families.sana.quant import TRANSFORMER_QUANT
 from weightsmith.families.sana.lora import SanaLora
+from weightsmith.families.sana.quant import TRANSFORMER_QUANT
 from weightsmith.io.base import TensorInfo
 
 # All must exist. PixArt originals share t_block/y_embedder/cross_attn names with Sana, so the
@@ -257,8 +257,8 @@ class SanaTransformer(Component):
     variants: ClassVar[tuple[str, ...]] = ("1.0", "1.5", "sprint")
     diffusers_class: ClassVar[str] = "SanaTransformer2DModel"
     quant = TRANSFORMER_QUANT
-    lora = SanaLora()
     generation = SanaGeneration()
+    lora = SanaLora()
     label: ClassVar[str | None] = "Sana transformer"
     # NVlabs' Sana checkpoints (.pth) keep the DiT's weights under "state_dict".
     torch_wrap: ClassVar[Mapping[str, str]] = {"original": "state_dict"}

@@ -35,8 +35,8 @@ from weightsmith.errors import ConversionError
 from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, register
 from weightsmith.families.wan.generation import WanGeneration
 from weightsmith.families.wan.keys import locate
-from weightsmith.families.wan.quant import TRANSFORMER_QUANT
 from weightsmith.families.wan.lora import WanLora
+from weightsmith.families.wan.quant import TRANSFORMER_QUANT
 from weightsmith.families.wan.transformer_keys import (
     DIFFUSERS_MARKERS,
     KEYMAP,
@@ -185,12 +185,12 @@ class WanTransformer(Component):
     variants = ("2.1-t2v", "2.1-i2v", "2.1-flf2v", "2.1-vace", "2.2-i2v-a14b", "2.2-ti2v-5b")
     diffusers_class = "WanTransformer3DModel"
     quant = TRANSFORMER_QUANT
-    lora = WanLora(KEYMAP)
     label = "Wan transformer"
     # Wan2.2 A14B pipelines hold two experts (high and low noise) of one architecture; T2V-A14B's
     # experts are shaped like 2.1-t2v.
     expert_pairs = {"2.1-t2v": "2.2-t2v-a14b", "2.2-i2v-a14b": "2.2-i2v-a14b"}
     generation = WanGeneration()
+    lora = WanLora(KEYMAP)
 
     def class_name(self, variant: str | None = None) -> str:
         """VACE checkpoints need the VACE subclass; every other variant is the plain class."""
