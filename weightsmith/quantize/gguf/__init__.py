@@ -1,0 +1,1 @@
+"""GGUF quantization: recipes, the quantize run, importance matrices and the GGUF model loader."""
