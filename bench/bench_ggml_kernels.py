@@ -1,4 +1,4 @@
-"""Throughput of the GGUF kernels (weightsmith.quantize.ggml) against gguf's numpy quantizer.
+"""Throughput of the GGUF kernels (weightsmith.kernels.ggml) against gguf's numpy quantizer.
 
 For each ggml type: quantize a realistic weight (3072x3072 float32, Gaussian with 0.1% outliers) and a
 few rows (8x4096), with and without an importance matrix: ``ours`` is what ``quantize`` runs by default
@@ -54,14 +54,18 @@ def weights(shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
 
 
 def load_baseline(rev: str, tmp: str):
-    """The ``weightsmith.quantize.ggml`` package of revision ``rev``, imported as ``ggml_before``."""
-    blob = subprocess.run(
-        ["git", "archive", rev, "weightsmith/quantize/ggml"], cwd=ROOT, check=True, capture_output=True
-    ).stdout
-    with tarfile.open(fileobj=BytesIO(blob)) as tf:
+    """The kernels package of revision ``rev`` (``weightsmith/kernels/ggml``, or
+    ``weightsmith/quantize/ggml`` before the kernels moved), imported as ``ggml_before``."""
+    for where in ("weightsmith/kernels/ggml", "weightsmith/quantize/ggml"):
+        proc = subprocess.run(["git", "archive", rev, where], cwd=ROOT, capture_output=True)
+        if proc.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"revision {rev} has no GGUF kernels package")
+    with tarfile.open(fileobj=BytesIO(proc.stdout)) as tf:
         tf.extractall(Path(tmp) / "src", filter="data")
     (Path(tmp) / "pkgs").mkdir()
-    os.rename(Path(tmp) / "src/weightsmith/quantize/ggml", Path(tmp) / "pkgs/ggml_before")
+    os.rename(Path(tmp) / "src" / where, Path(tmp) / "pkgs/ggml_before")
     sys.path.insert(0, str(Path(tmp) / "pkgs"))
     return importlib.import_module("ggml_before")
 

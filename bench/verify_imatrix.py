@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = (("wan", "2.1-t2v"), ("cogvideox", "5b"), ("sana", "1.0"))
+
 RECIPES = ("Q4_K_M", "Q3_K_M", "Q2_K")
 CALIBRATION = tuple(range(100, 108))
 EVALUATION = tuple(range(0, 8))
@@ -60,6 +60,7 @@ def main() -> None:
     from weightsmith.quantize.gguf.imatrix import read_imatrix
     from weightsmith.quantize.gguf.run import quantize_gguf
     from weightsmith.verify import GenerationSettings, VerifyOptions, verify
+    from weightsmith.verify.family import demo_models
     from weightsmith.verify.importance import collect_imatrix, linear_inputs
     from weightsmith.verify.tiny import TINY_SIZE, save_tiny_pipeline
 
@@ -67,7 +68,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ws-imatrix-") as tmp:
         root = Path(tmp)
-        for family, variant in FAMILIES:
+        for family, variant in demo_models():
             h, w, f = TINY_SIZE[family]
             pipe = save_tiny_pipeline(root / f"{family}-pipe", family, variant)
             cal = GenerationSettings(
