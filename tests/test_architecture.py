@@ -185,3 +185,35 @@ def test_cli_choices_come_from_the_registry(monkeypatch):
     # asked each time, so a family registered later is offered too
     monkeypatch.setattr(fam, "families", lambda: ["newfamily"])
     assert FAMILY.choices == ("newfamily",) and FAMILY.convert("newfamily", None, None) == "newfamily"
+
+
+def _error_classes() -> set[str]:
+    import weightsmith.errors as errors
+
+    return {
+        name
+        for name, obj in vars(errors).items()
+        if isinstance(obj, type) and issubclass(obj, errors.WeightsmithError)
+    }
+
+
+def test_every_weightsmith_error_is_raised_with_a_hint():
+    # The CLI prints "error: <message>; <hint>": the hint tells the user what to do. A class chosen
+    # at run time or raised through a helper is not seen here; the helper's own raise is.
+    classes = _error_classes()
+    bare = []
+    for path in _sources():
+        for node in ast.walk(_tree(path)):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
+                continue
+            func = node.exc.func
+            name = (
+                func.id
+                if isinstance(func, ast.Name)
+                else func.attr
+                if isinstance(func, ast.Attribute)
+                else None
+            )
+            if name in classes and not any(k.arg == "hint" for k in node.exc.keywords):
+                bare.append(f"{_rel(path)}:{node.lineno} {name}")
+    assert not bare, f"weightsmith errors raised without hint= (say what the user should do): {bare}"

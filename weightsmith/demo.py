@@ -224,5 +224,8 @@ def _report(out: Path, rows: list[dict], elapsed: float) -> None:
     if bad:
         from weightsmith.errors import ConversionError
 
-        raise ConversionError(f"{len(bad)} round trips were not bit-exact, e.g. {bad[0]['file']}")
+        raise ConversionError(
+            f"{len(bad)} round trips were not bit-exact, e.g. {bad[0]['file']}",
+            hint="see inventory.md in the output folder; rerun with --debug and report it",
+        )
     click.echo(f"report: {out / 'inventory.md'}")

@@ -131,7 +131,10 @@ def make_plan(
     consumed: Counter = Counter(k for op in ops for k in op.inputs)
     unknown = [k for k in consumed if k not in infos]
     if unknown:
-        raise ConversionError(f"plan reads keys the checkpoint lacks: {first_keys(unknown)}")
+        raise ConversionError(
+            f"plan reads keys the checkpoint lacks: {first_keys(unknown)}",
+            hint="this is a bug in the family's conversion plan: rerun with --debug and report it",
+        )
     twice = [k for k, n in consumed.items() if n > 1]
     left = [k for k in infos if k not in consumed]
     if twice or left:
@@ -155,7 +158,10 @@ def make_plan(
     names = Counter(s.name for s in specs)
     dup = [k for k, n in names.items() if n > 1]
     if dup:
-        raise ConversionError(f"plan writes keys twice: {first_keys(dup)}")
+        raise ConversionError(
+            f"plan writes keys twice: {first_keys(dup)}",
+            hint="the checkpoint may mix two layouts (check it with `weightsmith inspect`); otherwise rerun with --debug and report it",
+        )
     return Plan(ckpt, det, target_layout, ops, specs, cast, source_config, counts, dict(examples))
 
 

@@ -207,7 +207,8 @@ class Reshape(Op):
     def out_specs(self, ins: Sequence[Spec]) -> list[Spec]:
         if math.prod(ins[0].shape) != math.prod(self.shape) or any(d < 0 for d in self.shape):
             raise ConversionError(
-                f"cannot reshape {self.src!r} from {list(ins[0].shape)} to {list(self.shape)}"
+                f"cannot reshape {self.src!r} from {list(ins[0].shape)} to {list(self.shape)}",
+                hint="the checkpoint's shapes do not match this family's config; check --family and the model's config.json",
             )
         return [Spec(self.dst, tuple(self.shape), ins[0].dtype)]
 

@@ -197,7 +197,10 @@ def _parse(c: _Cursor) -> GGUFHeader:
         raise CorruptFileError(f"{path} is not a GGUF file (wrong magic)", hint="check the file")
     version = c.u32("version")
     if version not in (2, 3):
-        raise UnsupportedFormatError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
+        raise UnsupportedFormatError(
+            f"{path}: GGUF version {version} is not supported (2 and 3 are)",
+            hint="re-create the file with a current llama.cpp or gguf-py",
+        )
     n_tensors, n_kv = c.u64("tensor count"), c.u64("metadata count")
     # A metadata entry takes at least 13 bytes and a tensor entry at least 24.
     if n_kv * 13 > size or n_tensors * 24 > size:
@@ -220,14 +223,23 @@ def _parse(c: _Cursor) -> GGUFHeader:
         try:
             key = raw_key.decode("utf-8")
         except UnicodeDecodeError:
-            raise CorruptFileError(f"{path}: metadata key {_label(raw_key)} is not UTF-8 text") from None
+            raise CorruptFileError(
+                f"{path}: metadata key {_label(raw_key)} is not UTF-8 text",
+                hint="the file is corrupt; re-download or re-export it",
+            ) from None
         if key in metadata:
-            raise CorruptFileError(f"{path}: metadata key {_label(key)} appears twice")
+            raise CorruptFileError(
+                f"{path}: metadata key {_label(key)} appears twice",
+                hint="the file is corrupt; re-download or re-export it",
+            )
         vtype = c.u32("metadata type")
         value = _value(c, vtype, key, budget)
         if key == "general.alignment":
             if vtype != 4 or value == 0 or value & (value - 1):
-                raise CorruptFileError(f"{path}: general.alignment {value!r} is not a uint32 power of two")
+                raise CorruptFileError(
+                    f"{path}: general.alignment {value!r} is not a uint32 power of two",
+                    hint="the file's metadata is corrupt; re-download or re-create it",
+                )
             alignment = value
         metadata[key] = value
     entries = []
@@ -237,14 +249,21 @@ def _parse(c: _Cursor) -> GGUFHeader:
         try:
             name = raw_name.decode("utf-8")
         except UnicodeDecodeError:
-            raise CorruptFileError(f"{path}: tensor name {_label(raw_name)} is not UTF-8 text") from None
+            raise CorruptFileError(
+                f"{path}: tensor name {_label(raw_name)} is not UTF-8 text",
+                hint="the file is corrupt; re-download or re-export it",
+            ) from None
         if name in names:
-            raise CorruptFileError(f"{path}: tensor {_label(name)} appears twice in the tensor table")
+            raise CorruptFileError(
+                f"{path}: tensor {_label(name)} appears twice in the tensor table",
+                hint="the file is corrupt; re-download or re-export it",
+            )
         names.add(name)
         n_dims = c.u32("tensor dims")
         if n_dims > MAX_DIMS:
             raise CorruptFileError(
-                f"{path}: tensor {_label(name)} has {n_dims} dimensions; at most {MAX_DIMS} are plausible"
+                f"{path}: tensor {_label(name)} has {n_dims} dimensions; at most {MAX_DIMS} are plausible",
+                hint="the file is corrupt; re-download or re-export it",
             )
         dims = tuple(c.u64("tensor shape") for _ in range(n_dims))
         ttype = c.u32("tensor type")
@@ -254,11 +273,13 @@ def _parse(c: _Cursor) -> GGUFHeader:
             block, tsize = GGML_QUANT_SIZES[qt]
         except (ValueError, KeyError):
             raise UnsupportedFormatError(
-                f"{path}: tensor {_label(name)} has unknown GGML type {ttype}"
+                f"{path}: tensor {_label(name)} has unknown GGML type {ttype}",
+                hint="the type is newer than this gguf-py or the file is corrupt; upgrade the gguf package or re-download the file",
             ) from None
         if block > 1 and (not dims or dims[0] % block):
             raise CorruptFileError(
-                f"{path}: tensor {_label(name)} rows of {dims[0] if dims else 1} are not whole {qt.name} blocks"
+                f"{path}: tensor {_label(name)} rows of {dims[0] if dims else 1} are not whole {qt.name} blocks",
+                hint="the file is corrupt; re-download or re-export it",
             )
         nbytes = math.prod(dims) // block * tsize
         if nbytes > size:
@@ -305,7 +326,10 @@ def _value(c: _Cursor, vtype: int, key: str, budget: _Budget) -> Any:
     if vtype == _STRING:
         return c.string(f"metadata {_label(key)}").decode("utf-8", "replace")
     if vtype != _ARRAY:
-        raise CorruptFileError(f"{c.path}: metadata {_label(key)} has unknown value type {vtype}")
+        raise CorruptFileError(
+            f"{c.path}: metadata {_label(key)} has unknown value type {vtype}",
+            hint="the file is corrupt; re-download or re-export it",
+        )
     itype, count = c.u32("array type"), c.u64("array length")
     fmt = _SCALAR.get(itype)
     if fmt is not None:
@@ -318,7 +342,10 @@ def _value(c: _Cursor, vtype: int, key: str, budget: _Budget) -> Any:
         c.pos += count * n
         return vals
     if itype != _STRING:
-        raise CorruptFileError(f"{c.path}: metadata {_label(key)} has an array of unsupported type {itype}")
+        raise CorruptFileError(
+            f"{c.path}: metadata {_label(key)} has an array of unsupported type {itype}",
+            hint="the file is corrupt; re-download or re-export it",
+        )
     c.need(count * 8, f"array {_label(key)}")
     budget.strings += count
     if budget.strings > MAX_ARRAY_STRINGS:

@@ -93,7 +93,10 @@ def write_gguf(
         if len(s.name) > MAX_NAME:
             from weightsmith.errors import OutputError
 
-            raise OutputError(f"tensor name {s.name[:60]!r}... is longer than {MAX_NAME} characters")
+            raise OutputError(
+                f"tensor name {s.name[:60]!r}... is longer than {MAX_NAME} characters",
+                hint="GGUF readers refuse longer names; shorten the model's tensor names, or choose a non-GGUF --scheme",
+            )
     w = gguf.GGUFWriter(path=None, arch=arch)
     for key, value in (metadata or {}).items():
         _add_kv(w, key, value)
@@ -101,7 +104,10 @@ def write_gguf(
         if s.qtype not in gguf.GGMLQuantizationType.__members__:
             from weightsmith.errors import QuantizationError
 
-            raise QuantizationError(f"tensor {s.name!r}: {s.qtype!r} is not a GGML tensor type")
+            raise QuantizationError(
+                f"tensor {s.name!r}: {s.qtype!r} is not a GGML tensor type",
+                hint="choose a GGML type such as F16, Q8_0 or Q4_K",
+            )
         qt = gguf.GGMLQuantizationType[s.qtype]
         w.add_tensor_info(s.name, list(s.shape), np.dtype(np.float32), s.nbytes, raw_dtype=qt)
     from weightsmith.io.stream_check import stream_mismatch

@@ -101,7 +101,10 @@ def _open_pipeline(path: Path) -> PipelineCheckpoint:
         if sub.is_dir() and _find_weights(sub) is not None:
             comps[name] = open_component_folder(sub)
     if not comps:
-        raise NotFoundError(f"{path} is a pipeline folder but none of its components has weights")
+        raise NotFoundError(
+            f"{path} is a pipeline folder but none of its components has weights",
+            hint="download the component weights (e.g. transformer/diffusion_pytorch_model.safetensors) into the folder",
+        )
     return PipelineCheckpoint(path, index, comps)
 
 
@@ -114,7 +117,10 @@ def open_component_folder(path: Path) -> Checkpoint:
         )
     ckpt = open_checkpoint(weights)
     if not isinstance(ckpt, Checkpoint):
-        raise UnsupportedFormatError(f"{weights} is not a single component's weights")
+        raise UnsupportedFormatError(
+            f"{weights} is not a single component's weights",
+            hint="point weightsmith at one component's folder or weights file",
+        )
     cfg = path / "config.json"
     if cfg.exists() or cfg.is_symlink():
         ckpt.set_config(_read_json(cfg), str(cfg))

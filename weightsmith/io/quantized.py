@@ -62,11 +62,15 @@ def _comfy_quant_layers(ck: Checkpoint) -> dict[str, dict[str, Any]] | None:
         doc = parse_json(raw, f"{ck.path}: _quantization_metadata", error=UnsupportedFormatError, hint=None)
         layers = doc.get("layers") if isinstance(doc, dict) else None
         if not isinstance(layers, dict):
-            raise UnsupportedFormatError(f"{ck.path}: _quantization_metadata has no 'layers' table")
+            raise UnsupportedFormatError(
+                f"{ck.path}: _quantization_metadata has no 'layers' table",
+                hint="the file's ComfyUI quantization metadata is broken; re-export it or use the unquantized checkpoint",
+            )
         bad = next((k for k, v in layers.items() if not isinstance(v, (str, dict))), None)
         if bad is not None:
             raise UnsupportedFormatError(
-                f"{ck.path}: _quantization_metadata layer {bad[:80]!r} is not a format"
+                f"{ck.path}: _quantization_metadata layer {bad[:80]!r} is not a format",
+                hint="the file's ComfyUI quantization metadata is broken; re-export it or use the unquantized checkpoint",
             )
         return {k: ({"format": v} if isinstance(v, str) else dict(v)) for k, v in layers.items()}
     tagged = [k for k in ck.keys() if k.endswith(".comfy_quant")]
@@ -80,7 +84,10 @@ def _comfy_quant_layers(ck: Checkpoint) -> dict[str, dict[str, Any]] | None:
             bytes(ck.get(k).tolist()), f"{ck.path}: {k}", error=UnsupportedFormatError, hint=None
         )
         if not isinstance(value, dict):
-            raise UnsupportedFormatError(f"{ck.path}: {k} is not a JSON object")
+            raise UnsupportedFormatError(
+                f"{ck.path}: {k} is not a JSON object",
+                hint="the file's ComfyUI quantization metadata is broken; re-export it or use the unquantized checkpoint",
+            )
         out[k.removesuffix(".comfy_quant")] = value
     return out
 
@@ -120,7 +127,10 @@ def scheme_from_ct_args(w: dict[str, Any], where: str = "") -> LinearScheme:
             hint="weightsmith reads int4/int8/fp8 weights per tensor, channel or group",
         )
     if kind == "float" and (bits != 8 or not sym):
-        raise UnsupportedFormatError(f"{where}: compressed-tensors float{bits} weights are not supported")
+        raise UnsupportedFormatError(
+            f"{where}: compressed-tensors float{bits} weights are not supported",
+            hint="weightsmith reads symmetric float8 compressed-tensors weights only; use the unquantized checkpoint",
+        )
     fp8 = torch.float8_e4m3fn if kind == "float" else None
     gs = int(group) if strategy == "group" else None
     for s in LINEAR_SCHEMES.values():
@@ -150,7 +160,10 @@ def _ct_group(groups: dict[str, Any], module: str) -> dict[str, Any]:
     generic = [g for g in groups.values() if "Linear" in g.get("targets", [])]
     if generic:
         return generic[0]
-    raise UnsupportedFormatError(f"no compressed-tensors config group targets {module!r}")
+    raise UnsupportedFormatError(
+        f"no compressed-tensors config group targets {module!r}",
+        hint="the file's quantization_config does not cover this layer; re-export it or use the unquantized checkpoint",
+    )
 
 
 def _act_name(a: dict[str, Any] | None) -> str | None:
@@ -256,7 +269,10 @@ def _ct_view(ck: Checkpoint, qc: dict[str, Any]) -> DequantizingView:
         if f"{m}.weight_packed" in infos:
             shape_key = f"{m}.weight_shape"
             if shape_key not in infos:
-                raise UnsupportedFormatError(f"{ck.path}: {m}.weight_packed has no {shape_key}")
+                raise UnsupportedFormatError(
+                    f"{ck.path}: {m}.weight_packed has no {shape_key}",
+                    hint="the file's compressed-tensors data is incomplete; re-export it or use the unquantized checkpoint",
+                )
             shape = tuple(int(v) for v in ck.get(shape_key).tolist())
             lay = _Layer(
                 scheme, shape, f"{m}.weight_packed", f"{m}.weight_scale", zp, scheme.bits, zp is not None
@@ -265,10 +281,16 @@ def _ct_view(ck: Checkpoint, qc: dict[str, Any]) -> DequantizingView:
         else:
             data = f"{m}.weight"
             if data not in infos:
-                raise UnsupportedFormatError(f"{ck.path}: {m}.weight_scale has no {data} beside it")
+                raise UnsupportedFormatError(
+                    f"{ck.path}: {m}.weight_scale has no {data} beside it",
+                    hint="the file's compressed-tensors data is incomplete; re-export it or use the unquantized checkpoint",
+                )
             lay = _Layer(scheme, tuple(infos[data].shape), data, f"{m}.weight_scale", zp)
         if scheme.granularity == "group" and lay.shape[-1] % (scheme.group_size or 1):
-            raise UnsupportedFormatError(f"{ck.path}: {m} row {lay.shape[-1]} does not split into groups")
+            raise UnsupportedFormatError(
+                f"{ck.path}: {m} row {lay.shape[-1]} does not split into groups",
+                hint="the group size does not fit this layer; re-export it or use the unquantized checkpoint",
+            )
         hidden |= {f"{m}.weight_scale"} | ({zp} if zp else set())
         layers[f"{m}.weight"] = lay
     for k in infos:  # static activation scales etc. belong to the format, not the model
@@ -304,7 +326,10 @@ def _comfy_view(ck: Checkpoint) -> DequantizingView:
     for layer in names:
         w, s = f"{layer}.weight", f"{layer}{scale_suffix}"
         if w not in infos or s not in infos or infos[w].dtype not in FP8_DTYPES:
-            raise UnsupportedFormatError(f"{ck.path}: {s} has no fp8 {w} beside it")
+            raise UnsupportedFormatError(
+                f"{ck.path}: {s} has no fp8 {w} beside it",
+                hint="the file's ComfyUI quantization metadata is broken; re-export it or use the unquantized checkpoint",
+            )
         scheme = LINEAR_SCHEMES["fp8-tensor" if infos[w].dtype == torch.float8_e4m3fn else "fp8-e5m2"]
         layers[w] = _Layer(scheme, tuple(infos[w].shape), w, s)
         hidden.add(s)

@@ -185,10 +185,16 @@ def _is_count(v: Any, limit: int) -> bool:
 
 def _check_entry(path: Path, name: str, entry: Any, data_size: int) -> TensorInfo:
     if not isinstance(entry, dict) or not set(_ENTRY_FIELDS) <= set(entry):
-        raise CorruptFileError(f"{path}: header entry for {name!r} lacks dtype, shape or data_offsets")
+        raise CorruptFileError(
+            f"{path}: header entry for {name!r} lacks dtype, shape or data_offsets",
+            hint="the header is corrupt; re-download or re-export the file",
+        )
     twice = [k for k in _ENTRY_FIELDS if k in getattr(entry, "dups", ())]
     if twice:
-        raise CorruptFileError(f"{path}: header entry for {name!r} gives {twice[0]} twice")
+        raise CorruptFileError(
+            f"{path}: header entry for {name!r} gives {twice[0]} twice",
+            hint="the header is corrupt; re-download or re-export the file",
+        )
     dt, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dt not in ITEM_SIZES:
         known = isinstance(dt, str) and dt in _LIBRARY_ONLY_DTYPES
@@ -197,14 +203,23 @@ def _check_entry(path: Path, name: str, entry: Any, data_size: int) -> TensorInf
             hint="weightsmith reads " + ", ".join(ITEM_SIZES),
         )
     if not (isinstance(shape, list) and all(_is_count(d, _I64) for d in shape)):
-        raise CorruptFileError(f"{path}: tensor {name!r} has an invalid shape {_short(shape)}")
+        raise CorruptFileError(
+            f"{path}: tensor {name!r} has an invalid shape {_short(shape)}",
+            hint="the header is corrupt; re-download or re-export the file",
+        )
     numel = 1
     for d in shape:  # in order, as the library multiplies, overflow checked even before a 0
         numel *= d
         if numel >= _U64:
-            raise CorruptFileError(f"{path}: tensor {name!r} has a shape {shape} whose size overflows")
+            raise CorruptFileError(
+                f"{path}: tensor {name!r} has a shape {shape} whose size overflows",
+                hint="the header is corrupt; re-download or re-export the file",
+            )
     if not (isinstance(offs, list) and len(offs) == 2 and all(_is_count(o, _U64) for o in offs)):
-        raise CorruptFileError(f"{path}: tensor {name!r} has invalid data_offsets {_short(offs)}")
+        raise CorruptFileError(
+            f"{path}: tensor {name!r} has invalid data_offsets {_short(offs)}",
+            hint="the header is corrupt; re-download or re-export the file",
+        )
     begin, end = offs
     if not 0 <= begin <= end <= data_size:
         raise CorruptFileError(
@@ -298,7 +313,8 @@ class ShardedSafetensorsCheckpoint(Checkpoint):
         for name, fname in wm.items():
             if not _plain_file_name(fname):
                 raise CorruptFileError(
-                    f"{index_path}: shard name {fname!r} for {name!r} is not a plain file name"
+                    f"{index_path}: shard name {fname!r} for {name!r} is not a plain file name",
+                    hint="shards must sit beside the index; re-download the index file",
                 )
             self.weight_map[str(name)] = fname
         shard_names = sorted(set(self.weight_map.values()))

@@ -115,7 +115,10 @@ def _check_zip(path: Path, size: int) -> None:
                         hint="re-save the checkpoint with torch.save",
                     )
                 if info.file_size != info.compress_size:
-                    raise CorruptFileError(f"{path}: record {info.filename[:80]!r} has inconsistent sizes")
+                    raise CorruptFileError(
+                        f"{path}: record {info.filename[:80]!r} has inconsistent sizes",
+                        hint="re-download the file",
+                    )
                 total += info.file_size
             if total > size:
                 raise CorruptFileError(
@@ -127,7 +130,10 @@ def _check_zip(path: Path, size: int) -> None:
                 raise CorruptFileError(f"{path}: record {bad} is corrupt", hint="re-download the file")
             pickles = [i for i in infos if i.filename.endswith("data.pkl")]
             if not pickles:
-                raise CorruptFileError(f"{path} is a zip file but not a torch checkpoint (no data.pkl)")
+                raise CorruptFileError(
+                    f"{path} is a zip file but not a torch checkpoint (no data.pkl)",
+                    hint="point weightsmith at a .pt/.pth/.bin/.ckpt file written by torch.save",
+                )
             for info in pickles:
                 _check_pickle_globals(path, info.filename[:80], zf.read(info))
     except WeightsmithError:  # the refusals above (ValueErrors too): already one line
@@ -230,7 +236,10 @@ def unwrap_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], di
     trail: list[str] = []
     for _ in range(8):
         if not isinstance(obj, Mapping):
-            raise UnsupportedFormatError(f"{path} holds a {type(obj).__name__}, not a dict of tensors")
+            raise UnsupportedFormatError(
+                f"{path} holds a {type(obj).__name__}, not a dict of tensors",
+                hint="re-save the model's state_dict() with torch.save, or convert it to safetensors",
+            )
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             break
         inner = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
@@ -284,7 +293,8 @@ def sat_state_file(folder: Path) -> Path:
     st = require_regular_file(latest)
     if st.st_size > 4096:
         raise CorruptFileError(
-            f"{latest} is {st.st_size} bytes; it should hold an iteration number or 'release'"
+            f"{latest} is {st.st_size} bytes; it should hold an iteration number or 'release'",
+            hint="point weightsmith at the SAT checkpoint folder; its 'latest' file may be corrupt",
         )
     text = latest.read_bytes().decode("utf-8", "replace").strip()
     if not text:
@@ -295,11 +305,15 @@ def sat_state_file(folder: Path) -> Path:
         sub = str(int(text))
     else:
         raise CorruptFileError(
-            f"{latest} holds {text[:40]!r}, not an iteration number (at most 20 ASCII digits) or 'release'"
+            f"{latest} holds {text[:40]!r}, not an iteration number (at most 20 ASCII digits) or 'release'",
+            hint="write the iteration number or 'release' into the 'latest' file",
         )
     it_dir = folder / sub
     if not it_dir.is_dir():
-        raise NotFoundError(f"{latest} points to iteration {sub}, but {it_dir} does not exist")
+        raise NotFoundError(
+            f"{latest} points to iteration {sub}, but {it_dir} does not exist",
+            hint="download that iteration's folder, or fix the 'latest' file to name one that exists",
+        )
     if (it_dir / "mp_rank_01_model_states.pt").exists():
         raise UnsupportedFormatError(
             f"{it_dir} is split over several model-parallel ranks",

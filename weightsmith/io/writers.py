@@ -43,7 +43,7 @@ def parse_size(text: str | int) -> int:
         raise UsageError(f"cannot read size {text!r}", hint="write it like 5GB, 500MB or 2GiB")
     n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
     if n <= 0:
-        raise UsageError(f"size {text!r} must be positive")
+        raise UsageError(f"size {text!r} must be positive", hint="give a size above zero, like 5GB")
     return n
 
 

@@ -183,7 +183,8 @@ def quantize_weight(
     """Quantize one 2-D weight with ``scheme`` on ``device`` (default: where ``w`` is)."""
     if w.ndim != 2:
         raise QuantizationError(
-            f"{name}: {scheme.name} quantizes 2-D Linear weights, got shape {list(w.shape)}"
+            f"{name}: {scheme.name} quantizes 2-D Linear weights, got shape {list(w.shape)}",
+            hint="keep it with --keep, or quantize only 2-D Linear weights",
         )
     x = w.to(device=device or w.device, dtype=torch.float32)
     out, inn = x.shape
@@ -283,7 +284,9 @@ def dequantize(
 def pack_int32(q: torch.Tensor, bits: int, dim: int = 1, rows_per_chunk: int = 4096) -> torch.Tensor:
     """Pack int8 values along ``dim`` (1: rows of a weight; 0: columns, as zero points are)."""
     if bits not in (4, 8):
-        raise QuantizationError(f"packing {bits}-bit values is not supported (only 4 and 8)")
+        raise QuantizationError(
+            f"packing {bits}-bit values is not supported (only 4 and 8)", hint="choose an int4 or int8 scheme"
+        )
     if dim == 0:
         return pack_int32(q.t(), bits, 1, rows_per_chunk).t().contiguous()
     rows, cols = q.shape
@@ -312,7 +315,10 @@ def pack_int32(q: torch.Tensor, bits: int, dim: int = 1, rows_per_chunk: int = 4
 def unpack_int32(packed: torch.Tensor, bits: int, cols: int, dim: int = 1) -> torch.Tensor:
     """Inverse of ``pack_int32``: int8 values, ``cols`` of them along ``dim``."""
     if bits not in (4, 8):
-        raise QuantizationError(f"unpacking {bits}-bit values is not supported (only 4 and 8)")
+        raise QuantizationError(
+            f"unpacking {bits}-bit values is not supported (only 4 and 8)",
+            hint="the file is corrupt or uses an unsupported packing; re-export it with 4 or 8 bits",
+        )
     if dim == 0:
         return unpack_int32(packed.t(), bits, cols, 1).t().contiguous()
     rows = packed.shape[0]

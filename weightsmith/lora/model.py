@@ -126,7 +126,10 @@ class LoraModule:
             if t is None:
                 continue
             if not t.is_floating_point():
-                raise ConversionError(f"{at}LoRA module {m!r}: {what} is {t.dtype}, not a float tensor")
+                raise ConversionError(
+                    f"{at}LoRA module {m!r}: {what} is {t.dtype}, not a float tensor",
+                    hint="the LoRA file is corrupt or made for another model; re-export it",
+                )
             if what in ("lora_A", "lora_B") and t.ndim >= 2 and t.shape[0 if what == "lora_A" else 1] == 0:
                 raise ConversionError(
                     f"{at}LoRA module {m!r} has rank 0 ({what} {list(t.shape)}), which changes nothing",
@@ -157,7 +160,8 @@ class LoraModule:
                 )
             if any(int(s) != 1 for s in self.up.shape[2:]):
                 raise ConversionError(
-                    f"{at}LoRA module {m!r}: a conv lora_B must be 1x1, got {list(self.up.shape)}"
+                    f"{at}LoRA module {m!r}: a conv lora_B must be 1x1, got {list(self.up.shape)}",
+                    hint="the file is corrupt or not a LoRA; re-export it",
                 )
         if self.alpha is not None and not math.isfinite(self.alpha):
             raise ConversionError(f"{at}LoRA module {m!r} has alpha {self.alpha}", hint="the file is corrupt")
@@ -170,11 +174,13 @@ class LoraModule:
         out = self.out_features
         if self.bias is not None and (self.bias.ndim != 1 or (out is not None and self.bias.shape[0] != out)):
             raise ConversionError(
-                f"{at}LoRA module {m!r}: bias delta {list(self.bias.shape)} does not fit {out} output rows"
+                f"{at}LoRA module {m!r}: bias delta {list(self.bias.shape)} does not fit {out} output rows",
+                hint="the LoRA file is corrupt or made for another model; re-export it",
             )
         if self.diff is not None and self.up is not None and self.diff.shape[0] != self.up.shape[0]:
             raise ConversionError(
-                f"{at}LoRA module {m!r}: diff {list(self.diff.shape)} and lora_B {list(self.up.shape)} disagree"
+                f"{at}LoRA module {m!r}: diff {list(self.diff.shape)} and lora_B {list(self.up.shape)} disagree",
+                hint="the file is corrupt or mixes two LoRAs; re-export it",
             )
 
     def fits(self, weight_shape: tuple[int, ...]) -> bool:
@@ -224,7 +230,10 @@ class Lora:
         seen: set[str] = set()
         for m in self.modules:
             if m.module in seen:
-                raise ConversionError(f"{self.source}: LoRA module {m.module!r} appears twice")
+                raise ConversionError(
+                    f"{self.source}: LoRA module {m.module!r} appears twice",
+                    hint="the file is corrupt or mixes two LoRAs; re-export it",
+                )
             seen.add(m.module)
             m.check(self.source)
 

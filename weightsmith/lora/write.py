@@ -51,7 +51,10 @@ def _is_zero(t: torch.Tensor | None) -> bool:
 def _pair(m: LoraModule) -> tuple[torch.Tensor, torch.Tensor]:
     """(down, up) of an entry that has a low-rank pair (callers check ``has_lowrank``)."""
     if m.down is None or m.up is None:
-        raise ConversionError(f"LoRA module {m.module!r} has no low-rank pair (a weightsmith bug)")
+        raise ConversionError(
+            f"LoRA module {m.module!r} has no low-rank pair (a weightsmith bug)",
+            hint="rerun with --debug and report it",
+        )
     return m.down, m.up
 
 

@@ -98,7 +98,10 @@ def load_prompt_file(path: str | Path, family: str) -> list[Prompt]:
         d = load_file(str(p))
     except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
         msg = " ".join(str(e).split())[:160]
-        raise InputError(f"--prompts {p} is not a readable safetensors file ({msg})") from None
+        raise InputError(
+            f"--prompts {p} is not a readable safetensors file ({msg})",
+            hint="save it with safetensors.torch.save_file({'prompt_embeds': ...}, path), or pass a text file of prompts",
+        ) from None
     if "prompt_embeds" not in d or d["prompt_embeds"].dim() != 3:
         raise InputError(
             f"--prompts {p} holds no 'prompt_embeds' tensor of shape [N, tokens, width]",

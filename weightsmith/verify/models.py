@@ -260,7 +260,10 @@ def _check_matches(src: Source, baseline: Baseline, expert: str) -> None:
     ref = baseline.experts.get(expert) or baseline.experts["transformer"]
     d, r = src.detection, ref.detection
     if d.component != "transformer":
-        raise DetectionError(f"candidate {src.path} is a {d.family} {d.component}, not a transformer")
+        raise DetectionError(
+            f"candidate {src.path} is a {d.family} {d.component}, not a transformer",
+            hint="pass the transformer (or the pipeline folder) as the candidate",
+        )
     if d.family != r.family or (d.variant and r.variant and d.variant != r.variant):
         raise UsageError(
             f"candidate {src.path} is a {d.family} {d.variant} transformer but the baseline is {r.family} {r.variant}",

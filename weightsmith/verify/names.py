@@ -47,7 +47,10 @@ def gguf_tensors(model: nn.Module, family: str) -> dict[str, GGUFTensor]:
     if det is None:
         from weightsmith.errors import DetectionError
 
-        raise DetectionError(f"{type(model).__name__} is not recognised as a {family} transformer")
+        raise DetectionError(
+            f"{type(model).__name__} is not recognised as a {family} transformer",
+            hint="check the baseline with `weightsmith inspect`; if it is a supported model, rerun with --debug and report it",
+        )
     ops = comp.plan(det, infos, gguf_layout(family), PlanOptions(config=config))
     out: dict[str, GGUFTensor] = {}
     for op in ops:

@@ -106,7 +106,10 @@ class WanGeneration(Generation):
         temporal = config_int(vcfg, "scale_factor_temporal", 4) if vcfg else 4
         patch = tcfg.get("patch_size") or (1, 2, 2)
         if not (isinstance(patch, (list, tuple)) and len(patch) == 3):
-            raise UsageError(f"the model's config has patch_size = {str(patch)[:40]!r}, not 3 numbers")
+            raise UsageError(
+                f"the model's config has patch_size = {str(patch)[:40]!r}, not 3 numbers",
+                hint="fix patch_size in the transformer's config.json (e.g. [1, 2, 2])",
+            )
         p_t, p_h, p_w = (config_int({"patch_size": x}, "patch_size", 1) for x in patch)
         rope = min(config_int(c, "rope_max_seq_len", 1024) for c in expert_cfgs)
         h_mul, w_mul = lcm(16, spatial * p_h), lcm(16, spatial * p_w)

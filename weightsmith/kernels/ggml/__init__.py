@@ -107,7 +107,10 @@ def quantize(
     """
     k = get_kernel(qtype)
     if not isinstance(tensor, torch.Tensor):
-        raise QuantizationError(f"expected a torch.Tensor to quantize, got {type(tensor).__name__}")
+        raise QuantizationError(
+            f"expected a torch.Tensor to quantize, got {type(tensor).__name__}",
+            hint="pass a floating-point torch.Tensor",
+        )
     if not tensor.is_floating_point():
         raise QuantizationError(
             f"cannot quantize a {tensor.dtype} tensor to {k.name}", hint="convert it to a float dtype first"
@@ -205,7 +208,10 @@ def dequantize(
     shape = tuple(int(s) for s in shape) or (1,)
     expected = byte_shape(shape, k.qtype)
     if data.dtype != torch.uint8:
-        raise QuantizationError(f"expected uint8 {k.name} data, got {data.dtype}")
+        raise QuantizationError(
+            f"expected uint8 {k.name} data, got {data.dtype}",
+            hint="pass the raw GGML blocks as a torch.uint8 tensor",
+        )
     if data.numel() != _prod(expected):
         raise QuantizationError(
             f"{k.name} data has {data.numel()} bytes, but a tensor of shape {list(shape)} needs {_prod(expected)}",

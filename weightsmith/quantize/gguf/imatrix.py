@@ -194,7 +194,9 @@ def _read_gguf(p: Path) -> tuple[dict[str, torch.Tensor], list[str], int]:
     try:
         sums = {k[: -len(".in_sum2")]: k for k in ck.infos if k.endswith(".in_sum2")}
         if not sums:
-            raise CorruptFileError(f"{p} is a GGUF file but holds no imatrix (<name>.in_sum2) tensors")
+            raise CorruptFileError(
+                f"{p} is a GGUF file but holds no imatrix (<name>.in_sum2) tensors", hint=_HINT
+            )
         values = {name: _gguf_entry(p, ck, name, key) for name, key in sums.items()}
         ds = ck.metadata.get("imatrix.datasets") or []
         datasets = [str(d) for d in ds] if isinstance(ds, (list, tuple)) else [str(ds)]
@@ -250,14 +252,18 @@ def _read_dat(p: Path) -> tuple[dict[str, torch.Tensor], list[str], int]:
     def take(n: int, what: str) -> bytes:
         nonlocal pos
         if n < 0 or pos + n > len(data):
-            raise CorruptFileError(f"{p}: {what} runs past the end (not an imatrix file, or truncated)")
+            raise CorruptFileError(
+                f"{p}: {what} runs past the end (not an imatrix file, or truncated)", hint=_HINT
+            )
         b = data[pos : pos + n]
         pos += n
         return b
 
     (n_entries,) = struct.unpack("<i", take(4, "entry count"))
     if n_entries <= 0 or n_entries * 16 > len(data):
-        raise CorruptFileError(f"{p}: {n_entries} entries cannot fit a {len(data)}-byte imatrix file")
+        raise CorruptFileError(
+            f"{p}: {n_entries} entries cannot fit a {len(data)}-byte imatrix file", hint=_HINT
+        )
     values: dict[str, torch.Tensor] = {}
     for _ in range(n_entries):
         (ln,) = struct.unpack("<i", take(4, "name length"))
