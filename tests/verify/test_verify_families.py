@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import edited_copy, settings
+from verifykit import edited_copy, settings
 
 from weightsmith.errors import UsageError
 from weightsmith.verify import VerifyOptions, verify

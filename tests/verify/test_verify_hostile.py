@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import GEN
 from safetensors.torch import save_file
+from verifykit import GEN
 
 from weightsmith.verify.tiny import save_tiny_pipeline
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 import torch
-from conftest import GEN, settings
 from safetensors.torch import save_file
+from verifykit import GEN, settings
 
 from weightsmith.verify import VerifyOptions, verify
 from weightsmith.verify.tiny import save_tiny_pipeline

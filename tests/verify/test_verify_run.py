@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from conftest import GEN, settings
+from verifykit import GEN, settings
 
 from weightsmith.verify import VerifyOptions, parse_gate, verify
 from weightsmith.verify.metrics import TIMING

@@ -11,7 +11,7 @@ import math
 import gguf
 import torch
 import torch.nn.functional as F
-from conftest import GEN, settings
+from verifykit import GEN, settings
 
 from weightsmith.load import load_gguf_model
 from weightsmith.quantize.gguf.imatrix import read_imatrix

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import GEN, settings
+from verifykit import GEN, settings
 
 from weightsmith.verify import VerifyOptions, verify
 from weightsmith.verify.metrics import TIMING, jsonable
