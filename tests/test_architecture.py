@@ -145,6 +145,55 @@ def test_no_import_cycles():
     assert not bad, f"import cycles among weightsmith modules: {bad}"
 
 
+# The layers of docs/architecture.md, bottom to top, by module prefix (the longest prefix wins).
+# A module may import from its own layer or any below; importing upwards fails.
+LAYERS: dict[str, int] = {
+    "weightsmith": 0,  # the package itself (__version__)
+    "weightsmith.errors": 0,
+    "weightsmith.memory": 0,
+    "weightsmith.progress": 0,
+    "weightsmith.kernels": 1,
+    "weightsmith.io": 2,
+    "weightsmith.families": 3,
+    "weightsmith.convert": 4,
+    "weightsmith.tiny": 4,
+    "weightsmith.inspect": 4,
+    "weightsmith.lora": 5,
+    "weightsmith.convert.run": 6,
+    "weightsmith.quantize": 6,
+    "weightsmith.load": 7,
+    "weightsmith.verify": 8,
+    "weightsmith.demo": 9,
+    "weightsmith.cli": 9,
+    "weightsmith.cli_choices": 9,
+    "weightsmith.__main__": 9,
+}
+
+
+def _layer(mod: str) -> int:
+    best = max((p for p in LAYERS if mod == p or mod.startswith(p + ".")), key=len)
+    return LAYERS[best]
+
+
+def test_layers_only_import_downwards():
+    up = [
+        f"{mod} (layer {_layer(mod)}) imports {dep} (layer {_layer(dep)})"
+        for mod, deps in import_graph().items()
+        for dep in deps
+        if _layer(dep) > _layer(mod)
+    ]
+    assert not up, "imports against the layering of docs/architecture.md:\n" + "\n".join(sorted(up))
+
+
+def test_every_package_folder_is_a_package():
+    missing = [
+        _rel(d)
+        for d in PACKAGE.rglob("*")
+        if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py")) and not (d / "__init__.py").exists()
+    ]
+    assert not missing, f"folders of modules without __init__.py (a wheel would leave them out): {missing}"
+
+
 def test_no_oversized_source_files():
     long = {}
     for path in _sources():

@@ -25,9 +25,9 @@ from torch import nn
 
 from weightsmith.convert.config import output_config
 from weightsmith.convert.engine import make_plan, resolve_detection, stream
-from weightsmith.convert.ops import Op
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families import get_component
+from weightsmith.families.ops import Op
 from weightsmith.io import Checkpoint, open_checkpoint, open_single
 from weightsmith.io.gguf_io import GGUFCheckpoint
 from weightsmith.io.quantized import DequantizingView

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from weightsmith.convert.engine import DIFFUSERS, ORIGINAL, SAT
-from weightsmith.convert.ops import run_in_memory
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families import Component, PlanOptions, components, get_component
 from weightsmith.families.base import DIFFUSION_PREFIX
+from weightsmith.families.ops import run_in_memory
 from weightsmith.io.base import infos_from_state_dict
 from weightsmith.io.writers import write_diffusers_component, write_safetensors, write_sat, write_torch_file
 

@@ -15,10 +15,10 @@ import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 from tolerances import assert_forward_close
 
-from weightsmith.convert.ops import Derive, Drop, Regroup, Spec, run_in_memory
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.base import DIFFUSION_PREFIX, get_component
 from weightsmith.families.cogvideox import tiny_vae_config
+from weightsmith.families.ops import Derive, Drop, Regroup, Spec, run_in_memory
 from weightsmith.io.base import infos_from_state_dict
 
 TRANSFORMER = get_component("cogvideox", "transformer")

@@ -18,7 +18,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from weightsmith.convert.ops import Op, Rename
 from weightsmith.families import base
 from weightsmith.families.base import (
     NO_OPTIONS,
@@ -30,6 +29,7 @@ from weightsmith.families.base import (
     register,
 )
 from weightsmith.families.generation import Defaults, Generation, Geometry, config_int
+from weightsmith.families.ops import Op, Rename
 from weightsmith.io.base import TensorInfo
 
 FAMILY = "toyflow"

@@ -16,9 +16,9 @@ from diffusers import AutoencoderDC, PixArtTransformer2DModel, SanaTransformer2D
 from safetensors.torch import save_file
 from tolerances import assert_forward_close
 
-from weightsmith.convert.ops import Derive, Drop, run_in_memory
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.base import PlanOptions, detect, get_component
+from weightsmith.families.ops import Derive, Drop, run_in_memory
 from weightsmith.families.sana import DCAE, SanaTransformer
 from weightsmith.families.sana.transformer import sincos_pos_embed
 from weightsmith.io.base import infos_from_state_dict

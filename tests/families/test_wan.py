@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import save_file
 from tolerances import assert_forward_close
 
-from weightsmith.convert.ops import run_in_memory
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families import get_component
 from weightsmith.families.base import PlanOptions
+from weightsmith.families.ops import run_in_memory
 from weightsmith.io.base import infos_from_state_dict
 
 T = get_component("wan", "transformer")

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from weightsmith.convert.ops import Derive, Drop, Regroup, Rename, run_in_memory
 from weightsmith.errors import ConversionError, OutputError, QuantizationError
+from weightsmith.families.ops import Derive, Drop, Regroup, Rename, run_in_memory
 from weightsmith.io.atomic import (
     Terminated,
     atomic_dir,
@@ -279,7 +279,7 @@ def test_plan_ops_raise_conversion_errors():
         Regroup(("a",), (), (0,), ())
     with pytest.raises(ConversionError, match="used exactly once"):
         Regroup(("a",), ("x", "y"), (2,), ((0,), (0,)))
-    from weightsmith.convert.ops import Spec, Split
+    from weightsmith.families.ops import Spec, Split
 
     with pytest.raises(ConversionError, match="no dimension 3"):
         Regroup(("a",), ("x",), (1,), ((0,),), dim=3).out_specs([Spec("a", (4,), torch.float32)])

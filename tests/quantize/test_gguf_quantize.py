@@ -150,7 +150,7 @@ def _meta_original_names(family: str, variant: str, cfg: dict):
     infos = infos_from_state_dict(model.state_dict())
     det = comp.detect(infos, cfg)
     target = "original" if "original" in comp.layouts else "sat"
-    from weightsmith.convert.ops import Spec
+    from weightsmith.families.ops import Spec
 
     out = []
     for op in comp.plan(det, infos, target):

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from weightsmith.convert.ops import Op, Spec
 from weightsmith.errors import ConversionError, DetectionError, UsageError
 from weightsmith.families import Detection, PlanOptions, detect, get_component
+from weightsmith.families.ops import Op, Spec
 from weightsmith.io.base import Checkpoint
 
 # The layouts the writers know how to lay out (which components have which: Component.layouts).

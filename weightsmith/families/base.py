@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from weightsmith.convert.ops import Op
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.generation import Generation
+from weightsmith.families.ops import Op
 from weightsmith.families.tiny_init import FIXTURE, SIGNAL, TinyInit, build_tiny
 from weightsmith.io.base import TensorInfo
 

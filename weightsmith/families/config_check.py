@@ -244,8 +244,8 @@ def _classes(comp: Any) -> list[type]:
 
 def _derived(comp: Any, config: Mapping[str, Any], infos: Mapping[str, TensorInfo]) -> dict[str, Any] | None:
     """The Diffusers config the family derives from the weights (and ``config``), or None."""
-    from weightsmith.convert.ops import Spec
     from weightsmith.families.base import Detection, PlanOptions
+    from weightsmith.families.ops import Spec
 
     det = comp.detect(infos, config)
     if det is None:

@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 import torch
 
-from weightsmith.convert.ops import Op, Regroup, Rename
 from weightsmith.errors import ConversionError
+from weightsmith.families.ops import Op, Regroup, Rename
 from weightsmith.io.base import TensorInfo, infos_from_state_dict
 
 WEIGHT = ".weight"

@@ -63,7 +63,7 @@ def gguf_tensors(model: nn.Module, family: str) -> dict[str, GGUFTensor]:
 
 def gguf_shapes(model: nn.Module, tensors: Mapping[str, GGUFTensor]) -> dict[str, tuple[int, ...]]:
     """The shape each GGUF tensor has (from the ops' own shape rules, no data touched)."""
-    from weightsmith.convert.ops import Spec
+    from weightsmith.families.ops import Spec
 
     state = model.state_dict()
     out: dict[str, tuple[int, ...]] = {}

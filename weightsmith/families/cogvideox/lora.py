@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from weightsmith.convert.ops import Spec
 from weightsmith.errors import ConversionError
 from weightsmith.families.base import DIFFUSION_PREFIX, PlanOptions
 from weightsmith.families.cogvideox._common import DIFFUSERS, SAT
@@ -30,6 +29,7 @@ from weightsmith.families.lora import (
     layers_in,
     templated,
 )
+from weightsmith.families.ops import Spec
 from weightsmith.io.base import TensorInfo
 
 _SAT_BLOCK = re.compile(r"(?:transformer\.layers|mixins\.adaln_layer\.\w+)\.([0-9]+)(?=\.|$)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from weightsmith.convert.ops import Drop, Fuse, Op, Regroup, Rename, Spec, Split
 from weightsmith.errors import ConversionError
 from weightsmith.families.base import (
     DIFFUSION_PREFIX,
@@ -48,6 +47,7 @@ from weightsmith.families.cogvideox.transformer_keys import (
     sat_drop_reason,
     transformer_units,
 )
+from weightsmith.families.ops import Drop, Fuse, Op, Regroup, Rename, Spec, Split
 from weightsmith.io.base import TensorInfo
 
 

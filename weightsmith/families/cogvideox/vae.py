@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from weightsmith.convert.ops import Drop, Op, Rename
 from weightsmith.errors import ConversionError
 from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, find_prefix, register
 from weightsmith.families.cogvideox._common import (
@@ -23,6 +22,7 @@ from weightsmith.families.cogvideox._common import (
     local_keys,
 )
 from weightsmith.families.cogvideox.tiny import COGVIDEOX_INIT, tiny_vae_config
+from weightsmith.families.ops import Drop, Op, Rename
 from weightsmith.io.base import TensorInfo
 
 # What may follow a resnet's path: GroupNorm (encoder) or SpatialNorm3D (decoder) norms, the two

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from weightsmith.convert.ops import Op
+from weightsmith.families.ops import Op
 from weightsmith.io.base import TensorInfo
 
 

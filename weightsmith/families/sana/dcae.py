@@ -19,7 +19,6 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from weightsmith.convert.ops import Op, Regroup, Rename, Reshape
 from weightsmith.errors import ConversionError
 from weightsmith.families.base import (
     NO_OPTIONS,
@@ -30,6 +29,7 @@ from weightsmith.families.base import (
     candidate_prefixes,
     register,
 )
+from weightsmith.families.ops import Op, Regroup, Rename, Reshape
 from weightsmith.families.sana._shared import (
     order_by_input,
     stray_keys,

@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from weightsmith.convert.ops import Derive, Drop, Fuse, Op, Rename, Split
 from weightsmith.errors import ConversionError
 from weightsmith.families.base import (
     NO_OPTIONS,
@@ -28,6 +27,7 @@ from weightsmith.families.base import (
     find_prefix_all,
     register,
 )
+from weightsmith.families.ops import Derive, Drop, Fuse, Op, Rename, Split
 from weightsmith.families.sana._shared import (
     order_by_input,
     stray_keys,

@@ -30,9 +30,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from weightsmith.convert.ops import Drop, Op, Rename
 from weightsmith.errors import ConversionError
 from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, register
+from weightsmith.families.ops import Drop, Op, Rename
 from weightsmith.families.wan.generation import WanGeneration
 from weightsmith.families.wan.keys import locate
 from weightsmith.families.wan.lora import WanLora

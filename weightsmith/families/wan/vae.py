@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from weightsmith.convert.ops import Op, Rename
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, first_few, register
+from weightsmith.families.ops import Op, Rename
 from weightsmith.families.wan.keys import KeyMap, locate
 from weightsmith.io.base import TensorInfo
 

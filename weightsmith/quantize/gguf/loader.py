@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weightsmith.convert.ops import Op, Regroup, Rename, Spec
 from weightsmith.errors import ConversionError
+from weightsmith.families.ops import Op, Regroup, Rename, Spec
 from weightsmith.io.gguf_io import GGUFCheckpoint
 from weightsmith.kernels.ggml import dequantize
 

@@ -27,9 +27,9 @@ import torch
 from weightsmith import __version__
 from weightsmith.convert.config import load_config, output_config, provenance_config
 from weightsmith.convert.engine import Plan, make_plan, resolve_detection, stream
-from weightsmith.convert.ops import Rename
 from weightsmith.errors import QuantizationError, UsageError
 from weightsmith.families import Detection, components, get_component
+from weightsmith.families.ops import Rename
 from weightsmith.io import Checkpoint, open_single
 from weightsmith.io.base import CONFIG_METADATA_KEY, dtype_name
 from weightsmith.io.writers import SpecT, write_diffusers_component, write_safetensors

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weightsmith.convert.ops import Op, Rename
 from weightsmith.errors import UsageError
+from weightsmith.families.ops import Op, Rename
 from weightsmith.io.quantized import DequantizingView
 from weightsmith.kernels.linear import ACTIVATIONS, LinearScheme, QuantizedWeight, dequantize
 
