@@ -21,6 +21,7 @@ import torch
 
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.generation import Generation
+from weightsmith.families.inputs import ForwardInputs, InputSpec
 from weightsmith.families.ops import Op
 from weightsmith.families.tiny_init import FIXTURE, SIGNAL, TinyInit, build_tiny
 from weightsmith.io.base import TensorInfo
@@ -179,6 +180,8 @@ class Component(ABC):
     # A pipeline holding this transformer twice (high- and low-noise experts) is its own variant:
     # one expert's variant -> the pipeline's. None: the family has no two-expert pipelines.
     expert_pairs: ClassVar[Mapping[str, str] | None] = None
+    # The forward-input adapter (weightsmith.families.inputs.ForwardInputs); None: not described.
+    inputs: ClassVar[ForwardInputs | None] = None
     # How a tiny model's random weights are drawn (weightsmith.families.tiny_init); wide models use SIGNAL.
     tiny_init: ClassVar[TinyInit] = FIXTURE
 
@@ -263,6 +266,20 @@ class Component(ABC):
         """
         cfg = self.tiny_config(variant, wide)
         return build_tiny(self.model_class(variant), cfg, seed, SIGNAL if wide else self.tiny_init)
+
+    def input_specs(self, config: Mapping[str, Any], variant: str) -> list[InputSpec]:
+        """The named inputs of the diffusers class's ``forward`` for this config (export, benchmarks
+        and tests feed them; see ``weightsmith.families.inputs``)."""
+        if self.inputs is None:
+            raise UsageError(
+                f"the {self.title()} declares no forward inputs",
+                hint="give the component an inputs adapter (weightsmith.families.inputs.ForwardInputs)",
+            )
+        return self.inputs.specs(config, variant)
+
+    def example_sizes(self, config: Mapping[str, Any], variant: str) -> dict[str, int]:
+        """Sizes of the dynamic input dimensions that every model of this config accepts."""
+        return (self.inputs or ForwardInputs()).sizes(config, variant)
 
     def check_variant(self, variant: str) -> None:
         """UsageError unless ``variant`` is one this component declares."""

@@ -26,6 +26,7 @@ from weightsmith.families.cogvideox._common import (
     local_keys,
 )
 from weightsmith.families.cogvideox.generation import CogVideoXGeneration
+from weightsmith.families.cogvideox.inputs import CogVideoXInputs
 from weightsmith.families.cogvideox.lora import CogVideoXLora
 from weightsmith.families.cogvideox.quant import TRANSFORMER_QUANT
 from weightsmith.families.cogvideox.tiny import COGVIDEOX_INIT, TRANSFORMER_VARIANTS, tiny_transformer_config
@@ -61,6 +62,7 @@ class CogVideoXTransformer(Component):
     variants = TRANSFORMER_VARIANTS
     diffusers_class = "CogVideoXTransformer3DModel"
     quant = TRANSFORMER_QUANT
+    inputs = CogVideoXInputs()
     generation = CogVideoXGeneration()
     lora = CogVideoXLora()
     label = "CogVideoX transformer"

@@ -33,6 +33,7 @@ from weightsmith.families.sana._shared import (
     stray_keys,
 )
 from weightsmith.families.sana.generation import SanaGeneration
+from weightsmith.families.sana.inputs import SanaInputs
 from weightsmith.families.sana.lora import SanaLora
 from weightsmith.families.sana.quant import TRANSFORMER_QUANT
 from weightsmith.io.base import TensorInfo
@@ -257,6 +258,7 @@ class SanaTransformer(Component):
     variants: ClassVar[tuple[str, ...]] = ("1.0", "1.5", "sprint")
     diffusers_class: ClassVar[str] = "SanaTransformer2DModel"
     quant = TRANSFORMER_QUANT
+    inputs = SanaInputs()
     generation = SanaGeneration()
     lora = SanaLora()
     label: ClassVar[str | None] = "Sana transformer"

@@ -34,6 +34,7 @@ from weightsmith.errors import ConversionError
 from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, register
 from weightsmith.families.ops import Drop, Op, Rename
 from weightsmith.families.wan.generation import WanGeneration
+from weightsmith.families.wan.inputs import WanInputs
 from weightsmith.families.wan.keys import locate
 from weightsmith.families.wan.lora import WanLora
 from weightsmith.families.wan.quant import TRANSFORMER_QUANT
@@ -185,6 +186,7 @@ class WanTransformer(Component):
     variants = ("2.1-t2v", "2.1-i2v", "2.1-flf2v", "2.1-vace", "2.2-i2v-a14b", "2.2-ti2v-5b")
     diffusers_class = "WanTransformer3DModel"
     quant = TRANSFORMER_QUANT
+    inputs = WanInputs()
     label = "Wan transformer"
     # Wan2.2 A14B pipelines hold two experts (high and low noise) of one architecture; T2V-A14B's
     # experts are shaped like 2.1-t2v.
