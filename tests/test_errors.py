@@ -111,3 +111,9 @@ def test_atomic_output_error_raised_inside_commit_keeps_its_message(tmp_path):
         tmp.write_bytes(b"x")
         dst.write_bytes(b"someone else")
     assert dst.read_bytes() == b"someone else"
+
+
+def test_usage_errors_from_click_are_escaped_and_one_line(run_cli):
+    r = run_cli("convert", "a", "b", "--to", "nowhere\x1b[2J\nx")
+    assert r.code == 2 and r.err.count("\n") == 1, repr(r.err)
+    assert "\x1b" not in r.err and "\\x1b" in r.err

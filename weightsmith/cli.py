@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
+        click.echo(f"error: {WeightsmithError(e.format_message()).one_line()}", err=True)  # escaped, one line
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -315,7 +315,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - the last line of defence: never a bare traceback
         if debug:
             traceback.print_exc()
-        click.echo(f"internal error: {type(e).__name__}: {e}; rerun with --debug and report it", err=True)
+        what = WeightsmithError(
+            f"{type(e).__name__}: {e}", hint="rerun with --debug and report it"
+        ).one_line()
+        click.echo(f"internal error: {what}", err=True)
         sys.exit(3)
 
 
