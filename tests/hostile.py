@@ -18,6 +18,7 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 TIME_LIMIT = 1.0
 ALLOC_SLACK = 8 * 2**20
@@ -96,8 +97,8 @@ class Outcome:
         return None
 
 
-def run_case(run_cli: Callable, label: str, *args: object) -> Outcome:
-    """Run one CLI invocation under a timer and tracemalloc."""
+def timed(run_cli: Callable, *args: object) -> tuple[Any, float, int]:
+    """One CLI invocation under a timer and tracemalloc: (its result, seconds, peak traced bytes)."""
     tracemalloc.start()
     t0 = time.perf_counter()
     try:
@@ -106,6 +107,12 @@ def run_case(run_cli: Callable, label: str, *args: object) -> Outcome:
         elapsed = time.perf_counter() - t0
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
+    return r, elapsed, peak
+
+
+def run_case(run_cli: Callable, label: str, *args: object) -> Outcome:
+    """Run one CLI invocation under a timer and tracemalloc."""
+    r, elapsed, peak = timed(run_cli, *args)
     return Outcome(label, r.code, elapsed, peak, r.err)
 
 

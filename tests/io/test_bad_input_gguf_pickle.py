@@ -10,8 +10,6 @@ import json
 import os
 import pickle
 import struct
-import time
-import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from hostile import timed
 
 from weightsmith.io.base import CONFIG_METADATA_KEY
 from weightsmith.kernels.ggml import quantize
@@ -35,14 +34,7 @@ def _clean(r, needle: str) -> None:
 
 
 def _timed(run_cli, *args, seconds: float = 1.0, alloc: int = 8 * 2**20):
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    try:
-        r = run_cli(*args)
-    finally:
-        elapsed = time.perf_counter() - t0
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+    r, elapsed, peak = timed(run_cli, *args)
     assert elapsed < seconds, f"took {elapsed:.2f}s: {r.err}"
     assert peak < alloc, f"allocated {peak} bytes: {r.err}"
     return r

@@ -9,7 +9,8 @@ import random
 import shutil
 from pathlib import Path
 
-from tests.hostile import fuzz_count, fuzz_file, run_case
+from hostile import fuzz_count, fuzz_file, run_case
+
 from weightsmith.tiny import Fixture, save_fixture
 
 WAN = Fixture("wan", "transformer", "2.1-t2v", "diffusers", "diffusers-folder")

@@ -13,8 +13,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
+from hostile import fuzz_count, fuzz_file
 
-from tests.hostile import fuzz_count, fuzz_file
 from weightsmith.io.base import CONFIG_METADATA_KEY
 from weightsmith.kernels.ggml import quantize
 from weightsmith.tiny import tiny_state

@@ -11,8 +11,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+from hostile import fuzz_count, fuzz_file
 
-from tests.hostile import fuzz_count, fuzz_file
 from weightsmith.tiny import Fixture, save_fixture
 
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 
 import torch
+from hostile import fuzz_count, fuzz_file, mutants
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-from tests.hostile import fuzz_count, fuzz_file, mutants
 
 
 def _small_file(path) -> bytes:

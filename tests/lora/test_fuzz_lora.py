@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hostile import fuzz_count, fuzz_file
 from safetensors.torch import save_file
-
-from tests.hostile import fuzz_count, fuzz_file
 
 DIM, FFN = 24, 32  # the tiny Wan transformer
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tests.quantize.hostile_inputs import TINY_WAN
+from hostile_inputs import TINY_WAN
 
 
 @pytest.fixture(scope="session")

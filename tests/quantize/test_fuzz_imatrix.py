@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from tests.hostile import fuzz_count, log_run, mutants, run_case
-from tests.quantize.hostile_inputs import (
+from hostile import fuzz_count, log_run, mutants, run_case
+from hostile_inputs import (
     IM_NAMES,
     assert_finite_gguf,
     dat_bytes,

@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
-from tests.quantize.hostile_inputs import (
+from hostile_inputs import (
     IM_NAMES,
     Q4K_NAMES,
     assert_finite_gguf,
@@ -27,6 +25,7 @@ from tests.quantize.hostile_inputs import (
     importance,
     write_gguf_imatrix,
 )
+from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
