@@ -163,6 +163,7 @@ LAYERS: dict[str, int] = {
     "weightsmith.quantize": 6,
     "weightsmith.load": 7,
     "weightsmith.verify": 8,
+    "weightsmith.publish": 8,
     "weightsmith.demo": 9,
     "weightsmith.cli": 9,
     "weightsmith.cli_choices": 9,

@@ -327,3 +327,7 @@ from weightsmith.verify.cli import imatrix_command, sensitivity_command, verify_
 cli.add_command(verify_command)
 cli.add_command(sensitivity_command)
 cli.add_command(imatrix_command)
+
+from weightsmith.publish.cli import publish_command  # noqa: E402
+
+cli.add_command(publish_command)
