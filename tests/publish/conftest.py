@@ -66,3 +66,6 @@ def passing(work) -> Path:
     """The folder with only the artifact that passed."""
     (work / "wan-Q2_K.gguf").unlink()
     return work
+
+
+from hub_server import hub  # noqa: E402, F401 - the loopback Hub fixture, defined in hub_server.py

@@ -113,3 +113,23 @@ def test_upload_is_called_with_the_stage(run_cli, passing, tmp_path, monkeypatch
     assert "Wan-Tiny" in message
     assert "hf_FAKE" not in r.out + r.err
     assert all("hf_FAKE" not in p.read_text(errors="replace") for p in stage.iterdir() if p.suffix != ".gguf")
+
+
+def test_publish_lands_on_a_loopback_hub(run_cli, passing, tmp_path, hub):
+    """The real huggingface_hub client uploads the staged folder; what arrived is checked byte for byte."""
+    from hub_server import FAKE_TOKEN
+    from huggingface_hub import ModelCard
+
+    hub.state.namespaces.add(REPO.split("/")[0])  # the fake token may write there
+    stage = tmp_path / "stage"
+    r = run_cli("publish", passing, "--repo-id", REPO, "--out", stage)
+    assert r.code == 0, r.err
+    got = hub.state.files(REPO)
+    staged = {p.relative_to(stage).as_posix(): p.read_bytes() for p in stage.rglob("*") if p.is_file()}
+    assert staged and got == staged
+    assert "Wan-Tiny" in hub.state.commits[-1].summary
+    card = ModelCard(got["README.md"].decode())
+    meta = card.data.to_dict()
+    assert meta["library_name"] == "gguf" and meta["quantized_by"] == REPO.split("/")[0]
+    assert FAKE_TOKEN not in r.out + r.err
+    assert all(FAKE_TOKEN.encode() not in v for v in got.values())

@@ -6,14 +6,12 @@ import hashlib
 import logging
 from pathlib import Path
 
-import hub_server
 import pytest
 from hub_server import FAKE_TOKEN, LoopbackHub
 
 from weightsmith.errors import OutputError, UsageError, WeightsmithError
 from weightsmith.publish.upload import check_repo_id, scrub, upload_folder_to_hub
 
-hub = hub_server.hub  # the loopback Hub fixture, usable here whatever conftest.py holds
 REPO = "tester/tiny-gguf"
 
 

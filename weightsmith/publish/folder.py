@@ -20,6 +20,7 @@ from weightsmith.errors import OutputError, UsageError
 from weightsmith.families import get_component
 from weightsmith.io.atomic import atomic_dir
 from weightsmith.publish.discover import DIFFUSERS, GGUF, SINGLE, Artifact
+from weightsmith.publish.upload import check_repo_id
 from weightsmith.quantize.gguf.run import file_sha256
 from weightsmith.verify.family import generation
 
@@ -29,7 +30,6 @@ EXPERT_FOLDERS = ("HighNoise", "LowNoise")
 SUMS = "SHA256SUMS"
 CARD = "README.md"
 PLOT = "fidelity.svg"
-_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,150}")
 
 
@@ -56,14 +56,6 @@ class Plan:
         """The repo path of an artifact (a folder artifact: its folder)."""
         first = next(e.name for e in self.entries if e.artifact is art)
         return first.rsplit("/", 1)[0] if art.kind == DIFFUSERS else first
-
-
-def check_repo_id(repo_id: str) -> None:
-    if not _REPO.fullmatch(repo_id) or ".." in repo_id or repo_id.endswith((".", "-")):
-        raise UsageError(
-            f"{repo_id!r} is not a Hub repo id",
-            hint="give OWNER/NAME, e.g. --repo-id me/Wan2.1-T2V-1.3B-GGUF",
-        )
 
 
 def model_name(repo_id: str, name: str | None) -> str:
@@ -109,7 +101,12 @@ def _library(arts: list[Artifact]) -> tuple[str, str | None]:
 
 def plan(arts: list[Artifact], repo_id: str, name: str | None = None) -> Plan:
     """Repo names for every artifact; two artifacts given the same name are refused."""
-    check_repo_id(repo_id)
+    repo_id = check_repo_id(repo_id)
+    if "/" not in repo_id:  # the card names the owner (quantized_by); the Hub's namespace is it
+        raise UsageError(
+            f"--repo-id {repo_id!r} names no owner",
+            hint="give OWNER/NAME, e.g. --repo-id me/Wan2.1-T2V-1.3B-GGUF",
+        )
     model = model_name(repo_id, name)
     kind, library = _library(arts)
     entries: list[Entry] = []
