@@ -148,12 +148,12 @@ def convert(
 @click.option(
     "--scheme",
     required=True,
-    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-asym.",
+    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, int8-tensor, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-asym.",
 )
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["gguf", "compressed-tensors", "comfy"]),
+    type=click.Choice(["gguf", "compressed-tensors", "comfy", "comfy-legacy"]),
     help="Output layout for int8/fp8/int4 schemes (default: comfy for a .safetensors DST, else compressed-tensors).",
 )
 @click.option(
@@ -206,12 +206,13 @@ def quantize(
     WEIGHTSMITH_GGML_BACKEND=torch, torch kernels (also used on GPUs) give the same bytes.
 
     \b
-    INT8/FP8/INT4 (--scheme int8|fp8|fp8-tensor|fp8-e5m2|int4|int4-g64|int4-g32|int4-asym):
+    INT8/FP8/INT4 (--scheme int8|int8-tensor|fp8|fp8-tensor|fp8-e5m2|int4|int4-g64|int4-g32|int4-asym):
     Linear weights only; embeddings, modulation, norms and the head stay in high precision.
       --format compressed-tensors  DST is a Diffusers component folder whose config.json
                                    carries compressed-tensors' quantization_config
-      --format comfy               DST is a ComfyUI scaled-fp8 .safetensors (Wan, original
-                                   layout; fp8-tensor or fp8-e5m2)
+      --format comfy               DST is a ComfyUI comfy_quant .safetensors (Wan, original
+                                   layout; fp8-tensor, fp8-e5m2 or int8-tensor)
+      --format comfy-legacy        DST is a legacy ComfyUI scaled-fp8 .safetensors (fp8-tensor)
 
     A per-layer table (type, SQNR in dB, bytes before and after) is printed and written
     beside DST as DST.layers.json.

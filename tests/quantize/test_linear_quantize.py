@@ -98,7 +98,13 @@ CT_SCHEMES = ["int8", "fp8", "fp8-tensor", "int4", "int4-g64", "int4-g32", "int4
 W8A8 = [("int8", "int8"), ("fp8", "fp8")]
 CASES = [(f, s, None) for f in WIDE for s in CT_SCHEMES] + [(f, s, a) for f in WIDE for s, a in W8A8]
 COMFY = ["fp8-tensor", "fp8-e5m2"]
-OUTPUT_CASES = [(*c, None) for c in CASES] + [("wan", s, None, "comfy") for s in COMFY]
+# The legacy scaled-fp8 layout holds e4m3 only (ComfyUI reads every legacy layer as e4m3).
+COMFY_LEGACY = ["fp8-tensor"]
+OUTPUT_CASES = (
+    [(*c, None) for c in CASES]
+    + [("wan", s, None, "comfy") for s in COMFY]
+    + [("wan", s, None, "comfy-legacy") for s in COMFY_LEGACY]
+)
 # Lower bounds of the model output's SQNR against full precision (dB), weight-only unless noted.
 OUTPUT_SQNR = {
     "int8": 45.0,
@@ -177,8 +183,9 @@ def _artifact(family: str, scheme: str, acts: str | None = None, fmt: str | None
 
 @cache
 def _build(family: str, scheme: str, acts: str | None, fmt: str | None) -> Path:
-    suffix = ".safetensors" if fmt == "comfy" else ""
-    dst = _ROOT[0] / f"{family}-{scheme}-{acts or 'wo'}{suffix}"
+    suffix = ".safetensors" if fmt in ("comfy", "comfy-legacy") else ""
+    legacy = "-legacy" if fmt == "comfy-legacy" else ""
+    dst = _ROOT[0] / f"{family}-{scheme}-{acts or 'wo'}{legacy}{suffix}"
     quantize_linear(_source(family), dst, scheme, activations=acts, format=fmt, progress=False, device="cpu")
     return dst
 
@@ -378,11 +385,11 @@ def test_int8_beats_fp8_beats_int4_on_every_family():
         assert s["int8"] > s["fp8"] > s["int4"], (family, s)
 
 
-@pytest.mark.parametrize("scheme", COMFY)
+@pytest.mark.parametrize("scheme", COMFY_LEGACY)
 def test_comfy_scaled_fp8_file_is_what_comfyui_loads(scheme, run_cli):
     """The marker, scales and dtypes ComfyUI's legacy loader (and the converter of current
     ComfyUI, which turns scale_weight into weight_scale) expects, in Wan's original layout."""
-    path = _artifact("wan", scheme, None, "comfy")
+    path = _artifact("wan", scheme, None, "comfy-legacy")
     fp8 = LINEAR_SCHEMES[scheme].fp8_dtype
     with safe_open(str(path), "pt") as f:
         keys = set(f.keys())

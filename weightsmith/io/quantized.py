@@ -1,6 +1,8 @@
-"""Reading INT8/FP8/INT4 artifacts: a compressed-tensors folder or a ComfyUI fp8 file (ours and
-other tools') opens as the plain checkpoint it encodes, each quantized weight dequantized on read,
-as ``GGUFCheckpoint`` does for GGUF.
+"""Reading INT8/FP8/INT4 artifacts: a compressed-tensors folder or a ComfyUI file (comfy_quant's
+float8_e4m3fn / float8_e5m2 / int8_tensorwise layers, or legacy scaled fp8; ours and other
+tools') opens as the plain checkpoint it encodes, each quantized weight dequantized on read, as
+``GGUFCheckpoint`` does for GGUF. ComfyUI files follow its rules (reference comfy-quant.md):
+``weight.to(float32) * weight_scale.to(float32)``; formats not read yet (mxfp8, nvfp4) are refused.
 
 ``open_checkpoint`` hands every component checkpoint to ``dequantizing_view``: an artifact of one
 of these formats comes back as a ``DequantizingView`` (scales, zero points, shapes and markers
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 
 from weightsmith.errors import UnsupportedFormatError
-from weightsmith.io.base import NAME_DTYPES, Checkpoint, TensorInfo
+from weightsmith.io.base import NAME_DTYPES, Checkpoint, TensorInfo, dtype_name
 from weightsmith.kernels.linear import LINEAR_SCHEMES, LinearScheme, QuantizedWeight, unpack_int32
 
 COMFY_MARKER = "scaled_fp8"
@@ -30,6 +32,20 @@ FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 SOURCE_DTYPE_KEY = "weightsmith.source_dtype"
 SCHEME_KEY = "weightsmith.scheme"
 COMFY_LAYERS_KEY = "_quantization_metadata"
+COMFY_QUANT_SUFFIX = ".comfy_quant"
+# ComfyUI's comfy_quant format names weightsmith reads, with the scheme and the stored weight
+# dtype each implies (reference comfy-quant.md); ComfyUI value-casts a weight to that dtype.
+COMFY_QUANT_FORMATS: dict[str, tuple[str, torch.dtype]] = {
+    "float8_e4m3fn": ("fp8-tensor", torch.float8_e4m3fn),
+    "float8_e5m2": ("fp8-e5m2", torch.float8_e5m2),
+    "int8_tensorwise": ("int8-tensor", torch.int8),
+}
+# Registered in ComfyUI but not (yet) read here: refused by name, never loaded as raw values.
+COMFY_QUANT_LATER = ("mxfp8", "nvfp4", "convrot_w4a4")
+_COMFY_QUANT_MAX_BYTES = 1 << 16
+_BROKEN_COMFY = (
+    "the file's ComfyUI quantization metadata is broken; re-export it or use the unquantized checkpoint"
+)
 
 
 def _ct_config_of(cfg: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -73,13 +89,19 @@ def _comfy_quant_layers(ck: Checkpoint) -> dict[str, dict[str, Any]] | None:
                 hint="the file's ComfyUI quantization metadata is broken; re-export it or use the unquantized checkpoint",
             )
         return {k: ({"format": v} if isinstance(v, str) else dict(v)) for k, v in layers.items()}
-    tagged = [k for k in ck.keys() if k.endswith(".comfy_quant")]
+    tagged = [k for k in ck.keys() if k.endswith(COMFY_QUANT_SUFFIX)]
     if not tagged:
         return None
     out = {}
     for k in tagged:
         from weightsmith.io.structured import parse_json
 
+        info = ck.infos[k]
+        if info.dtype != torch.uint8 or len(info.shape) != 1 or info.shape[0] > _COMFY_QUANT_MAX_BYTES:
+            raise UnsupportedFormatError(
+                f"{ck.path}: {k} is {dtype_name(info.dtype)} {list(info.shape)}, not 1-D uint8 JSON",
+                hint=_BROKEN_COMFY,
+            )
         value = parse_json(
             bytes(ck.get(k).tolist()), f"{ck.path}: {k}", error=UnsupportedFormatError, hint=None
         )
@@ -88,7 +110,7 @@ def _comfy_quant_layers(ck: Checkpoint) -> dict[str, dict[str, Any]] | None:
                 f"{ck.path}: {k} is not a JSON object",
                 hint="the file's ComfyUI quantization metadata is broken; re-export it or use the unquantized checkpoint",
             )
-        out[k.removesuffix(".comfy_quant")] = value
+        out[k.removesuffix(COMFY_QUANT_SUFFIX)] = value
     return out
 
 
@@ -98,7 +120,7 @@ def quantized_kind(ck: Checkpoint) -> str | None:
         return "compressed-tensors"
     if comfy_marker(ck) is not None:
         return "comfy-scaled-fp8"
-    if COMFY_LAYERS_KEY in ck.metadata or any(k.endswith(".comfy_quant") for k in ck.keys()):
+    if COMFY_LAYERS_KEY in ck.metadata or any(k.endswith(COMFY_QUANT_SUFFIX) for k in ck.keys()):
         return "comfy-quant"
     return None
 
@@ -112,6 +134,7 @@ class _Layer:
     zero_point: str | None = None
     packed_bits: int | None = None
     zp_packed: bool = False
+    float32_scale: bool = False  # ComfyUI casts a layer's scale to float32 before multiplying
 
 
 def scheme_from_ct_args(w: dict[str, Any], where: str = "") -> LinearScheme:
@@ -231,6 +254,8 @@ class DequantizingView(Checkpoint):
         """The stored numbers of one quantized weight (packed int4 stays packed)."""
         lay = self.layers[name]
         scale = self.inner.get(lay.scale)
+        if lay.float32_scale:
+            scale = scale.to(torch.float32)
         zp = None
         if lay.zero_point is not None:
             zp = self.inner.get(lay.zero_point)
@@ -301,37 +326,75 @@ def _ct_view(ck: Checkpoint, qc: dict[str, Any]) -> DequantizingView:
 
 
 def _comfy_view(ck: Checkpoint) -> DequantizingView:
+    """A legacy scaled-fp8 file (marker tensor) or a comfy_quant file, read by ComfyUI's rules:
+    weight.to(format's dtype).to(float32) * weight_scale.to(float32)."""
     infos = ck.infos
-    layers: dict[str, _Layer] = {}
     hidden: set[str] = set()
     marker = comfy_marker(ck)
+    named: list[tuple[str, str, str]] = []  # (layer, scale key, format)
     if marker is not None:
+        # ComfyUI renames scale_weight -> weight_scale and marks every such layer e4m3 (an e5m2
+        # weight is value-cast there); weightsmith reads the values as stored, as it always has:
+        # the legacy writer now refuses e5m2, and older e5m2 files keep their intended weights.
         hidden.add(marker)
-        scale_suffix, input_suffix, kind = ".scale_weight", ".scale_input", "comfy-scaled-fp8"
-        names = [k.removesuffix(scale_suffix) for k in infos if k.endswith(scale_suffix)]
+        input_suffix, kind = ".scale_input", "comfy-scaled-fp8"
+        for k in infos:
+            if k.endswith(".scale_weight"):
+                layer = k.removesuffix(".scale_weight")
+                w = infos.get(f"{layer}.weight")
+                e5m2 = w is not None and w.dtype == torch.float8_e5m2
+                named.append((layer, k, "float8_e5m2" if e5m2 else "float8_e4m3fn"))
     else:
-        scale_suffix, input_suffix, kind = ".weight_scale", ".input_scale", "comfy-quant"
+        input_suffix, kind = ".input_scale", "comfy-quant"
         confs = _comfy_quant_layers(ck) or {}
         prefix = _common_prefix(infos, confs)
-        names = []
         for layer, conf in sorted(confs.items()):
             fmt = conf.get("format")
-            if fmt not in ("float8_e4m3fn", "float8_e5m2"):
+            if fmt in COMFY_QUANT_LATER:
                 raise UnsupportedFormatError(
-                    f"{ck.path}: ComfyUI quantization format {fmt!r} (layer {layer}) is not supported",
-                    hint="weightsmith reads ComfyUI's float8_e4m3fn and float8_e5m2 layers",
+                    f"{ck.path}: ComfyUI quantization format {fmt!r} (layer {layer[:80]}) is not supported yet",
+                    hint="weightsmith reads float8_e4m3fn, float8_e5m2 and int8_tensorwise; "
+                    "use the unquantized checkpoint",
                 )
-            names.append(prefix + layer)
-        hidden |= {k for k in infos if k.endswith(".comfy_quant")}
-    for layer in names:
-        w, s = f"{layer}.weight", f"{layer}{scale_suffix}"
-        if w not in infos or s not in infos or infos[w].dtype not in FP8_DTYPES:
+            if fmt not in COMFY_QUANT_FORMATS:
+                raise UnsupportedFormatError(
+                    f"{ck.path}: unknown ComfyUI quantization format {str(fmt)[:40]!r} (layer {layer[:80]})",
+                    hint="weightsmith reads float8_e4m3fn, float8_e5m2 and int8_tensorwise; "
+                    "use the unquantized checkpoint",
+                )
+            named.append((prefix + layer, f"{prefix}{layer}.weight_scale", fmt))
+        hidden |= {k for k in infos if k.endswith(COMFY_QUANT_SUFFIX)}
+    layers: dict[str, _Layer] = {}
+    for layer, s, fmt in named:
+        w = f"{layer}.weight"
+        scheme_name, stored = COMFY_QUANT_FORMATS[fmt]
+        if w not in infos or s not in infos:
             raise UnsupportedFormatError(
-                f"{ck.path}: {s} has no fp8 {w} beside it",
-                hint="the file's ComfyUI quantization metadata is broken; re-export it or use the unquantized checkpoint",
+                f"{ck.path}: ComfyUI layer {layer[:80]} ({fmt}) lacks {w if w not in infos else s}",
+                hint=_BROKEN_COMFY,
             )
-        scheme = LINEAR_SCHEMES["fp8-tensor" if infos[w].dtype == torch.float8_e4m3fn else "fp8-e5m2"]
-        layers[w] = _Layer(scheme, tuple(infos[w].shape), w, s)
+        if infos[w].dtype != stored or len(infos[w].shape) != 2:
+            raise UnsupportedFormatError(
+                f"{ck.path}: {w} is {dtype_name(infos[w].dtype)} {list(infos[w].shape)}, "
+                f"not the 2-D {dtype_name(stored)} weight {fmt} needs",
+                hint="ComfyUI would value-cast it; re-export the file with matching dtypes",
+            )
+        shape = tuple(infos[w].shape)
+        sshape, sdtype = tuple(infos[s].shape), infos[s].dtype
+        if not sdtype.is_floating_point:
+            raise UnsupportedFormatError(
+                f"{ck.path}: {s} is {dtype_name(sdtype)}, not a float scale", hint=_BROKEN_COMFY
+            )
+        if math.prod(sshape) == 1 and len(sshape) <= 2:
+            scheme = LINEAR_SCHEMES[scheme_name]
+        elif stored == torch.int8 and sshape == (shape[0], 1):  # per-row int8 also dequantizes
+            scheme = LINEAR_SCHEMES["int8"]
+        else:
+            raise UnsupportedFormatError(
+                f"{ck.path}: {s} has shape {list(sshape)}; {fmt} holds one scale per tensor",
+                hint=_BROKEN_COMFY,
+            )
+        layers[w] = _Layer(scheme, shape, w, s, float32_scale=True)
         hidden.add(s)
         if f"{layer}{input_suffix}" in infos:
             hidden.add(f"{layer}{input_suffix}")

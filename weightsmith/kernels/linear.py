@@ -3,8 +3,9 @@
 A ``LinearScheme`` says how one 2-D weight becomes integers (or fp8 values) and scales; the
 kernels here quantize and dequantize it in torch, on whatever device the tensor is on, with the
 same result on CPU and CUDA (only IEEE-exact operations: abs-max, one division, round-half-even,
-clamp, a cast). The layouts that store the result (compressed-tensors, ComfyUI scaled fp8) live
-in ``weightsmith.quantize.linear.formats`` (writing) and ``weightsmith.io.quantized`` (reading).
+clamp, a cast). The layouts that store the result (compressed-tensors, ComfyUI's comfy_quant and
+its legacy scaled fp8) live in ``weightsmith.quantize.linear.formats`` (writing) and
+``weightsmith.io.quantized`` (reading).
 Adding a scheme is registering one more ``LinearScheme``.
 
 Conventions (chosen so that compressed-tensors' own compressor, given our scales, produces our
@@ -116,6 +117,16 @@ register_linear_scheme(
         fp8_dtype=torch.float8_e5m2,
         formats=("comfy",),
         description="float8_e5m2, one scale per tensor (ComfyUI only: compressed-tensors has no e5m2)",
+    )
+)
+register_linear_scheme(
+    LinearScheme(
+        "int8-tensor",
+        "int",
+        8,
+        "tensor",
+        formats=("comfy",),
+        description="int8, symmetric, one float32 scale per tensor (ComfyUI's int8_tensorwise)",
     )
 )
 for _g, _name in ((128, "int4"), (64, "int4-g64"), (32, "int4-g32")):

@@ -4,9 +4,13 @@ a transformer's Linear weights as INT8/FP8/INT4 safetensors, in the layout their
 * ``--format compressed-tensors`` (default; DST a folder): a Diffusers component folder whose
   config.json is the Diffusers config plus compressed-tensors' ``quantization_config``, and whose
   safetensors hold each quantized Linear as that format defines it (see ``linear_formats``).
-* ``--format comfy`` (DST a ``.safetensors`` file): ComfyUI's scaled-fp8 file in the family's
-  published layout (``quant.gguf_layout``), for fp8-tensor and fp8-e5m2, for the families whose
-  ``quant.comfy_fp8`` says ComfyUI loads one. Chosen by default when DST ends in .safetensors.
+* ``--format comfy`` (DST a ``.safetensors`` file): ComfyUI's current comfy_quant file (per-layer
+  ``comfy_quant`` JSON, ``weight_scale``) in the family's published layout (``quant.gguf_layout``),
+  for fp8-tensor, fp8-e5m2 and int8-tensor, for the families whose ``quant.comfy_fp8`` says
+  ComfyUI loads one. Chosen by default when DST ends in .safetensors. ``fp8`` (per channel) is
+  refused, not mapped: ComfyUI's fp8 layers take one scalar scale.
+* ``--format comfy-legacy``: the same file in the legacy scaled-fp8 layout (a ``scaled_fp8``
+  marker, ``scale_weight``), fp8-tensor only: ComfyUI reads every legacy layer as e4m3.
 
 The run streams like the GGUF runner: open lazily, detect, plan the conversion to the output
 layout, then quantize each tensor the policy selects on the chosen device as the stream reaches
@@ -40,7 +44,10 @@ from weightsmith.quantize.linear.formats import (
     SCHEME_KEY,
     SOURCE_DTYPE_KEY,
     check_activations,
+    check_comfy_legacy,
     comfy_marker_spec,
+    comfy_quant_specs,
+    comfy_quant_tensors,
     comfy_specs,
     comfy_tensors,
     ct_format,
@@ -53,7 +60,8 @@ from weightsmith.quantize.options import LinearOptions, QuantizeOptions, SchemeF
 from weightsmith.quantize.outputs import check_outputs, staged_outputs
 from weightsmith.quantize.report import LayerRecord, QuantizeResult, layers_path, sqnr_db, write_layer_report
 
-FORMATS = ("compressed-tensors", "comfy")
+FORMATS = ("compressed-tensors", "comfy", "comfy-legacy")
+COMFY_FORMATS = ("comfy", "comfy-legacy")
 
 
 def comfy_families() -> str:
@@ -71,15 +79,20 @@ def resolve_format(fmt: str | None, scheme: LinearScheme, dst: Path) -> str:
         raise UsageError(
             f"--format {fmt} does not hold {scheme.name} weights", hint=f"choose one of {', '.join(FORMATS)}"
         )
-    if fmt not in scheme.formats:
-        hint = (
-            "compressed-tensors stores fp8 as e4m3fn only: use --scheme fp8 or fp8-tensor, "
-            f"or --format comfy ({comfy_families()})"
-            if fmt == "compressed-tensors"
-            else "use --scheme fp8-tensor or fp8-e5m2 with --format comfy"
-        )
+    if fmt == "comfy-legacy" and "comfy" in scheme.formats:
+        check_comfy_legacy(scheme)
+    elif fmt not in scheme.formats:
+        if fmt != "compressed-tensors":
+            hint = "use --scheme fp8-tensor, fp8-e5m2 or int8-tensor with --format comfy"
+        elif scheme.kind == "float":
+            hint = (
+                "compressed-tensors stores fp8 as e4m3fn only: use --scheme fp8 or fp8-tensor, "
+                f"or --format comfy ({comfy_families()})"
+            )
+        else:
+            hint = f"use --scheme int8 (per channel) for compressed-tensors, or --format comfy ({comfy_families()})"
         raise UsageError(f"--scheme {scheme.name} cannot be written as {fmt}", hint=hint)
-    if fmt == "comfy" and dst.suffix != ".safetensors":
+    if fmt in COMFY_FORMATS and dst.suffix != ".safetensors":
         raise UsageError(
             f"ComfyUI output {dst} should be one .safetensors file",
             hint="name DST like model-fp8.safetensors",
@@ -211,7 +224,7 @@ def run_linear(
         else:
             if not spec.comfy_fp8:
                 raise UsageError(
-                    f"--format comfy writes the ComfyUI layout of {comfy_families()}; this is {det.family}",
+                    f"--format {fmt} writes the ComfyUI layout of {comfy_families()}; this is {det.family}",
                     hint="use --format compressed-tensors (--scheme fp8 or fp8-tensor)",
                 )
             out_plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="")
@@ -236,6 +249,8 @@ def run_linear(
                 module = s.name.removesuffix(".weight")
                 if fmt == "compressed-tensors":
                     specs += ct_specs(module, s.shape, ls, afmt)  # type: ignore[arg-type]
+                elif fmt == "comfy":
+                    specs += comfy_quant_specs(module, s.shape, ls)
                 else:
                     specs += comfy_specs(module, s.shape, ls)
             else:
@@ -280,9 +295,12 @@ def run_linear(
                 err = sqnr_db(t.to(dev), deq)
                 del deq
                 module = name.removesuffix(".weight")
-                items = (
-                    ct_tensors(module, qw, afmt) if fmt == "compressed-tensors" else comfy_tensors(module, qw)
-                )
+                if fmt == "compressed-tensors":
+                    items = ct_tensors(module, qw, afmt)
+                elif fmt == "comfy":
+                    items = comfy_quant_tensors(module, qw)
+                else:
+                    items = comfy_tensors(module, qw)
                 after = sum(x.numel() * x.element_size() for _, x in items)
                 layers.append(LayerRecord(name, tuple(t.shape), ls.name, d.reason, before, after, err))
                 del qw, t
@@ -301,13 +319,16 @@ def run_linear(
                 prov = provenance_config(out_plan)
                 if prov:
                     meta[CONFIG_METADATA_KEY] = json.dumps(prov, sort_keys=True)
-                marker_spec, marker = comfy_marker_spec(ls)
+                if fmt == "comfy":
+                    write_safetensors(tmp, specs, tensors(), meta)
+                else:
+                    marker_spec, marker = comfy_marker_spec(ls)
 
-                def with_marker() -> Iterator[tuple[str, torch.Tensor]]:
-                    yield from tensors()
-                    yield marker_spec[0], marker
+                    def with_marker() -> Iterator[tuple[str, torch.Tensor]]:
+                        yield from tensors()
+                        yield marker_spec[0], marker
 
-                write_safetensors(tmp, [*specs, marker_spec], with_marker(), meta)
+                    write_safetensors(tmp, [*specs, marker_spec], with_marker(), meta)
             result = QuantizeResult(dst, label, layers, time.perf_counter() - t0)
             if table is not None:
                 write_layer_report(dst, result, table)
