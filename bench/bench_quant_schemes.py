@@ -40,6 +40,8 @@ RUNS = [
     ("fp8-tensor", None, None),
     ("fp8-tensor", None, "comfy"),
     ("fp8-e5m2", None, "comfy"),
+    ("int8-tensor", None, "comfy"),
+    ("fp8-tensor", None, "comfy-legacy"),
     ("int4", None, None),
     ("int4-g64", None, None),
     ("int4-g32", None, None),
@@ -89,7 +91,7 @@ def main() -> None:
         src = build(Path(tmp), args.layers)
         src_bytes = size_on_disk(src)
         for scheme, acts, fmt in RUNS:
-            dst = Path(tmp) / ("out.safetensors" if fmt == "comfy" else "out")
+            dst = Path(tmp) / ("out.safetensors" if fmt in ("comfy", "comfy-legacy") else "out")
             t0 = time.perf_counter()
             r = quantize_linear(
                 src, dst, scheme, activations=acts, format=fmt, device="cpu", progress=False, report=False

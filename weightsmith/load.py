@@ -6,7 +6,7 @@ quantized is the business of a weights strategy picked by what the reader opened
 
 * a plain checkpoint (any container or layout): every tensor as stored (``PlainWeights``);
 * a GGUF file: quantized Linear weights stay as ggml blocks (``quantize.gguf.loader.GGUFWeights``);
-* a compressed-tensors folder or ComfyUI fp8 file (opened dequantizing by ``io/quantized.py``):
+* a compressed-tensors folder or ComfyUI comfy_quant / scaled-fp8 file (opened dequantizing by ``io/quantized.py``):
   quantized Linear weights stay in their stored numbers, run by the reference path or torchao
   (``quantize.linear.runtime.LinearWeights``).
 
@@ -196,7 +196,7 @@ def load_quantized(
     if not isinstance(ck, DequantizingView):
         ck.close()
         raise UsageError(
-            f"{path} is not a compressed-tensors folder or a ComfyUI fp8 file",
+            f"{path} is not a compressed-tensors folder or a ComfyUI quantized (comfy_quant / scaled fp8) file",
             hint="load it with weightsmith.load.load_model",
         )
     if config is not None:

@@ -146,7 +146,7 @@ class QuantSpec:
     gguf_ffn_down: tuple[str, ...] = ()
     gguf_f32: tuple[str, ...] = ()
     diffusers_reads_gguf: bool = False  # diffusers' from_single_file loads our GGUF of it
-    comfy_fp8: bool = False  # ComfyUI loads a scaled-fp8 single file of it in ``gguf_layout``
+    comfy_fp8: bool = False  # ComfyUI loads a comfy_quant / scaled-fp8 single file of it in ``gguf_layout``
 
     def keep_reason(self, name: str) -> str | None:
         """Why the tensor of Diffusers name ``name`` stays in high precision, or None."""

@@ -157,7 +157,7 @@ def _magic(path: Path, n: int) -> bytes:
 def open_checkpoint(path: str | Path) -> Checkpoint | PipelineCheckpoint:
     """Open any supported checkpoint file or folder lazily (see DESIGN.md, Contracts).
 
-    A quantized artifact (compressed-tensors, ComfyUI fp8) opens as the plain checkpoint it
+    A quantized artifact (compressed-tensors, ComfyUI comfy_quant or scaled fp8) opens as the plain checkpoint it
     encodes, dequantized on read (``io/quantized.py``), as a GGUF file does."""
     ck = _open(Path(path))
     if isinstance(ck, PipelineCheckpoint):

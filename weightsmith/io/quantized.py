@@ -413,7 +413,7 @@ def _common_prefix(infos: dict[str, TensorInfo], confs: dict[str, Any]) -> str:
 
 
 def open_view(ck: Checkpoint) -> DequantizingView | None:
-    """The dequantizing view of a compressed-tensors or ComfyUI fp8 artifact, or None for others."""
+    """The dequantizing view of a compressed-tensors or ComfyUI (comfy_quant, scaled fp8) artifact, or None for others."""
     if isinstance(ck, DequantizingView):
         return ck
     kind = quantized_kind(ck)

@@ -30,8 +30,9 @@ class QuantizeOptions:
 
 @dataclass(frozen=True)
 class LinearOptions:
-    """What only the INT8/FP8/INT4 schemes take: the output layout (``compressed-tensors`` or
-    ``comfy``; None picks by DST), whole blocks kept, W8A8 activations and the shard size."""
+    """What only the INT8/FP8/INT4 schemes take: the output layout (``compressed-tensors``,
+    ``comfy`` (comfy_quant) or ``comfy-legacy`` (scaled fp8); None picks by DST), whole blocks kept,
+    W8A8 activations and the shard size."""
 
     format: str | None = None
     keep_blocks: str | KeepBlocks | None = None

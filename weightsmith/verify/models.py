@@ -110,7 +110,7 @@ def describe_source(path: Path, component: str | None = "transformer") -> Source
 
     if not path.exists():
         raise NotFoundError(f"{path} does not exist", hint="check the path")
-    # Quantized artifacts (compressed-tensors, ComfyUI fp8) open as the plain checkpoint they
+    # Quantized artifacts (compressed-tensors, ComfyUI comfy_quant or scaled fp8) open as the plain checkpoint they
     # encode, dequantized on read.
     ck = open_single(path, component)
     files = [p for p in ck.files if p.is_file()]

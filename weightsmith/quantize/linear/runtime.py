@@ -1,5 +1,5 @@
-"""Run INT8/FP8/INT4 artifacts: the Linear layers that keep a compressed-tensors or ComfyUI fp8
-artifact's weights quantized inside the family's diffusers class (``weightsmith.load`` builds the
+"""Run INT8/FP8/INT4 artifacts: the Linear layers that keep a compressed-tensors or ComfyUI
+(comfy_quant or scaled fp8) artifact's weights quantized inside the family's diffusers class (``weightsmith.load`` builds the
 model; ``LinearWeights`` tells it which weights stay quantized and how).
 
 Two paths compute each quantized Linear:
