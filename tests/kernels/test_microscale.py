@@ -307,3 +307,21 @@ def test_widths_no_block_divides_are_refused_where_the_format_cannot_pad():
         ms.quantize_mxfp8(torch.randn(2, 3, 32))
     with pytest.raises(QuantizationError, match="convention"):
         ms.quantize_nvfp4(torch.randn(4, 32), convention="other")
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here; the arithmetic claims device independence"
+)
+def test_cuda_gives_the_cpu_bytes():
+    w = hostile_weight((130, 96), seed=11)
+    for quantize in (ms.quantize_nvfp4, ms.quantize_mxfp8, ms.quantize_mxfp4):
+        cpu, gpu = quantize(w), quantize(w.cuda())
+        for a, b in zip(
+            (cpu.codes, cpu.scales) if hasattr(cpu, "codes") else (cpu.values, cpu.exponents),
+            (gpu.codes, gpu.scales) if hasattr(gpu, "codes") else (gpu.values, gpu.exponents),
+        ):
+            assert torch.equal(bits(a), bits(b.cpu()))
+    q = ms.quantize_nvfp4(w, convention="compressed-tensors", pad=1)
+    assert torch.equal(
+        bits(q.codes), bits(ms.quantize_nvfp4(w.cuda(), convention="compressed-tensors", pad=1).codes.cpu())
+    )

@@ -214,6 +214,23 @@ class MX:
     element: str  # "e4m3" or "e2m1"
 
 
+def mxfp8_exponents(block_amax: torch.Tensor) -> torch.Tensor:
+    """E8M0 exponents of MXFP8 blocks, comfy-kitchen's: ceil(log2(amax / 448)) + 127 in [0, 254] (0 for amax 0)."""
+    needed = (block_amax / E4M3_MAX).clamp(min=2.0**-127)
+    return (ceil_log2_as_float32(needed) + E8M0_BIAS).clamp(0, 254).to(torch.uint8)
+
+
+def mxfp4_exponents(block_amax: torch.Tensor) -> torch.Tensor:
+    """E8M0 exponents of MXFP4 blocks, compressed-tensors' observer's: floor(log2(p)) - 2 + 127 in [0, 254].
+
+    ``p`` is amax rounded to a power of two, up when its mantissa reaches 1.75 (float32 bit
+    arithmetic, as compressed-tensors' ``round_to_power_2``); amax 0 (or subnormal) gives 0.
+    """
+    power = ((block_amax.view(torch.int32) + (1 << 21)) & 0x7F800000).view(torch.float32)
+    exponents = torch.where(power > 0, floor_log2(power.clamp(min=2.0**-126)), -E8M0_BIAS) - 2 + E8M0_BIAS
+    return exponents.clamp(0, 254).to(torch.uint8)
+
+
 def quantize_mxfp8(w: torch.Tensor, *, pad: int = MX_BLOCK, name: str = "weight") -> MX:
     """MXFP8 as comfy-kitchen's eager backend computes it (``pad``: row/col multiple, 32 for ComfyUI)."""
     x = _as_2d_float32(w, name)
@@ -225,14 +242,13 @@ def quantize_mxfp8(w: torch.Tensor, *, pad: int = MX_BLOCK, name: str = "weight"
         )
     x = pad_to(x, pad, pad)
     blocks = _blocks(x, MX_BLOCK)
-    needed = (blocks.abs().amax(dim=-1) / E4M3_MAX).clamp(min=2.0**-127)
-    exponents = (ceil_log2_as_float32(needed) + E8M0_BIAS).clamp(0, 254)
-    scale = e8m0_decode(exponents.to(torch.uint8))
+    exponents = mxfp8_exponents(blocks.abs().amax(dim=-1))
+    scale = e8m0_decode(exponents)
     empty = scale == 0  # all-zero blocks and those too small for any E8M0 scale ComfyUI decodes
     scaled = blocks / torch.where(empty, torch.ones_like(scale), scale).unsqueeze(-1)
     scaled = torch.where(empty.unsqueeze(-1), torch.zeros_like(scaled), scaled)
     values = scaled.clamp(-E4M3_MAX, E4M3_MAX).reshape(x.shape).to(torch.float8_e4m3fn)
-    return MX(values, torch.where(empty, 0, exponents).to(torch.uint8), shape, "e4m3")
+    return MX(values, torch.where(empty, 0, exponents), shape, "e4m3")
 
 
 def quantize_mxfp4(w: torch.Tensor, *, name: str = "weight") -> MX:
@@ -244,12 +260,7 @@ def quantize_mxfp4(w: torch.Tensor, *, name: str = "weight") -> MX:
             hint="keep this tensor in float (compressed-tensors' mxfp4 has no padding)",
         )
     blocks = _blocks(x, MX_BLOCK)
-    amax = blocks.abs().amax(dim=-1)
-    # amax rounded to a power of two: up when its mantissa reaches 1.75 (1.5 + half a step of E2M1's).
-    bits = amax.view(torch.int32)
-    power = ((bits + (1 << 21)) & 0x7F800000).view(torch.float32)
-    exponents = torch.where(power > 0, floor_log2(power.clamp(min=2.0**-126)), -E8M0_BIAS) - 2 + E8M0_BIAS
-    exponents = exponents.clamp(0, 254).to(torch.uint8)
+    exponents = mxfp4_exponents(blocks.abs().amax(dim=-1))
     scale = e8m0_decode(exponents, zero_is_zero=False)
     scaled = (blocks / scale.unsqueeze(-1)).clamp(-E2M1_MAX, E2M1_MAX).reshape(x.shape)
     codes = e2m1_encode(scaled, signed_zero=False)
