@@ -3,6 +3,9 @@ float8_e4m3fn / float8_e5m2 / int8_tensorwise layers, or legacy scaled fp8; ours
 tools') opens as the plain checkpoint it encodes, each quantized weight dequantized on read, as
 ``GGUFCheckpoint`` does for GGUF. ComfyUI files follow its rules (reference comfy-quant.md):
 ``weight.to(float32) * weight_scale.to(float32)``; formats not read yet (mxfp8, nvfp4) are refused.
+compressed-tensors' ``nvfp4-pack-quantized`` / ``mxfp4-pack-quantized`` weights dequantize to
+float32 by ``weightsmith.kernels.microscale`` (exact: what compressed-tensors' bf16 decompression
+rounds).
 
 ``open_checkpoint`` hands every component checkpoint to ``dequantizing_view``: an artifact of one
 of these formats comes back as a ``DequantizingView`` (scales, zero points, shapes and markers
@@ -135,6 +138,7 @@ class _Layer:
     packed_bits: int | None = None
     zp_packed: bool = False
     float32_scale: bool = False  # ComfyUI casts a layer's scale to float32 before multiplying
+    global_scale: str | None = None  # nvfp4's weight_global_scale
 
 
 def scheme_from_ct_args(w: dict[str, Any], where: str = "") -> LinearScheme:
@@ -144,6 +148,16 @@ def scheme_from_ct_args(w: dict[str, Any], where: str = "") -> LinearScheme:
     group = w.get("group_size")
     strategy = w.get("strategy") or ("tensor" if group is None else "group" if group > 0 else "channel")
     sym = bool(w.get("symmetric", True))
+    if kind == "float" and bits == 4:
+        fp4 = next((s for s in LINEAR_SCHEMES.values() if s.kind == "fp4" and s.group_size == group), None)
+        if fp4 is None or not sym or strategy not in ("tensor_group", "group"):
+            raise UnsupportedFormatError(
+                f"{where}: compressed-tensors float4 weights with group {group}, strategy {strategy!r}"
+                + ("" if sym else ", asymmetric")
+                + " are not supported",
+                hint="weightsmith reads nvfp4 (symmetric, groups of 16) and mxfp4 (groups of 32)",
+            )
+        return fp4
     if strategy not in ("channel", "tensor", "group") or (kind == "int" and bits not in (4, 8)):
         raise UnsupportedFormatError(
             f"{where}: compressed-tensors {kind}{bits} with strategy {strategy!r} is not supported",
@@ -261,7 +275,10 @@ class DequantizingView(Checkpoint):
             zp = self.inner.get(lay.zero_point)
             if lay.zp_packed:
                 zp = unpack_int32(zp, lay.scheme.bits, lay.shape[0], dim=0)
-        return QuantizedWeight(lay.scheme, self.inner.get(lay.data), scale, zp, lay.shape, lay.packed_bits)  # type: ignore[arg-type]
+        gs = self.inner.get(lay.global_scale) if lay.global_scale is not None else None
+        return QuantizedWeight(
+            lay.scheme, self.inner.get(lay.data), scale, zp, lay.shape, lay.packed_bits, gs
+        )  # type: ignore[arg-type]
 
     def _read(self, name: str) -> torch.Tensor:
         if name in self.layers:
@@ -291,7 +308,10 @@ def _ct_view(ck: Checkpoint, qc: dict[str, Any]) -> DequantizingView:
         scheme = scheme_from_ct_args(g["weights"], f"{ck.path}: {m}")
         acts.add(_act_name(g.get("input_activations")))
         zp = f"{m}.weight_zero_point" if f"{m}.weight_zero_point" in infos else None
-        if f"{m}.weight_packed" in infos:
+        if scheme.kind == "fp4":
+            lay = _fp4_layer(ck, m, scheme)
+            hidden |= {lay.data} | ({lay.global_scale} if lay.global_scale else set())
+        elif f"{m}.weight_packed" in infos:
             shape_key = f"{m}.weight_shape"
             if shape_key not in infos:
                 raise UnsupportedFormatError(
@@ -323,6 +343,30 @@ def _ct_view(ck: Checkpoint, qc: dict[str, Any]) -> DequantizingView:
             hidden.add(k)
     act = next(iter(acts)) if len(acts) == 1 else None
     return DequantizingView(ck, "compressed-tensors", layers, hidden, act)
+
+
+def _fp4_layer(ck: Checkpoint, m: str, scheme: LinearScheme) -> _Layer:
+    """An nvfp4/mxfp4 layer: uint8 packed codes [out, in/2], block scales [out, in/block], nvfp4's global scale."""
+    infos, block = ck.infos, scheme.group_size or 1
+    packed, scale, gs = f"{m}.weight_packed", f"{m}.weight_scale", f"{m}.weight_global_scale"
+    want_scale = torch.float8_e4m3fn if scheme.nvfp4 else torch.uint8
+    p, s = infos.get(packed), infos.get(scale)
+    shape = (p.shape[0], p.shape[1] * 2) if p is not None and len(p.shape) == 2 else None
+    problem = None
+    if p is None or s is None or shape is None or p.dtype != torch.uint8:
+        problem = f"{packed} is missing or not 2-D uint8"
+    elif s.dtype != want_scale or tuple(s.shape) != (shape[0], shape[1] // block) or shape[1] % block:
+        problem = f"{scale} is {dtype_name(s.dtype)} {list(s.shape)}, not {dtype_name(want_scale)} [{shape[0]}, {shape[1] // block}]"
+    elif scheme.nvfp4 and (
+        gs not in infos or infos[gs].dtype != torch.float32 or math.prod(infos[gs].shape) != 1
+    ):
+        problem = f"{gs} is missing or not one float32"
+    if problem is not None:
+        raise UnsupportedFormatError(
+            f"{ck.path}: {scheme.name} layer {m}: {problem}",
+            hint="the file's compressed-tensors data is incomplete; re-export it or use the unquantized checkpoint",
+        )
+    return _Layer(scheme, shape, packed, scale, global_scale=gs if scheme.nvfp4 else None)  # type: ignore[arg-type]
 
 
 def _comfy_view(ck: Checkpoint) -> DequantizingView:

@@ -1,4 +1,4 @@
-"""INT8, FP8 and INT4 weight schemes for Linear layers: the numbers, independent of any file layout.
+"""INT8, FP8, INT4 and FP4 (NVFP4, MXFP4) weight schemes for Linear layers: the numbers, independent of any file layout.
 
 A ``LinearScheme`` says how one 2-D weight becomes integers (or fp8 values) and scales; the
 kernels here quantize and dequantize it in torch, on whatever device the tensor is on, with the
@@ -18,7 +18,10 @@ integers, and its decompressor our weights):
   with ``qmin, qmax = -2**(bits-1), 2**(bits-1) - 1``;
 * fp8: ``scale = absmax / finfo(fp8).max``, ``q = clamp(w / scale, -max, max).to(fp8)``;
 * an all-zero row or group gets scale 1 (no division by zero);
-* scales are float32; dequantization is ``(q - zp) * scale`` computed in the scale's dtype.
+* scales are float32; dequantization is ``(q - zp) * scale`` computed in the scale's dtype;
+* fp4 (kind ``"fp4"``: ``nvfp4`` blocks of 16, ``mxfp4`` blocks of 32): the arithmetic of
+  ``weightsmith.kernels.microscale`` in compressed-tensors' convention, codes packed two per byte
+  (even column in the low nibble), so its compressors read and write our very bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +34,17 @@ import torch
 import torch.nn.functional as F
 
 from weightsmith.errors import QuantizationError, UsageError
+from weightsmith.kernels.microscale import (
+    MX,
+    MX_BLOCK,
+    NVFP4,
+    NVFP4_BLOCK,
+    dequantize_mx,
+    dequantize_nvfp4,
+    quantize_mxfp4,
+    quantize_nvfp4,
+)
+from weightsmith.kernels.microscale_layout import pack_nibbles, unpack_nibbles
 
 GRANULARITIES = ("channel", "tensor", "group")
 # Dynamic per-token activation quantization a W8A8 artifact may record.
@@ -42,7 +56,7 @@ class LinearScheme:
     """How one Linear weight is quantized (see the module docstring for the arithmetic)."""
 
     name: str
-    kind: str  # "int" or "float"
+    kind: str  # "int", "float" (fp8) or "fp4" (E2M1 in blocks: nvfp4, mxfp4)
     bits: int
     granularity: str  # "channel" (one scale per output row), "tensor" or "group"
     group_size: int | None = None
@@ -52,12 +66,19 @@ class LinearScheme:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("int", "float") or self.granularity not in GRANULARITIES:
+        if self.kind not in ("int", "float", "fp4") or self.granularity not in GRANULARITIES:
             raise ValueError(f"bad scheme {self}")
         if (self.granularity == "group") != (self.group_size is not None):
             raise ValueError(f"{self.name}: group_size goes with granularity 'group'")
         if self.kind == "float" and (self.fp8_dtype is None or not self.symmetric):
             raise ValueError(f"{self.name}: float schemes are symmetric fp8")
+        if self.kind == "fp4" and self.group_size not in (NVFP4_BLOCK, MX_BLOCK):
+            raise ValueError(f"{self.name}: fp4 blocks are 16 (nvfp4) or 32 (mxfp4)")
+
+    @property
+    def nvfp4(self) -> bool:
+        """An fp4 scheme with e4m3 block scales and a global scale (else E8M0 exponents, MXFP4)."""
+        return self.kind == "fp4" and self.group_size == NVFP4_BLOCK
 
     @property
     def qmin(self) -> int:
@@ -135,6 +156,21 @@ for _g, _name in ((128, "int4"), (64, "int4-g64"), (32, "int4-g32")):
     )
 register_linear_scheme(
     LinearScheme(
+        "nvfp4",
+        "fp4",
+        4,
+        "group",
+        NVFP4_BLOCK,
+        description="NVFP4: E2M1, blocks of 16 with e4m3 scales, float32 global scale (W4A16)",
+    )
+)
+register_linear_scheme(
+    LinearScheme(
+        "mxfp4", "fp4", 4, "group", MX_BLOCK, description="MXFP4: E2M1, blocks of 32 with E8M0 scales (W4A16)"
+    )
+)
+register_linear_scheme(
+    LinearScheme(
         "int4-asym", "int", 4, "group", 128, symmetric=False, description="int4, zero points, groups of 128"
     )
 )
@@ -157,6 +193,9 @@ class QuantizedWeight:
     int32 words packed the compressed-tensors way (kept packed at run time to save memory).
     ``scale`` is (out, 1) per channel, (out, n_groups) per group, or one element per tensor;
     ``zero_point`` (asymmetric only) is int8 (out, n_groups).
+    fp4: ``data`` is uint8 codes packed two per byte (even column low), ``scale`` the block scales
+    as stored (float8_e4m3fn for nvfp4, uint8 E8M0 exponents for mxfp4), ``global_scale`` nvfp4's
+    float32 (1,) (compressed-tensors' sense: 2688 / amax).
     """
 
     scheme: LinearScheme
@@ -165,26 +204,33 @@ class QuantizedWeight:
     zero_point: torch.Tensor | None
     shape: tuple[int, int]
     packed_bits: int | None = None
+    global_scale: torch.Tensor | None = None
 
     def values(self) -> torch.Tensor:
-        """The quantized values, unpacked (int8 or fp8), shaped like the weight."""
+        """The quantized values, unpacked (int8, fp8 or uint8 E2M1 codes), shaped like the weight."""
+        if self.scheme.kind == "fp4":
+            return unpack_nibbles(self.data, even_high=False)
         if self.packed_bits is None:
             return self.data
         return unpack_int32(self.data, self.packed_bits, self.shape[1])
 
     def dequantize(self) -> torch.Tensor:
-        """The weight the stored numbers encode, in the scale's dtype (float32 for ours)."""
+        """The weight the stored numbers encode, in the scale's dtype (float32 for ours and fp4)."""
+        if self.scheme.kind == "fp4":
+            return dequantize_fp4(self)
         return dequantize(self.values(), self.scale, self.zero_point, self.scheme)
 
     def to(self, device: torch.device | str) -> QuantizedWeight:
         zp = self.zero_point.to(device) if self.zero_point is not None else None
+        gs = self.global_scale.to(device) if self.global_scale is not None else None
         return QuantizedWeight(
-            self.scheme, self.data.to(device), self.scale.to(device), zp, self.shape, self.packed_bits
+            self.scheme, self.data.to(device), self.scale.to(device), zp, self.shape, self.packed_bits, gs
         )
 
     @property
     def nbytes(self) -> int:
-        ts = [self.data, self.scale] + ([self.zero_point] if self.zero_point is not None else [])
+        extra = [t for t in (self.zero_point, self.global_scale) if t is not None]
+        ts = [self.data, self.scale, *extra]
         return sum(t.numel() * t.element_size() for t in ts)
 
 
@@ -204,6 +250,8 @@ def quantize_weight(
             f"{name}: row of {inn} is not a multiple of {scheme.name}'s group of {scheme.group_size}",
             hint="keep it with --keep, or choose a scheme with a smaller group (int4-g64, int4-g32)",
         )
+    if scheme.kind == "fp4":
+        return quantize_fp4(x, scheme, name)
     if x.data_ptr() == w.data_ptr():
         x = x.clone()  # the in-place steps below must not touch the caller's tensor
     one = torch.ones((), dtype=torch.float32, device=x.device)
@@ -247,6 +295,31 @@ def quantize_weight(
     if scheme.granularity == "tensor":
         scale = scale.reshape(1)
     return QuantizedWeight(scheme, q, scale, zp, (out, inn))
+
+
+def quantize_fp4(x: torch.Tensor, scheme: LinearScheme, name: str = "weight") -> QuantizedWeight:
+    """NVFP4 / MXFP4 in compressed-tensors' convention (no padding: the policy keeps rows no block divides)."""
+    if scheme.nvfp4:
+        q = quantize_nvfp4(x, convention="compressed-tensors", pad=1, name=name)
+        packed = pack_nibbles(q.codes, even_high=False)
+        return QuantizedWeight(scheme, packed, q.scales, None, q.shape, None, q.global_scale.reshape(1))
+    m = quantize_mxfp4(x, name=name)
+    return QuantizedWeight(scheme, pack_nibbles(m.values, even_high=False), m.exponents, None, m.shape)
+
+
+def dequantize_fp4(qw: QuantizedWeight) -> torch.Tensor:
+    """Float32 weight of an fp4 ``QuantizedWeight``: the exact products compressed-tensors rounds to bf16."""
+    codes = qw.values()
+    if qw.scheme.nvfp4:
+        if qw.global_scale is None:
+            raise QuantizationError(
+                f"{qw.scheme.name} weight of shape {list(qw.shape)} has no global scale",
+                hint="the artifact lacks weight_global_scale; re-export it or use the unquantized checkpoint",
+            )
+        g = qw.global_scale.to(torch.float32).reshape(())
+        scales = qw.scale.to(torch.float8_e4m3fn)
+        return dequantize_nvfp4(NVFP4(codes, scales, g, qw.shape, "compressed-tensors"))
+    return dequantize_mx(MX(codes, qw.scale.to(torch.uint8), qw.shape, "e2m1"))
 
 
 def _fit_top(scale: torch.Tensor, top: float) -> torch.Tensor:

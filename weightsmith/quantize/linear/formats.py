@@ -11,6 +11,10 @@ compressed-tensors (reference quantization-and-onnx.md section 2), per quantized
 * ``naive-quantized`` (fp8 weight-only), ``int-quantized`` / ``float-quantized`` (W8A8 with
   dynamic per-token activations): ``M.weight`` int8 or float8_e4m3fn, ``M.weight_scale`` float32
   (out, 1) or (1,) per tensor;
+* ``nvfp4-pack-quantized`` / ``mxfp4-pack-quantized`` (fp4 weight-only, W4A16): ``M.weight_packed``
+  uint8 [out, in/2] (two E2M1 codes a byte, even column in the low nibble), ``M.weight_scale``
+  float8_e4m3fn [out, in/16] (nvfp4) or uint8 E8M0 exponents [out, in/32] (mxfp4), and for nvfp4
+  ``M.weight_global_scale`` float32 [1]; no ``weight_shape`` (the compressor infers it);
 * config.json carries ``quantization_config`` (quant_method ``compressed-tensors``, the format,
   one config group targeting ``Linear``, and an ``ignore`` list naming every module whose
   ``.weight`` is not quantized, so model-free tools never mistake a norm or conv for one).
@@ -62,7 +66,9 @@ PACK = "pack-quantized"
 NAIVE = "naive-quantized"
 INT_Q = "int-quantized"
 FLOAT_Q = "float-quantized"
-CT_FORMATS = (PACK, NAIVE, INT_Q, FLOAT_Q)
+NVFP4_PACK = "nvfp4-pack-quantized"
+MXFP4_PACK = "mxfp4-pack-quantized"
+CT_FORMATS = (PACK, NAIVE, INT_Q, FLOAT_Q, NVFP4_PACK, MXFP4_PACK)
 # The compressed-tensors release whose on-disk layout this module writes and was tested against.
 CT_LAYOUT_VERSION = "0.20.0"
 
@@ -73,6 +79,8 @@ CT_LAYOUT_VERSION = "0.20.0"
 
 def ct_format(scheme: LinearScheme, activations: str | None) -> str:
     """The format name compressed-tensors itself infers for this scheme (its priority order)."""
+    if scheme.kind == "fp4":
+        return NVFP4_PACK if scheme.nvfp4 else MXFP4_PACK
     if activations is None:
         return PACK if scheme.kind == "int" else NAIVE
     return INT_Q if scheme.kind == "int" else FLOAT_Q
@@ -84,6 +92,11 @@ def check_activations(scheme: LinearScheme, activations: str | None, fmt: str) -
         return
     if activations not in ACTIVATIONS:
         raise UsageError(f"unknown --activations {activations!r}", hint="choose int8 or fp8")
+    if scheme.kind == "fp4":
+        raise UsageError(
+            f"--scheme {scheme.name} is written weight-only (W4A16); fp4 activations are not recorded yet",
+            hint="drop --activations",
+        )
     if fmt != "compressed-tensors":
         raise UsageError(
             "--activations is recorded in the compressed-tensors layout only",
@@ -100,6 +113,17 @@ def check_activations(scheme: LinearScheme, activations: str | None, fmt: str) -
 
 
 def ct_weight_args(scheme: LinearScheme) -> dict[str, Any]:
+    """The ``weights`` QuantizationArgs; fp4's are compressed-tensors' NVFP4A16 / MXFP4A16 presets'."""
+    if scheme.kind == "fp4":
+        return {
+            "num_bits": 4,
+            "type": "float",
+            "symmetric": True,
+            "group_size": scheme.group_size,
+            "strategy": "tensor_group" if scheme.nvfp4 else "group",
+            "dynamic": False,
+            "scale_dtype": "torch.float8_e4m3fn" if scheme.nvfp4 else "torch.uint8",
+        }
     args: dict[str, Any] = {
         "num_bits": scheme.bits,
         "type": scheme.kind,
@@ -163,6 +187,14 @@ def ct_specs(module: str, shape: tuple[int, int], scheme: LinearScheme, fmt: str
     """Names, shapes and dtypes one quantized Linear ``module`` is stored as (write order)."""
     out, inn = shape
     sshape = _scale_shape(scheme, out, inn)
+    if scheme.kind == "fp4":
+        fp4: list[SpecT] = [
+            (f"{module}.weight_packed", (out, inn // 2), torch.uint8),
+            (f"{module}.weight_scale", sshape, torch.float8_e4m3fn if scheme.nvfp4 else torch.uint8),
+        ]
+        if scheme.nvfp4:
+            fp4.append((f"{module}.weight_global_scale", (1,), torch.float32))
+        return fp4
     if fmt == PACK:
         specs: list[SpecT] = [
             (f"{module}.weight_packed", (out, packed_cols(inn, scheme.bits)), torch.int32),
@@ -184,6 +216,11 @@ def ct_specs(module: str, shape: tuple[int, int], scheme: LinearScheme, fmt: str
 def ct_tensors(module: str, qw: QuantizedWeight, fmt: str) -> list[tuple[str, torch.Tensor]]:
     """The tensors of ``ct_specs``, in the same order."""
     s = qw.scheme
+    if s.kind == "fp4":
+        out = [(f"{module}.weight_packed", qw.data), (f"{module}.weight_scale", qw.scale)]
+        if qw.global_scale is not None:
+            out.append((f"{module}.weight_global_scale", qw.global_scale))
+        return out
     if fmt == PACK:
         out = [
             (f"{module}.weight_packed", pack_int32(qw.values(), s.bits)),

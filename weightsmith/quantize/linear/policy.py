@@ -5,7 +5,8 @@ diffusers class: convolutions, norms, tables and biases stay as they are). Of th
 family's ``Component.quant.keep`` keeps in high precision what hurts most to quantize and costs
 little to keep (embeddings, modulation, the output head). Users add ``--keep GLOB`` and
 ``--keep-blocks first:N,last:M``; a Linear whose row does not split into whole groups of an int4
-scheme is kept too (recorded with the reason), never padded.
+scheme, or into whole blocks of an fp4 scheme (nvfp4: 16, mxfp4: 32), is kept too (recorded
+with the reason), never padded.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class LinearPolicy:
             return Decision(False, f"--keep-blocks (block {b})")
         if not self.scheme.fits(shape[-1]):
             g = self.scheme.group_size or 0
+            if self.scheme.kind == "fp4":
+                alt = " (nvfp4 would fit)" if shape[-1] % 16 == 0 else ""
+                return Decision(
+                    False, f"row {shape[-1]} not a multiple of {self.scheme.name} block {g}: kept{alt}"
+                )
             alt = next((f"int4-g{s}" for s in (64, 32) if s < g and shape[-1] % s == 0), None)
             why = f"row {shape[-1]} not a multiple of group {g}: kept"
             return Decision(False, why + (f" ({alt} would fit)" if alt else ""))

@@ -1,9 +1,11 @@
-"""`weightsmith quantize SRC DST --scheme {int8,fp8,fp8-tensor,fp8-e5m2,int4,int4-g64,int4-g32,int4-asym}`:
-a transformer's Linear weights as INT8/FP8/INT4 safetensors, in the layout their consumers load.
+"""`weightsmith quantize SRC DST --scheme {int8,fp8,fp8-tensor,fp8-e5m2,int4,int4-g64,int4-g32,int4-asym,nvfp4,mxfp4}`:
+a transformer's Linear weights as INT8/FP8/INT4/FP4 safetensors, in the layout their consumers load.
 
 * ``--format compressed-tensors`` (default; DST a folder): a Diffusers component folder whose
   config.json is the Diffusers config plus compressed-tensors' ``quantization_config``, and whose
-  safetensors hold each quantized Linear as that format defines it (see ``linear_formats``).
+  safetensors hold each quantized Linear as that format defines it (see ``linear_formats``);
+  nvfp4 and mxfp4 (weight-only) are written only here, as ``nvfp4-pack-quantized`` /
+  ``mxfp4-pack-quantized``.
 * ``--format comfy`` (DST a ``.safetensors`` file): ComfyUI's current comfy_quant file (per-layer
   ``comfy_quant`` JSON, ``weight_scale``) in the family's published layout (``quant.gguf_layout``),
   for fp8-tensor, fp8-e5m2 and int8-tensor, for the families whose ``quant.comfy_fp8`` says
@@ -82,7 +84,9 @@ def resolve_format(fmt: str | None, scheme: LinearScheme, dst: Path) -> str:
     if fmt == "comfy-legacy" and "comfy" in scheme.formats:
         check_comfy_legacy(scheme)
     elif fmt not in scheme.formats:
-        if fmt != "compressed-tensors":
+        if scheme.kind == "fp4":
+            hint = "nvfp4 and mxfp4 are written as compressed-tensors folders (DST without .safetensors)"
+        elif fmt != "compressed-tensors":
             hint = "use --scheme fp8-tensor, fp8-e5m2 or int8-tensor with --format comfy"
         elif scheme.kind == "float":
             hint = (
@@ -259,12 +263,14 @@ def run_linear(
                     ignore.add(s.name.removesuffix(".weight"))
         if not any(d.quantize for d in decisions.values()):
             narrow = any(d.reason.startswith("row ") for d in decisions.values())
+            unit = "blocks" if ls.kind == "fp4" else "groups"
+            alt = {"nvfp4": "choose int8 or fp8", "mxfp4": "choose nvfp4 (blocks of 16), int8 or fp8"}.get(
+                ls.name, "choose a smaller group (int4-g32) or int8/fp8"
+            )
             raise UsageError(
                 f"{ls.name}: no Linear weight of {src} is left to quantize"
-                + (f" (rows do not split into groups of {ls.group_size})" if narrow else ""),
-                hint="choose a smaller group (int4-g32) or int8/fp8"
-                if narrow
-                else "loosen --keep / --keep-blocks",
+                + (f" (rows do not split into {unit} of {ls.group_size})" if narrow else ""),
+                hint=alt if narrow else "loosen --keep / --keep-blocks",
             )
         layers: list[LayerRecord] = []
         meta = {

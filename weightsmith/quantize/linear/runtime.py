@@ -7,6 +7,7 @@ Two paths compute each quantized Linear:
 * reference (``QuantLinear``): the stored numbers stay as they are (int4 packed in int32 words,
   int8, fp8) and are dequantized at every forward with the same function ``convert`` uses, on
   any device; optional W8A8 emulates dynamic per-token activation quantization in float;
+  nvfp4/mxfp4 (packed uint8 codes, block scales, global scale) take only this path for now;
 * torchao: each weight becomes a torchao quantized tensor *built from our stored integers and
   scales* (``Int8Tensor`` for int8 per channel, ``Float8Tensor`` for fp8, ``IntxUnpackedToInt8Tensor``
   for int4 and the other integer layouts, which runs on CPU too); with ``activations`` the int8
@@ -29,7 +30,7 @@ from torch import nn
 from weightsmith.errors import UsageError
 from weightsmith.families.ops import Op, Rename
 from weightsmith.io.quantized import DequantizingView
-from weightsmith.kernels.linear import ACTIVATIONS, LinearScheme, QuantizedWeight, dequantize
+from weightsmith.kernels.linear import ACTIVATIONS, LinearScheme, QuantizedWeight
 
 BACKENDS = ("auto", "reference", "torchao")
 
@@ -70,6 +71,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("qdata", qw.data)
         self.register_buffer("scale", qw.scale)
         self.register_buffer("zero_point", qw.zero_point)
+        self.register_buffer("global_scale", qw.global_scale)
         self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
         self.compute_dtype = compute_dtype
         self.activations = activations
@@ -82,11 +84,11 @@ class QuantLinear(nn.Module):
             self.zero_point,
             (self.out_features, self.in_features),
             self.packed_bits,
+            self.global_scale,
         )
 
     def dequantized_weight(self) -> torch.Tensor:
-        qw = self.quantized_weight()
-        return dequantize(qw.values(), qw.scale, qw.zero_point, qw.scheme)
+        return self.quantized_weight().dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.compute_dtype
@@ -114,6 +116,8 @@ def torchao_unsupported(
     scheme: LinearScheme, activations: str | None, device: torch.device, compute_dtype: torch.dtype
 ) -> str | None:
     """Why torchao cannot run this layout here (None when it can)."""
+    if scheme.kind == "fp4":
+        return "fp4 weights run on the reference path (torchao's NVFP4/MX tensors are not wired yet)"
     if not torchao_available():
         return "torchao is not installed"
     if activations == "int8" and not (
