@@ -265,3 +265,22 @@ def test_verify_scores_an_nvfp4_candidate(tmp_path, one_thread, monkeypatch):
     scored = {k: v for k, v in c.worst.items() if v is not None}  # flicker is None for images
     assert not c.exact and c.worst["latent_sqnr"] > 10 and c.worst["size_ratio"] < 1
     assert all(math.isfinite(v) for v in scored.values()), scored
+
+
+@pytest.mark.parametrize(("family", "scheme"), CASES, ids=[f"{f}-{s}" for f, s in CASES])
+def test_compressed_tensors_model_free_dequantizer_agrees(family, scheme, run_cli):
+    """compressed-tensors' model-free dequantizer, driven by our config.json, reads the whole folder:
+    the same tensor names as our convert, unquantized ones identical, quantized ones equal to our
+    float32 rounded to bf16 (its fp4 decompression is bf16), bit for bit."""
+    from compressed_tensors.entrypoints.convert.converters.ct_dequantizer import CompressedTensorsDequantizer
+
+    folder = _artifact(family, scheme)
+    stored = _stored(folder)
+    theirs = CompressedTensorsDequantizer(folder, dtype=torch.float32).validate(dict(stored))
+    ours = _convert(family, scheme, run_cli)
+    assert sorted(theirs) == sorted(ours)
+    quantized = {k.removesuffix("_packed") for k in stored if k.endswith(".weight_packed")}
+    assert quantized
+    for k, v in ours.items():
+        want = v.to(torch.bfloat16).to(torch.float32) if k in quantized else v
+        assert theirs[k].dtype == torch.float32 and torch.equal(_bits(theirs[k]), _bits(want)), k
