@@ -46,6 +46,8 @@ RUNS = [
     ("int4-g64", None, None),
     ("int4-g32", None, None),
     ("int4-asym", None, None),
+    ("nvfp4", None, None),
+    ("mxfp4", None, None),
 ]
 
 
@@ -118,7 +120,7 @@ def main() -> None:
             shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
 
     lines = [
-        "# INT8 / FP8 / INT4 schemes: throughput and output size",
+        "# INT8 / FP8 / INT4 / FP4 schemes: throughput and output size",
         "",
         f"Source: synthetic Wan2.1-T2V-1.3B-shaped transformer with {args.layers} blocks (real widths:",
         "dim 1536, FFN 8960, text 4096), random bf16 weights, as a Diffusers folder of",
@@ -143,6 +145,10 @@ def main() -> None:
         "per-channel scales and smaller groups). int8 and int4 sizes include their float32 scales",
         "(one per row, or per group of 128/64/32); int4-asym adds packed zero points. The kept",
         "tensors (text embedding 4096x1536 and the rest) stay bf16 and set the floor of the ratio.",
+        "FP4 against INT4 at equal block size: mxfp4 (E2M1 values, an E8M0 power-of-two scale per 32)",
+        "sits next to int4-g32 (int4 values, a float32 scale per 32); nvfp4 (E2M1, an E4M3 scale per 16",
+        "and a float32 global scale) has no int4 twin at 16. Both FP4 formats store one-byte scales, so",
+        "their files are smaller than int4's at the same block size.",
         "",
     ]
     Path(args.out).write_text("\n".join(lines))
