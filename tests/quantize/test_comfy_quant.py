@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from verifying import verify_quantized
 
 from weightsmith.quantize.linear.run import quantize_linear
 
@@ -241,24 +242,9 @@ def test_load_model_runs_int8_tensorwise_with_the_stored_weights(tiny_wan, work,
 
 
 def test_verify_scores_a_comfy_candidate(tmp_path, one_thread, monkeypatch):
-    from weightsmith.verify import VerifyOptions, parse_gate, verify
-    from weightsmith.verify.settings import GenerationSettings
-    from weightsmith.verify.tiny import TINY_SIZE, save_tiny_pipeline
-
     monkeypatch.setenv("WEIGHTSMITH_CACHE", str(tmp_path / "cache"))
-    pipe = save_tiny_pipeline(tmp_path / "pipe", "wan", "2.1-t2v")
-    cand = tmp_path / "wan-fp8-comfy.safetensors"
-    quantize_linear(pipe / "transformer", cand, "fp8-tensor", progress=False, device="cpu")
-    h, w, f = TINY_SIZE["wan"]
-    res = verify(
-        VerifyOptions(
-            str(pipe),
-            [str(cand)],
-            GenerationSettings(height=h, width=w, frames=f, steps=2, text_len=8),
-            gates=[parse_gate("latent_sqnr>=10")],
-            cache_dir=tmp_path / "cache",
-            progress=False,
-        )
+    res = verify_quantized(
+        tmp_path, "wan", "2.1-t2v", "fp8-tensor", "wan-fp8-comfy.safetensors", "latent_sqnr>=10"
     )
     assert res.passed and len(res.candidates) >= 1
     c = res.candidates[0]

@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_linear_quantize import WIDE, _model, _run
+from verifying import verify_quantized
 
 from weightsmith.errors import QuantizationError, UsageError
 from weightsmith.families import get_component
@@ -241,25 +242,8 @@ def test_reference_loader_runs_the_stored_weights(scheme, run_cli, one_thread):
 
 
 def test_verify_scores_an_nvfp4_candidate(tmp_path, one_thread, monkeypatch):
-    from weightsmith.verify import VerifyOptions, parse_gate, verify
-    from weightsmith.verify.settings import GenerationSettings
-    from weightsmith.verify.tiny import TINY_SIZE, save_tiny_pipeline
-
     monkeypatch.setenv("WEIGHTSMITH_CACHE", str(tmp_path / "cache"))
-    pipe = save_tiny_pipeline(tmp_path / "pipe", "sana", "1.0")
-    cand = tmp_path / "sana-nvfp4"
-    quantize_linear(pipe / "transformer", cand, "nvfp4", progress=False, device="cpu")
-    h, w, f = TINY_SIZE["sana"]
-    res = verify(
-        VerifyOptions(
-            str(pipe),
-            [str(cand)],
-            GenerationSettings(height=h, width=w, frames=f, steps=2, text_len=8),
-            gates=[parse_gate("latent_sqnr>=0")],
-            cache_dir=tmp_path / "cache",
-            progress=False,
-        )
-    )
+    res = verify_quantized(tmp_path, "sana", "1.0", "nvfp4", "sana-nvfp4", "latent_sqnr>=0")
     assert res.passed and len(res.candidates) >= 1
     c = res.candidates[0]
     scored = {k: v for k, v in c.worst.items() if v is not None}  # flicker is None for images
