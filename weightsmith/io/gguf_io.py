@@ -92,6 +92,16 @@ def _label(name: str | bytes) -> str:
     return repr(name[:80])
 
 
+def _utf8(raw: bytes, what: str) -> str:
+    """A name from the header as text; ``what`` says which ("<path>: tensor name")."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptFileError(
+            f"{what} {_label(raw)} is not UTF-8 text", hint="the file is corrupt; re-download or re-export it"
+        ) from None
+
+
 @dataclass(frozen=True)
 class GGUFTensor:
     """One entry of the tensor table: ``dims`` in GGUF order, ``offset`` from the file's start."""
@@ -219,14 +229,7 @@ def _parse(c: _Cursor) -> GGUFHeader:
     metadata: dict[str, Any] = {}
     alignment = 32
     for _ in range(n_kv):
-        raw_key = c.string("metadata key")
-        try:
-            key = raw_key.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CorruptFileError(
-                f"{path}: metadata key {_label(raw_key)} is not UTF-8 text",
-                hint="the file is corrupt; re-download or re-export it",
-            ) from None
+        key = _utf8(c.string("metadata key"), f"{path}: metadata key")
         if key in metadata:
             raise CorruptFileError(
                 f"{path}: metadata key {_label(key)} appears twice",
@@ -245,14 +248,7 @@ def _parse(c: _Cursor) -> GGUFHeader:
     entries = []
     names: set[str] = set()
     for _ in range(n_tensors):
-        raw_name = c.string("tensor name")
-        try:
-            name = raw_name.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CorruptFileError(
-                f"{path}: tensor name {_label(raw_name)} is not UTF-8 text",
-                hint="the file is corrupt; re-download or re-export it",
-            ) from None
+        name = _utf8(c.string("tensor name"), f"{path}: tensor name")
         if name in names:
             raise CorruptFileError(
                 f"{path}: tensor {_label(name)} appears twice in the tensor table",

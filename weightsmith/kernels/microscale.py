@@ -147,6 +147,14 @@ class NVFP4:
     convention: str  # "comfy" or "compressed-tensors"
 
 
+def _check_blocks(x: torch.Tensor, block: int, name: str, fmt: str, hint: str) -> None:
+    """QuantizationError unless ``x``'s rows split into whole blocks (a format that cannot pad them)."""
+    if x.shape[1] % block:
+        raise QuantizationError(
+            f"{name}: {x.shape[1]} columns do not split into {fmt} blocks of {block}", hint=hint
+        )
+
+
 def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     return x.reshape(x.shape[0], -1, block)
 
@@ -157,10 +165,13 @@ def quantize_nvfp4(
     """Quantize a 2-D weight to NVFP4 as ComfyUI or compressed-tensors compute it (``pad``: row/col multiple)."""
     x = _as_2d_float32(w, name)
     shape = (x.shape[0], x.shape[1])
-    if x.shape[1] % NVFP4_BLOCK and pad % NVFP4_BLOCK:
-        raise QuantizationError(
-            f"{name}: {x.shape[1]} columns do not split into NVFP4 blocks of {NVFP4_BLOCK}",
-            hint="keep this tensor in float, or write a format that pads (ComfyUI's nvfp4)",
+    if pad % NVFP4_BLOCK:
+        _check_blocks(
+            x,
+            NVFP4_BLOCK,
+            name,
+            "NVFP4",
+            "keep this tensor in float, or write a format that pads (ComfyUI's nvfp4)",
         )
     x = pad_to(x, pad, pad)
     amax = x.abs().amax()
@@ -235,10 +246,13 @@ def quantize_mxfp8(w: torch.Tensor, *, pad: int = MX_BLOCK, name: str = "weight"
     """MXFP8 as comfy-kitchen's eager backend computes it (``pad``: row/col multiple, 32 for ComfyUI)."""
     x = _as_2d_float32(w, name)
     shape = (x.shape[0], x.shape[1])
-    if x.shape[1] % MX_BLOCK and pad % MX_BLOCK:
-        raise QuantizationError(
-            f"{name}: {x.shape[1]} columns do not split into MX blocks of {MX_BLOCK}",
-            hint="keep this tensor in float, or write a format that pads (ComfyUI's mxfp8)",
+    if pad % MX_BLOCK:
+        _check_blocks(
+            x,
+            MX_BLOCK,
+            name,
+            "MX",
+            "keep this tensor in float, or write a format that pads (ComfyUI's mxfp8)",
         )
     x = pad_to(x, pad, pad)
     blocks = _blocks(x, MX_BLOCK)
@@ -254,11 +268,9 @@ def quantize_mxfp8(w: torch.Tensor, *, pad: int = MX_BLOCK, name: str = "weight"
 def quantize_mxfp4(w: torch.Tensor, *, name: str = "weight") -> MX:
     """MXFP4 as compressed-tensors' observer and compressor compute it (no padding: columns must split into 32s)."""
     x = _as_2d_float32(w, name)
-    if x.shape[1] % MX_BLOCK:
-        raise QuantizationError(
-            f"{name}: {x.shape[1]} columns do not split into MXFP4 blocks of {MX_BLOCK}",
-            hint="keep this tensor in float (compressed-tensors' mxfp4 has no padding)",
-        )
+    _check_blocks(
+        x, MX_BLOCK, name, "MXFP4", "keep this tensor in float (compressed-tensors' mxfp4 has no padding)"
+    )
     blocks = _blocks(x, MX_BLOCK)
     exponents = mxfp4_exponents(blocks.abs().amax(dim=-1))
     scale = e8m0_decode(exponents, zero_is_zero=False)
