@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from typing import Any
 
 import click
 
@@ -12,6 +13,7 @@ from weightsmith import __version__
 from weightsmith.cli_choices import FAMILY, LAYOUT
 from weightsmith.errors import WeightsmithError
 from weightsmith.lora.cli import lora_command, lora_options, resolve_lora_options
+from weightsmith.verify.cli import calibration_options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -161,9 +163,17 @@ def convert(
 )
 @click.option(
     "--activations",
-    type=click.Choice(["int8", "fp8"]),
-    help="Record W8A8: dynamic per-token int8 (with --scheme int8) or fp8 (with fp8, fp8-tensor) activations.",
+    type=click.Choice(["int8", "fp8", "nvfp4"]),
+    help="Record W8A8: dynamic per-token int8 (with --scheme int8) or fp8 (with fp8, fp8-tensor) activations; "
+    "or W4A4: nvfp4 (with --scheme nvfp4 and --calibrate).",
 )
+@click.option(
+    "--calibrate",
+    is_flag=True,
+    help="Measure each Linear's input range in reference generations of SRC (--seeds, --steps "
+    "[default 8], --height, --width, --frames, --prompts, --negative-prompt, --text-len) for static activation scales.",
+)
+@calibration_options
 @click.option(
     "--imatrix",
     type=click.Path(path_type=str),
@@ -193,6 +203,8 @@ def quantize(
     fmt: str | None,
     keep_blocks: str | None,
     activations: str | None,
+    calibrate: bool,
+    **calibration: Any,
 ) -> None:
     """Quantize the transformer in SRC into DST with a named scheme.
 
@@ -227,8 +239,13 @@ def quantize(
     """
     from weightsmith.quantize.linear.run import linear_cli_kwargs
     from weightsmith.quantize.schemes import find_scheme
+    from weightsmith.verify.cli import calibration_from_cli
 
     fam = find_scheme(scheme)
+    kwargs = linear_cli_kwargs(scheme, fmt, keep_blocks, activations, calibrate, dst)
+    cal = calibration_from_cli(src, calibrate, device, calibration)
+    if cal is not None:
+        kwargs["activation_absmax"] = cal.absmax
     result = fam.run(
         src,
         dst,
@@ -239,7 +256,7 @@ def quantize(
         device=device,
         overwrite=overwrite,
         config=config,
-        **linear_cli_kwargs(scheme, fmt, keep_blocks, activations),
+        **kwargs,
     )
     for line in result.summary_lines():
         click.echo(line, err=True)
@@ -324,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(3)
 
 
-from weightsmith.verify.cli import imatrix_command, sensitivity_command, verify_command  # noqa: E402
+from weightsmith.verify.cli import imatrix_command, sensitivity_command, verify_command  # noqa: E402, I001
 
 cli.add_command(verify_command)
 cli.add_command(sensitivity_command)

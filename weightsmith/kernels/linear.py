@@ -48,7 +48,7 @@ from weightsmith.kernels.microscale_layout import pack_nibbles, unpack_nibbles
 
 GRANULARITIES = ("channel", "tensor", "group")
 # Dynamic per-token activation quantization a W8A8 artifact may record.
-ACTIVATIONS = ("int8", "fp8")
+ACTIVATIONS = ("int8", "fp8", "nvfp4")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -9,90 +10,143 @@ from typing import Any
 
 import click
 
+from weightsmith.errors import UsageError
 from weightsmith.verify.settings import GenerationSettings, check_options, parse_seeds
 
 
-def generation_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The options every command that runs reference generations shares."""
-    opts = [
-        click.option(
+def _generation_option_table() -> dict[str, Callable[..., Any]]:
+    """Every shared generation option by its parameter name, in --help order."""
+    return {
+        "vae": click.option(
             "--vae",
             type=click.Path(path_type=str),
             help="VAE to decode frames (BASELINE is a transformer alone).",
         ),
-        click.option(
+        "prompts": click.option(
             "--prompts",
             type=click.Path(path_type=str),
             help="Prompt embeddings (.safetensors: prompt_embeds [N,L,D] ...) or a .txt of prompts for the "
             "baseline pipeline's text encoder. Default: embeddings drawn from each seed.",
         ),
-        click.option("--negative-prompt", default="", help="Negative prompt text (with a .txt --prompts)."),
-        click.option("--seeds", default="0", show_default=True, help="Seeds: 0 | 0,1,2 | 0-3."),
-        click.option(
+        "negative_prompt": click.option(
+            "--negative-prompt", default="", help="Negative prompt text (with a .txt --prompts)."
+        ),
+        "seeds": click.option("--seeds", default="0", show_default=True, help="Seeds: 0 | 0,1,2 | 0-3."),
+        "steps": click.option(
             "--steps", type=int, help="Denoising steps (default: the family's, 4 with --scheduler lightning)."
         ),
-        click.option("--height", type=int, help="Height in pixels (default: the family's)."),
-        click.option("--width", type=int, help="Width in pixels (default: the family's)."),
-        click.option("--frames", type=int, help="Frames (video families; default: the family's)."),
-        click.option("--guidance", type=float, help="Guidance scale (default: the family's)."),
-        click.option(
+        "height": click.option("--height", type=int, help="Height in pixels (default: the family's)."),
+        "width": click.option("--width", type=int, help="Width in pixels (default: the family's)."),
+        "frames": click.option("--frames", type=int, help="Frames (video families; default: the family's)."),
+        "guidance": click.option("--guidance", type=float, help="Guidance scale (default: the family's)."),
+        "scheduler": click.option(
             "--scheduler",
             default="default",
             show_default=True,
             help="default | euler | unipc | dpm++ | ddim | lightning | a diffusers scheduler class name.",
         ),
-        click.option(
+        "image": click.option(
             "--image",
             type=click.Path(path_type=str),
             help="Image for image-to-video (default: one from the seed).",
         ),
-        click.option(
+        "offload": click.option(
             "--offload",
             type=click.Choice(["none", "model", "sequential"]),
             default="none",
             show_default=True,
             help="diffusers' CPU offload (GPU only), for big models on small GPUs.",
         ),
-        click.option("--vae-tiling", is_flag=True, help="Decode with VAE tiling."),
-        click.option(
+        "vae_tiling": click.option("--vae-tiling", is_flag=True, help="Decode with VAE tiling."),
+        "dtype": click.option(
             "--dtype",
             type=click.Choice(["fp32", "bf16", "fp16"]),
             default="fp32",
             show_default=True,
             help="Compute dtype.",
         ),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
-        click.option(
+        "device": click.option(
+            "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."
+        ),
+        "text_len": click.option(
             "--text-len", type=int, help="Tokens of seeded prompt embeddings (default: the pipeline's)."
         ),
-    ]
-    for o in reversed(opts):
+    }
+
+
+# The generation options `quantize --calibrate` takes (quantize has its own --device).
+CALIBRATION_OPTIONS = (
+    "prompts",
+    "negative_prompt",
+    "seeds",
+    "steps",
+    "height",
+    "width",
+    "frames",
+    "text_len",
+)
+
+
+def generation_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command that runs reference generations shares."""
+    for o in reversed(_generation_option_table().values()):
         fn = o(fn)
     return fn
 
 
-def settings_from(kw: dict[str, Any]) -> GenerationSettings:
-    """GenerationSettings from the shared options (popped from ``kw``), checked before any model
-    is opened: a bad --height or --device ends at once, not after minutes of loading."""
-    settings = GenerationSettings(
-        height=kw.pop("height"),
-        width=kw.pop("width"),
-        frames=kw.pop("frames"),
-        steps=kw.pop("steps"),
-        guidance=kw.pop("guidance"),
-        scheduler=kw.pop("scheduler"),
-        seeds=parse_seeds(kw.pop("seeds")),
-        dtype=kw.pop("dtype"),
-        device=kw.pop("device"),
-        offload=kw.pop("offload"),
-        vae_tiling=kw.pop("vae_tiling"),
-        text_len=kw.pop("text_len"),
-        image=kw.pop("image"),
-        prompts=kw.pop("prompts"),
-        negative_prompt=kw.pop("negative_prompt"),
-    )
+def calibration_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The generation options that shape a calibration run (``CALIBRATION_OPTIONS``), the same
+    click options ``verify`` and ``imatrix`` take; only used with ``--calibrate``."""
+    table = _generation_option_table()
+    for name in reversed(CALIBRATION_OPTIONS):
+        fn = table[name](fn)
+    return fn
+
+
+def settings_from(kw: dict[str, Any], **defaults: Any) -> GenerationSettings:
+    """GenerationSettings from the shared options (popped from ``kw``; an option the command
+    lacks takes ``defaults`` or GenerationSettings' own), checked before any model is opened: a
+    bad --height or --device ends at once, not after minutes of loading."""
+    base = GenerationSettings(**defaults)
+    fields = [f for f in GenerationSettings.__dataclass_fields__ if f in kw]
+    given = {f: kw.pop(f) for f in fields}
+    if "seeds" in given:
+        given["seeds"] = parse_seeds(given["seeds"])
+    settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     check_options(settings)
     return settings
+
+
+# Steps of a calibration run unless --steps says otherwise: ranges settle within a few steps,
+# and quantize should not cost a full-length generation per seed.
+CALIBRATION_STEPS = 8
+
+
+def calibration_from_cli(model: str, calibrate: bool, device: str, kw: dict[str, Any]) -> Any:
+    """``quantize --calibrate``: the ``Calibration`` of MODEL from the calibration options (popped
+    from ``kw``), or None without --calibrate, where naming one of them is a usage error."""
+    ctx = click.get_current_context(silent=True)
+    given = [
+        n
+        for n in CALIBRATION_OPTIONS
+        if n in kw
+        and ctx is not None
+        and ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)
+    ]
+    if not calibrate:
+        for n in CALIBRATION_OPTIONS:
+            kw.pop(n, None)
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UsageError(f"{flag} shapes the calibration run", hint="add --calibrate, or drop it")
+        return None
+    from weightsmith.verify.calibrate import calibrate_activations
+
+    settings = settings_from(kw, device=device, steps=CALIBRATION_STEPS)
+    result = calibrate_activations(model, settings)
+    for line in result.summary_lines():
+        click.echo(line, err=True)
+    return result
 
 
 def check_report_dir(report: str | None) -> None:

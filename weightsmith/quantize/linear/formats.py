@@ -14,7 +14,9 @@ compressed-tensors (reference quantization-and-onnx.md section 2), per quantized
 * ``nvfp4-pack-quantized`` / ``mxfp4-pack-quantized`` (fp4 weight-only, W4A16): ``M.weight_packed``
   uint8 [out, in/2] (two E2M1 codes a byte, even column in the low nibble), ``M.weight_scale``
   float8_e4m3fn [out, in/16] (nvfp4) or uint8 E8M0 exponents [out, in/32] (mxfp4), and for nvfp4
-  ``M.weight_global_scale`` float32 [1]; no ``weight_shape`` (the compressor infers it);
+  ``M.weight_global_scale`` float32 [1]; no ``weight_shape`` (the compressor infers it). nvfp4
+  W4A4 (compressed-tensors' NVFP4 preset) adds ``M.input_global_scale`` float32 [1]: ``2688 /
+  absmax`` of the layer's calibrated input (``kernels.microscale.nvfp4_global_scale``);
 * config.json carries ``quantization_config`` (quant_method ``compressed-tensors``, the format,
   one config group targeting ``Linear``, and an ``ignore`` list naming every module whose
   ``.weight`` is not quantized, so model-free tools never mistake a norm or conv for one).
@@ -87,20 +89,24 @@ def ct_format(scheme: LinearScheme, activations: str | None) -> str:
 
 
 def check_activations(scheme: LinearScheme, activations: str | None, fmt: str) -> None:
-    """W8A8 pairs int8 activations with int8 weights and fp8 activations with e4m3 weights."""
+    """W8A8 pairs int8 activations with int8 weights and fp8 activations with e4m3 weights;
+    W4A4 pairs nvfp4 activations with nvfp4 weights (static input global scales: --calibrate)."""
     if activations is None:
         return
     if activations not in ACTIVATIONS:
-        raise UsageError(f"unknown --activations {activations!r}", hint="choose int8 or fp8")
-    if scheme.kind == "fp4":
-        raise UsageError(
-            f"--scheme {scheme.name} is written weight-only (W4A16); fp4 activations are not recorded yet",
-            hint="drop --activations",
-        )
+        raise UsageError(f"unknown --activations {activations!r}", hint="choose int8, fp8 or nvfp4")
     if fmt != "compressed-tensors":
         raise UsageError(
             "--activations is recorded in the compressed-tensors layout only",
             hint="ComfyUI decides fp8 compute itself; drop --activations",
+        )
+    if scheme.kind == "fp4" or activations == "nvfp4":
+        if scheme.nvfp4 and activations == "nvfp4":
+            return
+        raise UsageError(
+            f"--activations {activations} does not go with --scheme {scheme.name}: fp4 weights are "
+            "written weight-only (W4A16) or, for nvfp4, with nvfp4 activations (W4A4)",
+            hint="drop --activations, or use --scheme nvfp4 --activations nvfp4 --calibrate",
         )
     ok = (activations == "int8" and scheme.kind == "int" and scheme.bits == 8) or (
         activations == "fp8" and scheme.fp8_dtype == torch.float8_e4m3fn
@@ -136,8 +142,22 @@ def ct_weight_args(scheme: LinearScheme) -> dict[str, Any]:
 
 
 def ct_activation_args(activations: str | None) -> dict[str, Any] | None:
+    """The ``input_activations`` QuantizationArgs: dynamic per token for W8A8; for nvfp4 (W4A4)
+    compressed-tensors' NVFP4 preset's: e4m3 scales per block of 16 computed at run time
+    (``dynamic: local``) under a static, calibrated ``input_global_scale`` per layer."""
     if activations is None:
         return None
+    if activations == "nvfp4":
+        return {
+            "num_bits": 4,
+            "type": "float",
+            "symmetric": True,
+            "group_size": 16,
+            "strategy": "tensor_group",
+            "dynamic": "local",
+            "observer": "static_minmax",
+            "scale_dtype": "torch.float8_e4m3fn",
+        }
     return {
         "num_bits": 8,
         "type": "int" if activations == "int8" else "float",
@@ -183,7 +203,9 @@ def _scale_shape(scheme: LinearScheme, out: int, inn: int) -> tuple[int, ...]:
     return (out, inn // scheme.group_size)  # type: ignore[operator]
 
 
-def ct_specs(module: str, shape: tuple[int, int], scheme: LinearScheme, fmt: str) -> list[SpecT]:
+def ct_specs(
+    module: str, shape: tuple[int, int], scheme: LinearScheme, fmt: str, activations: str | None = None
+) -> list[SpecT]:
     """Names, shapes and dtypes one quantized Linear ``module`` is stored as (write order)."""
     out, inn = shape
     sshape = _scale_shape(scheme, out, inn)
@@ -194,6 +216,8 @@ def ct_specs(module: str, shape: tuple[int, int], scheme: LinearScheme, fmt: str
         ]
         if scheme.nvfp4:
             fp4.append((f"{module}.weight_global_scale", (1,), torch.float32))
+        if activations == "nvfp4":
+            fp4.append((f"{module}.input_global_scale", (1,), torch.float32))
         return fp4
     if fmt == PACK:
         specs: list[SpecT] = [
@@ -213,13 +237,17 @@ def ct_specs(module: str, shape: tuple[int, int], scheme: LinearScheme, fmt: str
     return specs
 
 
-def ct_tensors(module: str, qw: QuantizedWeight, fmt: str) -> list[tuple[str, torch.Tensor]]:
-    """The tensors of ``ct_specs``, in the same order."""
+def ct_tensors(
+    module: str, qw: QuantizedWeight, fmt: str, input_global_scale: torch.Tensor | None = None
+) -> list[tuple[str, torch.Tensor]]:
+    """The tensors of ``ct_specs``, in the same order (``input_global_scale``: W4A4's, float32 [1])."""
     s = qw.scheme
     if s.kind == "fp4":
         out = [(f"{module}.weight_packed", qw.data), (f"{module}.weight_scale", qw.scale)]
         if qw.global_scale is not None:
             out.append((f"{module}.weight_global_scale", qw.global_scale))
+        if input_global_scale is not None:
+            out.append((f"{module}.input_global_scale", input_global_scale.to(torch.float32).reshape(1)))
         return out
     if fmt == PACK:
         out = [

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,12 @@ from weightsmith.io.writers import SpecT, write_diffusers_component, write_safet
 from weightsmith.kernels.linear import LINEAR_SCHEMES, LinearScheme, get_linear_scheme, quantize_weight
 from weightsmith.quantize.device import pick_device
 from weightsmith.quantize.keep import KeepBlocks, check_keep_globs, parse_keep_blocks
+from weightsmith.quantize.linear.calibrated import (
+    CALIBRATED_ACTIVATIONS,
+    check_absmax,
+    input_global_scale,
+    unseen_note,
+)
 from weightsmith.quantize.linear.formats import (
     SCHEME_KEY,
     SOURCE_DTYPE_KEY,
@@ -109,15 +115,21 @@ def resolve_format(fmt: str | None, scheme: LinearScheme, dst: Path) -> str:
 
 
 def linear_cli_kwargs(
-    scheme: str, fmt: str | None, keep_blocks: str | None, activations: str | None
+    scheme: str,
+    fmt: str | None,
+    keep_blocks: str | None,
+    activations: str | None,
+    calibrate: bool = False,
+    dst: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Extra keyword arguments the quantize command passes to the scheme runner.
+    """Extra keyword arguments the quantize command passes to the scheme runner, checked before
+    any work (calibration runs generations: a wrong combination must end before that).
 
     GGUF recipes take none of these: naming one with a gguf: scheme is a usage error."""
     if scheme.lower().startswith("gguf:"):
-        if fmt not in (None, "gguf") or keep_blocks is not None or activations:
+        if fmt not in (None, "gguf") or keep_blocks is not None or activations or calibrate:
             raise UsageError(
-                "--format, --keep-blocks and --activations apply to int8/fp8/int4 schemes",
+                "--format, --keep-blocks, --activations and --calibrate apply to int8/fp8/int4/fp4 schemes",
                 hint="drop them for gguf: recipes (the GGUF file is the format)",
             )
         return {}
@@ -125,6 +137,11 @@ def linear_cli_kwargs(
         raise UsageError(
             f"--format gguf needs a gguf: scheme, not {scheme!r}", hint="e.g. --scheme gguf:Q8_0"
         )
+    if dst is not None:  # the scheme, format and activations go together (raises if not)
+        ls = get_linear_scheme(scheme)
+        check_activations(ls, activations, resolve_format(fmt, ls, Path(dst)))
+    if not calibrate:
+        check_absmax(activations, None)
     out: dict[str, Any] = {}
     if fmt is not None:
         out["format"] = fmt
@@ -186,10 +203,12 @@ def quantize_linear(
     keep_blocks: str | KeepBlocks | None = None,
     activations: str | None = None,
     shard_size: str = "5GB",
+    activation_absmax: Mapping[str, float] | None = None,
 ) -> QuantizeResult:
-    """Quantize a transformer's Linear weights with an INT8/FP8/INT4 scheme into ``dst``."""
+    """Quantize a transformer's Linear weights with an INT8/FP8/INT4/FP4 scheme into ``dst``."""
     opts = QuantizeOptions(imatrix, tuple(keep), family, device, overwrite, progress, config, report)
-    return run_linear(src, dst, scheme, opts, LinearOptions(format, keep_blocks, activations, shard_size))
+    lopts = LinearOptions(format, keep_blocks, activations, shard_size, activation_absmax)
+    return run_linear(src, dst, scheme, opts, lopts)
 
 
 def run_linear(
@@ -202,6 +221,7 @@ def run_linear(
     fmt = resolve_format(lopts.format, ls, dst)
     activations = lopts.activations
     check_activations(ls, activations, fmt)
+    absmax = check_absmax(activations, lopts.activation_absmax)
     if opts.imatrix is not None:
         raise UsageError(
             "--imatrix applies to GGUF K/IQ recipes only", hint=f"drop it for --scheme {ls.name}"
@@ -252,7 +272,7 @@ def run_linear(
             if d.quantize:
                 module = s.name.removesuffix(".weight")
                 if fmt == "compressed-tensors":
-                    specs += ct_specs(module, s.shape, ls, afmt)  # type: ignore[arg-type]
+                    specs += ct_specs(module, s.shape, ls, afmt, activations)  # type: ignore[arg-type]
                 elif fmt == "comfy":
                     specs += comfy_quant_specs(module, s.shape, ls)
                 else:
@@ -273,6 +293,8 @@ def run_linear(
                 hint=alt if narrow else "loosen --keep / --keep-blocks",
             )
         layers: list[LayerRecord] = []
+        notes: list[str] = []
+        unseen: list[str] = []
         meta = {
             SCHEME_KEY: ls.name,
             SOURCE_DTYPE_KEY: dtype_name(_source_dtype(ck)),
@@ -302,7 +324,12 @@ def run_linear(
                 del deq
                 module = name.removesuffix(".weight")
                 if fmt == "compressed-tensors":
-                    items = ct_tensors(module, qw, afmt)
+                    igs = None
+                    if activations in CALIBRATED_ACTIVATIONS and absmax is not None:
+                        igs, seen = input_global_scale(absmax, module)
+                        if not seen:
+                            unseen.append(module)
+                    items = ct_tensors(module, qw, afmt, igs)
                 elif fmt == "comfy":
                     items = comfy_quant_tensors(module, qw)
                 else:
@@ -313,7 +340,8 @@ def run_linear(
                 for k, x in items:
                     yield k, x.cpu()
 
-        label = ls.name + (f" (W8A8 {activations} activations)" if activations else "") + f", {fmt}"
+        wa = "W4A4" if activations == "nvfp4" else "W8A8"
+        label = ls.name + (f" ({wa} {activations} activations)" if activations else "") + f", {fmt}"
         folder = fmt == "compressed-tensors"
         with staged_outputs(dst, overwrite, report, folder=folder) as (tmp, table):
             if folder:
@@ -335,7 +363,17 @@ def run_linear(
                         yield marker_spec[0], marker
 
                     write_safetensors(tmp, [*specs, marker_spec], with_marker(), meta)
-            result = QuantizeResult(dst, label, layers, time.perf_counter() - t0)
+            if unseen:
+                notes.append(unseen_note(unseen))
+            if (
+                absmax is not None
+                and activations not in CALIBRATED_ACTIVATIONS
+                and fmt == "compressed-tensors"
+            ):
+                notes.append(
+                    "calibration unused: compressed-tensors records static activation scales for nvfp4 only"
+                )
+            result = QuantizeResult(dst, label, layers, time.perf_counter() - t0, notes=notes)
             if table is not None:
                 write_layer_report(dst, result, table)
     finally:
