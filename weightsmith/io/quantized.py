@@ -27,6 +27,7 @@ import torch
 
 from weightsmith.errors import UnsupportedFormatError
 from weightsmith.io.base import NAME_DTYPES, Checkpoint, TensorInfo, dtype_name
+from weightsmith.io.ct_args import activations_of, scheme_from_ct_args
 from weightsmith.kernels.linear import LINEAR_SCHEMES, LinearScheme, QuantizedWeight, unpack_int32
 
 COMFY_MARKER = "scaled_fp8"
@@ -139,49 +140,7 @@ class _Layer:
     zp_packed: bool = False
     float32_scale: bool = False  # ComfyUI casts a layer's scale to float32 before multiplying
     global_scale: str | None = None  # nvfp4's weight_global_scale
-
-
-def scheme_from_ct_args(w: dict[str, Any], where: str = "") -> LinearScheme:
-    """Our scheme for a compressed-tensors ``weights`` QuantizationArgs (a registered one if equal)."""
-    kind = str(w.get("type", "int")).lower()
-    bits = int(w.get("num_bits", 8))
-    group = w.get("group_size")
-    strategy = w.get("strategy") or ("tensor" if group is None else "group" if group > 0 else "channel")
-    sym = bool(w.get("symmetric", True))
-    if kind == "float" and bits == 4:
-        fp4 = next((s for s in LINEAR_SCHEMES.values() if s.kind == "fp4" and s.group_size == group), None)
-        if fp4 is None or not sym or strategy not in ("tensor_group", "group"):
-            raise UnsupportedFormatError(
-                f"{where}: compressed-tensors float4 weights with group {group}, strategy {strategy!r}"
-                + ("" if sym else ", asymmetric")
-                + " are not supported",
-                hint="weightsmith reads nvfp4 (symmetric, groups of 16) and mxfp4 (groups of 32)",
-            )
-        return fp4
-    if strategy not in ("channel", "tensor", "group") or (kind == "int" and bits not in (4, 8)):
-        raise UnsupportedFormatError(
-            f"{where}: compressed-tensors {kind}{bits} with strategy {strategy!r} is not supported",
-            hint="weightsmith reads int4/int8/fp8 weights per tensor, channel or group",
-        )
-    if kind == "float" and (bits != 8 or not sym):
-        raise UnsupportedFormatError(
-            f"{where}: compressed-tensors float{bits} weights are not supported",
-            hint="weightsmith reads symmetric float8 compressed-tensors weights only; use the unquantized checkpoint",
-        )
-    fp8 = torch.float8_e4m3fn if kind == "float" else None
-    gs = int(group) if strategy == "group" else None
-    for s in LINEAR_SCHEMES.values():
-        if (s.kind, s.bits, s.granularity, s.group_size, s.symmetric, s.fp8_dtype) == (
-            kind,
-            bits,
-            strategy,
-            gs,
-            sym,
-            fp8,
-        ):
-            return s
-    name = f"ct-{kind}{bits}-{strategy}" + (f"{gs}" if gs else "") + ("" if sym else "-asym")
-    return LinearScheme(name, kind, bits, strategy, gs, sym, fp8)
+    input_global_scale: str | None = None  # nvfp4 W4A4's calibrated input_global_scale
 
 
 def _target_matches(target: str, module: str) -> bool:
@@ -201,12 +160,6 @@ def _ct_group(groups: dict[str, Any], module: str) -> dict[str, Any]:
         f"no compressed-tensors config group targets {module!r}",
         hint="the file's quantization_config does not cover this layer; re-export it or use the unquantized checkpoint",
     )
-
-
-def _act_name(a: dict[str, Any] | None) -> str | None:
-    if not a or not a.get("dynamic") or int(a.get("num_bits", 8)) != 8:
-        return None
-    return "int8" if str(a.get("type", "int")) == "int" else "fp8"
 
 
 class DequantizingView(Checkpoint):
@@ -275,9 +228,11 @@ class DequantizingView(Checkpoint):
             zp = self.inner.get(lay.zero_point)
             if lay.zp_packed:
                 zp = unpack_int32(zp, lay.scheme.bits, lay.shape[0], dim=0)
-        gs = self.inner.get(lay.global_scale) if lay.global_scale is not None else None
+        gs, igs = (
+            self.inner.get(k) if k is not None else None for k in (lay.global_scale, lay.input_global_scale)
+        )
         return QuantizedWeight(
-            lay.scheme, self.inner.get(lay.data), scale, zp, lay.shape, lay.packed_bits, gs
+            lay.scheme, self.inner.get(lay.data), scale, zp, lay.shape, lay.packed_bits, gs, igs
         )  # type: ignore[arg-type]
 
     def _read(self, name: str) -> torch.Tensor:
@@ -306,10 +261,10 @@ def _ct_view(ck: Checkpoint, qc: dict[str, Any]) -> DequantizingView:
         if not g.get("weights"):
             continue
         scheme = scheme_from_ct_args(g["weights"], f"{ck.path}: {m}")
-        acts.add(_act_name(g.get("input_activations")))
+        acts.add(activations_of(g.get("input_activations")))
         zp = f"{m}.weight_zero_point" if f"{m}.weight_zero_point" in infos else None
         if scheme.kind == "fp4":
-            lay = _fp4_layer(ck, m, scheme)
+            lay = _fp4_layer(ck, m, scheme, activations_of(g.get("input_activations")) == "nvfp4")
             hidden |= {lay.data} | ({lay.global_scale} if lay.global_scale else set())
         elif f"{m}.weight_packed" in infos:
             shape_key = f"{m}.weight_shape"
@@ -345,10 +300,12 @@ def _ct_view(ck: Checkpoint, qc: dict[str, Any]) -> DequantizingView:
     return DequantizingView(ck, "compressed-tensors", layers, hidden, act)
 
 
-def _fp4_layer(ck: Checkpoint, m: str, scheme: LinearScheme) -> _Layer:
-    """An nvfp4/mxfp4 layer: uint8 packed codes [out, in/2], block scales [out, in/block], nvfp4's global scale."""
+def _fp4_layer(ck: Checkpoint, m: str, scheme: LinearScheme, w4a4: bool = False) -> _Layer:
+    """An nvfp4/mxfp4 layer: uint8 packed codes [out, in/2], block scales [out, in/block], nvfp4's
+    global scale, and with nvfp4 activations (``w4a4``) the layer's ``input_global_scale``."""
     infos, block = ck.infos, scheme.group_size or 1
     packed, scale, gs = f"{m}.weight_packed", f"{m}.weight_scale", f"{m}.weight_global_scale"
+    igs = f"{m}.input_global_scale"
     want_scale = torch.float8_e4m3fn if scheme.nvfp4 else torch.uint8
     p, s = infos.get(packed), infos.get(scale)
     shape = (p.shape[0], p.shape[1] * 2) if p is not None and len(p.shape) == 2 else None
@@ -361,12 +318,21 @@ def _fp4_layer(ck: Checkpoint, m: str, scheme: LinearScheme) -> _Layer:
         gs not in infos or infos[gs].dtype != torch.float32 or math.prod(infos[gs].shape) != 1
     ):
         problem = f"{gs} is missing or not one float32"
+    elif w4a4 and (igs not in infos or infos[igs].dtype != torch.float32 or math.prod(infos[igs].shape) != 1):
+        problem = f"{igs} (nvfp4 activations) is missing or not one float32"
     if problem is not None:
         raise UnsupportedFormatError(
             f"{ck.path}: {scheme.name} layer {m}: {problem}",
             hint="the file's compressed-tensors data is incomplete; re-export it or use the unquantized checkpoint",
         )
-    return _Layer(scheme, shape, packed, scale, global_scale=gs if scheme.nvfp4 else None)  # type: ignore[arg-type]
+    return _Layer(
+        scheme,
+        shape,
+        packed,
+        scale,
+        global_scale=gs if scheme.nvfp4 else None,
+        input_global_scale=igs if w4a4 else None,
+    )  # type: ignore[arg-type]
 
 
 def _comfy_view(ck: Checkpoint) -> DequantizingView:

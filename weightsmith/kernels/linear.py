@@ -195,7 +195,8 @@ class QuantizedWeight:
     ``zero_point`` (asymmetric only) is int8 (out, n_groups).
     fp4: ``data`` is uint8 codes packed two per byte (even column low), ``scale`` the block scales
     as stored (float8_e4m3fn for nvfp4, uint8 E8M0 exponents for mxfp4), ``global_scale`` nvfp4's
-    float32 (1,) (compressed-tensors' sense: 2688 / amax).
+    float32 (1,) (compressed-tensors' sense: 2688 / amax); ``input_global_scale`` nvfp4 W4A4's
+    calibrated float32 (1,) for its activations (same sense), carried to the runtime.
     """
 
     scheme: LinearScheme
@@ -205,6 +206,7 @@ class QuantizedWeight:
     shape: tuple[int, int]
     packed_bits: int | None = None
     global_scale: torch.Tensor | None = None
+    input_global_scale: torch.Tensor | None = None
 
     def values(self) -> torch.Tensor:
         """The quantized values, unpacked (int8, fp8 or uint8 E2M1 codes), shaped like the weight."""
@@ -222,9 +224,18 @@ class QuantizedWeight:
 
     def to(self, device: torch.device | str) -> QuantizedWeight:
         zp = self.zero_point.to(device) if self.zero_point is not None else None
-        gs = self.global_scale.to(device) if self.global_scale is not None else None
+        gs, igs = (
+            t.to(device) if t is not None else None for t in (self.global_scale, self.input_global_scale)
+        )
         return QuantizedWeight(
-            self.scheme, self.data.to(device), self.scale.to(device), zp, self.shape, self.packed_bits, gs
+            self.scheme,
+            self.data.to(device),
+            self.scale.to(device),
+            zp,
+            self.shape,
+            self.packed_bits,
+            gs,
+            igs,
         )
 
     @property
