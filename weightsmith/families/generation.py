@@ -124,6 +124,9 @@ class Generation:
     # Tiny verification models (demo, tests): the variant the demo shows, the variants that
     # verify, a generation size that fits them, and the VAE variant each needs.
     demo_variant: ClassVar[str | None] = None
+    # Schemes the demo adds for this family alone, beyond the ones it runs on every family
+    # (formats the family ships in, such as Sana's NVFP4 releases).
+    demo_schemes: ClassVar[tuple[str, ...]] = ()
     tiny_variants: ClassVar[tuple[str, ...]] = ()
     tiny_size: ClassVar[tuple[int, int, int]] = (32, 32, 5)
     tiny_vae: ClassVar[str] = "default"

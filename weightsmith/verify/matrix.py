@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from weightsmith.errors import QuantizationError, UsageError
-from weightsmith.verify.family import demo_models, published_layout
+from weightsmith.verify.family import demo_models, demo_schemes, published_layout
 from weightsmith.verify.gates import Gate, parse_gate
 from weightsmith.verify.run import VerifyOptions, VerifyResult, verify
 from weightsmith.verify.settings import GenerationSettings
@@ -89,7 +89,8 @@ def run_matrix(
             pipe / "transformer", base / f"{family}-{layout}{suffix}", layout, overwrite=True, progress=False
         ).dst
         candidates = [str(converted)]
-        for scheme in schemes:
+        own = [s for s in available_schemes(demo_schemes(family)) if s not in schemes]
+        for scheme in [*schemes, *own]:
             dst = base / _artifact_name(family, scheme)
             t = time.perf_counter()
             try:

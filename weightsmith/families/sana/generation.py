@@ -35,6 +35,7 @@ class SanaGeneration(Generation):
         "num_train_timesteps": 1000,
     }
     demo_variant = "1.0"
+    demo_schemes = ("nvfp4",)  # Sana publishes NVFP4 checkpoints for Blackwell GPUs
     tiny_variants = ("1.0", "1.5", "sprint")
     tiny_size = (32, 32, 1)
     tiny_vae = "f32c32-sana"
