@@ -150,7 +150,7 @@ def convert(
 @click.option(
     "--scheme",
     required=True,
-    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, int8-tensor, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-asym, nvfp4, mxfp4.",
+    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, int8-tensor, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-g16, int4-asym, nvfp4, mxfp4.",
 )
 @click.option(
     "--format",
@@ -218,7 +218,7 @@ def quantize(
     WEIGHTSMITH_GGML_BACKEND=torch, torch kernels (also used on GPUs) give the same bytes.
 
     \b
-    INT8/FP8/INT4/FP4 (--scheme int8|int8-tensor|fp8|fp8-tensor|fp8-e5m2|int4|int4-g64|int4-g32|int4-asym|nvfp4|mxfp4):
+    INT8/FP8/INT4/FP4 (--scheme int8|int8-tensor|fp8|fp8-tensor|fp8-e5m2|int4|int4-g64|int4-g32|int4-g16|int4-asym|nvfp4|mxfp4):
     Linear weights only; embeddings, modulation, norms and the head stay in high precision.
       --format compressed-tensors  DST is a Diffusers component folder whose config.json
                                    carries compressed-tensors' quantization_config

@@ -94,7 +94,7 @@ WIDE = {
         ),
     ),
 }
-CT_SCHEMES = ["int8", "fp8", "fp8-tensor", "int4", "int4-g64", "int4-g32", "int4-asym"]
+CT_SCHEMES = ["int8", "fp8", "fp8-tensor", "int4", "int4-g64", "int4-g32", "int4-g16", "int4-asym"]
 W8A8 = [("int8", "int8"), ("fp8", "fp8")]
 CASES = [(f, s, None) for f in WIDE for s in CT_SCHEMES] + [(f, s, a) for f in WIDE for s, a in W8A8]
 COMFY = ["fp8-tensor", "fp8-e5m2"]
@@ -116,6 +116,7 @@ OUTPUT_SQNR = {
     "int4": 21.0,
     "int4-g64": 21.0,
     "int4-g32": 21.0,
+    "int4-g16": 21.0,
     "int4-asym": 21.0,
 }
 

@@ -150,7 +150,7 @@ register_linear_scheme(
         description="int8, symmetric, one float32 scale per tensor (ComfyUI's int8_tensorwise)",
     )
 )
-for _g, _name in ((128, "int4"), (64, "int4-g64"), (32, "int4-g32")):
+for _g, _name in ((128, "int4"), (64, "int4-g64"), (32, "int4-g32"), (16, "int4-g16")):
     register_linear_scheme(
         LinearScheme(_name, "int", 4, "group", _g, description=f"int4, symmetric, groups of {_g} (W4A16)")
     )

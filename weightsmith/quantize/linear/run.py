@@ -1,4 +1,4 @@
-"""`weightsmith quantize SRC DST --scheme {int8,fp8,fp8-tensor,fp8-e5m2,int4,int4-g64,int4-g32,int4-asym,nvfp4,mxfp4}`:
+"""`weightsmith quantize SRC DST --scheme {int8,fp8,fp8-tensor,fp8-e5m2,int4,int4-g64,int4-g32,int4-g16,int4-asym,nvfp4,mxfp4}`:
 a transformer's Linear weights as INT8/FP8/INT4/FP4 safetensors, in the layout their consumers load.
 
 * ``--format compressed-tensors`` (default; DST a folder): a Diffusers component folder whose
@@ -129,7 +129,7 @@ def linear_cli_kwargs(
     if scheme.lower().startswith("gguf:"):
         if fmt not in (None, "gguf") or keep_blocks is not None or activations or calibrate:
             raise UsageError(
-                "--format, --keep-blocks, --activations and --calibrate apply to int8/fp8/int4/fp4 schemes",
+                "--format, --keep-blocks, --activations and --calibrate apply to int8/fp8/int4 schemes and nvfp4/mxfp4",
                 hint="drop them for gguf: recipes (the GGUF file is the format)",
             )
         return {}
