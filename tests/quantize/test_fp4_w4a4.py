@@ -310,3 +310,31 @@ def test_cli_calibrates_and_writes_w4a4(run_cli, tmp_path):
     api = _stored(_w4a4("wan"))  # the same calibration through the API: the same bytes
     assert sorted(stored) == sorted(api)
     assert all(torch.equal(stored[k].view(torch.uint8), api[k].view(torch.uint8)) for k in stored)
+
+
+def test_verify_scores_a_w4a4_candidate(tmp_path):
+    """verify loads the W4A4 folder (activations fake-quantized) and scores it; weight-only nvfp4
+    of the same weights scores higher, since only the activations differ."""
+    from weightsmith.verify import VerifyOptions, verify
+
+    weight_only = tmp_path / "sana-nvfp4"
+    quantize_linear(_pipe("sana") / "transformer", weight_only, "nvfp4", progress=False, device="cpu")
+    res = verify(
+        VerifyOptions(
+            str(_pipe("sana")),
+            [str(_w4a4("sana")), str(weight_only)],
+            _settings("sana", (0,)),
+            cache_dir=tmp_path / "cache",
+            progress=False,
+        )
+    )
+    w4a4, w4a16 = (c.worst["latent_sqnr"] for c in res.candidates)
+    assert 3 < w4a4 < w4a16 < 60, (w4a4, w4a16)
+
+
+def test_demo_adds_nvfp4_for_sana_only():
+    from weightsmith.verify.family import demo_models, demo_schemes
+    from weightsmith.verify.matrix import available_schemes
+
+    own = {f: tuple(available_schemes(demo_schemes(f))) for f, _ in demo_models()}
+    assert own == {"sana": ("nvfp4",), "wan": (), "cogvideox": ()}
