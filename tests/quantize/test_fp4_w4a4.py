@@ -338,3 +338,14 @@ def test_demo_adds_nvfp4_for_sana_only():
 
     own = {f: tuple(available_schemes(demo_schemes(f))) for f, _ in demo_models()}
     assert own == {"sana": ("nvfp4",), "wan": (), "cogvideox": ()}
+
+
+def test_w4a4_needs_its_scales_at_load(tmp_path):
+    weight_only = tmp_path / "wo"
+    quantize_linear(_pipe("sana") / "transformer", weight_only, "nvfp4", progress=False, device="cpu")
+    with pytest.raises(UsageError, match="weight-only"):
+        load_quantized(weight_only, activations="nvfp4")
+    with pytest.raises(UsageError, match="do not go with mxfp4"):
+        mx = tmp_path / "mx"
+        quantize_linear(_pipe("sana") / "transformer", mx, "mxfp4", progress=False, device="cpu")
+        load_quantized(mx, activations="nvfp4")

@@ -47,7 +47,8 @@ from weightsmith.kernels.microscale import (
 from weightsmith.kernels.microscale_layout import pack_nibbles, unpack_nibbles
 
 GRANULARITIES = ("channel", "tensor", "group")
-# Dynamic per-token activation quantization a W8A8 artifact may record.
+# Activation quantization an artifact may record: dynamic per token (W8A8 int8/fp8), or nvfp4
+# (W4A4: blocks of 16 under a calibrated static global scale).
 ACTIVATIONS = ("int8", "fp8", "nvfp4")
 
 

@@ -257,7 +257,8 @@ class LinearWeights:
 
     ``dtype``: compute dtype of quantized layers (default: the model's recorded precision) and,
     when given, the dtype plain weights are cast to. ``activations``: None follows the artifact,
-    ``"none"`` forces weight-only, ``"int8"``/``"fp8"`` asks for W8A8. ``backend``: ``auto``,
+    ``"none"`` forces weight-only, ``"int8"``/``"fp8"`` asks for W8A8, ``"nvfp4"`` for W4A4 (the
+    artifact must hold calibrated ``input_global_scale``s). ``backend``: ``auto``,
     ``reference`` or ``torchao`` (see the module docstring).
     """
 
@@ -292,6 +293,11 @@ class LinearWeights:
         if not (name.endswith(".weight") and isinstance(mod, nn.Linear) and len(qw.shape) == 2):
             return None
         check_activations(qw.scheme, self.activations)
+        if self.activations == "nvfp4" and qw.input_global_scale is None:
+            raise UsageError(
+                f"{name}: nvfp4 activations need the layer's calibrated input_global_scale; this artifact is weight-only",
+                hint="load it weight-only (activations='none'), or quantize with --activations nvfp4 --calibrate",
+            )
         bias = floats.pop(name.removesuffix(".weight") + ".bias", None)
         bias = bias.to(self.device) if bias is not None else None
         qw = qw.to(self.device)
