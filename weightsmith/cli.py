@@ -222,10 +222,15 @@ def quantize(
     Linear weights only; embeddings, modulation, norms and the head stay in high precision.
       --format compressed-tensors  DST is a Diffusers component folder whose config.json
                                    carries compressed-tensors' quantization_config
-                                   (nvfp4, mxfp4: this layout only, weight-only)
+                                   (nvfp4, mxfp4: this layout only; nvfp4 also W4A4
+                                   with --activations nvfp4 --calibrate)
       --format comfy               DST is a ComfyUI comfy_quant .safetensors (Wan, original
                                    layout; fp8-tensor, fp8-e5m2 or int8-tensor)
       --format comfy-legacy        DST is a legacy ComfyUI scaled-fp8 .safetensors (fp8-tensor)
+
+    --calibrate runs reference generations of SRC (as verify does; --seeds, --steps [8],
+    --height, --width, --frames, --prompts, --text-len) and measures each Linear's largest
+    input, for static activation scales (nvfp4 W4A4's input_global_scale).
 
     A per-layer table (type, SQNR in dB, bytes before and after) is printed and written
     beside DST as DST.layers.json.
@@ -236,6 +241,7 @@ def quantize(
       weightsmith quantize wan.safetensors wan-Q3_K_M.gguf --scheme gguf:Q3_K_M --imatrix wan.imatrix.gguf
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-int4/ --scheme int4 --keep-blocks first:1,last:1
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-fp8-scaled.safetensors --scheme fp8-tensor
+      weightsmith quantize Sana_1600M_1024px_diffusers/ sana-w4a4/ --scheme nvfp4 --activations nvfp4 --calibrate --seeds 0-3
     """
     from weightsmith.quantize.linear.run import linear_cli_kwargs
     from weightsmith.quantize.schemes import find_scheme
