@@ -349,3 +349,24 @@ def test_w4a4_needs_its_scales_at_load(tmp_path):
         mx = tmp_path / "mx"
         quantize_linear(_pipe("sana") / "transformer", mx, "mxfp4", progress=False, device="cpu")
         load_quantized(mx, activations="nvfp4")
+
+
+def test_loader_wires_torchao_nvfp4_where_selected(monkeypatch):
+    """Where the selection says torchao can run (an sm100 GPU), the loader puts an NVFP4Tensor
+    built from the stored numbers into the Linear; its weight-only forward (dequantize + linear,
+    which runs on CPU too) matches the reference layer's."""
+    from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor
+
+    import weightsmith.quantize.linear.runtime as runtime
+
+    ref = load_quantized(_w4a4("sana"), activations="none").transformer_blocks[0].attn1.to_q
+    monkeypatch.setattr(runtime, "fp4_torchao_unsupported", lambda *a, **k: None)
+    model = load_quantized(_w4a4("sana"), activations="none", backend="auto")
+    lin = model.transformer_blocks[0].attn1.to_q
+    assert type(lin) is nn.Linear and isinstance(lin.weight, NVFP4Tensor)
+    assert lin.weight.act_quant_kwargs is None  # weight-only asked for
+    x = torch.randn(3, ref.in_features, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.allclose(lin(x), ref(x), rtol=1e-5, atol=1e-6)
+    w4a4 = load_quantized(_w4a4("sana"), backend="auto").transformer_blocks[0].attn1.to_q.weight
+    assert w4a4.act_quant_kwargs is not None and w4a4.act_per_tensor_scale is not None
