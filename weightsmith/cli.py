@@ -276,13 +276,13 @@ cli.add_command(lora_command)
 def quiet_libraries() -> None:
     """Silence import-time chatter of the libraries we use (torchao's optional kernels, torch's
     pytree deprecations, diffusers' optional-backend notes) so a command prints only its own lines."""
-    import logging
     import os
+
+    from weightsmith.api.quiet import quiet_libraries as quiet_loggers
 
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for name in ("torchao", "torch.utils._pytree", "torchao.kernel.intmm"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_loggers()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,10 @@ from weightsmith.api.scores import (
     VerifyResult,
 )
 from weightsmith.api.scoring import GenerationOptions, imatrix, sensitivity, verify
+from weightsmith.api.quiet import quiet_libraries
 from weightsmith.progress import Progress, ProgressCallback
+
+quiet_libraries()
 
 __all__ = [
     "CandidateScores",
