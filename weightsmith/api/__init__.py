@@ -8,6 +8,7 @@ public and how it changes: docs/api.md.
 from weightsmith.api.files import convert, export_onnx, inspect, quantize
 from weightsmith.api.hub import publish
 from weightsmith.api.models import load_model, tiny_pipeline
+from weightsmith.api.quiet import quiet_libraries
 from weightsmith.api.results import (
     ConvertResult,
     Detection,
@@ -26,7 +27,6 @@ from weightsmith.api.scores import (
     VerifyResult,
 )
 from weightsmith.api.scoring import GenerationOptions, imatrix, sensitivity, verify
-from weightsmith.api.quiet import quiet_libraries
 from weightsmith.progress import Progress, ProgressCallback
 
 quiet_libraries()

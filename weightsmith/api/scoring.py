@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from weightsmith.api.results import ImatrixResult
 from weightsmith.api.scores import SensitivityResult, VerifyResult
@@ -60,13 +60,13 @@ def settings_of(options: GenerationOptions) -> GenerationSettings:
         raise UsageError(
             f"unknown generation option(s): {', '.join(unknown)}", hint=f"use {', '.join(sorted(_FIELDS))}"
         )
-    kw = dict(options)
-    seeds = kw.pop("seeds", "0")
+    seeds = options.get("seeds", "0")
+    text = seeds if isinstance(seeds, str) else ",".join(str(int(s)) for s in seeds)
+    kw: dict[str, Any] = {k: v for k, v in options.items() if k != "seeds"}
     for k in ("image", "prompts"):
         if kw.get(k) is not None:
-            kw[k] = os.fspath(kw[k])  # type: ignore[call-overload]
-    text = seeds if isinstance(seeds, str) else ",".join(str(int(s)) for s in seeds)
-    settings = GenerationSettings(seeds=parse_seeds(text), **kw)  # type: ignore[arg-type]
+            kw[k] = os.fspath(kw[k])
+    settings = GenerationSettings(seeds=parse_seeds(text), **kw)
     check_options(settings)
     return settings
 
