@@ -9,11 +9,12 @@ from typing import Any
 
 import click
 
-from weightsmith import __version__
+from weightsmith._version import __version__
 from weightsmith.cli_choices import FAMILY, LAYOUT
+from weightsmith.cli_progress import bars, notes_on_stderr
 from weightsmith.errors import WeightsmithError
-from weightsmith.lora.cli import lora_command, lora_options, resolve_lora_options
-from weightsmith.verify.cli import calibration_options
+from weightsmith.lora.cli import lora_command, lora_options
+from weightsmith.verify.cli import calibration_options, calibration_request
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -51,13 +52,14 @@ def inspect(path: str, as_json: bool) -> None:
     Example:
       weightsmith inspect Wan2.1-T2V-1.3B/ --json | jq .detection
     """
-    from weightsmith.inspect import describe, format_report
+    from weightsmith.api import inspect as api_inspect
+    from weightsmith.inspect import format_report
 
-    report = describe(path)
+    result = api_inspect(path)
     if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
     else:
-        click.echo(format_report(report))
+        click.echo(format_report(result.to_json()))
 
 
 @cli.command()
@@ -94,6 +96,9 @@ def inspect(path: str, as_json: bool) -> None:
     "--overwrite", is_flag=True, help="Replace DST if it exists (only once the new output is complete)."
 )
 @lora_options
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (schema weightsmith.convert/1)."
+)
 def convert(
     src: str,
     dst: str,
@@ -106,6 +111,7 @@ def convert(
     overwrite: bool,
     lora: tuple[str, ...],
     lora_scale: float,
+    as_json: bool,
 ) -> None:
     """Convert SRC into another layout, streaming tensor by tensor.
 
@@ -125,23 +131,25 @@ def convert(
       weightsmith convert Wan2.1-T2V-1.3B-Diffusers/transformer wan.safetensors --to original \\
           --prefix model.diffusion_model. --dtype bf16
     """
-    from weightsmith.convert.run import convert as run_convert
+    from weightsmith.api import convert as api_convert
 
-    result = run_convert(
+    result = api_convert(
         src,
         dst,
-        to,
+        to=to,
         family=family,
         dtype=dtype,
         shard_size=shard_size,
         prefix=prefix,
         overwrite=overwrite,
         config=config,
-        loras=resolve_lora_options(lora, lora_scale),
+        lora=lora,
+        lora_scale=lora_scale,
+        progress=bars(),
     )
-    for line in result.lines:
+    for line in result.notes:
         click.echo(line, err=True)
-    click.echo(str(result.dst))
+    click.echo(json.dumps(result.to_json(), indent=1) if as_json else str(result.dst))
 
 
 @cli.command()
@@ -190,6 +198,9 @@ def convert(
 @click.option(
     "--overwrite", is_flag=True, help="Replace DST if it exists (only once the new file is complete)."
 )
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (schema weightsmith.quantize/1)."
+)
 def quantize(
     src: str,
     dst: str,
@@ -204,6 +215,7 @@ def quantize(
     keep_blocks: str | None,
     activations: str | None,
     calibrate: bool,
+    as_json: bool,
     **calibration: Any,
 ) -> None:
     """Quantize the transformer in SRC into DST with a named scheme.
@@ -243,30 +255,28 @@ def quantize(
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-fp8-scaled.safetensors --scheme fp8-tensor
       weightsmith quantize Sana_1600M_1024px_diffusers/ sana-w4a4/ --scheme nvfp4 --activations nvfp4 --calibrate --seeds 0-3
     """
-    from weightsmith.quantize.linear.run import linear_cli_kwargs
-    from weightsmith.quantize.schemes import find_scheme
-    from weightsmith.verify.cli import calibration_from_cli
+    from weightsmith.api import quantize as api_quantize
 
-    fam = find_scheme(scheme)
-    kwargs = linear_cli_kwargs(scheme, fmt, keep_blocks, activations, calibrate, dst)
-    cal = calibration_from_cli(src, calibrate, device, calibration)
-    if cal is not None:
-        kwargs["activation_absmax"] = cal.absmax
-    result = fam.run(
+    result = api_quantize(
         src,
         dst,
-        scheme,
+        scheme=scheme,
+        format=fmt,
+        keep_blocks=keep_blocks,
+        activations=activations,
         imatrix=imatrix,
         keep=keep,
         family=family,
         device=device,
-        overwrite=overwrite,
         config=config,
-        **kwargs,
+        overwrite=overwrite,
+        calibrate=calibrate,
+        calibration=calibration_request(calibrate, calibration),
+        progress=bars(),
     )
-    for line in result.summary_lines():
+    for line in (*result.calibration, *result._internal.summary_lines()):
         click.echo(line, err=True)
-    click.echo(str(result.dst))
+    click.echo(json.dumps(result.to_json(), indent=1) if as_json else str(result.dst))
 
 
 @cli.command()
@@ -286,13 +296,13 @@ cli.add_command(lora_command)
 def quiet_libraries() -> None:
     """Silence import-time chatter of the libraries we use (torchao's optional kernels, torch's
     pytree deprecations, diffusers' optional-backend notes) so a command prints only its own lines."""
-    import logging
     import os
+
+    from weightsmith.api.quiet import quiet_libraries as quiet_loggers
 
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for name in ("torchao", "torch.utils._pytree", "torchao.kernel.intmm"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_loggers()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -306,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
 
     release_large_allocations()
     try:
-        with terminate_as_exception():  # SIGTERM/SIGHUP clean up partial output like Ctrl-C
+        with terminate_as_exception(), notes_on_stderr():  # SIGTERM/SIGHUP clean up like Ctrl-C
             cli.main(args=args, prog_name="weightsmith", standalone_mode=False)
     except Terminated as e:
         click.echo("terminated; no output was left behind", err=True)

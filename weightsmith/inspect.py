@@ -161,3 +161,8 @@ def format_report(r: dict[str, Any]) -> str:
     else:
         lines += format_component(r)
     return "\n".join(lines)
+
+
+from weightsmith._facade import verb_module  # noqa: E402 - `weightsmith.inspect(...)` is the verb
+
+verb_module(__name__)

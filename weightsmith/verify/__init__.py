@@ -25,3 +25,7 @@ __all__ = [
     "parse_seeds",
     "verify",
 ]
+
+from weightsmith._facade import verb_module  # noqa: E402 - `weightsmith.verify(...)` is the verb
+
+verb_module(__name__)

@@ -1,17 +1,17 @@
-"""Click commands `verify`, `sensitivity` and `imatrix`; weightsmith/cli.py adds them to the group."""
+"""Click commands `verify`, `sensitivity` and `imatrix`; weightsmith/cli.py adds them to the group.
+
+Each parses its options, calls the same-named verb of ``weightsmith.api`` and prints the result."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 
-from weightsmith.errors import UsageError
-from weightsmith.verify.settings import GenerationSettings, check_options, parse_seeds
+from weightsmith.cli_progress import bars
 
 
 def _generation_option_table() -> dict[str, Callable[..., Any]]:
@@ -103,78 +103,28 @@ def calibration_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def settings_from(kw: dict[str, Any], **defaults: Any) -> GenerationSettings:
-    """GenerationSettings from the shared options (popped from ``kw``; an option the command
-    lacks takes ``defaults`` or GenerationSettings' own), checked before any model is opened: a
-    bad --height or --device ends at once, not after minutes of loading."""
-    base = GenerationSettings(**defaults)
-    fields = [f for f in GenerationSettings.__dataclass_fields__ if f in kw]
-    given = {f: kw.pop(f) for f in fields}
-    if "seeds" in given:
-        given["seeds"] = parse_seeds(given["seeds"])
-    settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-    check_options(settings)
-    return settings
+def calibration_request(calibrate: bool, kw: dict[str, Any]) -> dict[str, Any] | None:
+    """``quantize --calibrate``: the generation options of the calibration run (popped from
+    ``kw``; unset ones left to the API's defaults), or None without --calibrate, where naming one
+    of them is a usage error."""
+    from weightsmith.errors import UsageError
 
-
-# Steps of a calibration run unless --steps says otherwise: ranges settle within a few steps,
-# and quantize should not cost a full-length generation per seed.
-CALIBRATION_STEPS = 8
-
-
-def calibration_from_cli(model: str, calibrate: bool, device: str, kw: dict[str, Any]) -> Any:
-    """``quantize --calibrate``: the ``Calibration`` of MODEL from the calibration options (popped
-    from ``kw``), or None without --calibrate, where naming one of them is a usage error."""
     ctx = click.get_current_context(silent=True)
-    given = [
-        n
+    given = {
+        n: kw.pop(n)
         for n in CALIBRATION_OPTIONS
         if n in kw
         and ctx is not None
         and ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)
-    ]
+    }
+    for n in CALIBRATION_OPTIONS:
+        kw.pop(n, None)
     if not calibrate:
-        for n in CALIBRATION_OPTIONS:
-            kw.pop(n, None)
         if given:
-            flag = "--" + given[0].replace("_", "-")
+            flag = "--" + next(iter(given)).replace("_", "-")
             raise UsageError(f"{flag} shapes the calibration run", hint="add --calibrate, or drop it")
         return None
-    from weightsmith.verify.calibrate import calibrate_activations
-
-    settings = settings_from(kw, device=device, steps=CALIBRATION_STEPS)
-    result = calibrate_activations(model, settings)
-    for line in result.summary_lines():
-        click.echo(line, err=True)
-    return result
-
-
-def check_report_dir(report: str | None) -> None:
-    """--report names a folder to write into: refuse a file there now, not after the generations."""
-    if report is None:
-        return
-    from weightsmith.errors import OutputError
-
-    p = Path(report)
-    if p.exists() and not p.is_dir():
-        raise OutputError(
-            f"--report {p} is a file; a folder is expected", hint="pass a new or existing folder"
-        )
-    parent = p.parent if not p.exists() else p
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise OutputError(
-            f"--report {p} cannot be created: {parent} is not a folder", hint="pass a folder path"
-        )
-
-
-def _cache_dir(cache_dir: str | None, no_cache: bool) -> Path | None:
-    from weightsmith.verify.cache import default_cache_dir
-
-    if no_cache:
-        return None
-    return Path(cache_dir) if cache_dir else default_cache_dir()
+    return {k: v for k, v in given.items() if v is not None}
 
 
 @click.command("verify")
@@ -237,43 +187,37 @@ def verify_command(
           --steps 20 --seeds 0,1 --gate 'psnr>=30' --gate 'ssim>=0.95' --report reports/wan
       torchrun --nproc-per-node 4 -m weightsmith verify base/ cand.gguf --seeds 0-7 --json
     """
-    from weightsmith.verify.gates import failure_table, load_gates_toml, parse_gate
-    from weightsmith.verify.results import check_gates, summary_table
-    from weightsmith.verify.run import VerifyOptions, verify
+    from weightsmith.api import verify
+    from weightsmith.verify.gates import failure_table
+    from weightsmith.verify.results import summary_table
 
-    # Everything a user typed is checked before any model is opened: gates, report folder, settings.
-    gates = [parse_gate(g) for g in gate] + (load_gates_toml(gates_file) if gates_file else [])
-    check_report_dir(report)
-    settings = settings_from(kw)
-    opts = VerifyOptions(
+    result = verify(
         baseline,
-        list(candidates),
-        settings,
+        candidates,
+        gate=gate,
+        gates=gates_file,
+        report=report,
+        cache_dir=cache_dir,
+        no_cache=no_cache,
+        consumer=consumer,
         vae=vae,
-        gates=gates,
-        cache_dir=_cache_dir(cache_dir, no_cache),
-        consumers=consumer,
+        progress=bars(),
+        **kw,
     )
-    result = verify(opts)
-    import os
-
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    if report:
-        from weightsmith.verify.report import write_report
-
-        path = write_report(report, [result])
-        click.echo(f"report: {path}", err=True)
+    if result.report_path:
+        click.echo(f"report: {result.report_path}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=1))
-        table = failure_table(result.gate_results())
+        table = failure_table(result._internal.gate_results())
         if table:
             click.echo(table, err=True)
     else:
-        click.echo(summary_table(result))
+        click.echo(summary_table(result._internal))
         for note in result.notes:
             click.echo(f"note: {note}", err=True)
-    check_gates(result)
+    result.raise_for_gates()
 
 
 @click.command("sensitivity")
@@ -305,18 +249,16 @@ def sensitivity_command(
     Example:
       weightsmith sensitivity Wan2.1-T2V-1.3B-Diffusers/ --scheme gguf:Q3_K_M --steps 8 --report reports/sens
     """
-    from weightsmith.verify.sensitivity import format_ranking, run_sensitivity, write_sensitivity_report
+    from weightsmith.api import sensitivity
+    from weightsmith.verify.sensitivity import format_ranking
 
-    check_report_dir(report)
-    settings = settings_from(kw)
-    result = run_sensitivity(model, scheme, settings, vae=vae)
-    if report:
-        path = write_sensitivity_report(report, result)
-        click.echo(f"report: {path}", err=True)
+    result = sensitivity(model, scheme=scheme, report=report, vae=vae, progress=bars(), **kw)
+    if result.report_path:
+        click.echo(f"report: {result.report_path}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=1))
     else:
-        click.echo(format_ranking(result, top))
+        click.echo(format_ranking(result._internal, top))
 
 
 @click.command("imatrix")
@@ -324,7 +266,10 @@ def sensitivity_command(
 @click.argument("out", type=click.Path(path_type=str))
 @generation_options
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def imatrix_command(model: str, out: str, overwrite: bool, vae: str | None, **kw: Any) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (schema weightsmith.imatrix/1)."
+)
+def imatrix_command(model: str, out: str, overwrite: bool, as_json: bool, vae: str | None, **kw: Any) -> None:
     """Collect an importance matrix for MODEL from reference generations, for `quantize --imatrix`.
 
     Hooks on every Linear layer of the transformer sum the squares of its inputs per column
@@ -337,10 +282,14 @@ def imatrix_command(model: str, out: str, overwrite: bool, vae: str | None, **kw
       weightsmith imatrix Wan2.1-T2V-1.3B-Diffusers/ wan.imatrix.gguf --seeds 0-7 --steps 20
       weightsmith quantize Wan2.1-T2V-1.3B-Diffusers/ wan-Q3_K_M.gguf --scheme gguf:Q3_K_M --imatrix wan.imatrix.gguf
     """
-    from weightsmith.verify.importance import collect_imatrix
+    from weightsmith.api import imatrix
 
-    settings = settings_from(kw)
-    result = collect_imatrix(model, out, settings, vae=vae, overwrite=overwrite)
-    for line in result.summary_lines():
+    result = imatrix(model, out, overwrite=overwrite, vae=vae, progress=bars(), **kw)
+    lines = [
+        f"imatrix: {result.tensors} tensors from {result.generations} generation(s), {result.rows:,} rows per "
+        f"tensor on average, in {result.seconds:.1f} s",
+        *(f"  note: {n}" for n in result.notes),
+    ]
+    for line in lines:
         click.echo(line, err=True)
-    click.echo(str(result.path))
+    click.echo(json.dumps(result.to_json(), indent=1) if as_json else str(result.path))

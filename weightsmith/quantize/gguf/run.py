@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from weightsmith import __version__
+from weightsmith._version import __version__
 from weightsmith.convert.config import load_config
 from weightsmith.convert.engine import make_plan, resolve_detection, stream
 from weightsmith.errors import UsageError

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from weightsmith import __version__
+from weightsmith._version import __version__
 from weightsmith.convert.config import load_config, output_config, provenance_config
 from weightsmith.convert.engine import Plan, make_plan, resolve_detection, stream
 from weightsmith.errors import QuantizationError, UsageError
