@@ -167,7 +167,7 @@ def test_header_metadata_variant_reads_the_same(prefix, tiny_wan, work, run_cli,
 
 @pytest.mark.parametrize(
     ("fmt", "needle"),
-    [("nvfp4", "'nvfp4' (layer blocks.0.self_attn.q) is not supported yet"), ("bogus", "unknown ComfyUI")],
+    [("convrot_w4a4", "'convrot_w4a4' (layer blocks.0.self_attn.q) is not supported yet"), ("bogus", "unknown ComfyUI")],
 )
 def test_formats_we_cannot_read_are_refused(fmt, needle, tiny_wan, work, run_cli, one_thread):
     t, meta = _tensors(_quantized(tiny_wan, work, "fp8-tensor"))
