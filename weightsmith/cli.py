@@ -148,7 +148,7 @@ def convert(
 @click.option(
     "--scheme",
     required=True,
-    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, int8-tensor, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-asym, nvfp4, mxfp4.",
+    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, int8-tensor, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-asym, nvfp4, mxfp4, mxfp8.",
 )
 @click.option(
     "--format",
@@ -163,6 +163,17 @@ def convert(
     "--activations",
     type=click.Choice(["int8", "fp8"]),
     help="Record W8A8: dynamic per-token int8 (with --scheme int8) or fp8 (with fp8, fp8-tensor) activations.",
+)
+@click.option(
+    "--sensitivity",
+    type=click.Path(path_type=str),
+    help="--format comfy: a `weightsmith sensitivity --report DIR` sensitivity.json ranking the Linear layers.",
+)
+@click.option(
+    "--fp-layers",
+    type=click.IntRange(min=0),
+    help="--format comfy: the N most sensitive layers of --sensitivity keep full-precision matmuls "
+    "(full_precision_matrix_mult) even when activations are calibrated.",
 )
 @click.option(
     "--imatrix",
@@ -193,6 +204,8 @@ def quantize(
     fmt: str | None,
     keep_blocks: str | None,
     activations: str | None,
+    sensitivity: str | None,
+    fp_layers: int | None,
 ) -> None:
     """Quantize the transformer in SRC into DST with a named scheme.
 
@@ -206,13 +219,17 @@ def quantize(
     WEIGHTSMITH_GGML_BACKEND=torch, torch kernels (also used on GPUs) give the same bytes.
 
     \b
-    INT8/FP8/INT4/FP4 (--scheme int8|int8-tensor|fp8|fp8-tensor|fp8-e5m2|int4|int4-g64|int4-g32|int4-asym|nvfp4|mxfp4):
+    INT8/FP8/INT4/FP4 (--scheme int8|int8-tensor|fp8|fp8-tensor|fp8-e5m2|int4|int4-g64|int4-g32|int4-asym|nvfp4|mxfp4|mxfp8):
     Linear weights only; embeddings, modulation, norms and the head stay in high precision.
       --format compressed-tensors  DST is a Diffusers component folder whose config.json
                                    carries compressed-tensors' quantization_config
-                                   (nvfp4, mxfp4: this layout only, weight-only)
+                                   (nvfp4, mxfp4 weight-only)
       --format comfy               DST is a ComfyUI comfy_quant .safetensors (Wan, original
-                                   layout; fp8-tensor, fp8-e5m2 or int8-tensor)
+                                   layout; fp8 (written per tensor, = fp8-tensor), fp8-e5m2,
+                                   int8-tensor, mxfp8 or nvfp4, padded as ComfyUI reads them).
+                                   Layers without a calibrated input_scale, and the
+                                   --fp-layers most sensitive of --sensitivity, are marked
+                                   full_precision_matrix_mult
       --format comfy-legacy        DST is a legacy ComfyUI scaled-fp8 .safetensors (fp8-tensor)
 
     A per-layer table (type, SQNR in dB, bytes before and after) is printed and written
@@ -224,6 +241,7 @@ def quantize(
       weightsmith quantize wan.safetensors wan-Q3_K_M.gguf --scheme gguf:Q3_K_M --imatrix wan.imatrix.gguf
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-int4/ --scheme int4 --keep-blocks first:1,last:1
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-fp8-scaled.safetensors --scheme fp8-tensor
+      weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-nvfp4.safetensors --scheme nvfp4 --format comfy
     """
     from weightsmith.quantize.linear.run import linear_cli_kwargs
     from weightsmith.quantize.schemes import find_scheme
@@ -239,7 +257,7 @@ def quantize(
         device=device,
         overwrite=overwrite,
         config=config,
-        **linear_cli_kwargs(scheme, fmt, keep_blocks, activations),
+        **linear_cli_kwargs(scheme, fmt, keep_blocks, activations, sensitivity, fp_layers),
     )
     for line in result.summary_lines():
         click.echo(line, err=True)

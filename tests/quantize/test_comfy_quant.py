@@ -167,7 +167,10 @@ def test_header_metadata_variant_reads_the_same(prefix, tiny_wan, work, run_cli,
 
 @pytest.mark.parametrize(
     ("fmt", "needle"),
-    [("convrot_w4a4", "'convrot_w4a4' (layer blocks.0.self_attn.q) is not supported yet"), ("bogus", "unknown ComfyUI")],
+    [
+        ("convrot_w4a4", "'convrot_w4a4' (layer blocks.0.self_attn.q) is not supported yet"),
+        ("bogus", "unknown ComfyUI"),
+    ],
 )
 def test_formats_we_cannot_read_are_refused(fmt, needle, tiny_wan, work, run_cli, one_thread):
     t, meta = _tensors(_quantized(tiny_wan, work, "fp8-tensor"))
@@ -201,7 +204,7 @@ def test_mismatched_weight_dtype_is_refused(tiny_wan, work, run_cli, one_thread)
             ("--scheme", "int8-tensor", "--format", "comfy-legacy"),
             "holds e4m3 weights with one scale per tensor",
         ),
-        (("--scheme", "fp8", "--format", "comfy"), "cannot be written as comfy"),
+        (("--scheme", "int4", "--format", "comfy"), "cannot be written as comfy"),
         (
             ("--scheme", "int8-tensor", "--format", "compressed-tensors"),
             "cannot be written as compressed-tensors",
@@ -215,6 +218,17 @@ def test_refused_combinations_exit_2_and_leave_nothing(args, needle, tiny_wan, w
     r = run_cli("quantize", tiny_wan, dst, *args)
     assert r.code == 2 and r.err.count("\n") == 1 and needle in r.words, r.err
     assert not dst.exists() and not list(work.glob(".refused*"))
+
+
+def test_fp8_is_written_per_tensor_in_comfyui_files(tiny_wan, work, one_thread):
+    """ComfyUI's fp8 layers take one scalar scale: --scheme fp8 there is fp8-tensor's numbers."""
+    fp8, _ = _tensors(_quantized(tiny_wan, work, "fp8"))
+    tensor, _ = _tensors(_quantized(tiny_wan, work, "fp8-tensor"))
+    assert fp8.keys() == tensor.keys()
+    for k, v in fp8.items():
+        assert torch.equal(v.reshape(-1).view(torch.uint8), tensor[k].reshape(-1).view(torch.uint8)), k
+    rows = json.loads(Path(f"{_quantized(tiny_wan, work, 'fp8')}.layers.json").read_text())
+    assert rows["scheme"].startswith("fp8-tensor, comfy (--scheme fp8 is written as fp8-tensor here)")
 
 
 def test_legacy_layout_is_kept_for_e4m3(tiny_wan, work, run_cli, one_thread):

@@ -68,6 +68,7 @@ class QuantLinear(nn.Module):
         self.out_features, self.in_features = qw.shape
         self.scheme: LinearScheme = qw.scheme
         self.packed_bits = qw.packed_bits
+        self.layout = qw.layout
         self.register_buffer("qdata", qw.data)
         self.register_buffer("scale", qw.scale)
         self.register_buffer("zero_point", qw.zero_point)
@@ -85,6 +86,7 @@ class QuantLinear(nn.Module):
             (self.out_features, self.in_features),
             self.packed_bits,
             self.global_scale,
+            self.layout,
         )
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -116,8 +118,8 @@ def torchao_unsupported(
     scheme: LinearScheme, activations: str | None, device: torch.device, compute_dtype: torch.dtype
 ) -> str | None:
     """Why torchao cannot run this layout here (None when it can)."""
-    if scheme.kind == "fp4":
-        return "fp4 weights run on the reference path (torchao's NVFP4/MX tensors are not wired yet)"
+    if scheme.microscaled:
+        return microscaled_unsupported(device)
     if not torchao_available():
         return "torchao is not installed"
     if activations == "int8" and not (
@@ -137,6 +139,16 @@ def torchao_unsupported(
     if scheme.kind == "float" and device.type not in ("cpu", "cuda"):
         return f"no float8 tensors on {device.type}"
     return None
+
+
+def microscaled_unsupported(device: torch.device) -> str:
+    """Why nvfp4/mxfp4/mxfp8 weights take the reference path on ``device``.
+
+    torchao's MX/NVFP4 tensors only pay off with the block-scaled matmuls of compute capability
+    10.0 GPUs (Blackwell); everywhere else they dequantize like the reference path does."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (10, 0):
+        return "microscaled weights need a GPU of compute capability 10.0+ for torchao's MX/NVFP4 matmuls"
+    return "torchao's MX/NVFP4 tensors are not wired to stored weights yet: the reference path dequantizes them"
 
 
 def torchao_weight(
