@@ -54,6 +54,10 @@ def quantize_activations(x: torch.Tensor, kind: str) -> torch.Tensor:
     return (xf / scale).clamp(-fmax, fmax).to(torch.float8_e4m3fn).float() * scale
 
 
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.uint8) if t.dtype.is_floating_point and t.element_size() == 1 else t
+
+
 class QuantLinear(nn.Module):
     """A Linear layer whose weight stays in its stored quantized form, dequantized per forward."""
 
@@ -69,8 +73,11 @@ class QuantLinear(nn.Module):
         self.scheme: LinearScheme = qw.scheme
         self.packed_bits = qw.packed_bits
         self.layout = qw.layout
-        self.register_buffer("qdata", qw.data)
-        self.register_buffer("scale", qw.scale)
+        # One-byte float buffers (fp8 values, e4m3 block scales) are held as uint8 views, so that a
+        # model-wide ``.to(dtype)`` cannot value-cast the stored numbers.
+        self.qdata_dtype, self.scale_dtype = qw.data.dtype, qw.scale.dtype
+        self.register_buffer("qdata", _as_bytes(qw.data))
+        self.register_buffer("scale", _as_bytes(qw.scale))
         self.register_buffer("zero_point", qw.zero_point)
         self.register_buffer("global_scale", qw.global_scale)
         self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
@@ -80,8 +87,8 @@ class QuantLinear(nn.Module):
     def quantized_weight(self) -> QuantizedWeight:
         return QuantizedWeight(
             self.scheme,
-            self.qdata,
-            self.scale,
+            self.qdata.view(self.qdata_dtype),
+            self.scale.view(self.scale_dtype),
             self.zero_point,
             (self.out_features, self.in_features),
             self.packed_bits,
