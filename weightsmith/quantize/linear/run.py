@@ -94,7 +94,7 @@ def resolve_format(fmt: str | None, scheme: LinearScheme, dst: Path) -> str:
         check_comfy_legacy(scheme)
     elif fmt not in scheme.formats:
         if scheme.kind == "fp4" and fmt != "compressed-tensors":
-            hint = "mxfp4 is written as a compressed-tensors folder (DST without .safetensors); ComfyUI takes nvfp4"
+            hint = "mxfp4 is written in compressed-tensors folders (DST without .safetensors); ComfyUI takes nvfp4"
         elif fmt != "compressed-tensors":
             hint = "use --scheme fp8, fp8-e5m2, int8-tensor, mxfp8 or nvfp4 with --format comfy"
         elif scheme.microscaled:

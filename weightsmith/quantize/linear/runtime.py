@@ -155,7 +155,9 @@ def microscaled_unsupported(device: torch.device) -> str:
     10.0 GPUs (Blackwell); everywhere else they dequantize like the reference path does."""
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < (10, 0):
         return "microscaled weights need a GPU of compute capability 10.0+ for torchao's MX/NVFP4 matmuls"
-    return "torchao's MX/NVFP4 tensors are not wired to stored weights yet: the reference path dequantizes them"
+    return (
+        "torchao's MX/NVFP4 tensors are not wired to stored weights yet: the reference path dequantizes them"
+    )
 
 
 def torchao_weight(
