@@ -353,3 +353,13 @@ def test_families_without_a_native_comfyui_model_are_refused(family, tmp_path, r
     assert r.code == 2 and r.err.count("\n") == 1 and "writes the ComfyUI layout of wan" in r.words, r.err
     assert ("no native Sana model" if family == "sana" else "names its weights its own way") in r.words
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_demo_matrix_shows_microscaled_schemes_as_comfyui_files_where_comfyui_loads_them():
+    from weightsmith.verify.matrix import _artifact_name, available_schemes
+
+    assert {"mxfp8", "nvfp4"} <= set(available_schemes())
+    assert _artifact_name("wan", "nvfp4") == "wan-nvfp4-comfy.safetensors"
+    assert _artifact_name("wan", "mxfp8") == "wan-mxfp8-comfy.safetensors"
+    assert _artifact_name("sana", "nvfp4") == "sana-nvfp4"  # compressed-tensors elsewhere
+    assert _artifact_name("wan", "int8") == "wan-int8"
