@@ -289,7 +289,7 @@ def quantize_weight(
         )
     x = w.to(device=device or w.device, dtype=torch.float32)
     out, inn = x.shape
-    if scheme.kind == "float" and scheme.microscaled or (layout == "comfy" and scheme.nvfp4):
+    if (scheme.kind == "float" and scheme.microscaled) or (layout == "comfy" and scheme.nvfp4):
         data, scale, g = quantize_comfy(x, scheme.nvfp4, name)
         return QuantizedWeight(scheme, data, scale, None, (out, inn), None, g, "comfy")
     if not scheme.fits(inn):
