@@ -1,16 +1,16 @@
-"""`weightsmith quantize SRC DST --scheme {int8,fp8,fp8-tensor,fp8-e5m2,int4,int4-g64,int4-g32,int4-asym,nvfp4,mxfp4}`:
+"""`weightsmith quantize SRC DST --scheme {int8,fp8,fp8-tensor,fp8-e5m2,int4,int4-g64,int4-g32,int4-asym,nvfp4,mxfp4,mxfp8}`:
 a transformer's Linear weights as INT8/FP8/INT4/FP4 safetensors, in the layout their consumers load.
 
 * ``--format compressed-tensors`` (default; DST a folder): a Diffusers component folder whose
   config.json is the Diffusers config plus compressed-tensors' ``quantization_config``, and whose
-  safetensors hold each quantized Linear as that format defines it (see ``linear_formats``);
-  nvfp4 and mxfp4 (weight-only) are written only here, as ``nvfp4-pack-quantized`` /
-  ``mxfp4-pack-quantized``.
-* ``--format comfy`` (DST a ``.safetensors`` file): ComfyUI's current comfy_quant file (per-layer
-  ``comfy_quant`` JSON, ``weight_scale``) in the family's published layout (``quant.gguf_layout``),
-  for fp8-tensor, fp8-e5m2 and int8-tensor, for the families whose ``quant.comfy_fp8`` says
-  ComfyUI loads one. Chosen by default when DST ends in .safetensors. ``fp8`` (per channel) is
-  refused, not mapped: ComfyUI's fp8 layers take one scalar scale.
+  safetensors hold each quantized Linear as that format defines it (see ``formats``); nvfp4 and
+  mxfp4 are weight-only ``nvfp4-pack-quantized`` / ``mxfp4-pack-quantized``.
+* ``--format comfy`` (DST a ``.safetensors`` file): ComfyUI's current comfy_quant file in the
+  family's published layout (``quant.gguf_layout``) for fp8 (written per tensor), fp8-tensor,
+  fp8-e5m2, int8-tensor, mxfp8 and nvfp4 (padded, swizzled: see ``comfy``), for the families
+  whose ``quant.comfy_fp8`` says ComfyUI loads one (else ``quant.comfy_refusal`` says why not).
+  Chosen by default when DST ends in .safetensors. Calibrated activation ranges become
+  ``input_scale``; the rest is marked ``full_precision_matrix_mult`` (``comfy.plan_matmul``).
 * ``--format comfy-legacy``: the same file in the legacy scaled-fp8 layout (a ``scaled_fp8``
   marker, ``scale_weight``), fp8-tensor only: ComfyUI reads every legacy layer as e4m3.
 
