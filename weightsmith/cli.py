@@ -158,7 +158,7 @@ def convert(
 @click.option(
     "--scheme",
     required=True,
-    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, int8-tensor, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-g16, int4-asym, nvfp4, mxfp4.",
+    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, int8-tensor, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-g16, int4-asym, nvfp4, mxfp4, mxfp8.",
 )
 @click.option(
     "--format",
@@ -179,9 +179,21 @@ def convert(
     "--calibrate",
     is_flag=True,
     help="Measure each Linear's input range in reference generations of SRC (--seeds, --steps "
-    "[default 8], --height, --width, --frames, --prompts, --negative-prompt, --text-len) for static activation scales.",
+    "[default 8], --height, --width, --frames, --prompts, --negative-prompt, --text-len) for static "
+    "activation scales: ComfyUI input_scale (--format comfy) or nvfp4 W4A4 input global scales.",
 )
 @calibration_options
+@click.option(
+    "--sensitivity",
+    type=click.Path(path_type=str),
+    help="--format comfy: a `weightsmith sensitivity --report DIR` sensitivity.json ranking the Linear layers.",
+)
+@click.option(
+    "--fp-layers",
+    type=click.IntRange(min=0),
+    help="--format comfy: the N most sensitive layers of --sensitivity keep full-precision matmuls "
+    "(full_precision_matrix_mult) even when activations are calibrated.",
+)
 @click.option(
     "--imatrix",
     type=click.Path(path_type=str),
@@ -214,6 +226,8 @@ def quantize(
     fmt: str | None,
     keep_blocks: str | None,
     activations: str | None,
+    sensitivity: str | None,
+    fp_layers: int | None,
     calibrate: bool,
     as_json: bool,
     **calibration: Any,
@@ -230,19 +244,23 @@ def quantize(
     WEIGHTSMITH_GGML_BACKEND=torch, torch kernels (also used on GPUs) give the same bytes.
 
     \b
-    INT8/FP8/INT4/FP4 (--scheme int8|int8-tensor|fp8|fp8-tensor|fp8-e5m2|int4|int4-g64|int4-g32|int4-g16|int4-asym|nvfp4|mxfp4):
+    INT8/FP8/INT4/FP4 (--scheme int8|int8-tensor|fp8|fp8-tensor|fp8-e5m2|int4|int4-g64|int4-g32|int4-g16|int4-asym|nvfp4|mxfp4|mxfp8):
     Linear weights only; embeddings, modulation, norms and the head stay in high precision.
       --format compressed-tensors  DST is a Diffusers component folder whose config.json
                                    carries compressed-tensors' quantization_config
-                                   (nvfp4, mxfp4: this layout only; nvfp4 also W4A4
-                                   with --activations nvfp4 --calibrate)
+                                   (nvfp4, mxfp4: weight-only, nvfp4 also W4A4 with
+                                   --activations nvfp4 --calibrate)
       --format comfy               DST is a ComfyUI comfy_quant .safetensors (Wan, original
-                                   layout; fp8-tensor, fp8-e5m2 or int8-tensor)
+                                   layout; fp8 (written per tensor, = fp8-tensor), fp8-e5m2,
+                                   int8-tensor, mxfp8 or nvfp4, padded as ComfyUI reads them).
+                                   Layers without a calibrated input_scale, and the
+                                   --fp-layers most sensitive of --sensitivity, are marked
+                                   full_precision_matrix_mult
       --format comfy-legacy        DST is a legacy ComfyUI scaled-fp8 .safetensors (fp8-tensor)
 
     --calibrate runs reference generations of SRC (as verify does; --seeds, --steps [8],
     --height, --width, --frames, --prompts, --text-len) and measures each Linear's largest
-    input, for static activation scales (nvfp4 W4A4's input_global_scale).
+    input, for static activation scales (ComfyUI input_scale, nvfp4 W4A4's input_global_scale).
 
     A per-layer table (type, SQNR in dB, bytes before and after) is printed and written
     beside DST as DST.layers.json.
@@ -254,6 +272,7 @@ def quantize(
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-int4/ --scheme int4 --keep-blocks first:1,last:1
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-fp8-scaled.safetensors --scheme fp8-tensor
       weightsmith quantize Sana_1600M_1024px_diffusers/ sana-w4a4/ --scheme nvfp4 --activations nvfp4 --calibrate --seeds 0-3
+      weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-nvfp4.safetensors --scheme nvfp4 --format comfy
     """
     from weightsmith.api import quantize as api_quantize
 
@@ -272,6 +291,8 @@ def quantize(
         overwrite=overwrite,
         calibrate=calibrate,
         calibration=calibration_request(calibrate, calibration),
+        sensitivity=sensitivity,
+        fp_layers=fp_layers,
         progress=bars(),
     )
     for line in (*result.calibration, *result._internal.summary_lines()):

@@ -94,6 +94,8 @@ def quantize(
     overwrite: bool = False,
     calibrate: bool = False,
     calibration: GenerationOptions | None = None,
+    sensitivity: PathArg | None = None,
+    fp_layers: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> QuantizeResult:
     """Quantize the transformer in ``src`` into ``dst`` with ``scheme`` (``gguf:Q4_K_M``, ``int8``,
@@ -105,7 +107,9 @@ def quantize(
     importance matrix for the GGUF K/IQ types; ``keep``: globs of tensors left unquantized;
     ``calibrate``: measure each Linear's input range in reference generations of ``src`` first
     (``calibration``: their options as for ``verify``; 8 steps unless ``steps`` says otherwise),
-    for static activation scales (nvfp4 W4A4, ComfyUI input_scale)."""
+    for static activation scales (nvfp4 W4A4, ComfyUI input_scale); ``sensitivity`` /
+    ``fp_layers``: a ``sensitivity`` report's JSON and how many of its most sensitive layers keep
+    full-precision matmuls in a ComfyUI file."""
     from weightsmith.quantize.linear.run import linear_cli_kwargs
     from weightsmith.quantize.schemes import find_scheme
 
@@ -113,7 +117,14 @@ def quantize(
     # The options only some schemes take, checked against the scheme (one entry per option),
     # before calibration runs generations.
     extra: dict[str, Any] = linear_cli_kwargs(
-        scheme, format, keep_blocks, activations, calibrate, os.fspath(dst)
+        scheme,
+        format,
+        keep_blocks,
+        activations,
+        calibrate=calibrate,
+        dst=os.fspath(dst),
+        sensitivity=None if sensitivity is None else os.fspath(sensitivity),
+        fp_layers=fp_layers,
     )
     cal_lines: tuple[str, ...] = ()
     if calibrate:

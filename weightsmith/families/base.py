@@ -147,6 +147,7 @@ class QuantSpec:
     gguf_f32: tuple[str, ...] = ()
     diffusers_reads_gguf: bool = False  # diffusers' from_single_file loads our GGUF of it
     comfy_fp8: bool = False  # ComfyUI loads a comfy_quant / scaled-fp8 single file of it in ``gguf_layout``
+    comfy_refusal: str = "ComfyUI has no native model for it"  # why not, when ``comfy_fp8`` is False
 
     def keep_reason(self, name: str) -> str | None:
         """Why the tensor of Diffusers name ``name`` stays in high precision, or None."""

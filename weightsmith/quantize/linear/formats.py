@@ -1,5 +1,5 @@
-"""Where INT8/FP8/INT4 weights are stored: the compressed-tensors layout and ComfyUI's scaled fp8,
-written the way their own loaders read them. Reading them back (ours and other tools') is the
+"""Where INT8/FP8/INT4/FP4 weights are stored in compressed-tensors folders, written the way its
+own loaders read them. Reading them back (ours and other tools') is the
 reader's job: ``weightsmith.io.quantized``.
 
 compressed-tensors (reference quantization-and-onnx.md section 2), per quantized Linear ``M``:
@@ -21,46 +21,27 @@ compressed-tensors (reference quantization-and-onnx.md section 2), per quantized
   one config group targeting ``Linear``, and an ``ignore`` list naming every module whose
   ``.weight`` is not quantized, so model-free tools never mistake a norm or conv for one).
 
-ComfyUI comfy_quant (reference comfy-quant.md; ``--format comfy``), per quantized Linear ``L`` in
-the original layout: ``L.weight`` (F8_E4M3, F8_E5M2 or I8, [out, in]), ``L.weight_scale`` float32
-scalar (shape ``()``) and ``L.comfy_quant``: uint8 bytes of the JSON ``{"format": ...,
-"full_precision_matrix_mult": true}``. Every layer is weight-only (no activation calibration
-exists yet), so each asks ComfyUI to compute in the compute dtype after dequantizing; no
-``input_scale`` is written. ComfyUI dequantizes ``weight.to(float32) * weight_scale``.
-
-Legacy ComfyUI scaled fp8 (``--format comfy-legacy``; reference section 3.1 and comfy-quant.md),
-per quantized Linear ``L`` in the original layout:
-``L.weight`` fp8, ``L.scale_weight`` float32 scalar (shape ``()``), and one marker tensor
-``scaled_fp8``: empty, of the fp8 dtype the weights use (ComfyUI reads the flavour from it; two
-elements would ask for full-precision matmuls, so it has none). ComfyUI marks every legacy layer
-float8_e4m3fn, so only e4m3 is written this way.
+ComfyUI's files (``--format comfy`` and ``comfy-legacy``) are written by
+``weightsmith.quantize.linear.comfy``.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
 
-from weightsmith.errors import QuantizationError, UsageError
-from weightsmith.io.quantized import (
-    COMFY_MARKER,
-    COMFY_QUANT_FORMATS,
-    COMFY_QUANT_SUFFIX,
-    SCHEME_KEY,
-    SOURCE_DTYPE_KEY,
-)
+from weightsmith.errors import UsageError
+from weightsmith.io.quantized import SCHEME_KEY, SOURCE_DTYPE_KEY
 from weightsmith.kernels.linear import (
     ACTIVATIONS,
-    LINEAR_SCHEMES,
     LinearScheme,
     QuantizedWeight,
     pack_int32,
     packed_cols,
 )
 
-__all__ = ["ACTIVATIONS", "COMFY_MARKER", "SCHEME_KEY", "SOURCE_DTYPE_KEY"]
+__all__ = ["ACTIVATIONS", "SCHEME_KEY", "SOURCE_DTYPE_KEY"]
 
 SpecT = tuple[str, tuple[int, ...], torch.dtype]
 
@@ -262,102 +243,3 @@ def ct_tensors(
     if qw.zero_point is not None:
         out.append((f"{module}.weight_zero_point", qw.zero_point))
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# ComfyUI scaled fp8: writing
-
-
-def comfy_specs(layer: str, shape: tuple[int, ...], scheme: LinearScheme) -> list[SpecT]:
-    """Legacy scaled fp8: e4m3 weights with one scale per tensor (see ``check_comfy_legacy``)."""
-    check_comfy_legacy(scheme)
-    return [(f"{layer}.weight", tuple(shape), scheme.fp8_dtype), (f"{layer}.scale_weight", (), torch.float32)]  # type: ignore[list-item]
-
-
-def check_comfy_legacy(scheme: LinearScheme) -> None:
-    """The legacy layout holds per-tensor e4m3 only: ComfyUI marks every legacy layer
-    float8_e4m3fn and value-casts its weight, so e5m2 would lose everything beyond +-448."""
-    if scheme.fp8_dtype == torch.float8_e5m2:
-        raise UsageError(
-            f"--scheme {scheme.name} cannot be written as comfy-legacy: ComfyUI reads every legacy "
-            "scaled-fp8 layer as float8_e4m3fn and casts e5m2 weights to it, losing all beyond +-448",
-            hint="use --format comfy (its comfy_quant metadata records float8_e5m2)",
-        )
-    if scheme.kind != "float" or scheme.granularity != "tensor":
-        raise UsageError(
-            f"--scheme {scheme.name} cannot be written as comfy-legacy: the scaled-fp8 layout holds "
-            "e4m3 weights with one scale per tensor",
-            hint="use --scheme fp8-tensor with --format comfy-legacy, or --format comfy",
-        )
-
-
-def comfy_tensors(layer: str, qw: QuantizedWeight) -> list[tuple[str, torch.Tensor]]:
-    return [(f"{layer}.weight", qw.data), (f"{layer}.scale_weight", qw.scale.reshape(()))]
-
-
-def comfy_marker_spec(scheme: LinearScheme, prefix: str = "") -> tuple[SpecT, torch.Tensor]:
-    dtype = scheme.fp8_dtype
-    if dtype is None:
-        raise QuantizationError(
-            f"{scheme.name} is no fp8 scheme: ComfyUI's scaled-fp8 marker names an fp8 dtype",
-            hint="this is a bug in weightsmith; report it",
-        )
-    return (f"{prefix}{COMFY_MARKER}", (0,), dtype), torch.empty(0, dtype=dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# ComfyUI comfy_quant: writing
-
-
-def comfy_quant_format(scheme: LinearScheme) -> str:
-    """ComfyUI's format name for ``scheme``'s numbers: per-tensor e4m3, e5m2 or int8 only."""
-    for fmt, (name, stored) in COMFY_QUANT_FORMATS.items():
-        reg = LINEAR_SCHEMES.get(name)
-        if reg is not None and _same_numbers(scheme, reg) and _stored_dtype(scheme) == stored:
-            return fmt
-    raise UsageError(
-        f"ComfyUI's comfy_quant layers hold one scale per tensor; {scheme.name} is not that",
-        hint="use --scheme fp8-tensor, fp8-e5m2 or int8-tensor with --format comfy",
-    )
-
-
-def _same_numbers(a: LinearScheme, b: LinearScheme) -> bool:
-    return (a.kind, a.bits, a.granularity, a.group_size, a.symmetric, a.fp8_dtype) == (
-        b.kind,
-        b.bits,
-        b.granularity,
-        b.group_size,
-        b.symmetric,
-        b.fp8_dtype,
-    )
-
-
-def _stored_dtype(scheme: LinearScheme) -> torch.dtype:
-    return scheme.fp8_dtype if scheme.kind == "float" else torch.int8  # type: ignore[return-value]
-
-
-def comfy_quant_json(scheme: LinearScheme) -> bytes:
-    """The bytes of one layer's ``comfy_quant`` tensor (UTF-8 JSON; weight-only, so
-    ``full_precision_matrix_mult``: fp8 GPUs would otherwise quantize activations uncalibrated)."""
-    conf = {"format": comfy_quant_format(scheme), "full_precision_matrix_mult": True}
-    return json.dumps(conf, separators=(",", ":")).encode()
-
-
-def comfy_quant_specs(layer: str, shape: tuple[int, ...], scheme: LinearScheme) -> list[SpecT]:
-    """Names, shapes and dtypes one quantized Linear ``layer`` is stored as (write order)."""
-    n = len(comfy_quant_json(scheme))
-    return [
-        (f"{layer}.weight", tuple(shape), _stored_dtype(scheme)),
-        (f"{layer}.weight_scale", (), torch.float32),
-        (f"{layer}{COMFY_QUANT_SUFFIX}", (n,), torch.uint8),
-    ]
-
-
-def comfy_quant_tensors(layer: str, qw: QuantizedWeight) -> list[tuple[str, torch.Tensor]]:
-    """The tensors of ``comfy_quant_specs``, in the same order."""
-    raw = torch.frombuffer(bytearray(comfy_quant_json(qw.scheme)), dtype=torch.uint8)
-    return [
-        (f"{layer}.weight", qw.data),
-        (f"{layer}.weight_scale", qw.scale.to(torch.float32).reshape(())),
-        (f"{layer}{COMFY_QUANT_SUFFIX}", raw),
-    ]

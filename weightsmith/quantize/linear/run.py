@@ -1,16 +1,16 @@
-"""`weightsmith quantize SRC DST --scheme {int8,fp8,fp8-tensor,fp8-e5m2,int4,int4-g64,int4-g32,int4-g16,int4-asym,nvfp4,mxfp4}`:
+"""`weightsmith quantize SRC DST --scheme {int8,fp8,fp8-tensor,fp8-e5m2,int4,int4-g64,int4-g32,int4-asym,nvfp4,mxfp4,mxfp8}`:
 a transformer's Linear weights as INT8/FP8/INT4/FP4 safetensors, in the layout their consumers load.
 
 * ``--format compressed-tensors`` (default; DST a folder): a Diffusers component folder whose
   config.json is the Diffusers config plus compressed-tensors' ``quantization_config``, and whose
-  safetensors hold each quantized Linear as that format defines it (see ``linear_formats``);
-  nvfp4 and mxfp4 (weight-only) are written only here, as ``nvfp4-pack-quantized`` /
-  ``mxfp4-pack-quantized``.
-* ``--format comfy`` (DST a ``.safetensors`` file): ComfyUI's current comfy_quant file (per-layer
-  ``comfy_quant`` JSON, ``weight_scale``) in the family's published layout (``quant.gguf_layout``),
-  for fp8-tensor, fp8-e5m2 and int8-tensor, for the families whose ``quant.comfy_fp8`` says
-  ComfyUI loads one. Chosen by default when DST ends in .safetensors. ``fp8`` (per channel) is
-  refused, not mapped: ComfyUI's fp8 layers take one scalar scale.
+  safetensors hold each quantized Linear as that format defines it (see ``formats``); nvfp4 and
+  mxfp4 are weight-only ``nvfp4-pack-quantized`` / ``mxfp4-pack-quantized``.
+* ``--format comfy`` (DST a ``.safetensors`` file): ComfyUI's current comfy_quant file in the
+  family's published layout (``quant.gguf_layout``) for fp8 (written per tensor), fp8-tensor,
+  fp8-e5m2, int8-tensor, mxfp8 and nvfp4 (padded, swizzled: see ``comfy``), for the families
+  whose ``quant.comfy_fp8`` says ComfyUI loads one (else ``quant.comfy_refusal`` says why not).
+  Chosen by default when DST ends in .safetensors. Calibrated activation ranges become
+  ``input_scale``; the rest is marked ``full_precision_matrix_mult`` (``comfy.plan_matmul``).
 * ``--format comfy-legacy``: the same file in the legacy scaled-fp8 layout (a ``scaled_fp8``
   marker, ``scale_weight``), fp8-tensor only: ComfyUI reads every legacy layer as e4m3.
 
@@ -38,6 +38,7 @@ from weightsmith.families import Detection, components, get_component
 from weightsmith.families.ops import Rename
 from weightsmith.io import Checkpoint, open_single
 from weightsmith.io.base import CONFIG_METADATA_KEY, dtype_name
+from weightsmith.io.quantized import SHAPES_KEY
 from weightsmith.io.writers import SpecT, write_diffusers_component, write_safetensors
 from weightsmith.kernels.linear import LINEAR_SCHEMES, LinearScheme, get_linear_scheme, quantize_weight
 from weightsmith.quantize.device import pick_device
@@ -48,22 +49,28 @@ from weightsmith.quantize.linear.calibrated import (
     input_global_scale,
     unseen_note,
 )
-from weightsmith.quantize.linear.formats import (
-    SCHEME_KEY,
-    SOURCE_DTYPE_KEY,
-    check_activations,
+from weightsmith.quantize.linear.comfy import (
+    ComfyMatmul,
     check_comfy_legacy,
     comfy_marker_spec,
     comfy_quant_specs,
     comfy_quant_tensors,
+    comfy_scheme,
     comfy_specs,
     comfy_tensors,
+    plan_matmul,
+)
+from weightsmith.quantize.linear.formats import (
+    SCHEME_KEY,
+    SOURCE_DTYPE_KEY,
+    check_activations,
     ct_format,
     ct_quantization_config,
     ct_specs,
     ct_tensors,
 )
 from weightsmith.quantize.linear.policy import LinearPolicy
+from weightsmith.quantize.linear.sensitive import full_precision_layers
 from weightsmith.quantize.options import LinearOptions, QuantizeOptions, SchemeFamily
 from weightsmith.quantize.outputs import check_outputs, staged_outputs
 from weightsmith.quantize.report import LayerRecord, QuantizeResult, layers_path, sqnr_db, write_layer_report
@@ -73,7 +80,7 @@ COMFY_FORMATS = ("comfy", "comfy-legacy")
 
 
 def comfy_families() -> str:
-    """The families ComfyUI loads a scaled-fp8 file of (``quant.comfy_fp8``), for messages."""
+    """The families ComfyUI loads a quantized single file of (``quant.comfy_fp8``), for messages."""
     return ", ".join(c.family for c in components() if c.quant.comfy_fp8) or "none"
 
 
@@ -87,13 +94,17 @@ def resolve_format(fmt: str | None, scheme: LinearScheme, dst: Path) -> str:
         raise UsageError(
             f"--format {fmt} does not hold {scheme.name} weights", hint=f"choose one of {', '.join(FORMATS)}"
         )
+    if fmt in COMFY_FORMATS:
+        scheme = comfy_scheme(scheme)
     if fmt == "comfy-legacy" and "comfy" in scheme.formats:
         check_comfy_legacy(scheme)
     elif fmt not in scheme.formats:
-        if scheme.kind == "fp4":
-            hint = "nvfp4 and mxfp4 are written as compressed-tensors folders (DST without .safetensors)"
+        if scheme.kind == "fp4" and fmt != "compressed-tensors":
+            hint = "mxfp4 is written in compressed-tensors folders (DST without .safetensors); ComfyUI takes nvfp4"
         elif fmt != "compressed-tensors":
-            hint = "use --scheme fp8-tensor, fp8-e5m2 or int8-tensor with --format comfy"
+            hint = "use --scheme fp8, fp8-e5m2, int8-tensor, mxfp8 or nvfp4 with --format comfy"
+        elif scheme.microscaled:
+            hint = f"mxfp8 is written in ComfyUI's format only (--format comfy, {comfy_families()})"
         elif scheme.kind == "float":
             hint = (
                 "compressed-tensors stores fp8 as e4m3fn only: use --scheme fp8 or fp8-tensor, "
@@ -119,17 +130,28 @@ def linear_cli_kwargs(
     fmt: str | None,
     keep_blocks: str | None,
     activations: str | None,
+    *,
     calibrate: bool = False,
     dst: str | Path | None = None,
+    sensitivity: str | None = None,
+    fp_layers: int | None = None,
 ) -> dict[str, Any]:
     """Extra keyword arguments the quantize command passes to the scheme runner, checked before
     any work (calibration runs generations: a wrong combination must end before that).
 
     GGUF recipes take none of these: naming one with a gguf: scheme is a usage error."""
     if scheme.lower().startswith("gguf:"):
-        if fmt not in (None, "gguf") or keep_blocks is not None or activations or calibrate:
+        if (
+            fmt not in (None, "gguf")
+            or keep_blocks is not None
+            or activations
+            or calibrate
+            or sensitivity
+            or fp_layers
+        ):
             raise UsageError(
-                "--format, --keep-blocks, --activations and --calibrate apply to int8/fp8/int4 schemes and nvfp4/mxfp4",
+                "--format, --keep-blocks, --activations, --calibrate, --sensitivity and --fp-layers apply to "
+                "int8/fp8/int4/fp4 schemes",
                 hint="drop them for gguf: recipes (the GGUF file is the format)",
             )
         return {}
@@ -139,7 +161,9 @@ def linear_cli_kwargs(
         )
     if dst is not None:  # the scheme, format and activations go together (raises if not)
         ls = get_linear_scheme(scheme)
-        check_activations(ls, activations, resolve_format(fmt, ls, Path(dst)))
+        resolved = resolve_format(fmt, ls, Path(dst))
+        check_activations(ls, activations, resolved)
+        _check_calibration(calibrate, activations, resolved)
     if not calibrate:
         check_absmax(activations, None)
     out: dict[str, Any] = {}
@@ -150,6 +174,8 @@ def linear_cli_kwargs(
         out["keep_blocks"] = keep_blocks
     if activations:
         out["activations"] = activations
+    if sensitivity is not None or fp_layers is not None:
+        out["sensitivity"], out["fp_layers"] = sensitivity, fp_layers
     return out
 
 
@@ -204,10 +230,14 @@ def quantize_linear(
     activations: str | None = None,
     shard_size: str = "5GB",
     activation_absmax: Mapping[str, float] | None = None,
+    sensitivity: str | Path | None = None,
+    fp_layers: int | None = None,
 ) -> QuantizeResult:
     """Quantize a transformer's Linear weights with an INT8/FP8/INT4/FP4 scheme into ``dst``."""
     opts = QuantizeOptions(imatrix, tuple(keep), family, device, overwrite, progress, config, report)
-    lopts = LinearOptions(format, keep_blocks, activations, shard_size, activation_absmax)
+    lopts = LinearOptions(
+        format, keep_blocks, activations, shard_size, activation_absmax, sensitivity, fp_layers
+    )
     return run_linear(src, dst, scheme, opts, lopts)
 
 
@@ -219,9 +249,14 @@ def run_linear(
     ls = get_linear_scheme(scheme)
     dst = Path(dst)
     fmt = resolve_format(lopts.format, ls, dst)
+    asked = ls.name
+    if fmt in COMFY_FORMATS:
+        ls = comfy_scheme(ls)  # fp8 -> fp8-tensor: ComfyUI's fp8 layers take one scale
     activations = lopts.activations
     check_activations(ls, activations, fmt)
     absmax = check_absmax(activations, lopts.activation_absmax)
+    _check_calibration(absmax is not None, activations, fmt)
+    _check_comfy_options(lopts, fmt)
     if opts.imatrix is not None:
         raise UsageError(
             "--imatrix applies to GGUF K/IQ recipes only", hint=f"drop it for --scheme {ls.name}"
@@ -248,14 +283,16 @@ def run_linear(
         else:
             if not spec.comfy_fp8:
                 raise UsageError(
-                    f"--format {fmt} writes the ComfyUI layout of {comfy_families()}; this is {det.family}",
-                    hint="use --format compressed-tensors (--scheme fp8 or fp8-tensor)",
+                    f"--format {fmt} writes the ComfyUI layout of {comfy_families()}; this is "
+                    f"{det.family}: {spec.comfy_refusal}",
+                    hint="use --format compressed-tensors (DST without .safetensors)",
                 )
             out_plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="")
             src_to_d, src_to_o = _rename_map(plan_d), _rename_map(out_plan)
             to_diffusers = {o: src_to_d[s] for s, o in src_to_o.items() if s in src_to_d}
         check_keep_globs(keep, [*to_diffusers.values(), *(s.name for s in out_plan.specs)])
-        policy = LinearPolicy(spec, ls, linear, to_diffusers.values(), keep, kb)
+        padded = fmt == "comfy" and ls.microscaled  # ComfyUI pads nvfp4/mxfp8 rows itself
+        policy = LinearPolicy(spec, ls, linear, to_diffusers.values(), keep, kb, padded=padded)
         decisions = {
             s.name: (
                 policy.decide(to_diffusers[s.name], s.shape, s.name)
@@ -265,8 +302,18 @@ def run_linear(
             for s in out_plan.specs
         }
         afmt = ct_format(ls, activations)
+        matmul: dict[str, ComfyMatmul] = {}
+        if fmt == "comfy":
+            fp = full_precision_layers(
+                lopts.sensitivity, lopts.fp_layers, {n.removesuffix(".weight") for n in linear}
+            )
+            for name, d in decisions.items():
+                if d.quantize:
+                    dmod = to_diffusers[name].removesuffix(".weight")
+                    matmul[name] = plan_matmul(ls, dmod, lopts.activation_absmax, fp)
         specs: list[SpecT] = []
         ignore: set[str] = set()
+        padded_shapes: dict[str, list[int]] = {}
         for s in out_plan.specs:
             d = decisions[s.name]
             if d.quantize:
@@ -274,7 +321,9 @@ def run_linear(
                 if fmt == "compressed-tensors":
                     specs += ct_specs(module, s.shape, ls, afmt, activations)  # type: ignore[arg-type]
                 elif fmt == "comfy":
-                    specs += comfy_quant_specs(module, s.shape, ls)
+                    specs += comfy_quant_specs(module, s.shape, ls, matmul[s.name])
+                    if padded and any(n % (ls.group_size or 1) for n in s.shape):
+                        padded_shapes[s.name] = list(s.shape)
                 else:
                     specs += comfy_specs(module, s.shape, ls)
             else:
@@ -302,6 +351,8 @@ def run_linear(
         }
         if activations:
             meta["weightsmith.activations"] = activations
+        if padded_shapes:
+            meta[SHAPES_KEY] = json.dumps(padded_shapes, sort_keys=True)
 
         def tensors() -> Iterator[tuple[str, torch.Tensor]]:
             for name, t in stream(out_plan, opts.progress):
@@ -313,7 +364,7 @@ def run_linear(
                     )
                     yield name, t
                     continue
-                qw = quantize_weight(t, ls, dev, name)
+                qw = quantize_weight(t, ls, dev, name, "comfy" if padded else "compressed-tensors")
                 deq = qw.dequantize()
                 if not bool(torch.isfinite(deq).all()):  # never write a block that decodes to NaN/inf
                     raise QuantizationError(
@@ -331,17 +382,22 @@ def run_linear(
                             unseen.append(module)
                     items = ct_tensors(module, qw, afmt, igs)
                 elif fmt == "comfy":
-                    items = comfy_quant_tensors(module, qw)
+                    items = comfy_quant_tensors(module, qw, matmul[name])
                 else:
                     items = comfy_tensors(module, qw)
                 after = sum(x.numel() * x.element_size() for _, x in items)
-                layers.append(LayerRecord(name, tuple(t.shape), ls.name, d.reason, before, after, err))
+                mm = matmul[name].why if name in matmul else None
+                layers.append(
+                    LayerRecord(name, tuple(t.shape), ls.name, d.reason, before, after, err, matmul=mm)
+                )
                 del qw, t
                 for k, x in items:
                     yield k, x.cpu()
 
         wa = "W4A4" if activations == "nvfp4" else "W8A8"
         label = ls.name + (f" ({wa} {activations} activations)" if activations else "") + f", {fmt}"
+        if asked != ls.name:
+            label += f" (--scheme {asked} is written as {ls.name} here)"
         folder = fmt == "compressed-tensors"
         with staged_outputs(dst, overwrite, report, folder=folder) as (tmp, table):
             if folder:
@@ -381,6 +437,27 @@ def run_linear(
     if report:
         result.report_path = layers_path(dst)
     return result
+
+
+def _check_calibration(calibrated: bool, activations: str | None, fmt: str) -> None:
+    """Calibrated ranges become ComfyUI ``input_scale``s or nvfp4 W4A4's input global scales;
+    elsewhere nothing would use them, so the generations are not run for nothing."""
+    if calibrated and fmt != "comfy" and activations not in CALIBRATED_ACTIVATIONS:
+        raise UsageError(
+            f"--calibrate sets static activation scales, which {fmt} files of this scheme do not hold",
+            hint="use it with --format comfy (input_scale) or --scheme nvfp4 --activations nvfp4, or drop it",
+        )
+
+
+def _check_comfy_options(lopts: LinearOptions, fmt: str) -> None:
+    """Full-precision picks are a ComfyUI-file option (``full_precision_matrix_mult``)."""
+    if fmt == "comfy":
+        return
+    if lopts.sensitivity is not None or lopts.fp_layers is not None:
+        raise UsageError(
+            f"--sensitivity and --fp-layers pick ComfyUI's full-precision matmuls; {fmt} has none",
+            hint="use --format comfy, or drop them",
+        )
 
 
 SCHEME_FAMILY = SchemeFamily(

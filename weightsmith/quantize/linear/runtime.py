@@ -75,6 +75,10 @@ def quantize_activations(
     return (xf / scale).clamp(-fmax, fmax).to(torch.float8_e4m3fn).float() * scale
 
 
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.uint8) if t.dtype.is_floating_point and t.element_size() == 1 else t
+
+
 class QuantLinear(nn.Module):
     """A Linear layer whose weight stays in its stored quantized form, dequantized per forward."""
 
@@ -89,8 +93,12 @@ class QuantLinear(nn.Module):
         self.out_features, self.in_features = qw.shape
         self.scheme: LinearScheme = qw.scheme
         self.packed_bits = qw.packed_bits
-        self.register_buffer("qdata", qw.data)
-        self.register_buffer("scale", qw.scale)
+        self.layout = qw.layout
+        # One-byte float buffers (fp8 values, e4m3 block scales) are held as uint8 views, so that a
+        # model-wide ``.to(dtype)`` cannot value-cast the stored numbers.
+        self.qdata_dtype, self.scale_dtype = qw.data.dtype, qw.scale.dtype
+        self.register_buffer("qdata", _as_bytes(qw.data))
+        self.register_buffer("scale", _as_bytes(qw.scale))
         self.register_buffer("zero_point", qw.zero_point)
         self.register_buffer("global_scale", qw.global_scale)
         self.register_buffer("input_global_scale", qw.input_global_scale)
@@ -101,13 +109,14 @@ class QuantLinear(nn.Module):
     def quantized_weight(self) -> QuantizedWeight:
         return QuantizedWeight(
             self.scheme,
-            self.qdata,
-            self.scale,
+            self.qdata.view(self.qdata_dtype),
+            self.scale.view(self.scale_dtype),
             self.zero_point,
             (self.out_features, self.in_features),
             self.packed_bits,
             self.global_scale,
             self.input_global_scale,
+            self.layout,
         )
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -141,10 +150,15 @@ def torchao_unsupported(
     device: torch.device,
     compute_dtype: torch.dtype,
     shape: tuple[int, int] | None = None,
+    layout: str = "compressed-tensors",
 ) -> str | None:
     """Why torchao cannot run this layout here (None when it can)."""
+    if layout == "comfy":  # ComfyUI's padded, swizzled storage: dequantized on the reference path
+        return microscaled_unsupported(device)
     if scheme.kind == "fp4":
         return fp4_torchao_unsupported(scheme, device, shape, compute_dtype)
+    if scheme.microscaled:
+        return microscaled_unsupported(device)
     if not torchao_available():
         return "torchao is not installed"
     if activations == "int8" and not (
@@ -164,6 +178,18 @@ def torchao_unsupported(
     if scheme.kind == "float" and device.type not in ("cpu", "cuda"):
         return f"no float8 tensors on {device.type}"
     return None
+
+
+def microscaled_unsupported(device: torch.device) -> str:
+    """Why nvfp4/mxfp4/mxfp8 weights take the reference path on ``device``.
+
+    torchao's MX/NVFP4 tensors only pay off with the block-scaled matmuls of compute capability
+    10.0 GPUs (Blackwell); everywhere else they dequantize like the reference path does."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (10, 0):
+        return "microscaled weights need a GPU of compute capability 10.0+ for torchao's MX/NVFP4 matmuls"
+    return (
+        "torchao's MX/NVFP4 tensors are not wired to stored weights yet: the reference path dequantizes them"
+    )
 
 
 def torchao_weight(
@@ -302,7 +328,7 @@ class LinearWeights:
         bias = bias.to(self.device) if bias is not None else None
         qw = qw.to(self.device)
         why = (
-            torchao_unsupported(qw.scheme, self.activations, self.device, self.compute, qw.shape)
+            torchao_unsupported(qw.scheme, self.activations, self.device, self.compute, qw.shape, qw.layout)
             if self.backend != "reference"
             else ""
         )
