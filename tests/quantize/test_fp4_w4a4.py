@@ -245,9 +245,10 @@ def test_bad_input_is_one_line_exit_2(run_cli, tmp_path):
         (["--scheme", "int8", "--activations", "nvfp4", "--calibrate"], "does not go with --scheme int8"),
         (["--scheme", "mxfp4", "--activations", "nvfp4", "--calibrate"], "does not go with --scheme mxfp4"),
         (["--scheme", "nvfp4", "--seeds", "0,1"], "--seeds shapes the calibration run"),
+        (["--scheme", "int8", "--calibrate"], "--calibrate sets static activation scales"),
         (
             ["--scheme", "gguf:Q8_0", "--calibrate"],
-            "--calibrate apply to int8/fp8/int4 schemes and nvfp4/mxfp4",
+            "--calibrate, --sensitivity and --fp-layers apply to int8/fp8/int4/fp4 schemes",
         ),
     ]
     for args, needle in cases:
