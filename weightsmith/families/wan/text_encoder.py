@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from weightsmith.families import t5
+import weightsmith.families.t5 as t5
 from weightsmith.families.base import NO_OPTIONS, Detection, KeyView, PlanOptions, register
 from weightsmith.families.ops import Op
 from weightsmith.families.textenc import TextEncoder
