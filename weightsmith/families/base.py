@@ -147,6 +147,9 @@ class QuantSpec:
     gguf_f32: tuple[str, ...] = ()
     diffusers_reads_gguf: bool = False  # diffusers' from_single_file loads our GGUF of it
     comfy_fp8: bool = False  # ComfyUI loads a comfy_quant / scaled-fp8 single file of it in ``gguf_layout``
+    # Kept tensors of <= 1024 elements stored as F32 (the DiT rule). False: llama.cpp's rule, only
+    # 1-D tensors and norms are F32, other kept tensors F16 (text encoders).
+    gguf_small_f32: bool = True
 
     def keep_reason(self, name: str) -> str | None:
         """Why the tensor of Diffusers name ``name`` stays in high precision, or None."""
@@ -289,6 +292,14 @@ class Component(ABC):
     def finish(self, model: torch.nn.Module) -> torch.nn.Module:
         """A model just filled from a checkpoint, made whole (e.g. tied weights re-tied)."""
         return model
+
+    def gguf_metadata(
+        self, detection: Detection, config: Mapping[str, Any], source: Any, file_type: int
+    ) -> dict[str, Any]:
+        """Metadata a GGUF file of this component needs beyond weightsmith's own (``config``: the
+        full config of the model, ``source``: the path of the weights); values may be gguf-py
+        ``GGUFValue`` where the type matters."""
+        return {}
 
     def folder_config(
         self, variant: str | None, derived: Mapping[str, Any], source: Mapping[str, Any] | None = None

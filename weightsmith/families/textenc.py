@@ -22,6 +22,8 @@ from weightsmith.errors import ConversionError
 from weightsmith.families.base import Component, first_few
 from weightsmith.families.tiny_init import TinyInit
 
+# The layout of llama.cpp's GGUF files (its converter's tensor names), where a text encoder has one.
+LLAMACPP = "llamacpp"
 # Keys of a transformers config.json that are bookkeeping, not the model's shape or behaviour.
 _BOOKKEEPING = frozenset({"architectures", "transformers_version", "dtype", "torch_dtype", "model_type"})
 
