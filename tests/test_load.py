@@ -16,11 +16,7 @@ CASES = [(c.family, c.component, c.variants[0], layout) for c in components() fo
     ("family", "component", "variant", "layout"), CASES, ids=["-".join(c) for c in CASES]
 )
 def test_load_model_from_every_layout(tmp_path, family, component, variant, layout):
-    container = {
-        "diffusers": "safetensors",
-        "original": "safetensors",
-        "sat": "sat" if component == "transformer" else "torch",
-    }[layout]
+    container = {"sat": "sat" if component == "transformer" else "torch"}.get(layout, "safetensors")
     path = save_fixture(Fixture(family, component, variant, layout, container), tmp_path)
     state, config = tiny_state(family, component, variant, "diffusers")
     model = load_model(path, config=config)
