@@ -20,8 +20,8 @@ from weightsmith.convert.engine import DIFFUSERS, ORIGINAL, SAT
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families import Component, PlanOptions, components, get_component
 from weightsmith.families.base import DIFFUSION_PREFIX
-from weightsmith.families.textenc import LLAMACPP
 from weightsmith.families.ops import run_in_memory
+from weightsmith.families.textenc import LLAMACPP
 from weightsmith.io.base import infos_from_state_dict
 from weightsmith.io.writers import write_diffusers_component, write_safetensors, write_sat, write_torch_file
 

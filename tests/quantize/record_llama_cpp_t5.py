@@ -30,7 +30,15 @@ def run_converter(llama_cpp: Path, folder: Path, out: Path) -> None:
     cfg["architectures"] = ["T5EncoderModel"]
     (folder / "config.json").write_text(json.dumps(cfg))
     subprocess.run(
-        [sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(folder), "--outtype", "f16", "--outfile", str(out)],
+        [
+            sys.executable,
+            str(llama_cpp / "convert_hf_to_gguf.py"),
+            str(folder),
+            "--outtype",
+            "f16",
+            "--outfile",
+            str(out),
+        ],
         check=True,
         capture_output=True,
     )

@@ -115,7 +115,10 @@ def test_transformers_loads_our_gguf_as_the_right_class(family, recipe, folders,
         assert torch.equal(a[k].float(), b[k]), k
     if recipe != "F16":  # quantized, not a float copy
         src = cls.from_pretrained(str(folders[(family, True)])).state_dict()
-        assert not torch.equal(b["encoder.block.0.layer.0.SelfAttention.q.weight"], src["encoder.block.0.layer.0.SelfAttention.q.weight"])
+        assert not torch.equal(
+            b["encoder.block.0.layer.0.SelfAttention.q.weight"],
+            src["encoder.block.0.layer.0.SelfAttention.q.weight"],
+        )
         # llama.cpp never quantizes the relative-attention bias (F16 here, as its converter writes it)
         key = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
         assert torch.equal(b[key], src[key].half().float())

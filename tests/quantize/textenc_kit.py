@@ -9,10 +9,45 @@ import json
 import random
 from pathlib import Path
 
-WORDS = (
-    "the quick brown fox jumps over lazy dog cat sat on mat video of a red car driving along coast "
-    "at sunset bird flying above ocean waves city street night lights rain forest mountain snow river boat"
-).split()
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "cat",
+    "sat",
+    "on",
+    "mat",
+    "video",
+    "of",
+    "a",
+    "red",
+    "car",
+    "driving",
+    "along",
+    "coast",
+    "at",
+    "sunset",
+    "bird",
+    "flying",
+    "above",
+    "ocean",
+    "waves",
+    "city",
+    "street",
+    "night",
+    "lights",
+    "rain",
+    "forest",
+    "mountain",
+    "snow",
+    "river",
+    "boat",
+]
 
 
 def train_spiece(vocab: int = 64) -> bytes:
@@ -47,7 +82,9 @@ def train_spiece(vocab: int = 64) -> bytes:
     return out.getvalue()
 
 
-def t5_folder(folder: Path, family: str, *, wide: bool = False, tokenizer: bool = True, seed: int = 0) -> Path:
+def t5_folder(
+    folder: Path, family: str, *, wide: bool = False, tokenizer: bool = True, seed: int = 0
+) -> Path:
     """The family's tiny T5-architecture text encoder saved by transformers, with spiece.model."""
     from weightsmith.families import get_component
 
