@@ -94,8 +94,10 @@ def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOption
         spec = comp.quant
         if spec.gguf_arch is None:
             raise UsageError(
-                f"{src} is a {det.family} {det.component}, for which no GGUF architecture is known",
-                hint="use an int8/fp8/int4 scheme, or declare quant.gguf_arch on the family's Component",
+                f"{src} is a {det.family} {det.component}, for which no GGUF architecture is known "
+                "(GGUF recipes cover transformers and T5/UMT5 text encoders)",
+                hint="point at the transformer (a pipeline folder's transformer is picked automatically), "
+                "or declare quant.gguf_arch on the family's Component",
             )
         plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="")
         names = {s.name: s.name.removeprefix(DIFFUSION_PREFIX) for s in plan.specs}
