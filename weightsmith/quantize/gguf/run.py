@@ -91,16 +91,13 @@ def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOption
             ck.config = load_config(opts.config)
         det = resolve_detection(ck, opts.family)
         comp = get_component(det.family, det.component)
-        if det.component != "transformer":
-            raise UsageError(
-                f"{src} is a {det.family} {det.component}; GGUF recipes are for transformers",
-                hint="point at the transformer (a pipeline folder's transformer is picked automatically)",
-            )
         spec = comp.quant
         if spec.gguf_arch is None:
             raise UsageError(
-                f"{src} is a {det.family} {det.component}, for which no GGUF architecture is known",
-                hint="use an int8/fp8/int4 scheme, or declare quant.gguf_arch on the family's Component",
+                f"{src} is a {det.family} {det.component}, for which no GGUF architecture is known "
+                "(GGUF recipes cover transformers and T5/UMT5 text encoders)",
+                hint="point at the transformer (a pipeline folder's transformer is picked automatically), "
+                "or declare quant.gguf_arch on the family's Component",
             )
         plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="")
         names = {s.name: s.name.removeprefix(DIFFUSION_PREFIX) for s in plan.specs}
@@ -114,6 +111,8 @@ def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOption
         if im is not None:
             _check_imatrix(im, specs)
         meta = _metadata(recipe.name, det, ck, plan.source_config, im)
+        full = comp.folder_config(det.variant, comp.diffusers_config(det, ck.infos), plan.source_config)
+        meta.update(comp.gguf_metadata(det, full, ck.path, meta["general.file_type"]))
         layers: list[LayerRecord] = []
 
         def arrays():
