@@ -6,12 +6,14 @@ ComfyUI's loading rules (reference comfy-quant.md):
 * nvfp4 / mxfp8: the padded weight and its 128x4-swizzled block scales decoded by
   ``weightsmith.kernels.microscale_comfy`` and sliced to the layer's shape;
 * ``input_scale`` (activation calibration) and ``weight_scale_2`` belong to the format, not the
-  model: hidden. convrot_w4a4 is refused by name, unknown formats too (never loaded raw).
+  model: hidden; an fp8/nvfp4 layer's ``input_scale`` (without ``full_precision_matrix_mult``) is
+  carried in ``QuantizedWeight.input_scale`` so the runtime quantizes its inputs as ComfyUI does. convrot_w4a4 is refused by name, unknown formats too (never loaded raw).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -39,6 +41,8 @@ COMFY_QUANT_FORMATS: dict[str, tuple[str, torch.dtype]] = {
     "nvfp4": ("nvfp4", torch.uint8),
 }
 MICROSCALED = ("mxfp8", "nvfp4")
+# Formats whose matmul quantizes activations with a stored input_scale (int8/mxfp8: dynamically).
+STATIC_INPUT = ("float8_e4m3fn", "float8_e5m2", "nvfp4")
 # Registered in ComfyUI but not read here: refused by name, never loaded as raw values.
 COMFY_QUANT_LATER = ("convrot_w4a4",)
 _COMFY_QUANT_MAX_BYTES = 1 << 16
@@ -101,6 +105,7 @@ def _comfy_view(ck: Checkpoint) -> DequantizingView:
     hidden: set[str] = set()
     marker = comfy_marker(ck)
     named: list[tuple[str, str, str]] = []  # (layer, scale key, format)
+    static: set[str] = set()  # layers whose matmul quantizes inputs with a stored input_scale
     if marker is not None:
         # ComfyUI renames scale_weight -> weight_scale and marks every such layer e4m3 (an e5m2
         # weight is value-cast there); weightsmith reads the values as stored, as it always has:
@@ -130,6 +135,8 @@ def _comfy_view(ck: Checkpoint) -> DequantizingView:
                     hint=f"weightsmith reads {', '.join(COMFY_QUANT_FORMATS)}; use the unquantized checkpoint",
                 )
             named.append((prefix + layer, f"{prefix}{layer}.weight_scale", fmt))
+            if not conf.get("full_precision_matrix_mult") and fmt in STATIC_INPUT:
+                static.add(prefix + layer)
         hidden |= {k for k in infos if k.endswith(COMFY_QUANT_SUFFIX)}
     shapes = _recorded_shapes(ck)
     layers: dict[str, _Layer] = {}
@@ -142,10 +149,27 @@ def _comfy_view(ck: Checkpoint) -> DequantizingView:
             )
         _check_weight(ck, w, fmt)
         lay = _microscaled(ck, layer, fmt, shapes) if fmt in MICROSCALED else _per_tensor(ck, w, s, fmt)
+        if layer in static and f"{layer}{input_suffix}" in infos:
+            lay = replace(lay, input_scale=_input_scale(ck, f"{layer}{input_suffix}"))
         layers[w] = lay
         hidden.add(s)
         hidden |= {k for k in (lay.global_scale, f"{layer}{input_suffix}") if k is not None and k in infos}
     return DequantizingView(ck, kind, layers, hidden)
+
+
+def _input_scale(ck: Checkpoint, key: str) -> str:
+    """A static activation scale ComfyUI's fp8/nvfp4 matmul divides inputs by: one positive float."""
+    info = ck.infos[key]
+    ok = info.dtype.is_floating_point and math.prod(info.shape) == 1
+    value = float(ck.get(key).reshape(())) if ok else 0.0
+    if not (ok and math.isfinite(value) and value > 0):
+        raise UnsupportedFormatError(
+            f"{ck.path}: {key} is {dtype_name(info.dtype)} {list(info.shape)}"
+            + (f" = {value:g}" if ok else "")
+            + ", not one positive finite float",
+            hint=_BROKEN_COMFY,
+        )
+    return key
 
 
 def _check_weight(ck: Checkpoint, w: str, fmt: str) -> None:

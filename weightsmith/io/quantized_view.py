@@ -32,6 +32,7 @@ class _Layer:
     global_scale: str | None = None  # nvfp4's weight_global_scale (ComfyUI: weight_scale_2)
     layout: str = "compressed-tensors"  # or "comfy": ComfyUI's padded, swizzled nvfp4/mxfp8
     input_global_scale: str | None = None  # nvfp4 W4A4's calibrated input_global_scale
+    input_scale: str | None = None  # ComfyUI's static activation scale (matmul quantizes inputs)
 
 
 class DequantizingView(Checkpoint):
@@ -100,11 +101,21 @@ class DequantizingView(Checkpoint):
             zp = self.inner.get(lay.zero_point)
             if lay.zp_packed:
                 zp = unpack_int32(zp, lay.scheme.bits, lay.shape[0], dim=0)
-        gs, igs = (
-            self.inner.get(k) if k is not None else None for k in (lay.global_scale, lay.input_global_scale)
+        gs, igs, ins = (
+            self.inner.get(k) if k is not None else None
+            for k in (lay.global_scale, lay.input_global_scale, lay.input_scale)
         )
         return QuantizedWeight(
-            lay.scheme, self.inner.get(lay.data), scale, zp, lay.shape, lay.packed_bits, gs, igs, lay.layout
+            lay.scheme,
+            self.inner.get(lay.data),
+            scale,
+            zp,
+            lay.shape,
+            lay.packed_bits,
+            gs,
+            igs,
+            lay.layout,
+            ins,
         )  # type: ignore[arg-type]
 
     def _read(self, name: str) -> torch.Tensor:

@@ -222,7 +222,8 @@ class QuantizedWeight:
     calibrated float32 (1,) for its activations (same sense), carried to the runtime.
     ``layout="comfy"`` (nvfp4, mxfp8): ComfyUI's storage (``microscale_comfy``): ``data`` padded
     (nvfp4 even column high), ``scale`` the swizzled padded block scales, ``global_scale`` nvfp4's
-    ``weight_scale_2`` (amax / 2688, float32 scalar).
+    ``weight_scale_2`` (amax / 2688, float32 scalar). ``input_scale``: a ComfyUI file's static
+    activation scale (absmax / format max; nvfp4: / 2688), for layers whose matmul quantizes inputs.
     """
 
     scheme: LinearScheme
@@ -234,6 +235,7 @@ class QuantizedWeight:
     global_scale: torch.Tensor | None = None
     input_global_scale: torch.Tensor | None = None
     layout: str = "compressed-tensors"
+    input_scale: torch.Tensor | None = None
 
     def values(self) -> torch.Tensor:
         """The quantized values, unpacked (int8, fp8 or uint8 E2M1 codes), shaped like the weight."""
@@ -255,8 +257,9 @@ class QuantizedWeight:
 
     def to(self, device: torch.device | str) -> QuantizedWeight:
         zp = self.zero_point.to(device) if self.zero_point is not None else None
-        gs, igs = (
-            t.to(device) if t is not None else None for t in (self.global_scale, self.input_global_scale)
+        gs, igs, ins = (
+            t.to(device) if t is not None else None
+            for t in (self.global_scale, self.input_global_scale, self.input_scale)
         )
         return QuantizedWeight(
             self.scheme,
@@ -268,6 +271,7 @@ class QuantizedWeight:
             gs,
             igs,
             self.layout,
+            ins,
         )
 
     @property

@@ -178,11 +178,7 @@ def quantize_nvfp4(
     block_amax = _blocks(x, NVFP4_BLOCK).abs().amax(dim=-1)
     if convention == "comfy":
         g = torch.where(amax == 0, torch.ones_like(amax), amax / NVFP4_GLOBAL_DIVISOR)
-        scales = e4m3_encode(block_amax / E2M1_MAX / g)
-        total = g * scales.to(torch.float32)
-        zero = total == 0
-        scaled = _blocks(x, NVFP4_BLOCK) / torch.where(zero, torch.ones_like(total), total).unsqueeze(-1)
-        scaled = torch.where(zero.unsqueeze(-1), torch.zeros_like(scaled), scaled)
+        scales, scaled = comfy_nvfp4_blocks(_blocks(x, NVFP4_BLOCK), g)
     elif convention == "compressed-tensors":
         g = nvfp4_global_scale(amax)
         scales = _ct_block_scales(block_amax, g)
@@ -195,6 +191,17 @@ def quantize_nvfp4(
     signed_zero = convention == "comfy"
     codes = e2m1_encode(scaled.clamp(-E2M1_MAX, E2M1_MAX).reshape(x.shape), signed_zero=signed_zero)
     return NVFP4(codes, scales, g.to(torch.float32), shape, convention)
+
+
+def comfy_nvfp4_blocks(blocks: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """comfy-kitchen's NVFP4 step for float32 ``blocks`` [..., 16] under per-tensor scale ``g``:
+    e4m3 block scales ``amax / 6 / g`` and the values divided by ``g * scale`` (0 in empty blocks),
+    not yet clamped or rounded to E2M1. Shared by weights and ComfyUI's static input_scale."""
+    scales = e4m3_encode(blocks.abs().amax(dim=-1) / E2M1_MAX / g)
+    total = g * scales.to(torch.float32)
+    zero = total == 0
+    scaled = blocks / torch.where(zero, torch.ones_like(total), total).unsqueeze(-1)
+    return scales, torch.where(zero.unsqueeze(-1), torch.zeros_like(scaled), scaled)
 
 
 def nvfp4_global_scale(amax: torch.Tensor) -> torch.Tensor:

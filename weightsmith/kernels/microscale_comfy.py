@@ -16,12 +16,16 @@ import torch
 
 from weightsmith.errors import QuantizationError
 from weightsmith.kernels.microscale import (
+    E2M1_MAX,
     MX,
     MX_BLOCK,
     NVFP4,
     NVFP4_BLOCK,
+    comfy_nvfp4_blocks,
     dequantize_mx,
     dequantize_nvfp4,
+    e2m1_decode,
+    e2m1_encode,
     quantize_mxfp8,
     quantize_nvfp4,
 )
@@ -92,3 +96,29 @@ def comfy_values(data: torch.Tensor, shape: tuple[int, int], nvfp4: bool) -> tor
     """The stored element values without padding: E2M1 codes (uint8) or fp8 values."""
     v = unpack_nibbles(data, even_high=True) if nvfp4 else data
     return v[: shape[0], : shape[1]]
+
+
+def fake_quantize_comfy_input(
+    x: torch.Tensor, input_scale: torch.Tensor, kind: str | torch.dtype
+) -> torch.Tensor:
+    """What ComfyUI's quantized matmul does to a layer's input when the file gives an
+    ``input_scale`` and no ``full_precision_matrix_mult``, returned dequantized in float32.
+
+    fp8 (``kind`` the layer's fp8 dtype): one static per-tensor scale, ``x * (1 / input_scale)``
+    clamped to the format's range and cast (comfy-kitchen's ``quantize_per_tensor_fp8``); values
+    beyond ``absmax`` clip. ``"nvfp4"``: ``input_scale`` is the per-tensor scale of
+    comfy-kitchen's ``quantize_nvfp4`` (e4m3 block scales per 16 inputs, E2M1 values; the feature
+    dimension zero-padded to 16 as ComfyUI pads)."""
+    xf = x.to(torch.float32)
+    g = input_scale.to(device=xf.device, dtype=torch.float32).reshape(())
+    if kind != "nvfp4":
+        fmax = float(torch.finfo(kind).max)
+        return (xf * (1.0 / g)).clamp(-fmax, fmax).to(kind).to(torch.float32) * g
+    n = xf.shape[-1]
+    pad = roundup(n, NVFP4_BLOCK) - n
+    flat = torch.nn.functional.pad(xf.reshape(-1, n), (0, pad))
+    blocks = flat.reshape(flat.shape[0], -1, NVFP4_BLOCK)
+    scales, scaled = comfy_nvfp4_blocks(blocks, g)
+    codes = e2m1_encode(scaled.clamp(-E2M1_MAX, E2M1_MAX))
+    out = e2m1_decode(codes) * (g * scales.to(torch.float32)).unsqueeze(-1)
+    return out.reshape(flat.shape)[:, :n].reshape(xf.shape)

@@ -24,12 +24,19 @@ Two paths compute each quantized Linear:
   reference path everywhere: torchao's ``MXTensor`` has no weight-only linear (it would quantize
   the activations to MX as well, which an MXFP4A16 file does not ask for).
 
+ComfyUI files: a layer with an ``input_scale`` (fp8 or nvfp4, no ``full_precision_matrix_mult``)
+has its inputs quantized with that static scale before the matmul, as ComfyUI's fp8/nvfp4 ops do
+on GPUs that have those matmuls (``microscale_comfy.fake_quantize_comfy_input``, equal to
+comfy-kitchen's quantize-dequantize bit for bit); such layers take the reference path, and
+``activations="none"`` (or any explicit activations) replaces it.
+
 ``backend="auto"`` takes torchao where it is installed and runs the layout on the device, else
 the reference path. Importing this module is cheap: torchao is imported only when used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import torch
@@ -41,6 +48,7 @@ from weightsmith.families.ops import Op, Rename
 from weightsmith.io.quantized import DequantizingView
 from weightsmith.kernels.linear import ACTIVATIONS, LinearScheme, QuantizedWeight
 from weightsmith.kernels.microscale import fake_quantize_nvfp4
+from weightsmith.kernels.microscale_comfy import fake_quantize_comfy_input
 from weightsmith.quantize.linear.runtime_fp4 import fp4_torchao_unsupported, nvfp4_torchao_weight
 
 BACKENDS = ("auto", "reference", "torchao")
@@ -102,6 +110,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("zero_point", qw.zero_point)
         self.register_buffer("global_scale", qw.global_scale)
         self.register_buffer("input_global_scale", qw.input_global_scale)
+        self.register_buffer("input_scale", qw.input_scale)
         self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
         self.compute_dtype = compute_dtype
         self.activations = activations
@@ -117,6 +126,7 @@ class QuantLinear(nn.Module):
             self.global_scale,
             self.input_global_scale,
             self.layout,
+            self.input_scale,
         )
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -128,11 +138,16 @@ class QuantLinear(nn.Module):
         xin = x.to(dtype)
         if self.activations:
             xin = quantize_activations(xin, self.activations, self.input_global_scale).to(dtype)
+        elif self.input_scale is not None:  # ComfyUI's static input quantization
+            kind = "nvfp4" if self.scheme.nvfp4 else self.qdata_dtype
+            xin = fake_quantize_comfy_input(xin, self.input_scale, kind).to(dtype)
         b = self.bias.to(dtype) if self.bias is not None else None
         return F.linear(xin, w, b).to(x.dtype)
 
     def extra_repr(self) -> str:
         acts = f", activations={self.activations}" if self.activations else ""
+        if not acts and self.input_scale is not None:
+            acts = ", activations=static input_scale"
         return f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme.name}{acts}"
 
 
@@ -306,6 +321,8 @@ class LinearWeights:
         self.activations = (
             view.activations if activations is None else (None if activations == "none" else activations)
         )
+        # Following the artifact: a ComfyUI file's input_scale layers quantize their inputs.
+        self.static_inputs = activations is None
 
     def take(self, op: Op) -> dict[str, QuantizedWeight] | None:
         if isinstance(op, Rename) and self.view.is_quantized(op.src):
@@ -326,12 +343,16 @@ class LinearWeights:
             )
         bias = floats.pop(name.removesuffix(".weight") + ".bias", None)
         bias = bias.to(self.device) if bias is not None else None
+        if qw.input_scale is not None and not self.static_inputs:
+            qw = dataclasses.replace(qw, input_scale=None)  # activations asked for: they replace it
         qw = qw.to(self.device)
         why = (
             torchao_unsupported(qw.scheme, self.activations, self.device, self.compute, qw.shape, qw.layout)
             if self.backend != "reference"
             else ""
         )
+        if why is None and qw.input_scale is not None:
+            why = "ComfyUI's static input_scale quantization is emulated on the reference path"
         if self.backend == "torchao" and why:
             raise UsageError(
                 f"torchao cannot run {qw.scheme.name} here: {why}", hint="use backend='reference'"
