@@ -128,3 +128,96 @@ def test_static_input_quantization_equals_comfy_kitchen(kind):
         want = ck.dequantize_per_tensor_fp8(ck.quantize_per_tensor_fp8(x, s, kind), s, torch.float32)
     got = fake_quantize_comfy_input(x, s, kind)
     assert got.shape == x.shape and torch.equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def nvfp4_file(pipe: Path) -> Path:
+    from weightsmith.quantize.linear.run import quantize_linear
+
+    dst = pipe.parent / "wan-nvfp4-comfy.safetensors"
+    absmax = {"blocks.0.attn1.to_q": 3.0, "blocks.0.ffn.net.0.proj": 5.0}
+    quantize_linear(
+        pipe / "transformer",
+        dst,
+        "nvfp4",
+        format="comfy",
+        device="cpu",
+        progress=False,
+        activation_absmax=absmax,
+    )
+    return dst
+
+
+def test_comfy_nvfp4_goes_to_torchao_only_where_its_matmul_runs(monkeypatch):
+    from weightsmith.kernels.linear import get_linear_scheme
+    from weightsmith.quantize.linear.runtime import torchao_unsupported
+
+    nv, mx = get_linear_scheme("nvfp4"), get_linear_scheme("mxfp8")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    cap = [(10, 0)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_a, **_k: cap[0])
+    assert torchao_unsupported(nv, None, cuda, torch.bfloat16, (64, 64), "comfy") is None
+    assert "multiples of 16" in torchao_unsupported(nv, None, cuda, torch.bfloat16, (40, 64), "comfy")
+    assert "CUDA GPU" in torchao_unsupported(nv, None, cpu, torch.bfloat16, (64, 64), "comfy")
+    assert "reference path" in torchao_unsupported(mx, None, cuda, torch.bfloat16, (64, 64), "comfy")
+    cap[0] = (9, 0)
+    assert "this GPU is 9.0" in torchao_unsupported(nv, None, cuda, torch.bfloat16, (64, 64), "comfy")
+
+
+def test_comfy_nvfp4_rowmajor_form_dequantizes_to_our_weight_bit_for_bit(nvfp4_file, one_thread):
+    """The padded, even-high, swizzled ComfyUI storage put in compressed-tensors' row-major form
+    (even column low, scales unswizzled): the same codes and scales, and torchao's NVFP4Tensor
+    built from it dequantizes to our weight bit for bit (weight_scale_2 * scale, both sides)."""
+    from weightsmith.kernels.microscale import e2m1_decode
+    from weightsmith.kernels.microscale_comfy import comfy_nvfp4_rowmajor
+    from weightsmith.kernels.microscale_layout import unpack_nibbles
+    from weightsmith.load import load_quantized
+    from weightsmith.quantize.linear.runtime import QuantLinear
+    from weightsmith.quantize.linear.runtime_fp4 import nvfp4_torchao_weight
+
+    pytest.importorskip("torchao")
+    model = load_quantized(nvfp4_file, backend="reference")
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert layers
+    for lin in layers:
+        qw = lin.quantized_weight()
+        assert qw.layout == "comfy"
+        rows, cols = qw.shape
+        data, scales = comfy_nvfp4_rowmajor(qw.data, qw.scale, qw.shape)
+        assert data.shape == (rows, cols // 2) and scales.shape == (rows, cols // 16)
+        assert scales.dtype == torch.float8_e4m3fn
+        codes = unpack_nibbles(data, even_high=False)
+        assert torch.equal(codes, qw.values())
+        # ct-form dequantization with ComfyUI's scale order equals the comfy one bit for bit
+        g = qw.global_scale.float().reshape(())
+        w = (e2m1_decode(codes).reshape(rows, -1, 16) * (g * scales.float()).unsqueeze(-1)).reshape(
+            rows, cols
+        )
+        ref = lin.dequantized_weight()
+        assert torch.equal(w.view(torch.int32), ref.view(torch.int32))
+        t = nvfp4_torchao_weight(qw, torch.float32)
+        assert torch.equal(t.dequantize(torch.float32).view(torch.int32), ref.view(torch.int32))
+        if qw.input_scale is not None:  # ComfyUI's input_scale is torchao's activation scale
+            assert torch.equal(t.act_per_tensor_scale, qw.input_scale.float().reshape(()))
+            assert t.act_quant_kwargs is not None
+        else:
+            assert t.act_per_tensor_scale is None and t.act_quant_kwargs is None
+    assert any(m.input_scale is not None for m in layers)
+
+
+def test_loader_wires_torchao_for_comfy_nvfp4_where_selected(nvfp4_file, monkeypatch, one_thread):
+    from torch import nn
+    from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor
+
+    import weightsmith.quantize.linear.runtime as runtime
+    from weightsmith.load import load_quantized
+
+    ref = load_quantized(nvfp4_file, backend="reference", activations="none").blocks[0].ffn.net[2]
+    monkeypatch.setattr(runtime, "fp4_torchao_unsupported", lambda *a, **k: None)
+    lin = load_quantized(nvfp4_file, backend="auto", activations="none").blocks[0].ffn.net[2]
+    assert type(lin) is nn.Linear and isinstance(lin.weight, NVFP4Tensor)
+    x = torch.randn(3, ref.in_features, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.allclose(lin(x), ref(x), rtol=1e-5, atol=1e-6)
+    static = load_quantized(nvfp4_file, backend="auto").blocks[0].attn1.to_q.weight
+    assert isinstance(static, NVFP4Tensor) and static.act_per_tensor_scale is not None

@@ -122,3 +122,23 @@ def fake_quantize_comfy_input(
     codes = e2m1_encode(scaled.clamp(-E2M1_MAX, E2M1_MAX))
     out = e2m1_decode(codes) * (g * scales.to(torch.float32)).unsqueeze(-1)
     return out.reshape(flat.shape)[:, :n].reshape(xf.shape)
+
+
+def comfy_nvfp4_rowmajor(
+    data: torch.Tensor, scale: torch.Tensor, shape: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ComfyUI nvfp4 weight in the unpadded row-major form compressed-tensors and torchao's
+    ``NVFP4Tensor`` hold: codes [rows, cols / 2] with the even column in the low nibble, e4m3 block
+    scales [rows, cols / 16] unswizzled. The same numbers (``weight_scale_2`` unchanged), so a
+    dequantization that multiplies ``weight_scale_2 * scale`` gives the same weight bit for bit.
+    ``cols`` must be a multiple of 16 (else the layer only exists padded)."""
+    rows, cols = shape
+    if cols % NVFP4_BLOCK:
+        raise QuantizationError(
+            f"nvfp4 weight of shape {list(shape)}: {cols} columns only exist padded",
+            hint="keep this layer on the reference path (it dequantizes the padded form)",
+        )
+    codes = unpack_nibbles(data.view(torch.uint8), even_high=True)[:rows, :cols]
+    blocks = unswizzle_128x4(scale.view(torch.uint8), data.shape[0], data.shape[1] * 2 // NVFP4_BLOCK)
+    scales = blocks[:rows, : cols // NVFP4_BLOCK].contiguous().view(torch.float8_e4m3fn)
+    return pack_nibbles(codes.contiguous(), even_high=False), scales

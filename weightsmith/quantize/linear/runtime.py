@@ -168,8 +168,11 @@ def torchao_unsupported(
     layout: str = "compressed-tensors",
 ) -> str | None:
     """Why torchao cannot run this layout here (None when it can)."""
-    if layout == "comfy":  # ComfyUI's padded, swizzled storage: dequantized on the reference path
-        return microscaled_unsupported(device)
+    if layout == "comfy" and not scheme.nvfp4:  # ComfyUI's mxfp8
+        return (
+            "mxfp8 runs on the reference path: torchao's MX linear also quantizes activations to MX, "
+            "which a full-precision-matmul layer does not ask for"
+        )
     if scheme.kind == "fp4":
         return fp4_torchao_unsupported(scheme, device, shape, compute_dtype)
     if scheme.microscaled:
@@ -351,8 +354,8 @@ class LinearWeights:
             if self.backend != "reference"
             else ""
         )
-        if why is None and qw.input_scale is not None:
-            why = "ComfyUI's static input_scale quantization is emulated on the reference path"
+        if why is None and qw.input_scale is not None and not qw.scheme.nvfp4:
+            why = "ComfyUI's static fp8 input_scale is emulated on the reference path"
         if self.backend == "torchao" and why:
             raise UsageError(
                 f"torchao cannot run {qw.scheme.name} here: {why}", hint="use backend='reference'"

@@ -1,6 +1,6 @@
 """torchao for fp4 artifacts: where it can run them, and its NVFP4 tensor built from our stored numbers.
 
-Only NVFP4 goes to torchao, and only on CUDA GPUs of compute capability 10.0 (Blackwell) or newer:
+Only NVFP4 goes to torchao (compressed-tensors' and ComfyUI's layouts), and only on CUDA GPUs of compute capability 10.0 (Blackwell) or newer:
 its ``NVFP4Tensor`` multiplies with an fp4 ``torch._scaled_mm`` there; elsewhere (CPU, older GPUs)
 the reference ``QuantLinear`` dequantizes in torch. MXFP4A16 files always take the reference path:
 torchao's ``MXTensor`` linear quantizes its input to MX too (weight-only is not supported), which
@@ -15,6 +15,7 @@ import torch
 
 from weightsmith.errors import UsageError
 from weightsmith.kernels.linear import LinearScheme, QuantizedWeight
+from weightsmith.kernels.microscale_comfy import comfy_nvfp4_rowmajor
 
 _HINT = "re-export the artifact (quantize --scheme nvfp4 [--activations nvfp4 --calibrate])"
 
@@ -62,11 +63,29 @@ def nvfp4_torchao_weight(
 
     The nibble order is the same (even column low). compressed-tensors stores global scales
     inverted (``2688 / amax``); torchao takes ``amax / 2688``, so both are inverted here. With
-    ``activations="nvfp4"`` torchao quantizes each input to NVFP4 under the calibrated scale."""
+    ``activations="nvfp4"`` torchao quantizes each input to NVFP4 under the calibrated scale.
+
+    ComfyUI layout: the padded, even-high, swizzled storage is put in row-major form
+    (``comfy_nvfp4_rowmajor``) and ``weight_scale_2`` is torchao's per-tensor scale as it is
+    (same sense, and torchao multiplies ``per_tensor_scale * block scale`` as ComfyUI does, so
+    the weight is ours bit for bit); a layer's ``input_scale`` becomes the activation scale."""
     from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor, QuantizeTensorToNVFP4Kwargs
 
     if qw.global_scale is None:
         raise UsageError("nvfp4 weight without its weight_global_scale", hint=_HINT)
+    if qw.layout == "comfy":
+        data, scales = comfy_nvfp4_rowmajor(qw.data, qw.scale, qw.shape)
+        static = qw.input_scale.to(torch.float32).reshape(()) if qw.input_scale is not None else None
+        return NVFP4Tensor(
+            data,
+            scales,
+            16,
+            compute_dtype,
+            per_tensor_scale=qw.global_scale.to(torch.float32).reshape(()),
+            act_per_tensor_scale=static,
+            is_swizzled_scales=False,
+            act_quant_kwargs=QuantizeTensorToNVFP4Kwargs() if static is not None else None,
+        )
     per_tensor = (1.0 / qw.global_scale.to(torch.float32)).reshape(())
     act_scale, act_kwargs = None, None
     if activations == "nvfp4":
