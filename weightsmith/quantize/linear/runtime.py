@@ -27,8 +27,10 @@ Two paths compute each quantized Linear:
 ComfyUI files: a layer with an ``input_scale`` (fp8 or nvfp4, no ``full_precision_matrix_mult``)
 has its inputs quantized with that static scale before the matmul, as ComfyUI's fp8/nvfp4 ops do
 on GPUs that have those matmuls (``microscale_comfy.fake_quantize_comfy_input``, equal to
-comfy-kitchen's quantize-dequantize bit for bit); such layers take the reference path, and
-``activations="none"`` (or any explicit activations) replaces it.
+comfy-kitchen's quantize-dequantize bit for bit); fp8 ones take the reference path, nvfp4 ones
+torchao's ``NVFP4Tensor`` where it runs (``runtime_fp4``: ComfyUI's storage in row-major form,
+``input_scale`` as its activation scale); ``activations="none"`` (or any explicit activations)
+replaces it. ComfyUI mxfp8 stays on the reference path (torchao's MX linear has no weight-only mode).
 
 ``backend="auto"`` takes torchao where it is installed and runs the layout on the device, else
 the reference path. Importing this module is cheap: torchao is imported only when used.
