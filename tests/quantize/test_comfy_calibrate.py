@@ -221,3 +221,20 @@ def test_loader_wires_torchao_for_comfy_nvfp4_where_selected(nvfp4_file, monkeyp
         assert torch.allclose(lin(x), ref(x), rtol=1e-5, atol=1e-6)
     static = load_quantized(nvfp4_file, backend="auto").blocks[0].attn1.to_q.weight
     assert isinstance(static, NVFP4Tensor) and static.act_per_tensor_scale is not None
+
+
+@pytest.mark.parametrize("bad", [torch.tensor(-1.0), torch.tensor(float("nan")), torch.ones(2)])
+def test_a_broken_input_scale_is_refused(bad, nvfp4_file, tmp_path, run_cli):
+    from safetensors.torch import save_file
+
+    with safe_open(str(nvfp4_file), "pt") as f:
+        t = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
+    key = next(k for k in t if k.endswith(".input_scale"))
+    t[key] = bad
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(t, str(damaged), metadata=meta)
+    out = tmp_path / "out.safetensors"
+    r = run_cli("convert", str(damaged), str(out), "--to", "original", "--dtype", "fp32")
+    assert r.code == 2 and "not one positive finite float" in r.words, r.err
+    assert not out.exists()
