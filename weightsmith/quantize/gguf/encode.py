@@ -9,7 +9,7 @@ import torch
 
 from weightsmith.errors import QuantizationError
 from weightsmith.io.gguf_writer import tensor_bytes
-from weightsmith.kernels.ggml import dequantize, quantize
+from weightsmith.kernels.ggml import dequantize, quantize_measured
 from weightsmith.quantize.report import SQNR_CHUNK, Sqnr
 
 F16_MAX = 65504.0
@@ -38,8 +38,13 @@ def encode(
             f"tensor {name!r} holds NaN or infinite values; it cannot be quantized to {qtype}",
             hint=f"fix the checkpoint, or keep it in float with --keep '{name}'",
         )
-    q = quantize(x, qtype, imatrix)
-    return q.cpu().numpy(), blockwise_sqnr(x, q, qtype, name)
+    m = quantize_measured(x, qtype, imatrix)
+    if math.isfinite(m.signal) and math.isfinite(m.noise):
+        acc = Sqnr(m.signal, m.noise)
+        return m.data.cpu().numpy(), acc.db
+    # rare: float32 sums overflowed, or blocks decode to inf/NaN; the two-pass path sums again in
+    # float64 and refuses undecodable blocks with a message naming the tensor
+    return m.data.cpu().numpy(), blockwise_sqnr(x, m.data, qtype, name)
 
 
 def blockwise_sqnr(x: torch.Tensor, q: torch.Tensor, qtype: str, name: str = "tensor") -> float:
