@@ -67,7 +67,7 @@ def build(folder: Path, layers: int) -> Path:
     return dst
 
 
-def matrices(src: Path, recipe: str) -> list[tuple[str, str, "object"]]:
+def matrices(src: Path, recipe: str) -> list[tuple[str, str, object]]:
     """(name, ggml type, float32 tensor) of every quantized tensor, as the command would quantize them."""
     import torch
 
