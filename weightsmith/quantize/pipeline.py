@@ -5,9 +5,9 @@ A stage is an iterator run in a worker thread that stays at most ``depth`` items
 consumer (a bounded queue): peak memory grows by ``depth + 1`` items per stage, not by the model.
 Errors raised in the worker come out of the consumer's loop unchanged (same exception, same exit
 code). When the consumer stops early (an error, Ctrl-C, SIGTERM turned into an exception), the
-stage tells its worker to stop and waits for the item in hand, so that nothing still reads a
-checkpoint or writes a buffer once the caller cleans up. The kernels themselves release the GIL,
-which is what lets the stages run side by side.
+stage tells its worker to stop and waits a moment for the item in hand; only the consumer writes
+the output, so cleaning it up never races a worker. The kernels release the GIL, which is what
+lets the stages run side by side.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 _POLL = 0.05  # seconds: how often a blocked side looks again for a stop (signals stay responsive)
+_JOIN = 2.0  # seconds a stopped stage waits for its worker's item in hand
 
 
 class _End:
@@ -78,7 +79,10 @@ def ahead(items: Iterable[T], depth: int = 1, name: str = "stage") -> Generator[
             yield item  # type: ignore[misc]
     finally:
         stop.set()
-        worker.join()
+        # Wait for the item in hand, but not without end: a worker inside one long kernel call
+        # must not hold up Ctrl-C. Workers never touch the output file (the consumer writes it),
+        # so one left running finishes its item, sees the stop and ends on its own.
+        worker.join(_JOIN)
 
 
 @dataclass
