@@ -9,11 +9,13 @@ fewer blocks, random data) in a temp dir, then measures, interleaved run by run 
 * ``ggml``: ggml's reference quantizer (``ggml_quantize_chunk`` of a ``libggml-base.so``) on the
   same matrices with the same types, rows split over the same number of threads.
 
-The command's own phases (read, kernel, SQNR, write, hash) come from its ``--debug`` log. Medians
-are quoted, each run's load average is recorded. Usage:
+The command's own phases (read, quantize = kernels with their fused SQNR, write, hash) come from
+its summary. ``--compare DIR`` also runs the command from another checkout (the code before a
+change) in the same loop, so both see the same machine. Medians are quoted, each run's load
+average is recorded. Usage:
 
     WEIGHTSMITH_LIBGGML=/path/libggml-base.so .venv/bin/python bench/bench_quantize_speed.py \
-        [--layers 6] [--repeats 5] [--threads 2] [--pythonpath .] [--label after] [--json out.json]
+        [--layers 6] [--repeats 5] [--threads 2] [--compare /path/to/main] [--json out.json]
 
 A ``libggml-base.so`` comes from llama-cpp-python's source distribution (0.3.36, the reference in
 shared/reference/gguf.md; nothing of it is committed here): ``pip download --no-deps --no-binary
@@ -135,12 +137,12 @@ def time_ggml(mats: list, threads: int, lib_path: str) -> float:
     return time.perf_counter() - t0
 
 
-PHASE = re.compile(r"phases: (.*)$", re.M)
+PHASE = re.compile(r"phases \(overlapping\): (.*)$", re.M)
 
 
 def time_command(src: Path, dst: Path, recipe: str, pythonpath: str, threads: int) -> tuple[float, dict]:
     env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "weightsmith", "--debug", "quantize", str(src), str(dst),
+    cmd = [sys.executable, "-m", "weightsmith", "quantize", str(src), str(dst),
            "--scheme", f"gguf:{recipe}", "--overwrite"]  # fmt: skip
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -149,8 +151,13 @@ def time_command(src: Path, dst: Path, recipe: str, pythonpath: str, threads: in
         raise SystemExit(f"command failed ({r.returncode}): {r.stderr[-2000:]}")
     phases = {}
     m = PHASE.search(r.stderr + r.stdout)
-    if m:
-        phases = {k: float(v) for k, v in (p.split("=") for p in m.group(1).split())}
+    if m:  # "read 1.20 s, quantize 3.40 s, ..."
+        for part in m.group(1).split(", "):
+            k, v, _ = part.rsplit(" ", 2)
+            phases[k] = float(v)
+    seconds = re.search(r" in ([0-9.]+) s$", r.stderr + r.stdout, re.M)
+    if seconds:
+        phases["run"] = float(seconds.group(1))  # the run itself, start-up excluded
     return wall, phases
 
 
@@ -166,6 +173,7 @@ def main() -> None:
     ap.add_argument("--recipe", default="Q4_K_M")
     ap.add_argument("--pythonpath", default=str(ROOT), help="weightsmith checkout the command runs")
     ap.add_argument("--label", default="after")
+    ap.add_argument("--compare", help="another checkout (e.g. main before a change), run in the same loop")
     ap.add_argument("--src", help="reuse a checkpoint built earlier")
     ap.add_argument("--json", help="write the raw runs here")
     a = ap.parse_args()
@@ -175,8 +183,15 @@ def main() -> None:
     mats = matrices(src, a.recipe)
     weights = sum(x.numel() for _, _, x in mats)
     runs: dict[str, list[tuple[float, float]]] = {"command": [], "kernels": [], "ggml": []}
+    if a.compare:
+        runs["compare"] = []
     phases: list[dict] = []
     for i in range(a.repeats):
+        if a.compare:
+            la = loadavg()
+            runs["compare"].append(
+                (time_command(src, tmp / "cmp.gguf", a.recipe, a.compare, a.threads)[0], la)
+            )
         la = loadavg()
         wall, ph = time_command(src, tmp / "out.gguf", a.recipe, a.pythonpath, a.threads)
         runs["command"].append((wall, la))

@@ -16,8 +16,9 @@ a transformer's Linear weights as INT8/FP8/INT4/FP4 safetensors, in the layout t
 
 The run streams like the GGUF runner: open lazily, detect, plan the conversion to the output
 layout, then quantize each tensor the policy selects on the chosen device as the stream reaches
-it; the writer holds one tensor at a time. Each run records per layer the scheme, the weight's
-SQNR and the bytes before and after (``DST.layers.json``).
+it; reading, quantizing and writing overlap as a bounded pipeline (pipeline.py: a few tensors in
+flight). Each run records per layer the scheme, the weight's SQNR (measure.py: one pass over row
+chunks) and the bytes before and after (``DST.layers.json``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ import torch
 from weightsmith import __version__
 from weightsmith.convert.config import load_config, output_config, provenance_config
 from weightsmith.convert.engine import Plan, make_plan, resolve_detection, stream
-from weightsmith.errors import QuantizationError, UsageError
+from weightsmith.errors import UsageError
 from weightsmith.families import Detection, components, get_component
 from weightsmith.families.ops import Rename
 from weightsmith.io import Checkpoint, open_single
@@ -57,10 +59,12 @@ from weightsmith.quantize.linear.formats import (
     ct_specs,
     ct_tensors,
 )
+from weightsmith.quantize.linear.measure import measured_sqnr
 from weightsmith.quantize.linear.policy import LinearPolicy
 from weightsmith.quantize.options import LinearOptions, QuantizeOptions, SchemeFamily
 from weightsmith.quantize.outputs import check_outputs, staged_outputs
-from weightsmith.quantize.report import LayerRecord, QuantizeResult, layers_path, sqnr_db, write_layer_report
+from weightsmith.quantize.pipeline import ahead
+from weightsmith.quantize.report import LayerRecord, QuantizeResult, layers_path, write_layer_report
 
 FORMATS = ("compressed-tensors", "comfy", "comfy-legacy")
 COMFY_FORMATS = ("comfy", "comfy-legacy")
@@ -281,8 +285,12 @@ def run_linear(
         if activations:
             meta["weightsmith.activations"] = activations
 
-        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
-            for name, t in stream(out_plan, opts.progress):
+        def read() -> Iterator[tuple[str, torch.Tensor]]:  # stage 1 (a thread): read, convert
+            with closing(ahead(stream(out_plan, opts.progress), 1, "read")) as source:
+                yield from source
+
+        def tensors() -> Iterator[tuple[str, torch.Tensor]]:  # stage 2 (a thread): quantize, measure
+            for name, t in read():
                 d = decisions[name]
                 before = t.numel() * t.element_size()
                 if not d.quantize:
@@ -292,14 +300,7 @@ def run_linear(
                     yield name, t
                     continue
                 qw = quantize_weight(t, ls, dev, name)
-                deq = qw.dequantize()
-                if not bool(torch.isfinite(deq).all()):  # never write a block that decodes to NaN/inf
-                    raise QuantizationError(
-                        f"tensor {name!r} does not fit {ls.name}: it decodes to NaN or infinite values",
-                        hint=f"keep it unquantized with --keep '{name}', or fix the checkpoint",
-                    )
-                err = sqnr_db(t.to(dev), deq)
-                del deq
+                err = measured_sqnr(qw, t.to(dev), name)  # also refuses blocks decoding to NaN/inf
                 module = name.removesuffix(".weight")
                 if fmt == "compressed-tensors":
                     items = ct_tensors(module, qw, afmt)
@@ -315,23 +316,26 @@ def run_linear(
 
         label = ls.name + (f" (W8A8 {activations} activations)" if activations else "") + f", {fmt}"
         folder = fmt == "compressed-tensors"
-        with staged_outputs(dst, overwrite, report, folder=folder) as (tmp, table):
+        with (
+            staged_outputs(dst, overwrite, report, folder=folder) as (tmp, table),
+            closing(ahead(tensors(), 2, "quantize")) as quantized,
+        ):
             if folder:
                 qcfg = ct_quantization_config(ls, activations, sorted(ignore))
                 write_diffusers_component(
-                    tmp, specs, tensors(), {**cfg, "quantization_config": qcfg}, lopts.shard_size, False, meta
+                    tmp, specs, quantized, {**cfg, "quantization_config": qcfg}, lopts.shard_size, False, meta
                 )
             else:
                 prov = provenance_config(out_plan)
                 if prov:
                     meta[CONFIG_METADATA_KEY] = json.dumps(prov, sort_keys=True)
                 if fmt == "comfy":
-                    write_safetensors(tmp, specs, tensors(), meta)
+                    write_safetensors(tmp, specs, quantized, meta)
                 else:
                     marker_spec, marker = comfy_marker_spec(ls)
 
                     def with_marker() -> Iterator[tuple[str, torch.Tensor]]:
-                        yield from tensors()
+                        yield from quantized
                         yield marker_spec[0], marker
 
                     write_safetensors(tmp, [*specs, marker_spec], with_marker(), meta)
