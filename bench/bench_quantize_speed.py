@@ -32,6 +32,7 @@ import ctypes
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -91,19 +92,21 @@ def matrices(src: Path, recipe: str) -> list[tuple[str, str, object]]:
     return out
 
 
-def time_kernels(mats: list, threads: int) -> float:
+def time_kernels(mats: list, threads: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of weightsmith's kernels alone."""
     import torch
 
     from weightsmith.kernels.ggml import quantize
 
     torch.set_num_threads(threads)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _, qt, x in mats:
         quantize(x, qt)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def time_ggml(mats: list, threads: int, lib_path: str) -> float:
+def time_ggml(mats: list, threads: int, lib_path: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of ggml's reference quantizer on the same matrices and types."""
     import gguf
     import numpy as np
 
@@ -131,22 +134,28 @@ def time_ggml(mats: list, threads: int, lib_path: str) -> float:
         rows = a.reshape(-1, a.shape[-1]).shape[0]
         step = -(-rows // threads)
         jobs += [(t, a, o, r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(part, jobs))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 PHASE = re.compile(r"phases \(overlapping\): (.*)$", re.M)
 
 
-def time_command(src: Path, dst: Path, recipe: str, pythonpath: str, threads: int) -> tuple[float, dict]:
+def time_command(
+    src: Path, dst: Path, recipe: str, pythonpath: str, threads: int
+) -> tuple[float, float, dict]:
+    """(wall, CPU, phases) of the whole command in a fresh process."""
     env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "weightsmith", "quantize", str(src), str(dst),
            "--scheme", f"gguf:{recipe}", "--overwrite"]  # fmt: skip
+    u0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    u1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (u1.ru_utime - u0.ru_utime) + (u1.ru_stime - u0.ru_stime)
     if r.returncode != 0:
         raise SystemExit(f"command failed ({r.returncode}): {r.stderr[-2000:]}")
     phases = {}
@@ -158,7 +167,7 @@ def time_command(src: Path, dst: Path, recipe: str, pythonpath: str, threads: in
     seconds = re.search(r" in ([0-9.]+) s$", r.stderr + r.stdout, re.M)
     if seconds:
         phases["run"] = float(seconds.group(1))  # the run itself, start-up excluded
-    return wall, phases
+    return wall, cpu, phases
 
 
 def loadavg() -> float:
@@ -182,25 +191,31 @@ def main() -> None:
     src = Path(a.src) if a.src else build(tmp, a.layers)
     mats = matrices(src, a.recipe)
     weights = sum(x.numel() for _, _, x in mats)
-    runs: dict[str, list[tuple[float, float]]] = {"command": [], "kernels": [], "ggml": []}
+    runs: dict[str, list[tuple[float, float, float]]] = {"command": [], "kernels": [], "ggml": []}
     if a.compare:
         runs["compare"] = []
     phases: list[dict] = []
-    for i in range(a.repeats):
+    for i in range(a.repeats):  # (wall, CPU, load average) per run, interleaved
         if a.compare:
             la = loadavg()
-            runs["compare"].append(
-                (time_command(src, tmp / "cmp.gguf", a.recipe, a.compare, a.threads)[0], la)
-            )
+            wall, cpu, _ = time_command(src, tmp / "cmp.gguf", a.recipe, a.compare, a.threads)
+            runs["compare"].append((wall, cpu, la))
         la = loadavg()
-        wall, ph = time_command(src, tmp / "out.gguf", a.recipe, a.pythonpath, a.threads)
-        runs["command"].append((wall, la))
+        wall, cpu, ph = time_command(src, tmp / "out.gguf", a.recipe, a.pythonpath, a.threads)
+        runs["command"].append((wall, cpu, la))
         phases.append(ph)
-        runs["kernels"].append((time_kernels(mats, a.threads), loadavg()))
+        la = loadavg()
+        runs["kernels"].append((*time_kernels(mats, a.threads), la))
         if lib:
-            runs["ggml"].append((time_ggml(mats, a.threads, lib), loadavg()))
-        print(f"run {i}: " + ", ".join(f"{k} {v[-1][0]:.2f} s" for k, v in runs.items() if v), flush=True)
-    med = {k: statistics.median(s for s, _ in v) for k, v in runs.items() if v}
+            la = loadavg()
+            runs["ggml"].append((*time_ggml(mats, a.threads, lib), la))
+        print(
+            f"run {i}: "
+            + ", ".join(f"{k} {v[-1][0]:.2f} s ({v[-1][1]:.1f} CPU s)" for k, v in runs.items() if v),
+            flush=True,
+        )
+    med = {k: statistics.median(r[0] for r in v) for k, v in runs.items() if v}
+    med_cpu = {k: statistics.median(r[1] for r in v) for k, v in runs.items() if v}
     ph_med = {k: statistics.median(p[k] for p in phases if k in p) for k in (phases[0] if phases else {})}
     summary = {
         "label": a.label,
@@ -209,9 +224,10 @@ def main() -> None:
         "source_bytes": src.stat().st_size,
         "threads": a.threads,
         "median_s": med,
+        "median_cpu_s": med_cpu,
         "phases_median_s": ph_med,
         "runs": runs,
-        "loadavg": [la for _, la in runs["command"]],
+        "loadavg": [r[2] for r in runs["command"]],
     }
     print(json.dumps(summary, indent=1))
     if a.json:
