@@ -152,7 +152,8 @@ def time_command(
            "--scheme", f"gguf:{recipe}", "--overwrite"]  # fmt: skip
     u0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    # cwd = the checkout: `python -m` puts the working folder first on sys.path, ahead of PYTHONPATH
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=pythonpath)
     wall = time.perf_counter() - t0
     u1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (u1.ru_utime - u0.ru_utime) + (u1.ru_stime - u0.ru_stime)
