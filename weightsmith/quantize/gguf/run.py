@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from weightsmith import __version__
@@ -67,14 +68,24 @@ def quantize_gguf(
     progress: bool = True,
     config: str | Path | None = None,
     report: bool = True,
+    overrides: Mapping[str, str] | None = None,
+    label: str | None = None,
 ) -> QuantizeResult:
-    """Quantize a transformer checkpoint into a GGUF file with a named recipe."""
+    """Quantize a transformer checkpoint into a GGUF file with a named recipe (``overrides``: GGUF
+    name -> type for single tensors; ``label``: the scheme recorded in the file, e.g. ``auto:gguf``)."""
     opts = QuantizeOptions(imatrix, tuple(keep), family, device, overwrite, progress, config, report)
-    return run_gguf(src, dst, scheme, opts)
+    return run_gguf(src, dst, scheme, opts, overrides, label)
 
 
-def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOptions) -> QuantizeResult:
-    """``quantize_gguf`` with its options as one typed value."""
+def run_gguf(
+    src: str | Path,
+    dst: str | Path,
+    scheme: str,
+    opts: QuantizeOptions,
+    overrides: Mapping[str, str] | None = None,
+    label: str | None = None,
+) -> QuantizeResult:
+    """``quantize_gguf`` with its options as typed values."""
     t0 = time.perf_counter()
     recipe = get_recipe(scheme.split(":", 1)[1] if ":" in scheme else scheme)
     dst = Path(dst)
@@ -106,7 +117,12 @@ def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOption
         names = {s.name: s.name.removeprefix(DIFFUSION_PREFIX) for s in plan.specs}
         check_keep_globs(opts.keep, names.values())
         rp = assign_types(
-            recipe, comp, [(names[s.name], s.shape) for s in plan.specs], opts.keep, plan.source_config
+            recipe,
+            comp,
+            [(names[s.name], s.shape) for s in plan.specs],
+            opts.keep,
+            plan.source_config,
+            overrides,
         )
         types = rp.types()
         reasons = {a.name: a.reason for a in rp.assignments}
@@ -114,6 +130,8 @@ def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOption
         if im is not None:
             _check_imatrix(im, specs)
         meta = _metadata(recipe.name, det, ck, plan.source_config, im)
+        scheme_label = label or f"gguf:{recipe.name}"
+        meta["weightsmith.scheme"] = scheme_label
         layers: list[LayerRecord] = []
 
         def arrays():
@@ -130,7 +148,7 @@ def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOption
 
         with staged_outputs(dst, opts.overwrite, opts.report) as (tmp, table):
             write_gguf(tmp, spec.gguf_arch, specs, arrays(), meta)
-            result = QuantizeResult(dst, f"gguf:{recipe.name}", layers, time.perf_counter() - t0)
+            result = QuantizeResult(dst, scheme_label, layers, time.perf_counter() - t0)
             if im is not None:
                 result.notes.extend(im.notes)
             if table is not None:
