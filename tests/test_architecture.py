@@ -164,6 +164,7 @@ LAYERS: dict[str, int] = {
     "weightsmith.load": 7,
     "weightsmith.verify": 8,
     "weightsmith.publish": 8,
+    "weightsmith.auto": 9,
     "weightsmith.demo": 9,
     "weightsmith.cli": 9,
     "weightsmith.cli_choices": 9,

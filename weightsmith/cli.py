@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from typing import Any
 
 import click
 
@@ -12,6 +13,7 @@ from weightsmith import __version__
 from weightsmith.cli_choices import FAMILY, LAYOUT
 from weightsmith.errors import WeightsmithError
 from weightsmith.lora.cli import lora_command, lora_options, resolve_lora_options
+from weightsmith.verify.cli import generation_options_except
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -148,7 +150,8 @@ def convert(
 @click.option(
     "--scheme",
     required=True,
-    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, int8-tensor, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-asym, nvfp4, mxfp4.",
+    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, int8-tensor, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-asym, nvfp4, mxfp4, "
+    "or auto:gguf / auto:compressed-tensors (one type per layer, chosen to pass --target).",
 )
 @click.option(
     "--format",
@@ -180,6 +183,20 @@ def convert(
 @click.option(
     "--overwrite", is_flag=True, help="Replace DST if it exists (only once the new file is complete)."
 )
+@click.option(
+    "--target", "targets", multiple=True, help="auto: a gate DST must pass, e.g. 'psnr>=32' (repeatable)."
+)
+@click.option("--max-size", help="auto: the largest DST, e.g. 8GB (alone: the most faithful mix that fits).")
+@click.option(
+    "--max-tries",
+    type=click.IntRange(1, 20),
+    default=4,
+    show_default=True,
+    help="auto: artifacts written and verified at most.",
+)
+@click.option("--report", type=click.Path(path_type=str), help="auto: write auto.json/.md/.html here.")
+@click.option("--json", "as_json", is_flag=True, help="auto: print the result as JSON (weightsmith.auto/1).")
+@generation_options_except("--device")
 def quantize(
     src: str,
     dst: str,
@@ -193,6 +210,12 @@ def quantize(
     fmt: str | None,
     keep_blocks: str | None,
     activations: str | None,
+    targets: tuple[str, ...],
+    max_size: str | None,
+    max_tries: int,
+    report: str | None,
+    as_json: bool,
+    **gen: Any,
 ) -> None:
     """Quantize the transformer in SRC into DST with a named scheme.
 
@@ -224,7 +247,49 @@ def quantize(
       weightsmith quantize wan.safetensors wan-Q3_K_M.gguf --scheme gguf:Q3_K_M --imatrix wan.imatrix.gguf
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-int4/ --scheme int4 --keep-blocks first:1,last:1
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-fp8-scaled.safetensors --scheme fp8-tensor
+
+    \b
+    AUTO (--scheme auto:gguf | auto:compressed-tensors): each layer's cost at each type is
+    measured alone on recorded transformer calls (cached), the smallest mix predicted to pass
+    --target is written and verified with verify's generation options (SRC is the baseline),
+    and re-aimed until it passes (at most --max-tries); DST.verify/ holds its verify report.
+    Exit 1 if no mix passes.
+      weightsmith quantize Wan2.1-T2V-1.3B-Diffusers/ wan-auto.gguf --scheme auto:gguf \\
+          --target 'psnr>=32' --seeds 0,1 --steps 20 --report reports/wan-auto
     """
+    from weightsmith.auto.command import is_auto, reject_auto_options, run_auto_command
+
+    if is_auto(scheme):
+        run_auto_command(
+            src,
+            dst,
+            scheme,
+            targets=targets,
+            max_size=max_size,
+            max_tries=max_tries,
+            report=report,
+            as_json=as_json,
+            keep=keep,
+            device=device,
+            overwrite=overwrite,
+            other={
+                "imatrix": imatrix,
+                "family": family,
+                "config": config,
+                "format": fmt,
+                "keep_blocks": keep_blocks,
+                "activations": activations,
+            },
+            gen_kw=gen,
+        )
+        return
+    reject_auto_options(
+        scheme,
+        {"target": targets, "max_size": max_size, "report": report, "json": as_json},
+        gen,
+    )
+    if max_tries != 4:
+        reject_auto_options(scheme, {"max_tries": max_tries}, {})
     from weightsmith.quantize.linear.run import linear_cli_kwargs
     from weightsmith.quantize.schemes import find_scheme
 

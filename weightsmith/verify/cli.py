@@ -14,6 +14,22 @@ from weightsmith.verify.settings import GenerationSettings, check_options, parse
 
 def generation_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options every command that runs reference generations shares."""
+    return generation_options_except()(fn)
+
+
+def generation_options_except(*skip: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``generation_options`` without the options named in ``skip`` (e.g. ``--device`` for a
+    command that has its own with the same meaning)."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for o in reversed([o for o in _generation_option_list() if o[0] not in skip]):
+            fn = o[1](fn)
+        return fn
+
+    return deco
+
+
+def _generation_option_list() -> list[tuple[str, Callable[[Any], Any]]]:
     opts = [
         click.option(
             "--vae",
@@ -66,9 +82,27 @@ def generation_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--text-len", type=int, help="Tokens of seeded prompt embeddings (default: the pipeline's)."
         ),
     ]
-    for o in reversed(opts):
-        fn = o(fn)
-    return fn
+    names = [
+        "--vae",
+        "--prompts",
+        "--negative-prompt",
+        "--seeds",
+        "--steps",
+        "--height",
+        "--width",
+        "--frames",
+    ]
+    names += [
+        "--guidance",
+        "--scheduler",
+        "--image",
+        "--offload",
+        "--vae-tiling",
+        "--dtype",
+        "--device",
+        "--text-len",
+    ]
+    return list(zip(names, opts))
 
 
 def settings_from(kw: dict[str, Any]) -> GenerationSettings:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from weightsmith import __version__

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,12 @@ from weightsmith.quantize.linear.formats import (
     comfy_specs,
     comfy_tensors,
     ct_format,
+    ct_mixed_quantization_config,
     ct_quantization_config,
     ct_specs,
     ct_tensors,
 )
-from weightsmith.quantize.linear.policy import LinearPolicy
+from weightsmith.quantize.linear.policy import Decision, LinearPolicy
 from weightsmith.quantize.options import LinearOptions, QuantizeOptions, SchemeFamily
 from weightsmith.quantize.outputs import check_outputs, staged_outputs
 from weightsmith.quantize.report import LayerRecord, QuantizeResult, layers_path, sqnr_db, write_layer_report
@@ -186,14 +187,48 @@ def quantize_linear(
     keep_blocks: str | KeepBlocks | None = None,
     activations: str | None = None,
     shard_size: str = "5GB",
+    schemes: Mapping[str, str] | None = None,
+    label: str | None = None,
 ) -> QuantizeResult:
-    """Quantize a transformer's Linear weights with an INT8/FP8/INT4 scheme into ``dst``."""
+    """Quantize a transformer's Linear weights with an INT8/FP8/INT4 scheme into ``dst``.
+
+    ``schemes``: Diffusers weight name -> scheme, one per layer (compressed-tensors only; a Linear
+    it does not name is kept), as ``--scheme auto:compressed-tensors`` chooses; ``label``: the
+    scheme recorded in the result."""
     opts = QuantizeOptions(imatrix, tuple(keep), family, device, overwrite, progress, config, report)
-    return run_linear(src, dst, scheme, opts, LinearOptions(format, keep_blocks, activations, shard_size))
+    lopts = LinearOptions(format, keep_blocks, activations, shard_size)
+    return run_linear(src, dst, scheme, opts, lopts, schemes, label)
+
+
+def _per_layer(
+    schemes: Mapping[str, str] | None, fmt: str, activations: str | None
+) -> dict[str, LinearScheme] | None:
+    """The per-layer schemes, checked: compressed-tensors, weight-only, each one it can hold."""
+    if schemes is None:
+        return None
+    if fmt != "compressed-tensors" or activations:
+        raise UsageError(
+            "per-layer schemes are written as compressed-tensors folders, weight-only",
+            hint="drop --activations and give DST without .safetensors",
+        )
+    out = {name: get_linear_scheme(s) for name, s in schemes.items()}
+    for name, ls in out.items():
+        if "compressed-tensors" not in ls.formats:
+            raise UsageError(
+                f"{name}: --scheme {ls.name} cannot be written as compressed-tensors",
+                hint="choose int8, fp8, int4 (g32/g64), nvfp4 or mxfp4 per layer",
+            )
+    return out
 
 
 def run_linear(
-    src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOptions, lopts: LinearOptions
+    src: str | Path,
+    dst: str | Path,
+    scheme: str,
+    opts: QuantizeOptions,
+    lopts: LinearOptions,
+    schemes: Mapping[str, str] | None = None,
+    label: str | None = None,
 ) -> QuantizeResult:
     """``quantize_linear`` with its options as typed values."""
     t0 = time.perf_counter()
@@ -202,6 +237,7 @@ def run_linear(
     fmt = resolve_format(lopts.format, ls, dst)
     activations = lopts.activations
     check_activations(ls, activations, fmt)
+    per_layer = _per_layer(schemes, fmt, activations)
     if opts.imatrix is not None:
         raise UsageError(
             "--imatrix applies to GGUF K/IQ recipes only", hint=f"drop it for --scheme {ls.name}"
@@ -244,7 +280,12 @@ def run_linear(
             )
             for s in out_plan.specs
         }
-        afmt = ct_format(ls, activations)
+        if per_layer is not None:
+            decisions = {n: _layer_decision(d, n, out_plan, per_layer) for n, d in decisions.items()}
+
+        def scheme_of(name: str) -> LinearScheme:
+            return per_layer[name] if per_layer is not None else ls
+
         specs: list[SpecT] = []
         ignore: set[str] = set()
         for s in out_plan.specs:
@@ -252,7 +293,8 @@ def run_linear(
             if d.quantize:
                 module = s.name.removesuffix(".weight")
                 if fmt == "compressed-tensors":
-                    specs += ct_specs(module, s.shape, ls, afmt)  # type: ignore[arg-type]
+                    lls = scheme_of(s.name)
+                    specs += ct_specs(module, s.shape, lls, ct_format(lls, activations))  # type: ignore[arg-type]
                 elif fmt == "comfy":
                     specs += comfy_quant_specs(module, s.shape, ls)
                 else:
@@ -291,33 +333,38 @@ def run_linear(
                     )
                     yield name, t
                     continue
-                qw = quantize_weight(t, ls, dev, name)
+                lls = scheme_of(name)
+                qw = quantize_weight(t, lls, dev, name)
                 deq = qw.dequantize()
                 if not bool(torch.isfinite(deq).all()):  # never write a block that decodes to NaN/inf
                     raise QuantizationError(
-                        f"tensor {name!r} does not fit {ls.name}: it decodes to NaN or infinite values",
+                        f"tensor {name!r} does not fit {lls.name}: it decodes to NaN or infinite values",
                         hint=f"keep it unquantized with --keep '{name}', or fix the checkpoint",
                     )
                 err = sqnr_db(t.to(dev), deq)
                 del deq
                 module = name.removesuffix(".weight")
                 if fmt == "compressed-tensors":
-                    items = ct_tensors(module, qw, afmt)
+                    items = ct_tensors(module, qw, ct_format(lls, activations))
                 elif fmt == "comfy":
                     items = comfy_quant_tensors(module, qw)
                 else:
                     items = comfy_tensors(module, qw)
                 after = sum(x.numel() * x.element_size() for _, x in items)
-                layers.append(LayerRecord(name, tuple(t.shape), ls.name, d.reason, before, after, err))
+                layers.append(LayerRecord(name, tuple(t.shape), lls.name, d.reason, before, after, err))
                 del qw, t
                 for k, x in items:
                     yield k, x.cpu()
 
-        label = ls.name + (f" (W8A8 {activations} activations)" if activations else "") + f", {fmt}"
+        label = label or ls.name + (f" (W8A8 {activations} activations)" if activations else "") + f", {fmt}"
         folder = fmt == "compressed-tensors"
         with staged_outputs(dst, overwrite, report, folder=folder) as (tmp, table):
             if folder:
-                qcfg = ct_quantization_config(ls, activations, sorted(ignore))
+                if per_layer is not None:
+                    used = {n: per_layer[n] for n, d in decisions.items() if d.quantize}
+                    qcfg = ct_mixed_quantization_config(used, sorted(ignore))
+                else:
+                    qcfg = ct_quantization_config(ls, activations, sorted(ignore))
                 write_diffusers_component(
                     tmp, specs, tensors(), {**cfg, "quantization_config": qcfg}, lopts.shard_size, False, meta
                 )
@@ -343,6 +390,23 @@ def run_linear(
     if report:
         result.report_path = layers_path(dst)
     return result
+
+
+def _layer_decision(d: Decision, name: str, plan: Plan, per_layer: Mapping[str, LinearScheme]) -> Decision:
+    """A tensor's decision under a per-layer assignment: the family's and the user's keeps stand;
+    a Linear the assignment names is quantized with its scheme (which must fit its row); the
+    other Linears are kept."""
+    if not d.quantize and not d.reason.startswith("row "):
+        return d
+    if name not in per_layer:
+        return Decision(False, "per-layer: kept") if d.quantize or d.reason.startswith("row ") else d
+    row = next(s.shape[-1] for s in plan.specs if s.name == name)
+    if not per_layer[name].fits(row):
+        raise UsageError(
+            f"{name}: {per_layer[name].name} does not fit its rows of {row}",
+            hint="choose a scheme whose group divides the row",
+        )
+    return Decision(True, "per-layer")
 
 
 SCHEME_FAMILY = SchemeFamily(
