@@ -69,7 +69,9 @@ def _write_uniform(src: Path, dst: Path, scheme: str) -> None:
     find_scheme(scheme).run(str(src), str(dst), scheme, progress=False, device="cpu", report=False, **kw)
 
 
-def run_family(family: str, fmt: str, target: str, work: Path, seeds: tuple[int, ...], steps: int) -> dict:
+def run_family(
+    family: str, fmt: str, target: str, work: Path, seeds: tuple[int, ...], steps: int, determinism: bool
+) -> dict:
     from weightsmith.auto.report import to_json
     from weightsmith.auto.search import AutoOptions, run_auto
     from weightsmith.verify import VerifyOptions, parse_gate, verify
@@ -186,7 +188,7 @@ def run_family(family: str, fmt: str, target: str, work: Path, seeds: tuple[int,
 
     # 5. determinism (GGUF): the same inputs again
     det = None
-    if fmt == "gguf" and res.final:
+    if determinism and res.final:
         again = out / f"auto-again{suffix}"
         r2 = run_auto(
             AutoOptions(
@@ -307,8 +309,18 @@ def main() -> None:
     ap.add_argument("--target", default="psnr>=32")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--determinism", action="store_true", help="run auto again and compare (GGUF)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "auto_precision.md"))
+    ap.add_argument("--merge", nargs="*", help="only render --out from these .json results")
     args = ap.parse_args()
+    if args.merge:
+        results = [r for f in args.merge for r in json.loads(Path(f).read_text())]
+        Path(args.out).write_text(markdown(results, args))
+        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+        return
+    import torch
+
+    torch.set_num_threads(1)  # tiny models: one thread is faster, much faster on a busy machine
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     seeds = tuple(int(s) for s in args.seeds.split(","))
     results = []
@@ -316,7 +328,8 @@ def main() -> None:
         for fam in args.families.split(","):
             for fmt in args.formats.split(","):
                 t0 = time.perf_counter()
-                r = run_family(fam, fmt, args.target, Path(tmp) / fam, seeds, args.steps)
+                det = args.determinism and fmt == "gguf"
+                r = run_family(fam, fmt, args.target, Path(tmp) / fam, seeds, args.steps, det)
                 results.append(r)
                 print(
                     f"{fam} {fmt}: {time.perf_counter() - t0:.0f} s, auto smaller: {r['auto_smaller']}",
