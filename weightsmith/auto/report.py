@@ -32,6 +32,7 @@ def to_json(r: AutoResult) -> dict[str, Any]:
         "max_size": r.max_size,
         "passed": final is not None,
         "bytes": final.bytes if final else None,
+        "fixed_bytes": r.layout.fixed_bytes,  # predicted bytes of the tensors no search touches
         "predicted_output_sqnr_db": _db(final.predicted_db) if final else None,
         "metrics": {k: jsonable(v) for k, v in final.metrics.items()} if final else None,
         "verify_report": str(r.verify_report) if r.verify_report else None,

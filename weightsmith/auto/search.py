@@ -328,8 +328,7 @@ def _search(
             )
         a = _try(opts, fmt, _choice(pick), costs, scratch, 0, math.nan)
         attempts.append(a)
-        a.passed = True
-        return a
+        return a if a.passed else None  # without gates: the built-in checks (finite, frames)
     history: dict[str, list[tuple[float, float]]] = {}
     floor, ceiling = -math.inf, math.inf  # predicted dB of the best failure / smallest pass
     aim = _aim(opts, history, MARGIN_DB, 0.0)
@@ -349,8 +348,9 @@ def _search(
                 f"try {i + 1}: the mix for {aim:.2f} dB is over --max-size; the best that fits instead"
             )
         choice = _choice(pick)
-        if any(a.choice == choice for a in attempts):
-            if choice == _choice(best_fid) or aim <= floor:
+        seen = next((a for a in attempts if a.choice == choice), None)
+        if seen is not None:  # the aim moved too little to change the mix
+            if seen.passed or choice == _choice(best_fid):
                 break
             aim = max(aim, floor) + 1.0
             continue
