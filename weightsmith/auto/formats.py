@@ -88,13 +88,13 @@ def ggml_bytes(qtype: str, shape: Sequence[int]) -> int:
 
 
 class GGUFAuto(AutoFormat):
-    """Per-tensor ggml types in one GGUF file. Candidates: the K-types and Q8_0 where the row
-    splits into 256 (Q5_0/Q4_0 also where only 32 divides it) and F16; IQ types are left out
-    because diffusers' GGUF loader does not read them (consumer support)."""
+    """Per-tensor ggml types in one GGUF file. Candidates: Q2_K..Q6_K and IQ4_XS where the row
+    splits into 256, IQ4_NL and Q8_0 where 32 does (Q4_0/Q5_0 too where no K-type fits), and F16:
+    types both diffusers' GGUF loader and ComfyUI-GGUF read (no imatrix-only IQ types)."""
 
     name = "gguf"
     suffix_hint = "name DST like model-auto.gguf"
-    TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q5_0", "F16")
+    TYPES = ("Q2_K", "Q3_K", "IQ4_XS", "Q4_K", "IQ4_NL", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q5_0", "F16")
 
     def layout(self, model: nn.Module, family: str, keep: Sequence[str]) -> Layout:
         from weightsmith.quantize.gguf.recipes import RECIPES, _fits, assign_types
