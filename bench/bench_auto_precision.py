@@ -39,7 +39,8 @@ def _sha(path: Path) -> str:
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for p in files:
-        h.update(p.name.encode())
+        if path.is_dir():
+            h.update(str(p.relative_to(path)).encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 

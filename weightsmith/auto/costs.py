@@ -6,8 +6,9 @@ and the transformer re-run on those calls: its *noise ratio* there is measured (
 error's power over the output's power, summed over the probes; ``10 log10`` of its inverse is the
 output SQNR ``weightsmith sensitivity`` ranks by). Its other types are estimated from that
 measurement scaled by the layer-output error power each type causes on the layer's recorded
-inputs (first order in the weight error), and the types a mix chooses are then measured alone as
-well (``refine``), so every cost the final choice rests on is a measurement.
+inputs (first order in the weight error). The allocation uses these numbers only, so a cache an
+earlier run left never changes what a run chooses; after the search each chosen (unit, type) is
+measured alone too (``refine``) for the report and the additivity check.
 
 The additivity assumption the allocation rests on: quantizing several units adds their output
 errors' powers (independent errors), so a mix's noise ratio is the sum of its units'. It is
@@ -83,12 +84,13 @@ class CostModel:
         its measured output noise; a forward hook sums the Gram matrix of its layer's inputs on
         the probes, so each other type's layer-output error power ``tr(dW G dW^T)`` is exact and
         cheap, and its output noise is the reference's scaled by that power (first order in the
-        error). ``refine`` later replaces estimates by measurements for the types chosen."""
+        error). ``refine`` later measures the chosen types alone, for the report."""
         todo: list[Unit] = []
         for u in self.units.values():
             want = set(u.candidates) | set((types_of or {}).get(u.name, []))
-            if any(
-                _key(u.name, t) not in self.estimates and _key(u.name, t) not in self.entries for t in want
+            ref = _reference_type(u)
+            if _key(u.name, ref) not in self.entries or any(
+                _key(u.name, t) not in self.estimates for t in want - {ref}
             ):
                 todo.append(u)
             else:
@@ -117,7 +119,7 @@ class CostModel:
                 self.entries[_key(u.name, ref)] = noise
                 err = {t: self._layer_error(u, t, params, grams) for t in types}
                 for t in types:
-                    if _key(u.name, t) in self.entries:
+                    if t == ref:
                         continue
                     scale = err[t] / err[ref] if err[ref] > 0 else (0.0 if err[t] == 0 else math.inf)
                     self.estimates[_key(u.name, t)] = noise * scale
@@ -168,14 +170,17 @@ class CostModel:
         return self.entries["__signal__"] or 1.0
 
     def noise(self, unit: str, qtype: str) -> float:
-        """The measured noise ratio of ``unit`` alone at ``qtype``, else its estimate."""
+        """The noise ratio the allocation uses: measured at the unit's reference type, estimated
+        at the others. Never a later ``refine`` measurement, so what a run chooses does not
+        depend on what an earlier run left in the cache."""
         k = _key(unit, qtype)
-        if k not in self.entries and k not in self.estimates:
+        if k not in self.estimates and (qtype != _reference_type(self.units[unit]) or k not in self.entries):
             self.measure_all({unit: [qtype]})
-        return self.entries[k] if k in self.entries else self.estimates[k]
+        return self.estimates[k] if k in self.estimates else self.entries[k]
 
-    def measured(self, unit: str, qtype: str) -> bool:
-        return _key(unit, qtype) in self.entries
+    def measured(self, unit: str, qtype: str) -> float | None:
+        """The noise ratio of ``unit`` alone at ``qtype`` measured by a forward, if it was."""
+        return self.entries.get(_key(unit, qtype))
 
     def predicted(self, choice: Mapping[str, str]) -> float:
         """The mix's noise ratio under the additivity assumption."""

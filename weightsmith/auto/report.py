@@ -38,6 +38,7 @@ def to_json(r: AutoResult) -> dict[str, Any]:
         "verify_report": str(r.verify_report) if r.verify_report else None,
         "additivity": {
             "assumption": "the output error powers of layers quantized together add up",
+            "about": "predicted: the sum of each chosen layer's error measured alone; measured: all at once",
             "predicted_db": _db(r.timing.get("additivity_predicted_db", math.nan)),
             "measured_db": _db(r.timing.get("additivity_measured_db", math.nan)),
         },
@@ -48,7 +49,8 @@ def to_json(r: AutoResult) -> dict[str, Any]:
                 "name": n,
                 "type": t,
                 "bytes": units[n].sizes.get(t),
-                "output_sqnr_db": _db(to_db(r.costs.noise(n, t))),
+                "output_sqnr_db": _db(to_db(r.costs.measured(n, t) or r.costs.noise(n, t))),
+                "estimated_db": _db(to_db(r.costs.noise(n, t))),
                 "candidates": {c: _db(to_db(r.costs.noise(n, c))) for c in units[n].candidates},
             }
             for n, t in sorted(r.choice.items())

@@ -185,8 +185,9 @@ def run_auto(opts: AutoOptions) -> AutoResult:
         if final is not None:
             _place(final, dst, verify_dir, opts.overwrite, fmt.folder)
             result.verify_report = verify_dir
-    if result.choice:
-        pred = costs.predicted(result.choice)
+    if result.choice:  # each chosen (layer, type) measured alone, their sum against all at once
+        costs.refine(result.choice)
+        pred = sum(costs.measured(u, t) or 0.0 for u, t in result.choice.items())
         meas = costs.measure_mix(result.choice)
         result.timing["additivity_predicted_db"] = to_db(pred)
         result.timing["additivity_measured_db"] = to_db(meas)
@@ -214,16 +215,9 @@ def _table(layout: Layout, costs: CostModel) -> dict[str, list[Option]]:
 def _settled(
     layout: Layout, costs: CostModel, pick_fn: Callable[[dict[str, list[Option]]], dict[str, Option] | None]
 ) -> tuple[dict[str, Option] | None, dict[str, list[Option]]]:
-    """Pick, measure the picked (unit, type) pairs known only by estimate, pick again with the
-    measurements (a few rounds), so the final pick rests on measured costs."""
+    """The table and the pick from it."""
     table = _table(layout, costs)
-    pick = pick_fn(table)
-    for _ in range(3):
-        if pick is None or not costs.refine(_choice(pick)):
-            break
-        table = _table(layout, costs)
-        pick = pick_fn(table)
-    return pick, table
+    return pick_fn(table), table
 
 
 def _size(layout: Layout, unit: str, qtype: str) -> int:
