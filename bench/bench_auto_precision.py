@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+TRIES = 6  # --max-tries of every auto run here
 FORMATS = {
     "gguf": ("gguf:Q4_K_M", ".gguf"),
     "compressed-tensors": ("int4", ""),
@@ -125,6 +126,7 @@ def run_family(
             device="cpu",
             cache_dir=out / "cache-auto",
             progress=False,
+            max_tries=TRIES,
         )
     )
     t_auto = time.perf_counter() - t0
@@ -171,6 +173,7 @@ def run_family(
             device="cpu",
             cache_dir=out / "cache-auto",
             progress=False,
+            max_tries=TRIES,
         )
     )
     vs = verify(vopts([sized, ref], out / "cache-verify", []))
@@ -202,6 +205,7 @@ def run_family(
                 device="cpu",
                 cache_dir=out / "cache-auto",
                 progress=False,
+                max_tries=TRIES,
             )
         )
         det = {
@@ -247,7 +251,7 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
         "",
         f"`bench/bench_auto_precision.py` on {platform.machine()} ({os.cpu_count()} CPUs, shared), target `{args.target}`, "
         f"seeds {args.seeds}, {args.steps} steps, tiny wide pipelines (real diffusers classes, random signal-preserving weights), "
-        "verify's weightsmith loader. Sizes are bytes on disk.",
+        f"verify's weightsmith loader, `--max-tries {TRIES}`. Sizes are bytes on disk.",
         "",
         "## Summary",
         "",

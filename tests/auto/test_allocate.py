@@ -57,3 +57,13 @@ def test_frontier_runs_from_faithful_to_small():
 
 def test_same_costs_same_mix():
     assert min_bytes(TABLE, 0.1) == min_bytes(dict(reversed(list(TABLE.items()))), 0.1)
+
+
+def test_seeded_search_stays_within_the_budget_and_finds_the_smallest():
+    table = {
+        "a": [Option("x", 10, 0.10), Option("y", 12, 0.01), Option("z", 30, 0.0)],
+        "b": [Option("x", 10, 0.10), Option("y", 12, 0.01), Option("z", 30, 0.0)],
+    }
+    seeded = min_bytes(table, 0.2, [{"a": "x", "b": "x"}])
+    assert seeded is not None and sum(o.bytes for o in seeded.values()) == 20
+    assert sum(o.noise for o in seeded.values()) <= 0.2

@@ -11,7 +11,7 @@ break by unit name, so the same costs always give the same mix.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -84,9 +84,13 @@ def _best_down(hulls: Mapping[str, list[Option]], idx: Mapping[str, int], room: 
     return None if best is None else best[1]
 
 
-def min_bytes(table: Table, budget: float) -> dict[str, Option] | None:
+def min_bytes(
+    table: Table, budget: float, seeds: Sequence[Mapping[str, str]] = ()
+) -> dict[str, Option] | None:
     """The smallest mix whose summed noise is at most ``budget``; None if even the most faithful
-    mix is over it."""
+    mix is over it. ``seeds`` (e.g. the uniform recipes, unit -> type) are improved the same way
+    and win when smaller: the hull walk is greedy, so a uniform recipe is never beaten by a
+    larger mix at the same noise."""
     hulls = {u: hull(o) for u, o in table.items()}
     idx = {u: len(h) - 1 for u, h in hulls.items()}
     pick = {u: hulls[u][i] for u, i in idx.items()}
@@ -100,7 +104,33 @@ def min_bytes(table: Table, budget: float) -> dict[str, Option] | None:
         idx[u] -= 1
         noise += hulls[u][idx[u]].noise - pick[u].noise
         pick[u] = hulls[u][idx[u]]
-    while True:  # the rest of the budget, on any cheaper option (largest saving first)
+    best = _fill(table, pick, budget)
+    faithful = best_fidelity_mix(table)
+    for seed in seeds:
+        start = {
+            u: next((o for o in opts if o.qtype == seed.get(u)), faithful[u]) for u, opts in table.items()
+        }
+        if _total(table, start)[1] > budget:
+            continue
+        cand = _fill(table, start, budget)
+        if _rank(cand) < _rank(best):
+            best = cand
+    return best
+
+
+def _rank(pick: Mapping[str, Option]) -> tuple[int, float, list[tuple[str, str]]]:
+    return (
+        sum(o.bytes for o in pick.values()),
+        sum(o.noise for o in pick.values()),
+        sorted((u, o.qtype) for u, o in pick.items()),
+    )
+
+
+def _fill(table: Table, pick: Mapping[str, Option], budget: float) -> dict[str, Option]:
+    """Spend what is left of the budget on any cheaper option, largest saving first."""
+    pick = dict(pick)
+    noise = _total(table, pick)[1]
+    while True:
         best = None
         for u in sorted(table):
             for o in table[u]:

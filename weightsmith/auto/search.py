@@ -327,7 +327,9 @@ def _search(
     floor, ceiling = -math.inf, math.inf  # predicted dB of the best failure / smallest pass
     aim = _aim(opts, history, MARGIN_DB, 0.0)
     for i in range(opts.max_tries):
-        pick, table = _settled(layout, costs, lambda t, b=from_db(aim): min_bytes(t, b))
+        pick, table = _settled(
+            layout, costs, lambda t, b=from_db(aim): min_bytes(t, b, list(layout.uniform.values()))
+        )
         best_fid = best_fidelity_mix(table)
         if pick is None:
             pick = best_fid
