@@ -36,6 +36,12 @@ BENCHES = [
     Bench("quant_schemes", "bench_quant_schemes.py", "reports/quant_schemes.md", "int8/fp8/int4 schemes"),
     Bench("imatrix", "verify_imatrix.py", "reports/imatrix.md", "effect of an imatrix on tiny models"),
     Bench("fuzz", "bench_fuzz.py", "reports/fuzz.md", "long fuzz run over every reader"),
+    Bench(
+        "auto_precision",
+        "bench_auto_precision.py",
+        "reports/auto_precision.md",
+        "auto: mixes vs uniform recipes",
+    ),
 ]
 
 
