@@ -28,9 +28,10 @@ from __future__ import annotations
 import re
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from weightsmith.errors import ConversionError
 from weightsmith.families.ops import Op, Regroup, Rename

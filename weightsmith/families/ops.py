@@ -9,11 +9,14 @@ nothing is lost silently.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from weightsmith.errors import ConversionError
 
@@ -30,6 +33,7 @@ class Spec:
 
     @property
     def nbytes(self) -> int:
+        import torch
         return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
 
 
@@ -162,6 +166,7 @@ class Regroup(Op):
         return out
 
     def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        import torch
         pieces: list[torch.Tensor] = []
         for t, n in zip(tensors, self.chunks):
             pieces.extend(torch.chunk(t, n, dim=self.dim))

@@ -27,15 +27,19 @@ import torch
 
 from weightsmith.errors import UnsupportedFormatError
 from weightsmith.io.base import NAME_DTYPES, Checkpoint, TensorInfo, dtype_name
+from weightsmith.io.quantized_kind import (
+    COMFY_LAYERS_KEY,
+    COMFY_MARKER,
+    COMFY_QUANT_SUFFIX,
+    SCHEME_KEY,
+    SOURCE_DTYPE_KEY,
+    comfy_marker,
+    ct_config,
+    quantized_kind,
+)
 from weightsmith.kernels.linear import LINEAR_SCHEMES, LinearScheme, QuantizedWeight, unpack_int32
 
-COMFY_MARKER = "scaled_fp8"
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-# Metadata keys weightsmith writes into its quantized files.
-SOURCE_DTYPE_KEY = "weightsmith.source_dtype"
-SCHEME_KEY = "weightsmith.scheme"
-COMFY_LAYERS_KEY = "_quantization_metadata"
-COMFY_QUANT_SUFFIX = ".comfy_quant"
 # ComfyUI's comfy_quant format names weightsmith reads, with the scheme and the stored weight
 # dtype each implies (reference comfy-quant.md); ComfyUI value-casts a weight to that dtype.
 COMFY_QUANT_FORMATS: dict[str, tuple[str, torch.dtype]] = {
@@ -49,28 +53,6 @@ _COMFY_QUANT_MAX_BYTES = 1 << 16
 _BROKEN_COMFY = (
     "the file's ComfyUI quantization metadata is broken; re-export it or use the unquantized checkpoint"
 )
-
-
-def _ct_config_of(cfg: dict[str, Any] | None) -> dict[str, Any] | None:
-    qc = (cfg or {}).get("quantization_config") or (cfg or {}).get("compression_config")
-    if isinstance(qc, dict) and qc.get("quant_method", "compressed-tensors") == "compressed-tensors":
-        return qc if "config_groups" in qc else None
-    return None
-
-
-def ct_config(ck: Checkpoint) -> dict[str, Any] | None:
-    """The compressed-tensors ``quantization_config`` of a checkpoint's config, if it has one.
-
-    Read from the config as attached, before it is checked against the weights (that check
-    reads every shard's header, and is done on the plain view instead)."""
-    return _ct_config_of(ck._config)
-
-
-def comfy_marker(ck: Checkpoint) -> str | None:
-    for k in ck.keys():
-        if k == COMFY_MARKER or k.endswith("." + COMFY_MARKER):
-            return k
-    return None
 
 
 def _comfy_quant_layers(ck: Checkpoint) -> dict[str, dict[str, Any]] | None:
@@ -115,17 +97,6 @@ def _comfy_quant_layers(ck: Checkpoint) -> dict[str, dict[str, Any]] | None:
             )
         out[k.removesuffix(COMFY_QUANT_SUFFIX)] = value
     return out
-
-
-def quantized_kind(ck: Checkpoint) -> str | None:
-    """``compressed-tensors``, ``comfy-scaled-fp8``, ``comfy-quant`` or None (GGUF is read natively)."""
-    if ct_config(ck) is not None:
-        return "compressed-tensors"
-    if comfy_marker(ck) is not None:
-        return "comfy-scaled-fp8"
-    if COMFY_LAYERS_KEY in ck.metadata or any(k.endswith(COMFY_QUANT_SUFFIX) for k in ck.keys()):
-        return "comfy-quant"
-    return None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from weightsmith.lora.fuse import parse_lora_option
+from weightsmith.lora.options import parse_lora_option
 from weightsmith.lora.names import adapters, lora_families, targets, titles
 
 _HELP = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

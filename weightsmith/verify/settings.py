@@ -11,9 +11,10 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from weightsmith.errors import UsageError
 from weightsmith.verify.family import generation
@@ -29,7 +30,8 @@ MAX_GUIDANCE = 1000.0
 MAX_SEED = 2**32 - 1
 MAX_SEEDS = 10000
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# --dtype choices and the torch dtype (by name) each stands for.
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,10 @@ class GenerationSettings:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        import torch
+
         try:
-            return DTYPES[self.dtype]
+            return getattr(torch, DTYPES[self.dtype])
         except KeyError:
             raise UsageError(
                 f"unknown --dtype {self.dtype!r}", hint=f"choose one of {', '.join(DTYPES)}"
@@ -173,6 +177,7 @@ def pick_device(device: str) -> torch.device:
     Only devices that can run a generation are accepted: ``meta`` holds no data, and a CUDA index
     or an MPS device this machine does not have would fail deep inside torch.
     """
+    import torch
     import os
 
     hint = "use auto, cpu, cuda or cuda:N"
@@ -207,6 +212,7 @@ def pick_device(device: str) -> torch.device:
 
 def device_kind(d: torch.device) -> str:
     """What a device's numbers depend on: CPU, or the GPU's model (cache keys use it)."""
+    import torch
     if d.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(d)}"
     return d.type

@@ -4,9 +4,10 @@ are checked, not rounded), and Sana Sprint's SCM scheduler without a negative pr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from weightsmith.families.generation import (
     Defaults,
@@ -48,6 +49,7 @@ class SanaGeneration(Generation):
         return dict(self.scheduler)
 
     def call_kwargs(self, run, settings, prompt, move, image=None, last_image=None) -> dict[str, Any]:
+        import torch
         kw = super().call_kwargs(run, settings, prompt, move, image, last_image)
         kw["use_resolution_binning"] = False
         if run.variant != "sprint":

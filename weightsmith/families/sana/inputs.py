@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from weightsmith.families.inputs import ForwardInputs, InputSpec
 
 
 class SanaInputs(ForwardInputs):
     def specs(self, config: Mapping[str, Any], variant: str) -> list[InputSpec]:
+        import torch
         specs = [
             InputSpec(
                 "hidden_states", ("batch", config["in_channels"], "height", "width"), doc="noisy latents"

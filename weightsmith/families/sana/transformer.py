@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from weightsmith.errors import ConversionError
 from weightsmith.families.base import (
@@ -204,6 +205,7 @@ def sincos_pos_embed(hidden: int, grid: int, interpolation_scale: float) -> torc
     diffusers' ``PatchEmbed`` makes, which follows PixArt/Sana's table. The value never matters to
     Diffusers (its single-file loader pops the key); it is there so the file is a complete original.
     """
+    import torch
     from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
     if hidden % 4:
@@ -376,6 +378,7 @@ class SanaTransformer(Component):
         self, view: KeyView, detection: Detection, options: PlanOptions, out_prefix: str
     ) -> list[Op]:
         """The two tensors an original file carries that Diffusers does not store."""
+        import torch
         cfg = dict(detection.facts.get("source_config") or {})
         cfg.update(options.config or {})
         patch_shape = view.shape("patch_embed.proj.weight")

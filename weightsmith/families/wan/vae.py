@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, first_few, register
@@ -304,6 +305,7 @@ def derive_config(shapes: Mapping[str, tuple[int, ...]], variant: str) -> dict[s
 
 def expected_shapes(cfg: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the real class built from ``cfg`` on the meta device (no memory)."""
+    import torch
     from diffusers import AutoencoderKLWan
 
     with torch.device("meta"):
