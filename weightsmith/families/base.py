@@ -178,6 +178,9 @@ class Component(ABC):
     # Per layout, the key the family's reference code wraps its weights under in a torch file
     # (e.g. {"original": "state_dict"}); a layout not named is saved as a bare state dict.
     torch_wrap: ClassVar[Mapping[str, str]] = {}
+    # The __init__ parameters of the diffusers classes, as data (``<family>/config_fields.py``),
+    # so that config checks need not import diffusers; None: read them from the classes.
+    config_fields: ClassVar[Any] = None
     # A pipeline holding this transformer twice (high- and low-noise experts) is its own variant:
     # one expert's variant -> the pipeline's. None: the family has no two-expert pipelines.
     expert_pairs: ClassVar[Mapping[str, str] | None] = None

@@ -89,6 +89,7 @@ def lcm(a: int, b: int) -> int:
 def seeded_normal(seed: int, salt: int, *shape: int) -> torch.Tensor:
     """A unit-normal tensor drawn from ``seed`` (``salt`` keeps different draws apart)."""
     import torch
+
     g = torch.Generator().manual_seed(salt * (seed + 1))
     return torch.randn(*shape, generator=g)
 
@@ -177,6 +178,7 @@ class Generation:
         ``move`` puts a tensor on the generation's device and dtype.
         """
         import torch
+
         kw: dict[str, Any] = {}
         if self.negative_embeds(run.variant):
             neg = prompt.negative if prompt.negative is not None else torch.zeros_like(prompt.embeds)

@@ -73,6 +73,7 @@ def example_inputs(
 ) -> dict[str, torch.Tensor]:
     """Tensors for ``specs`` at ``sizes``, drawn from ``seed`` (deterministic on every machine)."""
     import torch
+
     g = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     for spec in specs:

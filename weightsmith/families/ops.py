@@ -9,11 +9,10 @@ nothing is lost silently.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -25,16 +24,21 @@ _BUG = "this is a bug in weightsmith's plan for this model; rerun with --debug a
 
 @dataclass(frozen=True)
 class Spec:
-    """Name, shape and dtype of a tensor that will exist."""
+    """Name, shape and dtype of a tensor that will exist. ``dtype`` may be a dtype's name
+    (``TensorInfo.dtype_name``) where only shapes matter: planning from headers needs no torch."""
 
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: torch.dtype | str
 
     @property
     def nbytes(self) -> int:
         import torch
-        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+
+        from weightsmith.io.base import torch_dtype
+
+        dtype = torch_dtype(self.dtype) if isinstance(self.dtype, str) else self.dtype
+        return math.prod(self.shape) * torch.empty((), dtype=dtype).element_size()
 
 
 class Op:
@@ -167,6 +171,7 @@ class Regroup(Op):
 
     def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         import torch
+
         pieces: list[torch.Tensor] = []
         for t, n in zip(tensors, self.chunks):
             pieces.extend(torch.chunk(t, n, dim=self.dim))

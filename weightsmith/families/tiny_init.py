@@ -16,9 +16,8 @@ A family may declare its own ``TinyInit`` (CogVideoX keeps norm scales near one)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -62,6 +61,7 @@ class TinyInit:
     def draw(self, name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
         """Noise for one tensor, in ``self.dtype``."""
         import torch
+
         noise = torch.randn(shape, generator=gen, dtype=self.dtype)
         if len(shape) >= 2:
             if self.matrix is None:
@@ -104,6 +104,7 @@ def _randomize(model: torch.nn.Module, seed: int, init: TinyInit) -> torch.nn.Mo
 def build_tiny(cls: type, kwargs: dict, seed: int, init: TinyInit = FIXTURE) -> torch.nn.Module:
     """``cls(**kwargs)`` with seeded weights, leaving the caller's global RNG untouched."""
     import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(**kwargs)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 from weightsmith.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
@@ -44,16 +44,16 @@ SHORT_ARRAY = 64
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
-# GGML types stored as plain numbers, read without dequantizing: their numpy dtypes (the names
+# GGML types stored as plain numbers, read without dequantizing: their numpy dtype names (the keys
 # are also the on-disk names of io.base, so a TensorInfo names them without torch).
 _PLAIN = {
-    "F32": np.float32,
-    "F16": np.float16,
-    "F64": np.float64,
-    "I8": np.int8,
-    "I16": np.int16,
-    "I32": np.int32,
-    "I64": np.int64,
+    "F32": "float32",
+    "F16": "float16",
+    "F64": "float64",
+    "I8": "int8",
+    "I16": "int16",
+    "I32": "int32",
+    "I64": "int64",
 }
 
 
@@ -426,6 +426,8 @@ class GGUFCheckpoint(Checkpoint):
 
     def _data(self, t: GGUFTensor) -> np.ndarray:
         """The stored values (plain types) or bytes (BF16 and quantized types), memory-mapped."""
+        import numpy as np
+
         if self._map is None:
             require_regular_file(self.path)
             self._map = np.memmap(self.path, mode="r")
@@ -443,7 +445,9 @@ class GGUFCheckpoint(Checkpoint):
         return t.qtype, self._data(t)
 
     def _read(self, name: str) -> torch.Tensor:
+        import numpy as np
         import torch
+
         t = self.tensors[name]
         shape = self._shape(name)
         data = self._data(t)
@@ -473,6 +477,7 @@ class GGUFCheckpoint(Checkpoint):
 def _all_finite(x: torch.Tensor) -> bool:
     """All values finite; a plain sum settles the common case in one cheap pass."""
     import torch
+
     if x.numel() == 0:
         return True
     s = float(x.sum(dtype=torch.float64))

@@ -29,9 +29,7 @@ from weightsmith.errors import UnsupportedFormatError
 from weightsmith.io.base import NAME_DTYPES, Checkpoint, TensorInfo, dtype_name
 from weightsmith.io.quantized_kind import (
     COMFY_LAYERS_KEY,
-    COMFY_MARKER,
     COMFY_QUANT_SUFFIX,
-    SCHEME_KEY,
     SOURCE_DTYPE_KEY,
     comfy_marker,
     ct_config,

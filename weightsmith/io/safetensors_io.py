@@ -388,6 +388,7 @@ def build_header(
 ) -> bytes:
     """The header bytes (length prefix included) for tensors laid out in ``specs`` order."""
     import torch
+
     header: dict[str, Any] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -408,6 +409,7 @@ def build_header(
 def write_tensor_bytes(f: BinaryIO, t: torch.Tensor) -> None:
     """Write a tensor's bytes (little-endian, C order) without a second full copy when avoidable."""
     import torch
+
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()

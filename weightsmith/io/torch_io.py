@@ -63,6 +63,7 @@ MAX_ALIASING = 4
 
 def _allowed_global(name: str) -> bool:
     import torch
+
     if name in _PICKLE_GLOBALS:
         return True
     mod, _, attr = name.rpartition(".")
@@ -157,6 +158,7 @@ def _check_zip(path: Path, size: int) -> None:
 def load_pickle(path: Path) -> Any:
     """``torch.load`` with weights_only and mmap, every failure turned into a one-line error."""
     import torch
+
     size = require_regular_file(path).st_size
     with open(path, "rb") as f:
         head = f.read(4)
@@ -193,6 +195,7 @@ def check_tensors(state: Mapping[str, torch.Tensor], path: Path, size: int) -> N
     1.6 GB; a storage made by the pickle itself instead of read from the file can be any size.
     """
     import torch
+
     spans: dict[int, int] = {}
     claimed = 0
     for name, t in state.items():
@@ -237,6 +240,7 @@ def unwrap_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], di
     Returns the flat state dict and the scalar side-data found on the way (iteration numbers...).
     """
     import torch
+
     side: dict[str, Any] = {}
     trail: list[str] = []
     for _ in range(8):

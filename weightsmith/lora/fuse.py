@@ -11,7 +11,6 @@ tensor that a LoRA targets gets its delta as it passes, so memory stays one tens
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 

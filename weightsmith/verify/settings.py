@@ -177,8 +177,9 @@ def pick_device(device: str) -> torch.device:
     Only devices that can run a generation are accepted: ``meta`` holds no data, and a CUDA index
     or an MPS device this machine does not have would fail deep inside torch.
     """
-    import torch
     import os
+
+    import torch
 
     hint = "use auto, cpu, cuda or cuda:N"
     if device == "auto":
@@ -213,6 +214,7 @@ def pick_device(device: str) -> torch.device:
 def device_kind(d: torch.device) -> str:
     """What a device's numbers depend on: CPU, or the GPU's model (cache keys use it)."""
     import torch
+
     if d.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(d)}"
     return d.type

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 from weightsmith.families.generation import (
     Defaults,
@@ -50,6 +50,7 @@ class SanaGeneration(Generation):
 
     def call_kwargs(self, run, settings, prompt, move, image=None, last_image=None) -> dict[str, Any]:
         import torch
+
         kw = super().call_kwargs(run, settings, prompt, move, image, last_image)
         kw["use_resolution_binning"] = False
         if run.variant != "sprint":

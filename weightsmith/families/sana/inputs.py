@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 from weightsmith.families.inputs import ForwardInputs, InputSpec
 
@@ -14,6 +14,7 @@ from weightsmith.families.inputs import ForwardInputs, InputSpec
 class SanaInputs(ForwardInputs):
     def specs(self, config: Mapping[str, Any], variant: str) -> list[InputSpec]:
         import torch
+
         specs = [
             InputSpec(
                 "hidden_states", ("batch", config["in_channels"], "height", "width"), doc="noisy latents"

@@ -33,6 +33,7 @@ from weightsmith.families.sana._shared import (
     order_by_input,
     stray_keys,
 )
+from weightsmith.families.sana.config_fields import CONFIG_FIELDS
 from weightsmith.families.sana.generation import SanaGeneration
 from weightsmith.families.sana.inputs import SanaInputs
 from weightsmith.families.sana.lora import SanaLora
@@ -259,6 +260,7 @@ class SanaTransformer(Component):
     layouts: ClassVar[tuple[str, ...]] = ("original", "diffusers")
     variants: ClassVar[tuple[str, ...]] = ("1.0", "1.5", "sprint")
     diffusers_class: ClassVar[str] = "SanaTransformer2DModel"
+    config_fields = CONFIG_FIELDS
     quant = TRANSFORMER_QUANT
     inputs = SanaInputs()
     generation = SanaGeneration()
@@ -379,6 +381,7 @@ class SanaTransformer(Component):
     ) -> list[Op]:
         """The two tensors an original file carries that Diffusers does not store."""
         import torch
+
         cfg = dict(detection.facts.get("source_config") or {})
         cfg.update(options.config or {})
         patch_shape = view.shape("patch_embed.proj.weight")

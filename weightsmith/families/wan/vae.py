@@ -25,11 +25,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, first_few, register
 from weightsmith.families.ops import Op, Rename
+from weightsmith.families.wan.config_fields import CONFIG_FIELDS
 from weightsmith.families.wan.keys import KeyMap, locate
 from weightsmith.io.base import TensorInfo
 
@@ -322,6 +323,7 @@ class WanVAE(Component):
     layouts = ("original", "diffusers")
     variants = ("2.1", "2.2")
     diffusers_class = "AutoencoderKLWan"
+    config_fields = CONFIG_FIELDS
     label = "Wan VAE"
 
     def detect(

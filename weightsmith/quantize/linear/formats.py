@@ -42,13 +42,8 @@ from typing import Any
 import torch
 
 from weightsmith.errors import QuantizationError, UsageError
-from weightsmith.io.quantized import (
-    COMFY_MARKER,
-    COMFY_QUANT_FORMATS,
-    COMFY_QUANT_SUFFIX,
-    SCHEME_KEY,
-    SOURCE_DTYPE_KEY,
-)
+from weightsmith.io.quantized import COMFY_QUANT_FORMATS
+from weightsmith.io.quantized_kind import COMFY_MARKER, COMFY_QUANT_SUFFIX, SCHEME_KEY, SOURCE_DTYPE_KEY
 from weightsmith.kernels.linear import (
     ACTIVATIONS,
     LINEAR_SCHEMES,
