@@ -4,10 +4,7 @@ are checked, not rounded), and Sana Sprint's SCM scheduler without a negative pr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
+from typing import Any
 
 from weightsmith.families.generation import (
     Defaults,

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
+from typing import Any
 
 from weightsmith.families.inputs import ForwardInputs, InputSpec
 
 
 class SanaInputs(ForwardInputs):
     def specs(self, config: Mapping[str, Any], variant: str) -> list[InputSpec]:
-        import torch
-
         specs = [
             InputSpec(
                 "hidden_states", ("batch", config["in_channels"], "height", "width"), doc="noisy latents"
@@ -26,7 +21,7 @@ class SanaInputs(ForwardInputs):
             ),
             InputSpec("timestep", ("batch",), fill="timestep", doc="diffusion timestep per sample"),
             InputSpec(
-                "encoder_attention_mask", ("batch", "text"), dtype=torch.int64, fill="ones", doc="prompt mask"
+                "encoder_attention_mask", ("batch", "text"), type_name="int64", fill="ones", doc="prompt mask"
             ),
         ]
         if config.get("guidance_embeds"):

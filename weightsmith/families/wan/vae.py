@@ -22,10 +22,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
+from typing import Any
 
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, first_few, register
