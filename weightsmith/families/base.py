@@ -17,15 +17,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-if TYPE_CHECKING:
-    import torch
-
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.generation import Generation
 from weightsmith.families.inputs import ForwardInputs, InputSpec
 from weightsmith.families.ops import Op
 from weightsmith.families.tiny_init import FIXTURE, SIGNAL, TinyInit, build_tiny
 from weightsmith.io.base import TensorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 # The prefix ComfyUI-style single files (and SAT) put before DiT keys.
 DIFFUSION_PREFIX = "model.diffusion_model."

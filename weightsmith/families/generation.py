@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from weightsmith.errors import UsageError
+
 if TYPE_CHECKING:
     import torch
-
-from weightsmith.errors import UsageError
 
 
 @dataclass(frozen=True)

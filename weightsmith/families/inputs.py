@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from weightsmith.errors import UsageError
+
 if TYPE_CHECKING:
     import torch
-
-from weightsmith.errors import UsageError
 
 DYNAMIC = ("batch", "frames", "height", "width", "text", "images", "image_tokens")
 

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from weightsmith.errors import ConversionError
+
 if TYPE_CHECKING:
     import torch
-
-from weightsmith.errors import ConversionError
 
 _BUG = "this is a bug in weightsmith's plan for this model; rerun with --debug and report it"
 

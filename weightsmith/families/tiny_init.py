@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from weightsmith.errors import UsageError
+
 if TYPE_CHECKING:
     import torch
-
-from weightsmith.errors import UsageError
 
 _BUFFER_RULES = ("keep", "noise", "positive")
 

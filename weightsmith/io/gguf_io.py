@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from weightsmith.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
+from weightsmith.io.base import Checkpoint, TensorInfo
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
-
-from weightsmith.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
-from weightsmith.io.base import Checkpoint, TensorInfo
 
 GGUF_MAGIC = b"GGUF"
 # ggml's C reader stops at 4 dims, but published Wan GGUFs hold a 5-D F32 patch embedding that

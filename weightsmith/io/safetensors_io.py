@@ -16,13 +16,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-if TYPE_CHECKING:
-    import torch
 from safetensors import SafetensorError, safe_open
 
 from weightsmith.errors import ConversionError, CorruptFileError, UnsupportedFormatError
 from weightsmith.io.base import PLAIN_DTYPES, Checkpoint, TensorInfo, dtype_name
 from weightsmith.io.structured import parse_json, read_json_file
+
+if TYPE_CHECKING:
+    import torch
 
 # The safetensors library refuses headers above 100 MB; so do we, before reading them.
 MAX_HEADER_BYTES = 100 * 1024 * 1024

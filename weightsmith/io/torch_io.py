@@ -18,9 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import torch
-
 from weightsmith.errors import (
     CorruptFileError,
     NotFoundError,
@@ -31,6 +28,9 @@ from weightsmith.errors import (
 from weightsmith.io.base import Checkpoint, TensorInfo, dtype_name
 from weightsmith.io.gguf_io import require_regular_file
 from weightsmith.io.structured import read_json_file
+
+if TYPE_CHECKING:
+    import torch
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # Wrapper keys under which trainers nest the weights, in the order the official converters test them.

@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import torch
-
 from weightsmith.errors import UsageError
 from weightsmith.verify.family import generation
+
+if TYPE_CHECKING:
+    import torch
 
 # Bounds on what a user can ask for: far beyond any released model (Wan's rotary table fits 16384
 # pixels and 4093 frames), small enough that a typo ends in a clear message, not an allocation

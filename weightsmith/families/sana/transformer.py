@@ -15,9 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-if TYPE_CHECKING:
-    import torch
-
 from weightsmith.errors import ConversionError
 from weightsmith.families.base import (
     NO_OPTIONS,
@@ -39,6 +36,9 @@ from weightsmith.families.sana.inputs import SanaInputs
 from weightsmith.families.sana.lora import SanaLora
 from weightsmith.families.sana.quant import TRANSFORMER_QUANT
 from weightsmith.io.base import TensorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 # All must exist. PixArt originals share t_block/y_embedder/cross_attn names with Sana, so the
 # LiteLA ``attn.qkv`` together with the GLUMBConv ``mlp.inverted_conv`` is what makes it Sana.
