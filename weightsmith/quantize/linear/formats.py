@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from weightsmith.errors import UsageError
-from weightsmith.io.quantized import SCHEME_KEY, SOURCE_DTYPE_KEY
+from weightsmith.io.quantized_kind import SCHEME_KEY, SOURCE_DTYPE_KEY
 from weightsmith.kernels.linear import (
     ACTIVATIONS,
     LinearScheme,
