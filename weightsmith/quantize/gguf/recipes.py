@@ -15,6 +15,8 @@ gguf.md 1.7), so "Q4_K_M" means what it means on the Hub:
   32 does not divide it (rows of 1920, 1152 or 2240 in released models take this path);
 * tensors kept in float are F32 when 1-D, tiny (<= 1024 elements), a modulation table or of more
   than 4 dims, else F16 (never BF16 outside Linear weights: diffusers cannot load BF16 there).
+  A component with ``quant.gguf_small_f32`` False (text encoders) follows llama.cpp's converter
+  instead: 1-D tensors and ``*_norm.weight`` F32, every other kept tensor F16.
   A tensor too large for F16 (|x| > 65504) is kept in F32.
 
 The tensor classes (attention-v, fused qkv, FFN-down) and the kept tensors stored as F32
@@ -157,6 +159,8 @@ def _float_type(shape: Sequence[int], name: str, spec: QuantSpec, recipe: Recipe
         n *= d
     if len(shape) <= 1:
         return "F32", "1-D"
+    if not spec.gguf_small_f32:  # llama.cpp's converter: norms F32, other kept tensors F16
+        return ("F32", "norm") if name.endswith("_norm.weight") else ("F16", "kept")
     if n <= 1024:
         return "F32", "small"
     if _matches(name, spec.gguf_f32):

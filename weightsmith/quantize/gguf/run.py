@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from weightsmith import __version__
+from weightsmith._version import __version__
 from weightsmith.convert.config import load_config
 from weightsmith.convert.engine import make_plan, resolve_detection, stream
 from weightsmith.errors import UsageError
@@ -102,16 +102,13 @@ def run_gguf(
             ck.config = load_config(opts.config)
         det = resolve_detection(ck, opts.family)
         comp = get_component(det.family, det.component)
-        if det.component != "transformer":
-            raise UsageError(
-                f"{src} is a {det.family} {det.component}; GGUF recipes are for transformers",
-                hint="point at the transformer (a pipeline folder's transformer is picked automatically)",
-            )
         spec = comp.quant
         if spec.gguf_arch is None:
             raise UsageError(
-                f"{src} is a {det.family} {det.component}, for which no GGUF architecture is known",
-                hint="use an int8/fp8/int4 scheme, or declare quant.gguf_arch on the family's Component",
+                f"{src} is a {det.family} {det.component}, for which no GGUF architecture is known "
+                "(GGUF recipes cover transformers and T5/UMT5 text encoders)",
+                hint="point at the transformer (a pipeline folder's transformer is picked automatically), "
+                "or declare quant.gguf_arch on the family's Component",
             )
         plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="")
         names = {s.name: s.name.removeprefix(DIFFUSION_PREFIX) for s in plan.specs}
@@ -132,6 +129,8 @@ def run_gguf(
         meta = _metadata(recipe.name, det, ck, plan.source_config, im)
         scheme_label = label or f"gguf:{recipe.name}"
         meta["weightsmith.scheme"] = scheme_label
+        full = comp.folder_config(det.variant, comp.diffusers_config(det, ck.infos), plan.source_config)
+        meta.update(comp.gguf_metadata(det, full, ck.path, meta["general.file_type"]))
         layers: list[LayerRecord] = []
 
         def arrays():
