@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from conftest import GEN, KEEP_GGUF
+from autokit import GEN, KEEP_GGUF
 
 TARGET = "latent_sqnr>=28"
 

@@ -63,13 +63,14 @@ def run_auto_command(
     gen_kw: dict[str, Any],
 ) -> None:
     """Run ``--scheme auto:FORMAT`` for the quantize command; exit 1 (GateFailed) if no mix passes."""
+    from weightsmith.api.scoring import settings_of
     from weightsmith.auto.report import format_summary, to_json, write_auto_report
     from weightsmith.auto.search import AutoOptions, run_auto
     from weightsmith.errors import GateFailed
     from weightsmith.io.writers import parse_size
     from weightsmith.verify.cache import default_cache_dir
-    from weightsmith.verify.cli import check_report_dir, settings_from
     from weightsmith.verify.gates import parse_gate
+    from weightsmith.verify.report import check_report_dir
 
     bad = [k for k, v in other.items() if v not in (None, False, ())]
     if bad:
@@ -81,7 +82,7 @@ def run_auto_command(
     size = parse_size(max_size) if max_size is not None else None
     check_report_dir(report)
     vae = gen_kw.pop("vae")
-    settings = settings_from({**gen_kw, "device": device})
+    settings = settings_of({**gen_kw, "device": device})  # type: ignore[typeddict-item]
     result = run_auto(
         AutoOptions(
             src,
