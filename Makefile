@@ -26,6 +26,7 @@ KERNEL_TESTS := tests/quantize/test_gguf_quantize.py tests/verify/test_verify_fa
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m mypy
 	WEIGHTSMITH_GGML_BACKEND=torch $(BIN)/python -m pytest -p no:cacheprovider $(KERNEL_TESTS)
 	WEIGHTSMITH_NATIVE_CFLAGS="-DNL=8 -mprefer-vector-width=256" $(BIN)/python -m pytest -p no:cacheprovider $(KERNEL_TESTS)
 	$(BIN)/python -m pytest

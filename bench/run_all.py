@@ -34,8 +34,20 @@ BENCHES = [
     Bench("ggml_kernels", "bench_ggml_kernels.py", "reports/ggml_kernels.md", "GGUF kernel throughput"),
     Bench("gguf_quantize", "bench_gguf_quantize.py", "reports/gguf_quantize.md", "GGUF quantize of Wan 1.3B"),
     Bench("quant_schemes", "bench_quant_schemes.py", "reports/quant_schemes.md", "int8/fp8/int4 schemes"),
+    Bench(
+        "comfy_formats",
+        "bench_comfy_formats.py",
+        "reports/comfy_formats.md",
+        "fidelity vs size: GGUF, compressed-tensors, ComfyUI formats",
+    ),
     Bench("imatrix", "verify_imatrix.py", "reports/imatrix.md", "effect of an imatrix on tiny models"),
     Bench("fuzz", "bench_fuzz.py", "reports/fuzz.md", "long fuzz run over every reader"),
+    Bench(
+        "auto_precision",
+        "bench_auto_precision.py",
+        "reports/auto_precision.md",
+        "auto: mixes vs uniform recipes",
+    ),
 ]
 
 

@@ -148,7 +148,9 @@ def test_no_import_cycles():
 # The layers of docs/architecture.md, bottom to top, by module prefix (the longest prefix wins).
 # A module may import from its own layer or any below; importing upwards fails.
 LAYERS: dict[str, int] = {
-    "weightsmith": 0,  # the package itself (__version__)
+    "weightsmith": 11,  # the package facade: the public names of weightsmith.api, loaded lazily
+    "weightsmith._version": 0,
+    "weightsmith._facade": 0,  # makes weightsmith.convert & co callable; finds the verb by name
     "weightsmith.errors": 0,
     "weightsmith.memory": 0,
     "weightsmith.progress": 0,
@@ -164,10 +166,15 @@ LAYERS: dict[str, int] = {
     "weightsmith.load": 7,
     "weightsmith.verify": 8,
     "weightsmith.publish": 8,
+    "weightsmith.auto": 9,
     "weightsmith.demo": 9,
-    "weightsmith.cli": 9,
-    "weightsmith.cli_choices": 9,
-    "weightsmith.__main__": 9,
+    "weightsmith.api": 9,  # the Python API: the verbs over everything below
+    "weightsmith.cli": 10,  # the command line: options parsed, the API called, results printed
+    "weightsmith.cli_choices": 10,
+    "weightsmith.cli_progress": 10,
+    "weightsmith.verify.cli": 10,
+    "weightsmith.publish.cli": 10,
+    "weightsmith.__main__": 10,
 }
 
 

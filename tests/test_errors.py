@@ -59,7 +59,16 @@ def test_structured_json_limits():
 def test_library_callers_can_catch_builtins():
     import pytest
 
-    from weightsmith.errors import NotFoundError, OutputError, UnsupportedFormatError, UsageError
+    from weightsmith.errors import (
+        ConversionError,
+        DetectionError,
+        NotFoundError,
+        OutputError,
+        QuantizationError,
+        UnsafeFileError,
+        UnsupportedFormatError,
+        UsageError,
+    )
 
     cases = [
         (NotFoundError, FileNotFoundError),
@@ -67,6 +76,10 @@ def test_library_callers_can_catch_builtins():
         (CorruptFileError, ValueError),
         (UnsupportedFormatError, ValueError),
         (OutputError, OSError),
+        (UnsafeFileError, ValueError),
+        (DetectionError, ValueError),
+        (ConversionError, ValueError),
+        (QuantizationError, ValueError),
     ]
     for cls, builtin in cases:
         with pytest.raises(builtin) as info:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from weightsmith.families import components
+from weightsmith.families import components, get_component
 from weightsmith.load import load_model
 from weightsmith.tiny import Fixture, save_fixture, tiny_state
 
@@ -16,18 +16,23 @@ CASES = [(c.family, c.component, c.variants[0], layout) for c in components() fo
     ("family", "component", "variant", "layout"), CASES, ids=["-".join(c) for c in CASES]
 )
 def test_load_model_from_every_layout(tmp_path, family, component, variant, layout):
-    container = {
-        "diffusers": "safetensors",
-        "original": "safetensors",
-        "sat": "sat" if component == "transformer" else "torch",
-    }[layout]
+    container = {"sat": "sat" if component == "transformer" else "torch"}.get(layout, "safetensors")
     path = save_fixture(Fixture(family, component, variant, layout, container), tmp_path)
     state, config = tiny_state(family, component, variant, "diffusers")
     model = load_model(path, config=config)
-    got = model.state_dict()
+    # What a checkpoint of the model holds: a tied alias (a text encoder's embedding) once.
+    got = get_component(family, component).checkpoint_state(model)
     assert sorted(got) == sorted(state)
+    aliases = set(model.state_dict()) - set(got)
+    assert all(model.get_parameter(a) is model.get_parameter(s) for a, s in _tied(family, component, aliases))
     for k, v in state.items():
         assert torch.equal(got[k], v), k
+
+
+def _tied(family, component, aliases):
+    tied = getattr(get_component(family, component), "tied", {})
+    assert aliases == set(tied), "only declared tied aliases may be left out of a checkpoint"
+    return tied.items()
 
 
 def test_load_model_casts_plain_weights(tmp_path):

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from typing import Any
 
 import click
 
-from weightsmith import __version__
+from weightsmith._version import __version__
 from weightsmith.cli_choices import FAMILY, LAYOUT
+from weightsmith.cli_progress import bars, notes_on_stderr
 from weightsmith.errors import WeightsmithError
-from weightsmith.lora.cli import lora_command, lora_options, resolve_lora_options
+from weightsmith.lora.cli import lora_command, lora_options
+from weightsmith.verify.cli import calibration_request, generation_options_except
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -49,13 +52,14 @@ def inspect(path: str, as_json: bool) -> None:
     Example:
       weightsmith inspect Wan2.1-T2V-1.3B/ --json | jq .detection
     """
-    from weightsmith.inspect import describe, format_report
+    from weightsmith.api import inspect as api_inspect
+    from weightsmith.inspect import format_report
 
-    report = describe(path)
+    result = api_inspect(path)
     if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
     else:
-        click.echo(format_report(report))
+        click.echo(format_report(result.to_json()))
 
 
 @cli.command()
@@ -92,6 +96,9 @@ def inspect(path: str, as_json: bool) -> None:
     "--overwrite", is_flag=True, help="Replace DST if it exists (only once the new output is complete)."
 )
 @lora_options
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (schema weightsmith.convert/1)."
+)
 def convert(
     src: str,
     dst: str,
@@ -104,6 +111,7 @@ def convert(
     overwrite: bool,
     lora: tuple[str, ...],
     lora_scale: float,
+    as_json: bool,
 ) -> None:
     """Convert SRC into another layout, streaming tensor by tensor.
 
@@ -123,23 +131,25 @@ def convert(
       weightsmith convert Wan2.1-T2V-1.3B-Diffusers/transformer wan.safetensors --to original \\
           --prefix model.diffusion_model. --dtype bf16
     """
-    from weightsmith.convert.run import convert as run_convert
+    from weightsmith.api import convert as api_convert
 
-    result = run_convert(
+    result = api_convert(
         src,
         dst,
-        to,
+        to=to,
         family=family,
         dtype=dtype,
         shard_size=shard_size,
         prefix=prefix,
         overwrite=overwrite,
         config=config,
-        loras=resolve_lora_options(lora, lora_scale),
+        lora=lora,
+        lora_scale=lora_scale,
+        progress=bars(),
     )
-    for line in result.lines:
+    for line in result.notes:
         click.echo(line, err=True)
-    click.echo(str(result.dst))
+    click.echo(json.dumps(result.to_json(), indent=1) if as_json else str(result.dst))
 
 
 @cli.command()
@@ -148,7 +158,8 @@ def convert(
 @click.option(
     "--scheme",
     required=True,
-    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, int8-tensor, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-asym, nvfp4, mxfp4.",
+    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, int8-tensor, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-g16, int4-asym, nvfp4, mxfp4, mxfp8, "
+    "or auto:gguf / auto:compressed-tensors (one type per layer, chosen to pass --target).",
 )
 @click.option(
     "--format",
@@ -161,8 +172,27 @@ def convert(
 )
 @click.option(
     "--activations",
-    type=click.Choice(["int8", "fp8"]),
-    help="Record W8A8: dynamic per-token int8 (with --scheme int8) or fp8 (with fp8, fp8-tensor) activations.",
+    type=click.Choice(["int8", "fp8", "nvfp4"]),
+    help="Record W8A8: dynamic per-token int8 (with --scheme int8) or fp8 (with fp8, fp8-tensor) activations; "
+    "or W4A4: nvfp4 (with --scheme nvfp4 and --calibrate).",
+)
+@click.option(
+    "--calibrate",
+    is_flag=True,
+    help="Measure each Linear's input range in reference generations of SRC (--seeds, --steps "
+    "[default 8], --height, --width, --frames, --prompts, --negative-prompt, --text-len) for static "
+    "activation scales: ComfyUI input_scale (--format comfy) or nvfp4 W4A4 input global scales.",
+)
+@click.option(
+    "--sensitivity",
+    type=click.Path(path_type=str),
+    help="--format comfy: a `weightsmith sensitivity --report DIR` sensitivity.json ranking the Linear layers.",
+)
+@click.option(
+    "--fp-layers",
+    type=click.IntRange(min=0),
+    help="--format comfy: the N most sensitive layers of --sensitivity keep full-precision matmuls "
+    "(full_precision_matrix_mult) even when activations are calibrated.",
 )
 @click.option(
     "--imatrix",
@@ -180,6 +210,25 @@ def convert(
 @click.option(
     "--overwrite", is_flag=True, help="Replace DST if it exists (only once the new file is complete)."
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as JSON (schema weightsmith.quantize/1; auto: weightsmith.auto/1).",
+)
+@click.option(
+    "--target", "targets", multiple=True, help="auto: a gate DST must pass, e.g. 'psnr>=32' (repeatable)."
+)
+@click.option("--max-size", help="auto: the largest DST, e.g. 8GB (alone: the most faithful mix that fits).")
+@click.option(
+    "--max-tries",
+    type=click.IntRange(1, 20),
+    default=4,
+    show_default=True,
+    help="auto: artifacts written and verified at most.",
+)
+@click.option("--report", type=click.Path(path_type=str), help="auto: write auto.json/.md/.html here.")
+@generation_options_except("--device")
 def quantize(
     src: str,
     dst: str,
@@ -193,6 +242,15 @@ def quantize(
     fmt: str | None,
     keep_blocks: str | None,
     activations: str | None,
+    sensitivity: str | None,
+    fp_layers: int | None,
+    calibrate: bool,
+    as_json: bool,
+    targets: tuple[str, ...],
+    max_size: str | None,
+    max_tries: int,
+    report: str | None,
+    **gen: Any,
 ) -> None:
     """Quantize the transformer in SRC into DST with a named scheme.
 
@@ -206,14 +264,23 @@ def quantize(
     WEIGHTSMITH_GGML_BACKEND=torch, torch kernels (also used on GPUs) give the same bytes.
 
     \b
-    INT8/FP8/INT4/FP4 (--scheme int8|int8-tensor|fp8|fp8-tensor|fp8-e5m2|int4|int4-g64|int4-g32|int4-asym|nvfp4|mxfp4):
+    INT8/FP8/INT4/FP4 (--scheme int8|int8-tensor|fp8|fp8-tensor|fp8-e5m2|int4|int4-g64|int4-g32|int4-g16|int4-asym|nvfp4|mxfp4|mxfp8):
     Linear weights only; embeddings, modulation, norms and the head stay in high precision.
       --format compressed-tensors  DST is a Diffusers component folder whose config.json
                                    carries compressed-tensors' quantization_config
-                                   (nvfp4, mxfp4: this layout only, weight-only)
+                                   (nvfp4, mxfp4: weight-only, nvfp4 also W4A4 with
+                                   --activations nvfp4 --calibrate)
       --format comfy               DST is a ComfyUI comfy_quant .safetensors (Wan, original
-                                   layout; fp8-tensor, fp8-e5m2 or int8-tensor)
+                                   layout; fp8 (written per tensor, = fp8-tensor), fp8-e5m2,
+                                   int8-tensor, mxfp8 or nvfp4, padded as ComfyUI reads them).
+                                   Layers without a calibrated input_scale, and the
+                                   --fp-layers most sensitive of --sensitivity, are marked
+                                   full_precision_matrix_mult
       --format comfy-legacy        DST is a legacy ComfyUI scaled-fp8 .safetensors (fp8-tensor)
+
+    --calibrate runs reference generations of SRC (as verify does; --seeds, --steps [8],
+    --height, --width, --frames, --prompts, --text-len) and measures each Linear's largest
+    input, for static activation scales (ComfyUI input_scale, nvfp4 W4A4's input_global_scale).
 
     A per-layer table (type, SQNR in dB, bytes before and after) is printed and written
     beside DST as DST.layers.json.
@@ -224,26 +291,72 @@ def quantize(
       weightsmith quantize wan.safetensors wan-Q3_K_M.gguf --scheme gguf:Q3_K_M --imatrix wan.imatrix.gguf
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-int4/ --scheme int4 --keep-blocks first:1,last:1
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-fp8-scaled.safetensors --scheme fp8-tensor
-    """
-    from weightsmith.quantize.linear.run import linear_cli_kwargs
-    from weightsmith.quantize.schemes import find_scheme
+      weightsmith quantize Sana_1600M_1024px_diffusers/ sana-w4a4/ --scheme nvfp4 --activations nvfp4 --calibrate --seeds 0-3
+      weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-nvfp4.safetensors --scheme nvfp4 --format comfy
 
-    fam = find_scheme(scheme)
-    result = fam.run(
+    \b
+    AUTO (--scheme auto:gguf | auto:compressed-tensors): each layer's cost at each type is
+    measured alone on recorded transformer calls (cached), the smallest mix predicted to pass
+    --target is written and verified with verify's generation options (SRC is the baseline),
+    and re-aimed until it passes (at most --max-tries); DST.verify/ holds its verify report.
+    Exit 1 if no mix passes.
+      weightsmith quantize Wan2.1-T2V-1.3B-Diffusers/ wan-auto.gguf --scheme auto:gguf \\
+          --target 'psnr>=32' --seeds 0,1 --steps 20 --report reports/wan-auto
+    """
+    from weightsmith.auto.command import is_auto, reject_auto_options, run_auto_command
+
+    if is_auto(scheme):
+        run_auto_command(
+            src,
+            dst,
+            scheme,
+            targets=targets,
+            max_size=max_size,
+            max_tries=max_tries,
+            report=report,
+            as_json=as_json,
+            keep=keep,
+            device=device,
+            overwrite=overwrite,
+            other={
+                "imatrix": imatrix,
+                "family": family,
+                "config": config,
+                "format": fmt,
+                "keep_blocks": keep_blocks,
+                "activations": activations,
+            },
+            gen_kw=gen,
+        )
+        return
+    calibration = calibration_request(calibrate, gen)  # takes the options a calibration run uses
+    reject_auto_options(scheme, {"target": targets, "max_size": max_size, "report": report}, gen)
+    if max_tries != 4:
+        reject_auto_options(scheme, {"max_tries": max_tries}, {})
+    from weightsmith.api import quantize as api_quantize
+
+    result = api_quantize(
         src,
         dst,
-        scheme,
+        scheme=scheme,
+        format=fmt,
+        keep_blocks=keep_blocks,
+        activations=activations,
         imatrix=imatrix,
         keep=keep,
         family=family,
         device=device,
-        overwrite=overwrite,
         config=config,
-        **linear_cli_kwargs(scheme, fmt, keep_blocks, activations),
+        overwrite=overwrite,
+        calibrate=calibrate,
+        calibration=calibration,
+        sensitivity=sensitivity,
+        fp_layers=fp_layers,
+        progress=bars(),
     )
-    for line in result.summary_lines():
+    for line in (*result.calibration, *result._internal.summary_lines()):
         click.echo(line, err=True)
-    click.echo(str(result.dst))
+    click.echo(json.dumps(result.to_json(), indent=1) if as_json else str(result.dst))
 
 
 @cli.command()
@@ -263,13 +376,13 @@ cli.add_command(lora_command)
 def quiet_libraries() -> None:
     """Silence import-time chatter of the libraries we use (torchao's optional kernels, torch's
     pytree deprecations, diffusers' optional-backend notes) so a command prints only its own lines."""
-    import logging
     import os
+
+    from weightsmith.api.quiet import quiet_libraries as quiet_loggers
 
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for name in ("torchao", "torch.utils._pytree", "torchao.kernel.intmm"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_loggers()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -283,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
 
     release_large_allocations()
     try:
-        with terminate_as_exception():  # SIGTERM/SIGHUP clean up partial output like Ctrl-C
+        with terminate_as_exception(), notes_on_stderr():  # SIGTERM/SIGHUP clean up like Ctrl-C
             cli.main(args=args, prog_name="weightsmith", standalone_mode=False)
     except Terminated as e:
         click.echo("terminated; no output was left behind", err=True)
@@ -324,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(3)
 
 
-from weightsmith.verify.cli import imatrix_command, sensitivity_command, verify_command  # noqa: E402
+from weightsmith.verify.cli import imatrix_command, sensitivity_command, verify_command  # noqa: E402, I001
 
 cli.add_command(verify_command)
 cli.add_command(sensitivity_command)

@@ -5,7 +5,8 @@ writes each in its Diffusers and original/SAT layouts, converts each back, check
 bit for bit, and inspects every file. Then, for one model of each family (verification-sized:
 Linear rows of 256 so every GGUF type applies), it converts the transformer to its published
 layout, quantizes it with every scheme of a list that this installation offers (GGUF Q8_0..Q2_K,
-int8, fp8, int4), verifies each artifact against the float pipeline, and writes report.html,
+int8, fp8, int4, plus a family's own ``demo_schemes`` such as Sana's nvfp4), verifies each
+artifact against the float pipeline, and writes report.html,
 report.md, report.json and fidelity.md (fidelity against size) into the output folder.
 """
 
@@ -71,14 +72,18 @@ def run_demo(out: str | Path) -> None:
 
 def _fidelity(out: Path) -> None:
     """Quantize a matrix of schemes, verify every artifact, write the fidelity-against-size reports."""
-    from weightsmith.verify.family import demo_models, generation
+    from weightsmith.verify.family import demo_models, demo_schemes, generation
     from weightsmith.verify.matrix import available_schemes, run_matrix
     from weightsmith.verify.report import write_report
 
     schemes = available_schemes()
     titles = [generation(family).title for family, _ in demo_models()]
     named = ", ".join(titles[:-1]) + " and " + titles[-1] if len(titles) > 1 else "".join(titles)
-    click.echo(f"verifying {', '.join(schemes)} on tiny {named} models ...")
+    own = [
+        f"{s} ({generation(f).title})" for f, _ in demo_models() for s in available_schemes(demo_schemes(f))
+    ]
+    extra = f", {', '.join(own)}" if own else ""
+    click.echo(f"verifying {', '.join(schemes)}{extra} on tiny {named} models ...")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is faster, and kinder to a busy machine
     try:

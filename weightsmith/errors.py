@@ -4,8 +4,9 @@ Every message says what was wrong and what to do about it; the CLI prints it on 
 exits with ``exit_code`` (2 for bad input or usage, 1 for a failed verification gate).
 
 Library callers may catch the builtin each error also is: a missing path is a
-``FileNotFoundError``, a bad option or a malformed file a ``ValueError``, an unwritable
-destination an ``OSError``. The builtin sits after ``WeightsmithError`` in each class's bases,
+``FileNotFoundError``, a bad option, a malformed, unsafe or unrecognised file, or a checkpoint
+that does not fit the conversion or quantization asked for a ``ValueError``, an unwritable
+destination an ``OSError``. A failed verification gate (``GateFailed``) is none of these. The builtin sits after ``WeightsmithError`` in each class's bases,
 so the one-argument construction below is what every one of them receives: ``str(e)`` is the
 message and its hint, and ``errno``/``strerror``/``filename`` stay None.
 """
@@ -55,19 +56,19 @@ class CorruptFileError(InputError, ValueError):
     """A file whose bytes contradict its own header: truncated, wrong magic, lying offsets."""
 
 
-class UnsafeFileError(InputError):
+class UnsafeFileError(InputError, ValueError):
     """A pickle that asks to run code; it is refused, never executed."""
 
 
-class DetectionError(InputError):
+class DetectionError(InputError, ValueError):
     """The family, layout or variant could not be told, or contradicts what was asked for."""
 
 
-class ConversionError(WeightsmithError):
+class ConversionError(WeightsmithError, ValueError):
     """A checkpoint that does not fit the conversion asked for (missing or unexpected keys, shapes)."""
 
 
-class QuantizationError(WeightsmithError):
+class QuantizationError(WeightsmithError, ValueError):
     """A tensor or scheme that cannot be quantized as asked."""
 
 

@@ -101,10 +101,10 @@ def build_model(
         det = resolve_detection(ck, family)
         plan = make_plan(ck, "diffusers", detection=det)
         cfg = {k: v for k, v in output_config(plan).items() if not k.startswith("_")}
-        cls = get_component(det.family, det.component).model_class(det.variant)
+        comp = get_component(det.family, det.component)
         # Parameters on meta (nothing allocated); buffers such as RoPE tables are built for real.
         with init_empty_weights(include_buffers=False):
-            model = cls(**cfg)
+            model = comp.instantiate(det.variant, cfg)
         held: dict[str, Any] = {}
         ops, specs, at = [], [], 0
         for op in plan.ops:
@@ -128,7 +128,7 @@ def build_model(
             continue
         parent, _, child = mod_name.rpartition(".")
         setattr(modules[parent] if parent else model, child, new)
-    expected = model.state_dict(keep_vars=True)
+    expected = comp.checkpoint_state(model, keep_vars=True)
     missing = [k for k, v in expected.items() if k not in floats and v.device.type == "meta"]
     unexpected = [k for k in floats if k not in expected]
     if missing or unexpected:
@@ -138,7 +138,7 @@ def build_model(
         )
     state = {k: weights.cast(v, expected[k]) for k, v in floats.items()}
     model.load_state_dict(state, strict=False, assign=True)
-    return model.to(device).eval()
+    return comp.finish(model).to(device).eval()
 
 
 def load_model(

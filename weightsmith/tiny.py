@@ -21,6 +21,7 @@ from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families import Component, PlanOptions, components, get_component
 from weightsmith.families.base import DIFFUSION_PREFIX
 from weightsmith.families.ops import run_in_memory
+from weightsmith.families.textenc import LLAMACPP
 from weightsmith.io.base import infos_from_state_dict
 from weightsmith.io.writers import write_diffusers_component, write_safetensors, write_sat, write_torch_file
 
@@ -30,6 +31,7 @@ CONTAINERS = {
     DIFFUSERS: ("diffusers-folder", "safetensors", "safetensors-sharded", "torch", "gguf"),
     ORIGINAL: ("safetensors", "prefixed", "torch", "safetensors-sharded", "gguf"),
     SAT: ("sat",),
+    LLAMACPP: ("safetensors", "gguf"),
 }
 
 
@@ -62,8 +64,8 @@ def fixtures() -> Iterator[Fixture]:
 def _diffusers_state(family: str, component: str, variant: str, seed: int) -> tuple[dict, dict]:
     comp = get_component(family, component)
     model = comp.tiny_model(variant, seed)
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    state = {k: v.detach().clone().contiguous() for k, v in comp.checkpoint_state(model).items()}
+    config = comp.model_config(model)
     return state, config
 
 
@@ -105,8 +107,10 @@ def save_fixture(fx: Fixture, folder: str | Path, seed: int = 0) -> Path:
     comp = get_component(fx.family, fx.component)
     base = folder / fx.name
     if fx.container == "diffusers-folder":
-        cfg = {"_class_name": comp.class_name(fx.variant), **config}
-        return write_diffusers_component(base, _specs(state), _items(state), cfg, overwrite=True)
+        cfg = comp.folder_config(fx.variant, config)
+        return write_diffusers_component(
+            base, _specs(state), _items(state), cfg, overwrite=True, stem=comp.weights_stem
+        )
     if fx.container in ("safetensors", "prefixed"):
         return write_safetensors(
             base.with_suffix(".safetensors"), _specs(state), _items(state), overwrite=True
@@ -114,9 +118,15 @@ def save_fixture(fx: Fixture, folder: str | Path, seed: int = 0) -> Path:
     if fx.container == "safetensors-sharded":
         total = sum(v.numel() * v.element_size() for v in state.values())
         write_diffusers_component(
-            base, _specs(state), _items(state), None, max(total // 3, 1), overwrite=True
+            base,
+            _specs(state),
+            _items(state),
+            None,
+            max(total // 3, 1),
+            overwrite=True,
+            stem=comp.weights_stem,
         )
-        return base / "diffusion_pytorch_model.safetensors.index.json"
+        return base / f"{comp.weights_stem}.safetensors.index.json"
     if fx.container == "torch":
         wrap = comp.torch_wrap.get(fx.layout)
         return write_torch_file(

@@ -67,7 +67,7 @@ def test_partial_in_use_has_this_process_in_its_name(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.bin"]
 
 
-def test_stale_partials_of_a_dead_writer_are_removed(tmp_path, capsys):
+def test_stale_partials_of_a_dead_writer_are_removed(tmp_path, capsys, caplog):
     dst = tmp_path / "out"
     dead = _dead_pid()
     stale_dir = tmp_path / partial_name(dst, dead)
@@ -82,23 +82,24 @@ def test_stale_partials_of_a_dead_writer_are_removed(tmp_path, capsys):
     other = tmp_path / partial_name(tmp_path / "other", dead)  # another destination's: kept
     other.mkdir()
     capsys.readouterr()
-    with atomic_dir(dst) as tmp:
+    with caplog.at_level("WARNING", logger="weightsmith"), atomic_dir(dst) as tmp:
         (tmp / "config.json").write_text("{}")
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("note: removed 2 stale partial outputs of")
-    assert f"pid {dead}" in err
+    assert capsys.readouterr() == ("", "")  # a library prints nothing: the note is a log record
+    [note] = [r.getMessage() for r in caplog.records]
+    assert note.startswith("removed 2 stale partial outputs of")
+    assert f"pid {dead}" in note
     assert not stale_dir.exists() and not stale_file.exists()
     assert live.exists() and elsewhere.exists() and other.exists()
 
 
-def test_a_replacement_cut_in_half_is_restored(tmp_path, capsys):
+def test_a_replacement_cut_in_half_is_restored(tmp_path, caplog):
     dst = tmp_path / "out"
     old = tmp_path / partial_name(dst, _dead_pid(), suffix=".old")
     old.mkdir()
     (old / "config.json").write_text("previous")
     assert remove_stale_partials(dst) == 1
     assert (dst / "config.json").read_text() == "previous"
-    assert "restored" in capsys.readouterr().err
+    assert "restored" in caplog.text
 
 
 # ------------------------------------------------------------------------ modes

@@ -95,7 +95,7 @@ def test_upload_is_called_with_the_stage(run_cli, passing, tmp_path, monkeypatch
     calls = []
 
     def upload_folder_to_hub(
-        folder, repo_id, *, private=False, revision=None, commit_message="", progress=True
+        folder, repo_id, *, private=False, revision=None, commit_message="", progress=True, endpoint=None
     ):
         calls.append((sorted(p.name for p in folder.iterdir()), repo_id, private, revision, commit_message))
         return f"https://hub.example/{repo_id}/commit/abc"

@@ -167,7 +167,10 @@ def test_header_metadata_variant_reads_the_same(prefix, tiny_wan, work, run_cli,
 
 @pytest.mark.parametrize(
     ("fmt", "needle"),
-    [("nvfp4", "'nvfp4' (layer blocks.0.self_attn.q) is not supported yet"), ("bogus", "unknown ComfyUI")],
+    [
+        ("convrot_w4a4", "'convrot_w4a4' (layer blocks.0.self_attn.q) is not supported yet"),
+        ("bogus", "unknown ComfyUI"),
+    ],
 )
 def test_formats_we_cannot_read_are_refused(fmt, needle, tiny_wan, work, run_cli, one_thread):
     t, meta = _tensors(_quantized(tiny_wan, work, "fp8-tensor"))
@@ -201,7 +204,7 @@ def test_mismatched_weight_dtype_is_refused(tiny_wan, work, run_cli, one_thread)
             ("--scheme", "int8-tensor", "--format", "comfy-legacy"),
             "holds e4m3 weights with one scale per tensor",
         ),
-        (("--scheme", "fp8", "--format", "comfy"), "cannot be written as comfy"),
+        (("--scheme", "int4", "--format", "comfy"), "cannot be written as comfy"),
         (
             ("--scheme", "int8-tensor", "--format", "compressed-tensors"),
             "cannot be written as compressed-tensors",
@@ -215,6 +218,17 @@ def test_refused_combinations_exit_2_and_leave_nothing(args, needle, tiny_wan, w
     r = run_cli("quantize", tiny_wan, dst, *args)
     assert r.code == 2 and r.err.count("\n") == 1 and needle in r.words, r.err
     assert not dst.exists() and not list(work.glob(".refused*"))
+
+
+def test_fp8_is_written_per_tensor_in_comfyui_files(tiny_wan, work, one_thread):
+    """ComfyUI's fp8 layers take one scalar scale: --scheme fp8 there is fp8-tensor's numbers."""
+    fp8, _ = _tensors(_quantized(tiny_wan, work, "fp8"))
+    tensor, _ = _tensors(_quantized(tiny_wan, work, "fp8-tensor"))
+    assert fp8.keys() == tensor.keys()
+    for k, v in fp8.items():
+        assert torch.equal(v.reshape(-1).view(torch.uint8), tensor[k].reshape(-1).view(torch.uint8)), k
+    rows = json.loads(Path(f"{_quantized(tiny_wan, work, 'fp8')}.layers.json").read_text())
+    assert rows["scheme"].startswith("fp8-tensor, comfy (--scheme fp8 is written as fp8-tensor here)")
 
 
 def test_legacy_layout_is_kept_for_e4m3(tiny_wan, work, run_cli, one_thread):
@@ -241,11 +255,17 @@ def test_load_model_runs_int8_tensorwise_with_the_stored_weights(tiny_wan, work,
     assert torch.equal(_f32_bits(q.dequantized_weight()), _f32_bits(plain["blocks.0.self_attn.q.weight"]))
 
 
-def test_verify_scores_a_comfy_candidate(tmp_path, one_thread, monkeypatch):
+@pytest.mark.parametrize(
+    ("scheme", "gate"),
+    [("fp8-tensor", 10), ("int8-tensor", 10), ("mxfp8", 10), ("nvfp4", 10)],
+)
+def test_verify_scores_a_comfy_candidate(scheme, gate, tmp_path, one_thread, monkeypatch):
+    """Every comfy_quant format is scored against the float pipeline (tiny Wan: the family ComfyUI
+    loads natively); the fp4 file scores lower than the 8-bit ones, all stay finite and smaller."""
     monkeypatch.setenv("WEIGHTSMITH_CACHE", str(tmp_path / "cache"))
     res = verify_quantized(
-        tmp_path, "wan", "2.1-t2v", "fp8-tensor", "wan-fp8-comfy.safetensors", "latent_sqnr>=10"
+        tmp_path, "wan", "2.1-t2v", scheme, f"wan-{scheme}-comfy.safetensors", f"latent_sqnr>={gate}"
     )
     assert res.passed and len(res.candidates) >= 1
     c = res.candidates[0]
-    assert not c.exact and c.worst["latent_sqnr"] >= 10 and c.worst["size_ratio"] < 1
+    assert not c.exact and c.worst["latent_sqnr"] >= gate and c.worst["size_ratio"] < 1

@@ -94,7 +94,7 @@ WIDE = {
         ),
     ),
 }
-CT_SCHEMES = ["int8", "fp8", "fp8-tensor", "int4", "int4-g64", "int4-g32", "int4-asym"]
+CT_SCHEMES = ["int8", "fp8", "fp8-tensor", "int4", "int4-g64", "int4-g32", "int4-g16", "int4-asym"]
 W8A8 = [("int8", "int8"), ("fp8", "fp8")]
 CASES = [(f, s, None) for f in WIDE for s in CT_SCHEMES] + [(f, s, a) for f in WIDE for s, a in W8A8]
 COMFY = ["fp8-tensor", "fp8-e5m2"]
@@ -116,6 +116,7 @@ OUTPUT_SQNR = {
     "int4": 21.0,
     "int4-g64": 21.0,
     "int4-g32": 21.0,
+    "int4-g16": 21.0,
     "int4-asym": 21.0,
 }
 
@@ -531,11 +532,11 @@ def test_gguf_converts_back_to_the_weights_its_loader_uses(work, run_cli):
             ("--scheme", "fp8-e5m2", "--format", "compressed-tensors"),
             "cannot be written as compressed-tensors",
         ),
-        (("--scheme", "fp8", "--format", "comfy"), "cannot be written as comfy"),
+        (("--scheme", "int4", "--format", "comfy"), "cannot be written as comfy"),
         (("--scheme", "int4", "--activations", "int8"), "does not go with --scheme int4"),
         (("--scheme", "fp8", "--activations", "int8"), "does not go with --scheme fp8"),
         (("--scheme", "int8", "--keep-blocks", "first=1,first=2"), "cannot read --keep-blocks"),
-        (("--scheme", "gguf:Q8_0", "--keep-blocks", "first:1"), "apply to int8/fp8/int4 schemes"),
+        (("--scheme", "gguf:Q8_0", "--keep-blocks", "first:1"), "apply to int8/fp8/int4/fp4 schemes"),
         (("--scheme", "int8", "--imatrix", "x.dat"), "--imatrix applies to GGUF"),
         (("--scheme", "int8", "--family", "sana"), "is not a sana checkpoint"),
     ],

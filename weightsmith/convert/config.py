@@ -22,22 +22,12 @@ def output_config(plan: Plan) -> dict[str, Any]:
     """config.json for a Diffusers output: derived from the output shapes and detected variant,
     with config-only knobs (sample sizes, RoPE lengths...) taken from the source's own config
     when it has one."""
-    import inspect as pyinspect
-
-    import diffusers
-
     comp = get_component(plan.detection.family, plan.detection.component)
     d = plan.detection
     out_det = Detection(d.family, d.component, DIFFUSERS, d.variant, "", d.notes, d.facts)
-    cfg = comp.diffusers_config(out_det, plan.output_infos())
-    params = pyinspect.signature(comp.model_class(d.variant).__init__).parameters
-    knobs = {k: v for k, v in (plan.source_config or {}).items() if k in params and k not in cfg}
-    return {
-        "_class_name": comp.class_name(d.variant),
-        "_diffusers_version": diffusers.__version__,
-        **knobs,
-        **cfg,
-    }
+    return comp.folder_config(
+        d.variant, comp.diffusers_config(out_det, plan.output_infos()), plan.source_config
+    )
 
 
 def provenance_config(plan: Plan) -> dict[str, Any] | None:

@@ -37,7 +37,10 @@ def write_plan(
     tensors = stream(plan, progress) if tensors is None else tensors
     layout, component = plan.target_layout, plan.detection.component
     if layout == DIFFUSERS:
-        return write_diffusers_component(dst, specs, tensors, output_config(plan), shard_size, overwrite)
+        stem = get_component(plan.detection.family, component).weights_stem
+        return write_diffusers_component(
+            dst, specs, tensors, output_config(plan), shard_size, overwrite, stem=stem
+        )
     cfg = provenance_config(plan)
     meta = {CONFIG_METADATA_KEY: json.dumps(cfg, sort_keys=True)} if cfg else {}
     if layout == SAT:

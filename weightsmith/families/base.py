@@ -15,9 +15,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.generation import Generation
@@ -25,6 +23,9 @@ from weightsmith.families.inputs import ForwardInputs, InputSpec
 from weightsmith.families.ops import Op
 from weightsmith.families.tiny_init import FIXTURE, SIGNAL, TinyInit, build_tiny
 from weightsmith.io.base import TensorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 # The prefix ComfyUI-style single files (and SAT) put before DiT keys.
 DIFFUSION_PREFIX = "model.diffusion_model."
@@ -147,6 +148,10 @@ class QuantSpec:
     gguf_f32: tuple[str, ...] = ()
     diffusers_reads_gguf: bool = False  # diffusers' from_single_file loads our GGUF of it
     comfy_fp8: bool = False  # ComfyUI loads a comfy_quant / scaled-fp8 single file of it in ``gguf_layout``
+    comfy_refusal: str = "ComfyUI has no native model for it"  # why not, when ``comfy_fp8`` is False
+    # Kept tensors of <= 1024 elements stored as F32 (the DiT rule). False: llama.cpp's rule, only
+    # 1-D tensors and norms are F32, other kept tensors F16 (text encoders).
+    gguf_small_f32: bool = True
 
     def keep_reason(self, name: str) -> str | None:
         """Why the tensor of Diffusers name ``name`` stays in high precision, or None."""
@@ -177,6 +182,9 @@ class Component(ABC):
     # Per layout, the key the family's reference code wraps its weights under in a torch file
     # (e.g. {"original": "state_dict"}); a layout not named is saved as a bare state dict.
     torch_wrap: ClassVar[Mapping[str, str]] = {}
+    # The __init__ parameters of the diffusers classes, as data (``<family>/config_fields.py``),
+    # so that config checks need not import diffusers; None: read them from the classes.
+    config_fields: ClassVar[Any] = None
     # A pipeline holding this transformer twice (high- and low-noise experts) is its own variant:
     # one expert's variant -> the pipeline's. None: the family has no two-expert pipelines.
     expert_pairs: ClassVar[Mapping[str, str] | None] = None
@@ -184,6 +192,8 @@ class Component(ABC):
     inputs: ClassVar[ForwardInputs | None] = None
     # How a tiny model's random weights are drawn (weightsmith.families.tiny_init); wide models use SIGNAL.
     tiny_init: ClassVar[TinyInit] = FIXTURE
+    # The weights file stem of a component folder in the target layout (transformers uses "model").
+    weights_stem: ClassVar[str] = "diffusion_pytorch_model"
 
     @abstractmethod
     def detect(
@@ -265,7 +275,54 @@ class Component(ABC):
         ``wide``: weights that carry a signal through the blocks, as verification needs).
         """
         cfg = self.tiny_config(variant, wide)
-        return build_tiny(self.model_class(variant), cfg, seed, SIGNAL if wide else self.tiny_init)
+        return build_tiny(
+            lambda **kw: self.instantiate(variant, kw), cfg, seed, SIGNAL if wide else self.tiny_init
+        )
+
+    # How the class is built, configured and saved. Diffusers classes take their config as keyword
+    # arguments; a component whose class is another library's (a transformers text encoder)
+    # overrides these five and nothing else needs to know.
+    def instantiate(self, variant: str | None, config: Mapping[str, Any]) -> torch.nn.Module:
+        """An instance of the class for ``variant`` built from a config (``_`` keys left out)."""
+        return self.model_class(variant)(**{k: v for k, v in config.items() if not k.startswith("_")})
+
+    def model_config(self, model: torch.nn.Module) -> dict[str, Any]:
+        """The config a model was built from, without bookkeeping (``_``) keys."""
+        return {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+
+    def checkpoint_state(self, model: torch.nn.Module, keep_vars: bool = False) -> dict[str, Any]:
+        """The tensors a checkpoint of ``model`` holds (a tied alias is saved once)."""
+        return model.state_dict(keep_vars=keep_vars)
+
+    def finish(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A model just filled from a checkpoint, made whole (e.g. tied weights re-tied)."""
+        return model
+
+    def gguf_metadata(
+        self, detection: Detection, config: Mapping[str, Any], source: Any, file_type: int
+    ) -> dict[str, Any]:
+        """Metadata a GGUF file of this component needs beyond weightsmith's own (``config``: the
+        full config of the model, ``source``: the path of the weights); values may be gguf-py
+        ``GGUFValue`` where the type matters."""
+        return {}
+
+    def folder_config(
+        self, variant: str | None, derived: Mapping[str, Any], source: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The config.json of a component folder: ``derived`` (from shapes) over the config-only
+        knobs the ``source`` config has (sample sizes, RoPE lengths...) that the class takes."""
+        import inspect as pyinspect
+
+        import diffusers
+
+        params = pyinspect.signature(self.model_class(variant).__init__).parameters
+        knobs = {k: v for k, v in (source or {}).items() if k in params and k not in derived}
+        return {
+            "_class_name": self.class_name(variant),
+            "_diffusers_version": diffusers.__version__,
+            **knobs,
+            **derived,
+        }
 
     def input_specs(self, config: Mapping[str, Any], variant: str) -> list[InputSpec]:
         """The named inputs of the diffusers class's ``forward`` for this config (export, benchmarks

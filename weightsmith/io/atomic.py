@@ -17,12 +17,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import re
 import shutil
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -94,8 +94,9 @@ def _alive(pid: int) -> bool:
 
 
 def _note(message: str) -> None:
-    """One line on stderr (control bytes escaped like error lines)."""
-    print(f"note: {WeightsmithError(message).one_line()}", file=sys.stderr, flush=True)
+    """One warning on the ``weightsmith.io.atomic`` logger (control bytes escaped like error
+    lines); the command line prints it as a ``note:`` line, a library caller's logging decides."""
+    logging.getLogger(__name__).warning("%s", WeightsmithError(message).one_line())
 
 
 def remove_stale_partials(dst: str | Path) -> int:

@@ -44,7 +44,9 @@ class GGUFTensorSpec:
 def _add_kv(w: Any, key: str, value: Any) -> None:
     import gguf
 
-    if isinstance(value, bool):
+    if isinstance(value, gguf.GGUFValue):  # typed already (a family's llama.cpp-style metadata)
+        w.add_key_value(key, value.value, value.type, value.sub_type)
+    elif isinstance(value, bool):
         w.add_bool(key, value)
     elif isinstance(value, int):
         w.add_uint32(key, value) if 0 <= value < 2**32 else w.add_int64(key, value)

@@ -1,8 +1,8 @@
-"""Reading INT8/FP8/INT4 artifacts: a compressed-tensors folder or a ComfyUI file (comfy_quant's
-float8_e4m3fn / float8_e5m2 / int8_tensorwise layers, or legacy scaled fp8; ours and other
-tools') opens as the plain checkpoint it encodes, each quantized weight dequantized on read, as
-``GGUFCheckpoint`` does for GGUF. ComfyUI files follow its rules (reference comfy-quant.md):
-``weight.to(float32) * weight_scale.to(float32)``; formats not read yet (mxfp8, nvfp4) are refused.
+"""Reading INT8/FP8/INT4/FP4 artifacts: a compressed-tensors folder or a ComfyUI file (comfy_quant's
+float8_e4m3fn / float8_e5m2 / int8_tensorwise / mxfp8 / nvfp4 layers, or legacy scaled fp8; ours
+and other tools') opens as the plain checkpoint it encodes, each quantized weight dequantized on
+read, as ``GGUFCheckpoint`` does for GGUF. ComfyUI files are read by ``weightsmith.io.comfy_quant``
+with ComfyUI's rules (reference comfy-quant.md).
 compressed-tensors' ``nvfp4-pack-quantized`` / ``mxfp4-pack-quantized`` weights dequantize to
 float32 by ``weightsmith.kernels.microscale`` (exact: what compressed-tensors' bf16 decompression
 rounds).
@@ -11,177 +11,44 @@ rounds).
 of these formats comes back as a ``DequantizingView`` (scales, zero points, shapes and markers
 hidden; each quantized weight under its plain name, shape and the model's precision), anything
 else as it was. ``DequantizingView.quantized(name)`` gives the stored numbers to loaders that
-keep weights quantized. The layouts are described in ``weightsmith.quantize.linear.formats``,
-which writes them.
+keep weights quantized. The layouts are described in ``weightsmith.quantize.linear.formats``
+and ``weightsmith.quantize.linear.comfy``, which write them.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from weightsmith.errors import UnsupportedFormatError
-from weightsmith.io.base import NAME_DTYPES, Checkpoint, TensorInfo, dtype_name
-from weightsmith.kernels.linear import LINEAR_SCHEMES, LinearScheme, QuantizedWeight, unpack_int32
-
-COMFY_MARKER = "scaled_fp8"
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-# Metadata keys weightsmith writes into its quantized files.
-SOURCE_DTYPE_KEY = "weightsmith.source_dtype"
-SCHEME_KEY = "weightsmith.scheme"
-COMFY_LAYERS_KEY = "_quantization_metadata"
-COMFY_QUANT_SUFFIX = ".comfy_quant"
-# ComfyUI's comfy_quant format names weightsmith reads, with the scheme and the stored weight
-# dtype each implies (reference comfy-quant.md); ComfyUI value-casts a weight to that dtype.
-COMFY_QUANT_FORMATS: dict[str, tuple[str, torch.dtype]] = {
-    "float8_e4m3fn": ("fp8-tensor", torch.float8_e4m3fn),
-    "float8_e5m2": ("fp8-e5m2", torch.float8_e5m2),
-    "int8_tensorwise": ("int8-tensor", torch.int8),
-}
-# Registered in ComfyUI but not (yet) read here: refused by name, never loaded as raw values.
-COMFY_QUANT_LATER = ("mxfp8", "nvfp4", "convrot_w4a4")
-_COMFY_QUANT_MAX_BYTES = 1 << 16
-_BROKEN_COMFY = (
-    "the file's ComfyUI quantization metadata is broken; re-export it or use the unquantized checkpoint"
+from weightsmith.io.base import Checkpoint, dtype_name
+from weightsmith.io.comfy_quant import COMFY_QUANT_FORMATS, SHAPES_KEY, _comfy_view
+from weightsmith.io.ct_args import activations_of, scheme_from_ct_args
+from weightsmith.io.quantized_kind import (
+    COMFY_MARKER,
+    COMFY_QUANT_SUFFIX,
+    SCHEME_KEY,
+    SOURCE_DTYPE_KEY,
+    ct_config,
+    quantized_kind,
 )
+from weightsmith.io.quantized_view import DequantizingView, _Layer
+from weightsmith.kernels.linear import LinearScheme
 
-
-def _ct_config_of(cfg: dict[str, Any] | None) -> dict[str, Any] | None:
-    qc = (cfg or {}).get("quantization_config") or (cfg or {}).get("compression_config")
-    if isinstance(qc, dict) and qc.get("quant_method", "compressed-tensors") == "compressed-tensors":
-        return qc if "config_groups" in qc else None
-    return None
-
-
-def ct_config(ck: Checkpoint) -> dict[str, Any] | None:
-    """The compressed-tensors ``quantization_config`` of a checkpoint's config, if it has one.
-
-    Read from the config as attached, before it is checked against the weights (that check
-    reads every shard's header, and is done on the plain view instead)."""
-    return _ct_config_of(ck._config)
-
-
-def comfy_marker(ck: Checkpoint) -> str | None:
-    for k in ck.keys():
-        if k == COMFY_MARKER or k.endswith("." + COMFY_MARKER):
-            return k
-    return None
-
-
-def _comfy_quant_layers(ck: Checkpoint) -> dict[str, dict[str, Any]] | None:
-    raw = ck.metadata.get(COMFY_LAYERS_KEY)
-    if raw is not None:
-        from weightsmith.io.structured import parse_json
-
-        doc = parse_json(raw, f"{ck.path}: _quantization_metadata", error=UnsupportedFormatError, hint=None)
-        layers = doc.get("layers") if isinstance(doc, dict) else None
-        if not isinstance(layers, dict):
-            raise UnsupportedFormatError(
-                f"{ck.path}: _quantization_metadata has no 'layers' table",
-                hint="the file's ComfyUI quantization metadata is broken; re-export it or use the unquantized checkpoint",
-            )
-        bad = next((k for k, v in layers.items() if not isinstance(v, (str, dict))), None)
-        if bad is not None:
-            raise UnsupportedFormatError(
-                f"{ck.path}: _quantization_metadata layer {bad[:80]!r} is not a format",
-                hint="the file's ComfyUI quantization metadata is broken; re-export it or use the unquantized checkpoint",
-            )
-        return {k: ({"format": v} if isinstance(v, str) else dict(v)) for k, v in layers.items()}
-    tagged = [k for k in ck.keys() if k.endswith(COMFY_QUANT_SUFFIX)]
-    if not tagged:
-        return None
-    out = {}
-    for k in tagged:
-        from weightsmith.io.structured import parse_json
-
-        info = ck.infos[k]
-        if info.dtype != torch.uint8 or len(info.shape) != 1 or info.shape[0] > _COMFY_QUANT_MAX_BYTES:
-            raise UnsupportedFormatError(
-                f"{ck.path}: {k} is {dtype_name(info.dtype)} {list(info.shape)}, not 1-D uint8 JSON",
-                hint=_BROKEN_COMFY,
-            )
-        value = parse_json(
-            bytes(ck.get(k).tolist()), f"{ck.path}: {k}", error=UnsupportedFormatError, hint=None
-        )
-        if not isinstance(value, dict):
-            raise UnsupportedFormatError(
-                f"{ck.path}: {k} is not a JSON object",
-                hint="the file's ComfyUI quantization metadata is broken; re-export it or use the unquantized checkpoint",
-            )
-        out[k.removesuffix(COMFY_QUANT_SUFFIX)] = value
-    return out
-
-
-def quantized_kind(ck: Checkpoint) -> str | None:
-    """``compressed-tensors``, ``comfy-scaled-fp8``, ``comfy-quant`` or None (GGUF is read natively)."""
-    if ct_config(ck) is not None:
-        return "compressed-tensors"
-    if comfy_marker(ck) is not None:
-        return "comfy-scaled-fp8"
-    if COMFY_LAYERS_KEY in ck.metadata or any(k.endswith(COMFY_QUANT_SUFFIX) for k in ck.keys()):
-        return "comfy-quant"
-    return None
-
-
-@dataclass(frozen=True)
-class _Layer:
-    scheme: LinearScheme
-    shape: tuple[int, ...]
-    data: str
-    scale: str
-    zero_point: str | None = None
-    packed_bits: int | None = None
-    zp_packed: bool = False
-    float32_scale: bool = False  # ComfyUI casts a layer's scale to float32 before multiplying
-    global_scale: str | None = None  # nvfp4's weight_global_scale
-
-
-def scheme_from_ct_args(w: dict[str, Any], where: str = "") -> LinearScheme:
-    """Our scheme for a compressed-tensors ``weights`` QuantizationArgs (a registered one if equal)."""
-    kind = str(w.get("type", "int")).lower()
-    bits = int(w.get("num_bits", 8))
-    group = w.get("group_size")
-    strategy = w.get("strategy") or ("tensor" if group is None else "group" if group > 0 else "channel")
-    sym = bool(w.get("symmetric", True))
-    if kind == "float" and bits == 4:
-        fp4 = next((s for s in LINEAR_SCHEMES.values() if s.kind == "fp4" and s.group_size == group), None)
-        if fp4 is None or not sym or strategy not in ("tensor_group", "group"):
-            raise UnsupportedFormatError(
-                f"{where}: compressed-tensors float4 weights with group {group}, strategy {strategy!r}"
-                + ("" if sym else ", asymmetric")
-                + " are not supported",
-                hint="weightsmith reads nvfp4 (symmetric, groups of 16) and mxfp4 (groups of 32)",
-            )
-        return fp4
-    if strategy not in ("channel", "tensor", "group") or (kind == "int" and bits not in (4, 8)):
-        raise UnsupportedFormatError(
-            f"{where}: compressed-tensors {kind}{bits} with strategy {strategy!r} is not supported",
-            hint="weightsmith reads int4/int8/fp8 weights per tensor, channel or group",
-        )
-    if kind == "float" and (bits != 8 or not sym):
-        raise UnsupportedFormatError(
-            f"{where}: compressed-tensors float{bits} weights are not supported",
-            hint="weightsmith reads symmetric float8 compressed-tensors weights only; use the unquantized checkpoint",
-        )
-    fp8 = torch.float8_e4m3fn if kind == "float" else None
-    gs = int(group) if strategy == "group" else None
-    for s in LINEAR_SCHEMES.values():
-        if (s.kind, s.bits, s.granularity, s.group_size, s.symmetric, s.fp8_dtype) == (
-            kind,
-            bits,
-            strategy,
-            gs,
-            sym,
-            fp8,
-        ):
-            return s
-    name = f"ct-{kind}{bits}-{strategy}" + (f"{gs}" if gs else "") + ("" if sym else "-asym")
-    return LinearScheme(name, kind, bits, strategy, gs, sym, fp8)
+__all__ = [
+    "COMFY_MARKER",
+    "COMFY_QUANT_FORMATS",
+    "COMFY_QUANT_SUFFIX",
+    "SCHEME_KEY",
+    "SHAPES_KEY",
+    "SOURCE_DTYPE_KEY",
+    "DequantizingView",
+    "dequantizing_view",
+    "open_view",
+]
 
 
 def _target_matches(target: str, module: str) -> bool:
@@ -203,92 +70,6 @@ def _ct_group(groups: dict[str, Any], module: str) -> dict[str, Any]:
     )
 
 
-def _act_name(a: dict[str, Any] | None) -> str | None:
-    if not a or not a.get("dynamic") or int(a.get("num_bits", 8)) != 8:
-        return None
-    return "int8" if str(a.get("type", "int")) == "int" else "fp8"
-
-
-class DequantizingView(Checkpoint):
-    """A quantized artifact seen as the plain checkpoint it encodes.
-
-    The format's extra tensors (scales, zero points, shapes, markers) are hidden; each quantized
-    weight appears under its plain name and shape and is dequantized when read, in the
-    source model's precision (recorded at quantization, else the most common float dtype of the
-    file's unquantized tensors). ``quantized(name)`` gives the stored numbers instead.
-    """
-
-    def __init__(
-        self,
-        inner: Checkpoint,
-        kind: str,
-        layers: dict[str, _Layer],
-        hidden: set[str],
-        activations: str | None = None,
-        scheme_name: str | None = None,
-    ) -> None:
-        cfg = {k: v for k, v in (inner._config or {}).items() if k not in ("quantization_config",)}
-        super().__init__(
-            inner.path, f"{inner.container} [{kind}]", metadata=inner.metadata, files=inner.files
-        )
-        # Checked against the plain names and shapes on first use, like any config.
-        self.set_config(cfg or None, inner._config_source)
-        self.inner, self.kind, self.layers, self.hidden = inner, kind, layers, hidden
-        self.activations = activations
-        self.scheme_name = scheme_name or ",".join(sorted({lay.scheme.name for lay in layers.values()}))
-        self.logical_dtype = self._logical_dtype()
-
-    def _logical_dtype(self) -> torch.dtype:
-        rec = self.inner.metadata.get(SOURCE_DTYPE_KEY)
-        if rec in NAME_DTYPES and NAME_DTYPES[rec].is_floating_point:
-            return NAME_DTYPES[rec]
-        seen = Counter(
-            i.dtype
-            for k, i in self.inner.infos.items()
-            if k not in self.hidden
-            and k not in self.layers
-            and i.dtype in (torch.float32, torch.float16, torch.bfloat16)
-        )
-        return seen.most_common(1)[0][0] if seen else torch.float32
-
-    def _load_infos(self) -> dict[str, TensorInfo]:
-        out = {k: i for k, i in self.inner.infos.items() if k not in self.hidden and k not in self.layers}
-        size = torch.empty((), dtype=self.logical_dtype).element_size()
-        for k, lay in self.layers.items():
-            src = self.inner.infos[lay.data].source
-            out[k] = TensorInfo(
-                k, lay.shape, self.logical_dtype, lay.scheme.name, math.prod(lay.shape) * size, src
-            )
-        return dict(sorted(out.items()))
-
-    def is_quantized(self, name: str) -> bool:
-        return name in self.layers
-
-    def quantized(self, name: str) -> QuantizedWeight:
-        """The stored numbers of one quantized weight (packed int4 stays packed)."""
-        lay = self.layers[name]
-        scale = self.inner.get(lay.scale)
-        if lay.float32_scale:
-            scale = scale.to(torch.float32)
-        zp = None
-        if lay.zero_point is not None:
-            zp = self.inner.get(lay.zero_point)
-            if lay.zp_packed:
-                zp = unpack_int32(zp, lay.scheme.bits, lay.shape[0], dim=0)
-        gs = self.inner.get(lay.global_scale) if lay.global_scale is not None else None
-        return QuantizedWeight(
-            lay.scheme, self.inner.get(lay.data), scale, zp, lay.shape, lay.packed_bits, gs
-        )  # type: ignore[arg-type]
-
-    def _read(self, name: str) -> torch.Tensor:
-        if name in self.layers:
-            return self.quantized(name).dequantize().to(self.logical_dtype)
-        return self.inner.get(name)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def _ct_view(ck: Checkpoint, qc: dict[str, Any]) -> DequantizingView:
     groups = qc.get("config_groups") or {}
     infos = ck.infos
@@ -306,10 +87,10 @@ def _ct_view(ck: Checkpoint, qc: dict[str, Any]) -> DequantizingView:
         if not g.get("weights"):
             continue
         scheme = scheme_from_ct_args(g["weights"], f"{ck.path}: {m}")
-        acts.add(_act_name(g.get("input_activations")))
+        acts.add(activations_of(g.get("input_activations")))
         zp = f"{m}.weight_zero_point" if f"{m}.weight_zero_point" in infos else None
         if scheme.kind == "fp4":
-            lay = _fp4_layer(ck, m, scheme)
+            lay = _fp4_layer(ck, m, scheme, activations_of(g.get("input_activations")) == "nvfp4")
             hidden |= {lay.data} | ({lay.global_scale} if lay.global_scale else set())
         elif f"{m}.weight_packed" in infos:
             shape_key = f"{m}.weight_shape"
@@ -345,10 +126,12 @@ def _ct_view(ck: Checkpoint, qc: dict[str, Any]) -> DequantizingView:
     return DequantizingView(ck, "compressed-tensors", layers, hidden, act)
 
 
-def _fp4_layer(ck: Checkpoint, m: str, scheme: LinearScheme) -> _Layer:
-    """An nvfp4/mxfp4 layer: uint8 packed codes [out, in/2], block scales [out, in/block], nvfp4's global scale."""
+def _fp4_layer(ck: Checkpoint, m: str, scheme: LinearScheme, w4a4: bool = False) -> _Layer:
+    """An nvfp4/mxfp4 layer: uint8 packed codes [out, in/2], block scales [out, in/block], nvfp4's
+    global scale, and with nvfp4 activations (``w4a4``) the layer's ``input_global_scale``."""
     infos, block = ck.infos, scheme.group_size or 1
     packed, scale, gs = f"{m}.weight_packed", f"{m}.weight_scale", f"{m}.weight_global_scale"
+    igs = f"{m}.input_global_scale"
     want_scale = torch.float8_e4m3fn if scheme.nvfp4 else torch.uint8
     p, s = infos.get(packed), infos.get(scale)
     shape = (p.shape[0], p.shape[1] * 2) if p is not None and len(p.shape) == 2 else None
@@ -361,99 +144,21 @@ def _fp4_layer(ck: Checkpoint, m: str, scheme: LinearScheme) -> _Layer:
         gs not in infos or infos[gs].dtype != torch.float32 or math.prod(infos[gs].shape) != 1
     ):
         problem = f"{gs} is missing or not one float32"
+    elif w4a4 and (igs not in infos or infos[igs].dtype != torch.float32 or math.prod(infos[igs].shape) != 1):
+        problem = f"{igs} (nvfp4 activations) is missing or not one float32"
     if problem is not None:
         raise UnsupportedFormatError(
             f"{ck.path}: {scheme.name} layer {m}: {problem}",
             hint="the file's compressed-tensors data is incomplete; re-export it or use the unquantized checkpoint",
         )
-    return _Layer(scheme, shape, packed, scale, global_scale=gs if scheme.nvfp4 else None)  # type: ignore[arg-type]
-
-
-def _comfy_view(ck: Checkpoint) -> DequantizingView:
-    """A legacy scaled-fp8 file (marker tensor) or a comfy_quant file, read by ComfyUI's rules:
-    weight.to(format's dtype).to(float32) * weight_scale.to(float32)."""
-    infos = ck.infos
-    hidden: set[str] = set()
-    marker = comfy_marker(ck)
-    named: list[tuple[str, str, str]] = []  # (layer, scale key, format)
-    if marker is not None:
-        # ComfyUI renames scale_weight -> weight_scale and marks every such layer e4m3 (an e5m2
-        # weight is value-cast there); weightsmith reads the values as stored, as it always has:
-        # the legacy writer now refuses e5m2, and older e5m2 files keep their intended weights.
-        hidden.add(marker)
-        input_suffix, kind = ".scale_input", "comfy-scaled-fp8"
-        for k in infos:
-            if k.endswith(".scale_weight"):
-                layer = k.removesuffix(".scale_weight")
-                w = infos.get(f"{layer}.weight")
-                e5m2 = w is not None and w.dtype == torch.float8_e5m2
-                named.append((layer, k, "float8_e5m2" if e5m2 else "float8_e4m3fn"))
-    else:
-        input_suffix, kind = ".input_scale", "comfy-quant"
-        confs = _comfy_quant_layers(ck) or {}
-        prefix = _common_prefix(infos, confs)
-        for layer, conf in sorted(confs.items()):
-            fmt = conf.get("format")
-            if fmt in COMFY_QUANT_LATER:
-                raise UnsupportedFormatError(
-                    f"{ck.path}: ComfyUI quantization format {fmt!r} (layer {layer[:80]}) is not supported yet",
-                    hint="weightsmith reads float8_e4m3fn, float8_e5m2 and int8_tensorwise; "
-                    "use the unquantized checkpoint",
-                )
-            if fmt not in COMFY_QUANT_FORMATS:
-                raise UnsupportedFormatError(
-                    f"{ck.path}: unknown ComfyUI quantization format {str(fmt)[:40]!r} (layer {layer[:80]})",
-                    hint="weightsmith reads float8_e4m3fn, float8_e5m2 and int8_tensorwise; "
-                    "use the unquantized checkpoint",
-                )
-            named.append((prefix + layer, f"{prefix}{layer}.weight_scale", fmt))
-        hidden |= {k for k in infos if k.endswith(COMFY_QUANT_SUFFIX)}
-    layers: dict[str, _Layer] = {}
-    for layer, s, fmt in named:
-        w = f"{layer}.weight"
-        scheme_name, stored = COMFY_QUANT_FORMATS[fmt]
-        if w not in infos or s not in infos:
-            raise UnsupportedFormatError(
-                f"{ck.path}: ComfyUI layer {layer[:80]} ({fmt}) lacks {w if w not in infos else s}",
-                hint=_BROKEN_COMFY,
-            )
-        if infos[w].dtype != stored or len(infos[w].shape) != 2:
-            raise UnsupportedFormatError(
-                f"{ck.path}: {w} is {dtype_name(infos[w].dtype)} {list(infos[w].shape)}, "
-                f"not the 2-D {dtype_name(stored)} weight {fmt} needs",
-                hint="ComfyUI would value-cast it; re-export the file with matching dtypes",
-            )
-        shape = tuple(infos[w].shape)
-        sshape, sdtype = tuple(infos[s].shape), infos[s].dtype
-        if not sdtype.is_floating_point:
-            raise UnsupportedFormatError(
-                f"{ck.path}: {s} is {dtype_name(sdtype)}, not a float scale", hint=_BROKEN_COMFY
-            )
-        if math.prod(sshape) == 1 and len(sshape) <= 2:
-            scheme = LINEAR_SCHEMES[scheme_name]
-        elif stored == torch.int8 and sshape == (shape[0], 1):  # per-row int8 also dequantizes
-            scheme = LINEAR_SCHEMES["int8"]
-        else:
-            raise UnsupportedFormatError(
-                f"{ck.path}: {s} has shape {list(sshape)}; {fmt} holds one scale per tensor",
-                hint=_BROKEN_COMFY,
-            )
-        layers[w] = _Layer(scheme, shape, w, s, float32_scale=True)
-        hidden.add(s)
-        if f"{layer}{input_suffix}" in infos:
-            hidden.add(f"{layer}{input_suffix}")
-    return DequantizingView(ck, kind, layers, hidden)
-
-
-def _common_prefix(infos: dict[str, TensorInfo], confs: dict[str, Any]) -> str:
-    """comfy_quant metadata may name layers without the file's ``model.diffusion_model.`` prefix."""
-    for layer in confs:
-        if f"{layer}.weight" in infos:
-            return ""
-        for k in infos:
-            if k.endswith(f".{layer}.weight") or k == f"{layer}.weight":
-                return k[: -len(f"{layer}.weight")]
-    return ""
+    return _Layer(
+        scheme,
+        shape,
+        packed,
+        scale,
+        global_scale=gs if scheme.nvfp4 else None,
+        input_global_scale=igs if w4a4 else None,
+    )  # type: ignore[arg-type]
 
 
 def open_view(ck: Checkpoint) -> DequantizingView | None:

@@ -140,13 +140,15 @@ def write_diffusers_component(
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
     metadata: Mapping[str, str] | None = None,
+    stem: str = DIFFUSERS_WEIGHTS,
 ) -> Path:
-    """A Diffusers component folder: config.json and (sharded) safetensors, written atomically."""
+    """A Diffusers component folder: config.json and (sharded) safetensors, written atomically
+    (``stem``: the weights file name, ``model`` for a transformers class)."""
     limit = parse_size(max_shard_size)
     with atomic_dir(dst, overwrite) as tmp:
         if config is not None:
             (tmp / "config.json").write_text(_json_text(dict(config), "config"))
-        write_shards_into(tmp, specs, tensors, limit, metadata=metadata)
+        write_shards_into(tmp, specs, tensors, limit, stem=stem, metadata=metadata)
     return Path(dst)
 
 

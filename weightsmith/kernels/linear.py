@@ -44,11 +44,16 @@ from weightsmith.kernels.microscale import (
     quantize_mxfp4,
     quantize_nvfp4,
 )
+from weightsmith.kernels.microscale_comfy import comfy_values, dequantize_comfy, quantize_comfy
 from weightsmith.kernels.microscale_layout import pack_nibbles, unpack_nibbles
 
 GRANULARITIES = ("channel", "tensor", "group")
-# Dynamic per-token activation quantization a W8A8 artifact may record.
-ACTIVATIONS = ("int8", "fp8")
+# Activation quantization an artifact may record: dynamic per token (W8A8 int8/fp8), or nvfp4
+# (W4A4: blocks of 16 under a calibrated static global scale).
+ACTIVATIONS = ("int8", "fp8", "nvfp4")
+# Where a QuantizedWeight's numbers are laid out: compressed-tensors' (unpadded, row-major scales,
+# fp4 even column in the low nibble) or ComfyUI's microscaled one (``microscale_comfy``).
+LAYOUTS = ("compressed-tensors", "comfy")
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,11 @@ class LinearScheme:
     def nvfp4(self) -> bool:
         """An fp4 scheme with e4m3 block scales and a global scale (else E8M0 exponents, MXFP4)."""
         return self.kind == "fp4" and self.group_size == NVFP4_BLOCK
+
+    @property
+    def microscaled(self) -> bool:
+        """Blocks of 16/32 with their own small scales (nvfp4, mxfp4, mxfp8), not int/fp8 math."""
+        return self.kind == "fp4" or (self.kind == "float" and self.granularity == "group")
 
     @property
     def qmin(self) -> int:
@@ -150,7 +160,7 @@ register_linear_scheme(
         description="int8, symmetric, one float32 scale per tensor (ComfyUI's int8_tensorwise)",
     )
 )
-for _g, _name in ((128, "int4"), (64, "int4-g64"), (32, "int4-g32")):
+for _g, _name in ((128, "int4"), (64, "int4-g64"), (32, "int4-g32"), (16, "int4-g16")):
     register_linear_scheme(
         LinearScheme(_name, "int", 4, "group", _g, description=f"int4, symmetric, groups of {_g} (W4A16)")
     )
@@ -161,12 +171,25 @@ register_linear_scheme(
         4,
         "group",
         NVFP4_BLOCK,
+        formats=("compressed-tensors", "comfy"),
         description="NVFP4: E2M1, blocks of 16 with e4m3 scales, float32 global scale (W4A16)",
     )
 )
 register_linear_scheme(
     LinearScheme(
         "mxfp4", "fp4", 4, "group", MX_BLOCK, description="MXFP4: E2M1, blocks of 32 with E8M0 scales (W4A16)"
+    )
+)
+register_linear_scheme(
+    LinearScheme(
+        "mxfp8",
+        "float",
+        8,
+        "group",
+        MX_BLOCK,
+        fp8_dtype=torch.float8_e4m3fn,
+        formats=("comfy",),
+        description="MXFP8: float8_e4m3fn, blocks of 32 with E8M0 scales (ComfyUI's mxfp8)",
     )
 )
 register_linear_scheme(
@@ -195,7 +218,11 @@ class QuantizedWeight:
     ``zero_point`` (asymmetric only) is int8 (out, n_groups).
     fp4: ``data`` is uint8 codes packed two per byte (even column low), ``scale`` the block scales
     as stored (float8_e4m3fn for nvfp4, uint8 E8M0 exponents for mxfp4), ``global_scale`` nvfp4's
-    float32 (1,) (compressed-tensors' sense: 2688 / amax).
+    float32 (1,) (compressed-tensors' sense: 2688 / amax); ``input_global_scale`` nvfp4 W4A4's
+    calibrated float32 (1,) for its activations (same sense), carried to the runtime.
+    ``layout="comfy"`` (nvfp4, mxfp8): ComfyUI's storage (``microscale_comfy``): ``data`` padded
+    (nvfp4 even column high), ``scale`` the swizzled padded block scales, ``global_scale`` nvfp4's
+    ``weight_scale_2`` (amax / 2688, float32 scalar).
     """
 
     scheme: LinearScheme
@@ -205,9 +232,13 @@ class QuantizedWeight:
     shape: tuple[int, int]
     packed_bits: int | None = None
     global_scale: torch.Tensor | None = None
+    input_global_scale: torch.Tensor | None = None
+    layout: str = "compressed-tensors"
 
     def values(self) -> torch.Tensor:
         """The quantized values, unpacked (int8, fp8 or uint8 E2M1 codes), shaped like the weight."""
+        if self.layout == "comfy":
+            return comfy_values(self.data, self.shape, self.scheme.nvfp4)
         if self.scheme.kind == "fp4":
             return unpack_nibbles(self.data, even_high=False)
         if self.packed_bits is None:
@@ -216,13 +247,18 @@ class QuantizedWeight:
 
     def dequantize(self) -> torch.Tensor:
         """The weight the stored numbers encode, in the scale's dtype (float32 for ours and fp4)."""
+        if self.layout == "comfy":
+            return dequantize_comfy(self.data, self.scale, self.global_scale, self.shape, self.scheme.nvfp4)
         if self.scheme.kind == "fp4":
             return dequantize_fp4(self)
         return dequantize(self.values(), self.scale, self.zero_point, self.scheme)
 
     def rows(self, r0: int, r1: int) -> QuantizedWeight:
         """Rows ``r0:r1`` as a weight of their own (views, no copy): every stored tensor but a
-        per-tensor scale and nvfp4's global scale is row-major, one row per weight row."""
+        per-tensor scale and nvfp4's global scale is row-major, one row per weight row (not so in
+        ComfyUI's swizzled layout, which is refused here)."""
+        if self.layout != "compressed-tensors":
+            raise ValueError(f"rows() needs a row-major layout, not {self.layout!r}")
         out = self.shape[0]
 
         def cut(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -231,14 +267,24 @@ class QuantizedWeight:
         n = min(r1, out) - r0
         return QuantizedWeight(
             self.scheme, self.data[r0:r1], cut(self.scale), cut(self.zero_point),  # type: ignore[arg-type]
-            (n, self.shape[1]), self.packed_bits, self.global_scale,
+            (n, self.shape[1]), self.packed_bits, self.global_scale, cut(self.input_global_scale),
         )  # fmt: skip
 
     def to(self, device: torch.device | str) -> QuantizedWeight:
         zp = self.zero_point.to(device) if self.zero_point is not None else None
-        gs = self.global_scale.to(device) if self.global_scale is not None else None
+        gs, igs = (
+            t.to(device) if t is not None else None for t in (self.global_scale, self.input_global_scale)
+        )
         return QuantizedWeight(
-            self.scheme, self.data.to(device), self.scale.to(device), zp, self.shape, self.packed_bits, gs
+            self.scheme,
+            self.data.to(device),
+            self.scale.to(device),
+            zp,
+            self.shape,
+            self.packed_bits,
+            gs,
+            igs,
+            self.layout,
         )
 
     @property
@@ -249,9 +295,16 @@ class QuantizedWeight:
 
 
 def quantize_weight(
-    w: torch.Tensor, scheme: LinearScheme, device: torch.device | str | None = None, name: str = "weight"
+    w: torch.Tensor,
+    scheme: LinearScheme,
+    device: torch.device | str | None = None,
+    name: str = "weight",
+    layout: str = "compressed-tensors",
 ) -> QuantizedWeight:
-    """Quantize one 2-D weight with ``scheme`` on ``device`` (default: where ``w`` is)."""
+    """Quantize one 2-D weight with ``scheme`` on ``device`` (default: where ``w`` is).
+
+    ``layout="comfy"`` stores nvfp4/mxfp8 as ComfyUI does (padded, no row refused); mxfp8 exists
+    only there. Other schemes store the same numbers in both layouts."""
     if w.ndim != 2:
         raise QuantizationError(
             f"{name}: {scheme.name} quantizes 2-D Linear weights, got shape {list(w.shape)}",
@@ -259,6 +312,9 @@ def quantize_weight(
         )
     x = w.to(device=device or w.device, dtype=torch.float32)
     out, inn = x.shape
+    if (scheme.kind == "float" and scheme.microscaled) or (layout == "comfy" and scheme.nvfp4):
+        data, scale, g = quantize_comfy(x, scheme.nvfp4, name)
+        return QuantizedWeight(scheme, data, scale, None, (out, inn), None, g, layout="comfy")
     if not scheme.fits(inn):
         raise QuantizationError(
             f"{name}: row of {inn} is not a multiple of {scheme.name}'s group of {scheme.group_size}",

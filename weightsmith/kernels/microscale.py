@@ -184,14 +184,8 @@ def quantize_nvfp4(
         scaled = _blocks(x, NVFP4_BLOCK) / torch.where(zero, torch.ones_like(total), total).unsqueeze(-1)
         scaled = torch.where(zero.unsqueeze(-1), torch.zeros_like(scaled), scaled)
     elif convention == "compressed-tensors":
-        tiny = torch.finfo(torch.float32).tiny
-        g = NVFP4_GLOBAL_DIVISOR / amax.clamp(min=tiny)
-        g = torch.where(torch.isfinite(g), g, torch.ones_like(g))
-        raw = g * (block_amax / E2M1_MAX)
-        scales = raw.clamp(min=-E4M3_MAX, max=E4M3_MAX).to(torch.float8_e4m3fn)
-        scales = torch.where(scales.to(torch.float32) == 0, E4M3_EPS, scales.to(torch.float32)).to(
-            torch.float8_e4m3fn
-        )
+        g = nvfp4_global_scale(amax)
+        scales = _ct_block_scales(block_amax, g)
         scaled = _blocks(x, NVFP4_BLOCK) / (scales.to(torch.float32) / g).unsqueeze(-1)
     else:
         raise QuantizationError(
@@ -201,6 +195,42 @@ def quantize_nvfp4(
     signed_zero = convention == "comfy"
     codes = e2m1_encode(scaled.clamp(-E2M1_MAX, E2M1_MAX).reshape(x.shape), signed_zero=signed_zero)
     return NVFP4(codes, scales, g.to(torch.float32), shape, convention)
+
+
+def nvfp4_global_scale(amax: torch.Tensor) -> torch.Tensor:
+    """compressed-tensors' global scale for a tensor whose largest |value| is ``amax``:
+    ``2688 / amax`` in float32 (1 where that is not finite: amax 0, its uncalibrated fallback).
+    The same rule gives a weight's ``weight_global_scale`` and a calibrated ``input_global_scale``."""
+    amax = amax.to(torch.float32)
+    g = NVFP4_GLOBAL_DIVISOR / amax.clamp(min=torch.finfo(torch.float32).tiny)
+    return torch.where(torch.isfinite(g), g, torch.ones_like(g))
+
+
+def _ct_block_scales(block_amax: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """e4m3 block scales as compressed-tensors computes them: ``e4m3(G * amax / 6)``, 0 -> eps."""
+    raw = g * (block_amax / E2M1_MAX)
+    scales = raw.clamp(min=-E4M3_MAX, max=E4M3_MAX).to(torch.float8_e4m3fn).to(torch.float32)
+    return torch.where(scales == 0, E4M3_EPS, scales).to(torch.float8_e4m3fn)
+
+
+def fake_quantize_nvfp4(x: torch.Tensor, global_scale: torch.Tensor) -> torch.Tensor:
+    """NVFP4 quantize-dequantize of activations as compressed-tensors runs its NVFP4 (W4A4)
+    scheme: a static ``global_scale`` (the calibrated ``input_global_scale``), e4m3 scales computed
+    per block of 16 along the last dimension at run time, E2M1 values; returned in float32.
+
+    The last dimension must split into blocks of 16 (a Linear's in_features; the writer keeps
+    layers that do not)."""
+    xf = x.to(torch.float32)
+    if xf.shape[-1] % NVFP4_BLOCK:
+        raise QuantizationError(
+            f"NVFP4 activations: {xf.shape[-1]} features do not split into blocks of {NVFP4_BLOCK}",
+            hint="this layer cannot take fp4 activations; quantize it weight-only",
+        )
+    g = global_scale.to(device=xf.device, dtype=torch.float32).reshape(())
+    blocks = xf.reshape(*xf.shape[:-1], -1, NVFP4_BLOCK)
+    scale = _ct_block_scales(blocks.abs().amax(dim=-1), g).to(torch.float32) / g
+    codes = e2m1_encode((blocks / scale.unsqueeze(-1)).clamp(-E2M1_MAX, E2M1_MAX), signed_zero=False)
+    return (e2m1_decode(codes) * scale.unsqueeze(-1)).reshape(xf.shape)
 
 
 def dequantize_nvfp4(q: NVFP4, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -5,3 +5,7 @@ sha256 list, a model card carrying the measured fidelity) and upload it.
 names and builds the staging folder, ``card`` writes README.md and the fidelity plot, ``run``
 is the command's flow and ``upload`` talks to the Hub.
 """
+
+from weightsmith._facade import verb_module  # noqa: E402 - `weightsmith.publish(...)` is the verb
+
+verb_module(__name__)

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 import weightsmith.verify.report.svg as svg
-from weightsmith import __version__
+from weightsmith._version import __version__
 from weightsmith.families import get_component
 from weightsmith.inspect import human_size
 from weightsmith.publish.discover import DIFFUSERS, GGUF, Artifact, Evidence

@@ -1,6 +1,8 @@
-"""The ``publish`` command."""
+"""The ``publish`` command: options parsed, ``weightsmith.api.publish`` called, its result printed."""
 
 from __future__ import annotations
+
+import json
 
 import click
 
@@ -25,6 +27,9 @@ import click
 @click.option("--base-model", help="The base model's Hub id (default: read from a Hub-cache baseline path).")
 @click.option("--license", "license_", help="License of the base model, when its card is not at hand.")
 @click.option("--quantized-by", help="Who quantized it, for the card (default: the repo owner).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (schema weightsmith.publish/1)."
+)
 def publish_command(
     folder: str,
     repo_id: str,
@@ -37,6 +42,7 @@ def publish_command(
     base_model: str | None,
     license_: str | None,
     quantized_by: str | None,
+    as_json: bool,
 ) -> None:
     """Publish FOLDER's verified artifacts to the Hub with a card of their measured fidelity.
 
@@ -53,11 +59,13 @@ def publish_command(
       weightsmith verify Wan2.1-T2V-14B-Diffusers out/*.gguf --gate 'psnr>=30' --report out/report
       weightsmith publish out --repo-id me/Wan2.1-T2V-14B-GGUF --dry-run
     """
-    from weightsmith.publish.run import listing, publish
+    from weightsmith.api import publish
+    from weightsmith.cli_progress import bars
+    from weightsmith.publish.run import listing
 
     result = publish(
         folder,
-        repo_id,
+        repo_id=repo_id,
         dry_run=dry_run,
         private=private,
         revision=revision,
@@ -67,10 +75,14 @@ def publish_command(
         base_model=base_model,
         license=license_,
         quantized_by=quantized_by,
+        progress=bars(),
     )
-    for line in result.lines:
+    for line in result.notes:
         click.echo(line, err=True)
-    for line in listing(result, repo_id, dry_run):
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=1))
+        return
+    for line in listing(result.stage, result.files, repo_id, dry_run):
         click.echo(line)
     if result.url:
         click.echo(result.url)

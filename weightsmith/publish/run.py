@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def publish(
     base_model: str | None = None,
     license: str | None = None,  # noqa: A002 - the card key's name
     quantized_by: str | None = None,
+    endpoint: str | None = None,
 ) -> PublishResult:
     """Build the Hub folder of ``folder``'s artifacts and upload it (unless ``dry_run``)."""
     folder = Path(folder)
@@ -85,14 +87,15 @@ def publish(
         revision=revision,
         commit_message=f"weightsmith publish: {n} weight file(s) of {p.model}",
         progress=True,
+        endpoint=endpoint,
     )
     return result
 
 
-def listing(result: PublishResult, repo_id: str, dry_run: bool) -> list[str]:
+def listing(stage: Path, sizes: Mapping[str, int], repo_id: str, dry_run: bool) -> list[str]:
     """What is (or would be) uploaded, with sizes."""
-    width = max(len(k) for k in result.sizes)
-    head = f"{'would upload' if dry_run else 'uploaded'} to {repo_id} from {result.stage}:"
-    rows = [f"  {k:<{width}}  {human_size(v):>10}" for k, v in result.sizes.items()]
-    total = f"  {'total':<{width}}  {human_size(sum(result.sizes.values())):>10}"
+    width = max(len(k) for k in sizes)
+    head = f"{'would upload' if dry_run else 'uploaded'} to {repo_id} from {stage}:"
+    rows = [f"  {k:<{width}}  {human_size(v):>10}" for k, v in sizes.items()]
+    total = f"  {'total':<{width}}  {human_size(sum(sizes.values())):>10}"
     return [head, *rows, total]

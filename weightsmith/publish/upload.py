@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from weightsmith import progress as progress_bars
+import weightsmith.progress as progress_bars
 from weightsmith.errors import NotFoundError, OutputError, UsageError, WeightsmithError
 
 LOGIN_HINT = "log in with `hf auth login` or set HF_TOKEN to a token with write access"
@@ -112,11 +112,12 @@ def upload_folder_to_hub(
     revision: str | None = None,
     commit_message: str = "Upload with weightsmith",
     progress: bool = True,
+    endpoint: str | None = None,
 ) -> str:
     """Create the model repo if needed and upload every file under ``folder``; returns the URL of
     the (last) commit. The token comes from HF_TOKEN or the user's login (huggingface_hub's own
     lookup) and is never printed, logged or put into an error. ``private`` applies when the repo
-    is created; an existing repo keeps its visibility."""
+    is created; an existing repo keeps its visibility. ``endpoint``: a Hub other than HF_ENDPOINT's."""
     folder = Path(folder)
     repo_id = check_repo_id(repo_id)
     revision = check_revision(revision)
@@ -134,7 +135,7 @@ def upload_folder_to_hub(
         if not token:
             raise UsageError("not logged in to the Hugging Face Hub", hint=LOGIN_HINT)
         with _progress_bars(progress and progress_bars.wanted()):
-            api = HfApi()
+            api = HfApi(endpoint=endpoint)
             api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
             if revision is not None and revision != "main" and not revision.startswith("refs/"):
                 api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")

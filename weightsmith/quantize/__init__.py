@@ -6,3 +6,7 @@ and share what is not specific to either: the scheme registry (``schemes``), the
 (``report``) and the staging of DST with its report (``outputs``). The numeric kernels live in
 ``weightsmith.kernels``; what each family keeps in high precision is its ``Component.quant``.
 """
+
+from weightsmith._facade import verb_module  # noqa: E402 - `weightsmith.quantize(...)` is the verb
+
+verb_module(__name__)

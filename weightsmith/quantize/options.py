@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,23 @@ class QuantizeOptions:
 class LinearOptions:
     """What only the INT8/FP8/INT4 schemes take: the output layout (``compressed-tensors``,
     ``comfy`` (comfy_quant) or ``comfy-legacy`` (scaled fp8); None picks by DST), whole blocks kept,
-    W8A8 activations and the shard size."""
+    W8A8/W4A4 activations and the shard size.
+
+    ``activation_absmax``: the largest |input| each Linear saw in reference generations, keyed by
+    Diffusers module name (``blocks.0.attn1.to_q``), from ``weightsmith.verify.calibrate``
+    (``quantize --calibrate``); static activation scales are derived from it (nvfp4 W4A4's
+    input_global_scale, ComfyUI's input_scale). quantize cannot run generations itself (verify
+    sits above it), so the caller measures and passes it in.
+    ``sensitivity`` / ``fp_layers``: a ``weightsmith sensitivity`` JSON and how many of its most
+    sensitive layers keep full-precision matmuls in a ComfyUI file."""
 
     format: str | None = None
     keep_blocks: str | KeepBlocks | None = None
     activations: str | None = None
     shard_size: str = "5GB"
+    activation_absmax: Mapping[str, float] | None = None
+    sensitivity: str | Path | None = None
+    fp_layers: int | None = None
 
 
 @dataclass(frozen=True)

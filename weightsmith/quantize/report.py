@@ -28,6 +28,7 @@ class LayerRecord:
     bytes_after: int
     sqnr_db: float | None = None
     imatrix: bool = False
+    matmul: str | None = None  # ComfyUI files: how the layer computes (input_scale or full precision, why)
 
     def as_dict(self) -> dict[str, object]:
         """The row of ``DST.layers.json`` (SQNR rounded; infinite or NaN written as null)."""
@@ -41,6 +42,7 @@ class LayerRecord:
             "bytes_after": self.bytes_after,
             "sqnr_db": None if db is None or not math.isfinite(db) else round(db, 3),
             "imatrix": self.imatrix,
+            **({"matmul": self.matmul} if self.matmul is not None else {}),
         }
 
 

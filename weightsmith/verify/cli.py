@@ -1,126 +1,142 @@
-"""Click commands `verify`, `sensitivity` and `imatrix`; weightsmith/cli.py adds them to the group."""
+"""Click commands `verify`, `sensitivity` and `imatrix`; weightsmith/cli.py adds them to the group.
+
+Each parses its options, calls the same-named verb of ``weightsmith.api`` and prints the result."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 
-from weightsmith.verify.settings import GenerationSettings, check_options, parse_seeds
+from weightsmith.cli_progress import bars
 
 
-def generation_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The options every command that runs reference generations shares."""
-    opts = [
-        click.option(
+def _generation_option_table() -> dict[str, Callable[..., Any]]:
+    """Every shared generation option by its parameter name, in --help order."""
+    return {
+        "vae": click.option(
             "--vae",
             type=click.Path(path_type=str),
             help="VAE to decode frames (BASELINE is a transformer alone).",
         ),
-        click.option(
+        "prompts": click.option(
             "--prompts",
             type=click.Path(path_type=str),
             help="Prompt embeddings (.safetensors: prompt_embeds [N,L,D] ...) or a .txt of prompts for the "
             "baseline pipeline's text encoder. Default: embeddings drawn from each seed.",
         ),
-        click.option("--negative-prompt", default="", help="Negative prompt text (with a .txt --prompts)."),
-        click.option("--seeds", default="0", show_default=True, help="Seeds: 0 | 0,1,2 | 0-3."),
-        click.option(
+        "negative_prompt": click.option(
+            "--negative-prompt", default="", help="Negative prompt text (with a .txt --prompts)."
+        ),
+        "seeds": click.option("--seeds", default="0", show_default=True, help="Seeds: 0 | 0,1,2 | 0-3."),
+        "steps": click.option(
             "--steps", type=int, help="Denoising steps (default: the family's, 4 with --scheduler lightning)."
         ),
-        click.option("--height", type=int, help="Height in pixels (default: the family's)."),
-        click.option("--width", type=int, help="Width in pixels (default: the family's)."),
-        click.option("--frames", type=int, help="Frames (video families; default: the family's)."),
-        click.option("--guidance", type=float, help="Guidance scale (default: the family's)."),
-        click.option(
+        "height": click.option("--height", type=int, help="Height in pixels (default: the family's)."),
+        "width": click.option("--width", type=int, help="Width in pixels (default: the family's)."),
+        "frames": click.option("--frames", type=int, help="Frames (video families; default: the family's)."),
+        "guidance": click.option("--guidance", type=float, help="Guidance scale (default: the family's)."),
+        "scheduler": click.option(
             "--scheduler",
             default="default",
             show_default=True,
             help="default | euler | unipc | dpm++ | ddim | lightning | a diffusers scheduler class name.",
         ),
-        click.option(
+        "image": click.option(
             "--image",
             type=click.Path(path_type=str),
             help="Image for image-to-video (default: one from the seed).",
         ),
-        click.option(
+        "offload": click.option(
             "--offload",
             type=click.Choice(["none", "model", "sequential"]),
             default="none",
             show_default=True,
             help="diffusers' CPU offload (GPU only), for big models on small GPUs.",
         ),
-        click.option("--vae-tiling", is_flag=True, help="Decode with VAE tiling."),
-        click.option(
+        "vae_tiling": click.option("--vae-tiling", is_flag=True, help="Decode with VAE tiling."),
+        "dtype": click.option(
             "--dtype",
             type=click.Choice(["fp32", "bf16", "fp16"]),
             default="fp32",
             show_default=True,
             help="Compute dtype.",
         ),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
-        click.option(
+        "device": click.option(
+            "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."
+        ),
+        "text_len": click.option(
             "--text-len", type=int, help="Tokens of seeded prompt embeddings (default: the pipeline's)."
         ),
-    ]
-    for o in reversed(opts):
-        fn = o(fn)
+    }
+
+
+# The generation options `quantize --calibrate` takes (quantize has its own --device).
+CALIBRATION_OPTIONS = (
+    "prompts",
+    "negative_prompt",
+    "seeds",
+    "steps",
+    "height",
+    "width",
+    "frames",
+    "text_len",
+)
+
+
+def generation_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command that runs reference generations shares."""
+    return generation_options_except()(fn)
+
+
+def generation_options_except(*skip: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``generation_options`` without the options named in ``skip`` (``--device`` for a command
+    that has its own with the same meaning)."""
+    names = {s.removeprefix("--").replace("-", "_") for s in skip}
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for name, o in reversed(_generation_option_table().items()):
+            if name not in names:
+                fn = o(fn)
+        return fn
+
+    return deco
+
+
+def calibration_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The generation options that shape a calibration run (``CALIBRATION_OPTIONS``), the same
+    click options ``verify`` and ``imatrix`` take; only used with ``--calibrate``."""
+    table = _generation_option_table()
+    for name in reversed(CALIBRATION_OPTIONS):
+        fn = table[name](fn)
     return fn
 
 
-def settings_from(kw: dict[str, Any]) -> GenerationSettings:
-    """GenerationSettings from the shared options (popped from ``kw``), checked before any model
-    is opened: a bad --height or --device ends at once, not after minutes of loading."""
-    settings = GenerationSettings(
-        height=kw.pop("height"),
-        width=kw.pop("width"),
-        frames=kw.pop("frames"),
-        steps=kw.pop("steps"),
-        guidance=kw.pop("guidance"),
-        scheduler=kw.pop("scheduler"),
-        seeds=parse_seeds(kw.pop("seeds")),
-        dtype=kw.pop("dtype"),
-        device=kw.pop("device"),
-        offload=kw.pop("offload"),
-        vae_tiling=kw.pop("vae_tiling"),
-        text_len=kw.pop("text_len"),
-        image=kw.pop("image"),
-        prompts=kw.pop("prompts"),
-        negative_prompt=kw.pop("negative_prompt"),
-    )
-    check_options(settings)
-    return settings
+def calibration_request(calibrate: bool, kw: dict[str, Any]) -> dict[str, Any] | None:
+    """``quantize --calibrate``: the generation options of the calibration run (popped from
+    ``kw``; unset ones left to the API's defaults), or None without --calibrate, where naming one
+    of them is a usage error."""
+    from weightsmith.errors import UsageError
 
-
-def check_report_dir(report: str | None) -> None:
-    """--report names a folder to write into: refuse a file there now, not after the generations."""
-    if report is None:
-        return
-    from weightsmith.errors import OutputError
-
-    p = Path(report)
-    if p.exists() and not p.is_dir():
-        raise OutputError(
-            f"--report {p} is a file; a folder is expected", hint="pass a new or existing folder"
-        )
-    parent = p.parent if not p.exists() else p
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise OutputError(
-            f"--report {p} cannot be created: {parent} is not a folder", hint="pass a folder path"
-        )
-
-
-def _cache_dir(cache_dir: str | None, no_cache: bool) -> Path | None:
-    from weightsmith.verify.cache import default_cache_dir
-
-    if no_cache:
+    ctx = click.get_current_context(silent=True)
+    given = {
+        n: kw.pop(n)
+        for n in CALIBRATION_OPTIONS
+        if n in kw
+        and ctx is not None
+        and ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)
+    }
+    for n in CALIBRATION_OPTIONS:
+        kw.pop(n, None)
+    if not calibrate:
+        if given:
+            flag = "--" + next(iter(given)).replace("_", "-")
+            raise UsageError(f"{flag} shapes the calibration run", hint="add --calibrate, or drop it")
         return None
-    return Path(cache_dir) if cache_dir else default_cache_dir()
+    return {k: v for k, v in given.items() if v is not None}
 
 
 @click.command("verify")
@@ -183,43 +199,37 @@ def verify_command(
           --steps 20 --seeds 0,1 --gate 'psnr>=30' --gate 'ssim>=0.95' --report reports/wan
       torchrun --nproc-per-node 4 -m weightsmith verify base/ cand.gguf --seeds 0-7 --json
     """
-    from weightsmith.verify.gates import failure_table, load_gates_toml, parse_gate
-    from weightsmith.verify.results import check_gates, summary_table
-    from weightsmith.verify.run import VerifyOptions, verify
+    from weightsmith.api import verify
+    from weightsmith.verify.gates import failure_table
+    from weightsmith.verify.results import summary_table
 
-    # Everything a user typed is checked before any model is opened: gates, report folder, settings.
-    gates = [parse_gate(g) for g in gate] + (load_gates_toml(gates_file) if gates_file else [])
-    check_report_dir(report)
-    settings = settings_from(kw)
-    opts = VerifyOptions(
+    result = verify(
         baseline,
-        list(candidates),
-        settings,
+        candidates,
+        gate=gate,
+        gates=gates_file,
+        report=report,
+        cache_dir=cache_dir,
+        no_cache=no_cache,
+        consumer=consumer,
         vae=vae,
-        gates=gates,
-        cache_dir=_cache_dir(cache_dir, no_cache),
-        consumers=consumer,
+        progress=bars(),
+        **kw,
     )
-    result = verify(opts)
-    import os
-
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    if report:
-        from weightsmith.verify.report import write_report
-
-        path = write_report(report, [result])
-        click.echo(f"report: {path}", err=True)
+    if result.report_path:
+        click.echo(f"report: {result.report_path}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=1))
-        table = failure_table(result.gate_results())
+        table = failure_table(result._internal.gate_results())
         if table:
             click.echo(table, err=True)
     else:
-        click.echo(summary_table(result))
+        click.echo(summary_table(result._internal))
         for note in result.notes:
             click.echo(f"note: {note}", err=True)
-    check_gates(result)
+    result.raise_for_gates()
 
 
 @click.command("sensitivity")
@@ -251,18 +261,16 @@ def sensitivity_command(
     Example:
       weightsmith sensitivity Wan2.1-T2V-1.3B-Diffusers/ --scheme gguf:Q3_K_M --steps 8 --report reports/sens
     """
-    from weightsmith.verify.sensitivity import format_ranking, run_sensitivity, write_sensitivity_report
+    from weightsmith.api import sensitivity
+    from weightsmith.verify.sensitivity import format_ranking
 
-    check_report_dir(report)
-    settings = settings_from(kw)
-    result = run_sensitivity(model, scheme, settings, vae=vae)
-    if report:
-        path = write_sensitivity_report(report, result)
-        click.echo(f"report: {path}", err=True)
+    result = sensitivity(model, scheme=scheme, report=report, vae=vae, progress=bars(), **kw)
+    if result.report_path:
+        click.echo(f"report: {result.report_path}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=1))
     else:
-        click.echo(format_ranking(result, top))
+        click.echo(format_ranking(result._internal, top))
 
 
 @click.command("imatrix")
@@ -270,7 +278,10 @@ def sensitivity_command(
 @click.argument("out", type=click.Path(path_type=str))
 @generation_options
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def imatrix_command(model: str, out: str, overwrite: bool, vae: str | None, **kw: Any) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (schema weightsmith.imatrix/1)."
+)
+def imatrix_command(model: str, out: str, overwrite: bool, as_json: bool, vae: str | None, **kw: Any) -> None:
     """Collect an importance matrix for MODEL from reference generations, for `quantize --imatrix`.
 
     Hooks on every Linear layer of the transformer sum the squares of its inputs per column
@@ -283,10 +294,14 @@ def imatrix_command(model: str, out: str, overwrite: bool, vae: str | None, **kw
       weightsmith imatrix Wan2.1-T2V-1.3B-Diffusers/ wan.imatrix.gguf --seeds 0-7 --steps 20
       weightsmith quantize Wan2.1-T2V-1.3B-Diffusers/ wan-Q3_K_M.gguf --scheme gguf:Q3_K_M --imatrix wan.imatrix.gguf
     """
-    from weightsmith.verify.importance import collect_imatrix
+    from weightsmith.api import imatrix
 
-    settings = settings_from(kw)
-    result = collect_imatrix(model, out, settings, vae=vae, overwrite=overwrite)
-    for line in result.summary_lines():
+    result = imatrix(model, out, overwrite=overwrite, vae=vae, progress=bars(), **kw)
+    lines = [
+        f"imatrix: {result.tensors} tensors from {result.generations} generation(s), {result.rows:,} rows per "
+        f"tensor on average, in {result.seconds:.1f} s",
+        *(f"  note: {n}" for n in result.notes),
+    ]
+    for line in lines:
         click.echo(line, err=True)
-    click.echo(str(result.path))
+    click.echo(json.dumps(result.to_json(), indent=1) if as_json else str(result.path))

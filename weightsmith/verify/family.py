@@ -37,6 +37,11 @@ def published_layout(family: str) -> str:
     return next((layout for layout in comp.layouts if layout != "diffusers"), comp.layouts[0])
 
 
+def demo_schemes(family: str) -> tuple[str, ...]:
+    """The schemes the demo's matrix adds for ``family`` alone (its generation's ``demo_schemes``)."""
+    return generation(family).demo_schemes
+
+
 def demo_models() -> list[tuple[str, str]]:
     """(family, variant) of the model each family shows in the demo and its verification matrix."""
     return [(c.family, c.generation.demo_variant) for c in verifiable() if c.generation.demo_variant]

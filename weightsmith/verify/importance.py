@@ -11,6 +11,7 @@ statistics. Written with ``weightsmith.quantize.gguf.imatrix.write_imatrix`` (GG
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from weightsmith.progress import bar
-from weightsmith.verify.models import resolve_baseline
+from weightsmith.verify.models import Baseline, resolve_baseline
 from weightsmith.verify.names import column_stats, gguf_tensors
 from weightsmith.verify.settings import GenerationSettings
 
@@ -43,17 +44,13 @@ class ImatrixResult:
 class _SquareSums:
     """Pre-hooks summing squared inputs per column for each Linear module."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.rows: dict[str, int] = {}
-        self._hooks = []
-        for name, mod in model.named_modules():
-            if isinstance(mod, nn.Linear):
-                self._hooks.append(
-                    mod.register_forward_pre_hook(self._hook(f"{name}.weight", mod.in_features))
-                )
 
-    def _hook(self, key: str, width: int):
+    def hook_for(self, name: str, mod: nn.Linear) -> Callable[[nn.Module, tuple], None]:
+        key, width = f"{name}.weight", mod.in_features
+
         def hook(_m: nn.Module, args: tuple) -> None:
             x = args[0].detach()
             x = x.reshape(-1, width).to(torch.float64)
@@ -63,9 +60,49 @@ class _SquareSums:
 
         return hook
 
-    def remove(self) -> None:
-        for h in self._hooks:
+
+@dataclass
+class ReferencePass:
+    """What a hooked reference run leaves: the baseline, its (first) transformer, the resolved
+    settings and how many generations ran."""
+
+    base: Baseline
+    transformer: nn.Module
+    settings: GenerationSettings
+    items: int
+
+
+def run_linear_hooks(
+    model: str,
+    settings: GenerationSettings,
+    hook_for: Callable[[str, nn.Linear], Callable[[nn.Module, tuple], None]],
+    *,
+    vae: str | None = None,
+    progress: bool = False,
+    label: str = "reference",
+) -> ReferencePass:
+    """Run MODEL's reference generations (no decode) with ``hook_for(name, linear)`` installed as a
+    forward pre-hook on every nn.Linear of the transformer: the one way ``imatrix``, calibration
+    and the activation probes see what each layer is fed. Hooks are removed whatever happens."""
+    from weightsmith.verify.runner import Runner, prepare
+
+    base = resolve_baseline(model, vae)
+    sched, settings, device, items = prepare(base, settings)
+    runner = Runner(base, sched, settings, device)
+    experts = {e: runner.baseline_module(e) for e in base.experts}
+    tr = experts["transformer"]
+    hooks = [
+        mod.register_forward_pre_hook(hook_for(name, mod))
+        for name, mod in tr.named_modules()
+        if isinstance(mod, nn.Linear)
+    ]
+    try:
+        with bar(len(items), label, "gen", enabled=progress) as tick:
+            runner.run(experts, items, tick, decode=False)
+    finally:
+        for h in hooks:
             h.remove()
+    return ReferencePass(base, tr, settings, len(items))
 
 
 def linear_inputs(
@@ -76,41 +113,24 @@ def linear_inputs(
 
     For measuring what an importance matrix optimises: a quantized layer's output error on the
     activations it really gets."""
-    from weightsmith.verify.runner import Runner, prepare
-
-    base = resolve_baseline(model, vae)
-    sched, settings, device, items = prepare(base, settings)
-    runner = Runner(base, sched, settings, device)
-    experts = {e: runner.baseline_module(e) for e in base.experts}
-    tr = experts["transformer"]
     seen: dict[str, list[torch.Tensor]] = {}
-    hooks = []
-    for name, mod in tr.named_modules():
-        if isinstance(mod, nn.Linear):
 
-            def hook(
-                _m: nn.Module, args: tuple, key: str = f"{name}.weight", width: int = mod.in_features
-            ) -> None:
-                seen.setdefault(key, []).append(args[0].detach().reshape(-1, width).float().cpu())
+    def hook_for(name: str, mod: nn.Linear) -> Callable[[nn.Module, tuple], None]:
+        key, width = f"{name}.weight", mod.in_features
 
-            hooks.append(mod.register_forward_pre_hook(hook))
-    try:
-        runner.run(experts, items, _NoTick(), decode=False)
-    finally:
-        for h in hooks:
-            h.remove()
+        def hook(_m: nn.Module, args: tuple) -> None:
+            seen.setdefault(key, []).append(args[0].detach().reshape(-1, width).float().cpu())
+
+        return hook
+
+    run = run_linear_hooks(model, settings, hook_for, vae=vae)
     out = {}
     for k, parts in seen.items():
         x = torch.cat(parts)
         if x.shape[0] > max_rows:
             x = x[torch.linspace(0, x.shape[0] - 1, max_rows).round().long()]
         out[k] = x
-    return out, tr
-
-
-class _NoTick:
-    def update(self, n: int = 1) -> None:
-        pass
+    return out, run.transformer
 
 
 def collect_imatrix(
@@ -124,21 +144,12 @@ def collect_imatrix(
 ) -> ImatrixResult:
     """Run MODEL's reference generations with hooks and write the importance matrix to ``out``."""
     from weightsmith.quantize.gguf.imatrix import write_imatrix
-    from weightsmith.verify.runner import Runner, prepare
 
     t0 = time.perf_counter()
     out = Path(out)
-    base = resolve_baseline(model, vae)
-    sched, settings, device, items = prepare(base, settings)
-    runner = Runner(base, sched, settings, device)
-    experts = {e: runner.baseline_module(e) for e in base.experts}
-    tr = experts["transformer"]
-    hooks = _SquareSums(tr)
-    try:
-        with bar(len(items), "imatrix", "gen", enabled=progress) as tick:
-            runner.run(experts, items, tick, decode=False)
-    finally:
-        hooks.remove()
+    hooks = _SquareSums()
+    run = run_linear_hooks(model, settings, hooks.hook_for, vae=vae, progress=progress, label="imatrix")
+    base, tr, settings = run.base, run.transformer, run.settings
     tensors = gguf_tensors(tr, base.family)
     shapes = {k: tuple(v.shape) for k, v in tr.state_dict().items()}
     stats = column_stats(tensors, {k: v.to(torch.float32) for k, v in hooks.sums.items()}, shapes)
@@ -153,8 +164,8 @@ def collect_imatrix(
         {k: v for k, (v, _) in stats.items()},
         counts,
         datasets=[f"weightsmith reference generations: seeds {list(settings.seeds)}, {settings.steps} steps"],
-        chunks=len(items),
+        chunks=run.items,
         overwrite=overwrite,
     )
     rows = sum(counts.values()) // max(len(counts), 1)
-    return ImatrixResult(out, len(stats), rows, len(items), notes, time.perf_counter() - t0)
+    return ImatrixResult(out, len(stats), rows, run.items, notes, time.perf_counter() - t0)

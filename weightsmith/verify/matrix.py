@@ -2,7 +2,8 @@
 every artifact verified against the float pipeline. What `weightsmith demo` shows.
 
 Schemes are taken from a wish list as far as ``known_schemes()`` offers them, so schemes that
-register later (int8/fp8/int4) join the matrix without touching this module.
+register later (int8/fp8/int4) join the matrix without touching this module. mxfp8 and nvfp4 are
+written as ComfyUI comfy_quant files for the families ComfyUI loads natively.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from weightsmith.errors import QuantizationError, UsageError
-from weightsmith.verify.family import demo_models, published_layout
+from weightsmith.verify.family import demo_models, demo_schemes, published_layout
 from weightsmith.verify.gates import Gate, parse_gate
 from weightsmith.verify.run import VerifyOptions, VerifyResult, verify
 from weightsmith.verify.settings import GenerationSettings
@@ -30,6 +31,8 @@ WISHED_SCHEMES = (
     "int8",
     "fp8",
     "int4",
+    "mxfp8",
+    "nvfp4",
 )
 # Shown in the report as an example of CI gates; the demo itself does not fail on them.
 DEMO_GATES = ("psnr>=30", "ssim>=0.95")
@@ -54,7 +57,20 @@ def available_schemes(wished: Sequence[str] = WISHED_SCHEMES) -> list[str]:
 def _artifact_name(family: str, scheme: str) -> str:
     if scheme.startswith("gguf:"):
         return f"{family}-{scheme.split(':', 1)[1]}.gguf"
+    if _comfy_candidate(family, scheme):
+        return f"{family}-{scheme}-comfy.safetensors"
     return f"{family}-{scheme}"
+
+
+def _comfy_candidate(family: str, scheme: str) -> bool:
+    """Microscaled schemes (mxfp8, nvfp4) are shown as ComfyUI files where ComfyUI loads the
+    family natively; elsewhere nvfp4 is a compressed-tensors folder and mxfp8 is skipped."""
+    from weightsmith.families import get_component
+    from weightsmith.kernels.linear import LINEAR_SCHEMES
+
+    s = LINEAR_SCHEMES.get(scheme)
+    comfy = s is not None and s.microscaled and "comfy" in s.formats
+    return comfy and get_component(family, "transformer").quant.comfy_fp8
 
 
 def run_matrix(
@@ -89,7 +105,8 @@ def run_matrix(
             pipe / "transformer", base / f"{family}-{layout}{suffix}", layout, overwrite=True, progress=False
         ).dst
         candidates = [str(converted)]
-        for scheme in schemes:
+        own = [s for s in available_schemes(demo_schemes(family)) if s not in schemes]
+        for scheme in [*schemes, *own]:
             dst = base / _artifact_name(family, scheme)
             t = time.perf_counter()
             try:

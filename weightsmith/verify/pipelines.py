@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from weightsmith.errors import UsageError
+from weightsmith.errors import UsageError, WeightsmithError
 from weightsmith.verify.family import generation
 from weightsmith.verify.inputs import Prompt
 from weightsmith.verify.schedulers import SchedulerChoice
@@ -151,6 +151,8 @@ def generate(
             out = pipe(**kw)[0]
     except _NonFinite as e:
         return Generation(e.latents, steps, None, time.perf_counter() - t0, nonfinite_step=e.step)
+    except WeightsmithError:  # ours (several are ValueErrors too) already say what is wrong
+        raise
     except ValueError as e:  # diffusers' own input checks (sizes, frame counts...)
         msg = " ".join(str(e).split())[:300]
         raise UsageError(

@@ -25,4 +25,8 @@ TRANSFORMER_QUANT = QuantSpec(
     gguf_qkv=("*.attention.query_key_value.weight",),
     gguf_ffn_down=("*.mlp.dense_4h_to_h.weight",),
     gguf_f32=("*adaLN_modulation*",),
+    comfy_refusal=(
+        "ComfyUI's native CogVideoX model (comfy/ldm/cogvideo) names its weights its own way "
+        "(blocks.N.q, ff_proj, ...), a layout weightsmith does not write yet"
+    ),
 )

@@ -4,6 +4,7 @@ Importing this package registers both components (see ``weightsmith/families/__i
 """
 
 from weightsmith.families.sana.dcae import DCAE
+from weightsmith.families.sana.text_encoder import SanaTextEncoder
 from weightsmith.families.sana.transformer import SanaTransformer
 
-__all__ = ["DCAE", "SanaTransformer"]
+__all__ = ["SanaTextEncoder", "DCAE", "SanaTransformer"]

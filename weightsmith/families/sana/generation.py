@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 from weightsmith.families.generation import (
     Defaults,
     Generation,
@@ -35,6 +33,7 @@ class SanaGeneration(Generation):
         "num_train_timesteps": 1000,
     }
     demo_variant = "1.0"
+    demo_schemes = ("nvfp4",)  # Sana publishes NVFP4 checkpoints for Blackwell GPUs
     tiny_variants = ("1.0", "1.5", "sprint")
     tiny_size = (32, 32, 1)
     tiny_vae = "f32c32-sana"
@@ -48,6 +47,8 @@ class SanaGeneration(Generation):
         return dict(self.scheduler)
 
     def call_kwargs(self, run, settings, prompt, move, image=None, last_image=None) -> dict[str, Any]:
+        import torch
+
         kw = super().call_kwargs(run, settings, prompt, move, image, last_image)
         kw["use_resolution_binning"] = False
         if run.variant != "sprint":

@@ -22,4 +22,5 @@ TRANSFORMER_QUANT = QuantSpec(
     gguf_qkv=("*.attn.qkv.weight",),
     gguf_f32=("*scale_shift_table*", "*t_block.*"),
     diffusers_reads_gguf=True,
+    comfy_refusal="ComfyUI has no native Sana model (only custom nodes load it)",
 )

@@ -4,7 +4,8 @@ and the video VAE (AutoencoderKLWan), each in Wan's original names and Diffusers
 Importing this package registers both components.
 """
 
+from weightsmith.families.wan.text_encoder import WanTextEncoder
 from weightsmith.families.wan.transformer import WanTransformer
 from weightsmith.families.wan.vae import WanVAE
 
-__all__ = ["WanTransformer", "WanVAE"]
+__all__ = ["WanTextEncoder", "WanTransformer", "WanVAE"]

@@ -34,6 +34,12 @@ class GGMLLinear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         return dequantize(self.qweight, self.qtype, (self.out_features, self.in_features))
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight in the compute dtype. Model code reads it: transformers' T5 FFN
+        casts its input to ``wo.weight.dtype`` every forward (one more dequantization there)."""
+        return self.dequantized_weight().to(self.compute_dtype or torch.float32)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.compute_dtype or x.dtype
         w = self.dequantized_weight().to(dtype)

@@ -15,6 +15,8 @@ gguf.md 1.7), so "Q4_K_M" means what it means on the Hub:
   32 does not divide it (rows of 1920, 1152 or 2240 in released models take this path);
 * tensors kept in float are F32 when 1-D, tiny (<= 1024 elements), a modulation table or of more
   than 4 dims, else F16 (never BF16 outside Linear weights: diffusers cannot load BF16 there).
+  A component with ``quant.gguf_small_f32`` False (text encoders) follows llama.cpp's converter
+  instead: 1-D tensors and ``*_norm.weight`` F32, every other kept tensor F16.
   A tensor too large for F16 (|x| > 65504) is kept in F32.
 
 The tensor classes (attention-v, fused qkv, FFN-down) and the kept tensors stored as F32
@@ -157,6 +159,8 @@ def _float_type(shape: Sequence[int], name: str, spec: QuantSpec, recipe: Recipe
         n *= d
     if len(shape) <= 1:
         return "F32", "1-D"
+    if not spec.gguf_small_f32:  # llama.cpp's converter: norms F32, other kept tensors F16
+        return ("F32", "norm") if name.endswith("_norm.weight") else ("F16", "kept")
     if n <= 1024:
         return "F32", "small"
     if _matches(name, spec.gguf_f32):
@@ -198,10 +202,13 @@ def assign_types(
     tensors: Iterable[tuple[str, tuple[int, ...]]],
     keep: Sequence[str] = (),
     config: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, str] | None = None,
 ) -> RecipePlan:
     """Choose a ggml type for every (GGUF-layout name, torch shape) of a transformer, in sorted-name
     order. ``component``: the Component, or its family's name; ``keep``: the user's --keep globs;
-    ``config``: the model's Diffusers config, where its shapes leave the plan something open."""
+    ``config``: the model's Diffusers config, where its shapes leave the plan something open;
+    ``overrides``: GGUF name -> type for quantizable tensors (a per-layer assignment such as
+    ``--scheme auto:gguf`` chooses), which must fit the tensor's rows."""
     comp = get_component(component, "transformer") if isinstance(component, str) else component
     spec = comp.quant
     tensors = list(tensors)
@@ -215,6 +222,15 @@ def assign_types(
             if quantizable:
                 why = "--keep"
             plan.assignments.append(Assignment(name, shape, qt, why))
+            continue
+        if overrides and name in overrides:
+            qt = overrides[name]
+            if not _fits(qt, shape[-1]):
+                raise UsageError(
+                    f"type {qt} does not fit {name}: its rows of {shape[-1]} do not split into its blocks",
+                    hint="choose a type whose block divides the row (Q8_0, Q5_0, Q4_0: 32; K-types: 256)",
+                )
+            plan.assignments.append(Assignment(name, shape, qt, "per-layer"))
             continue
         qt, why = recipe.default, "default"
         if recipe.float_recipe:

@@ -15,11 +15,12 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from weightsmith import __version__
+from weightsmith._version import __version__
 from weightsmith.convert.config import load_config
 from weightsmith.convert.engine import make_plan, resolve_detection, stream
 from weightsmith.errors import UsageError
@@ -74,14 +75,24 @@ def quantize_gguf(
     progress: bool = True,
     config: str | Path | None = None,
     report: bool = True,
+    overrides: Mapping[str, str] | None = None,
+    label: str | None = None,
 ) -> QuantizeResult:
-    """Quantize a transformer checkpoint into a GGUF file with a named recipe."""
+    """Quantize a transformer checkpoint into a GGUF file with a named recipe (``overrides``: GGUF
+    name -> type for single tensors; ``label``: the scheme recorded in the file, e.g. ``auto:gguf``)."""
     opts = QuantizeOptions(imatrix, tuple(keep), family, device, overwrite, progress, config, report)
-    return run_gguf(src, dst, scheme, opts)
+    return run_gguf(src, dst, scheme, opts, overrides, label)
 
 
-def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOptions) -> QuantizeResult:
-    """``quantize_gguf`` with its options as one typed value."""
+def run_gguf(
+    src: str | Path,
+    dst: str | Path,
+    scheme: str,
+    opts: QuantizeOptions,
+    overrides: Mapping[str, str] | None = None,
+    label: str | None = None,
+) -> QuantizeResult:
+    """``quantize_gguf`` with its options as typed values."""
     t0 = time.perf_counter()
     recipe = get_recipe(scheme.split(":", 1)[1] if ":" in scheme else scheme)
     dst = Path(dst)
@@ -99,22 +110,24 @@ def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOption
             ck.config = load_config(opts.config)
         det = resolve_detection(ck, opts.family)
         comp = get_component(det.family, det.component)
-        if det.component != "transformer":
-            raise UsageError(
-                f"{src} is a {det.family} {det.component}; GGUF recipes are for transformers",
-                hint="point at the transformer (a pipeline folder's transformer is picked automatically)",
-            )
         spec = comp.quant
         if spec.gguf_arch is None:
             raise UsageError(
-                f"{src} is a {det.family} {det.component}, for which no GGUF architecture is known",
-                hint="use an int8/fp8/int4 scheme, or declare quant.gguf_arch on the family's Component",
+                f"{src} is a {det.family} {det.component}, for which no GGUF architecture is known "
+                "(GGUF recipes cover transformers and T5/UMT5 text encoders)",
+                hint="point at the transformer (a pipeline folder's transformer is picked automatically), "
+                "or declare quant.gguf_arch on the family's Component",
             )
         plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="")
         names = {s.name: s.name.removeprefix(DIFFUSION_PREFIX) for s in plan.specs}
         check_keep_globs(opts.keep, names.values())
         rp = assign_types(
-            recipe, comp, [(names[s.name], s.shape) for s in plan.specs], opts.keep, plan.source_config
+            recipe,
+            comp,
+            [(names[s.name], s.shape) for s in plan.specs],
+            opts.keep,
+            plan.source_config,
+            overrides,
         )
         types = rp.types()
         reasons = {a.name: a.reason for a in rp.assignments}
@@ -131,6 +144,10 @@ def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOption
             lambda: phases.call("hash", lambda: [file_sha256(p, stop=stop) for p in files]), "hash"
         )
         meta = _metadata(recipe.name, det, ck, plan.source_config, im, files, holders)
+        scheme_label = label or f"gguf:{recipe.name}"
+        meta["weightsmith.scheme"] = scheme_label
+        full = comp.folder_config(det.variant, comp.diffusers_config(det, ck.infos), plan.source_config)
+        meta.update(comp.gguf_metadata(det, full, ck.path, meta["general.file_type"]))
         layers: list[LayerRecord] = []
 
         def read():  # stage 1: read, convert the layout, float32 on the device, refuse NaN/inf
@@ -161,7 +178,7 @@ def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOption
                 stream_in = waited.timed("wait", quantized)
                 write_gguf(tmp, spec.gguf_arch, specs, stream_in, meta, patch=digests)
             phases.add("write", time.perf_counter() - t_write - waited.seconds.get("wait", 0.0))
-            result = QuantizeResult(dst, f"gguf:{recipe.name}", layers, time.perf_counter() - t0)
+            result = QuantizeResult(dst, scheme_label, layers, time.perf_counter() - t0)
             result.phases = dict(phases.seconds)
             if im is not None:
                 result.notes.extend(im.notes)

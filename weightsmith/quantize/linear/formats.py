@@ -1,5 +1,5 @@
-"""Where INT8/FP8/INT4 weights are stored: the compressed-tensors layout and ComfyUI's scaled fp8,
-written the way their own loaders read them. Reading them back (ours and other tools') is the
+"""Where INT8/FP8/INT4/FP4 weights are stored in compressed-tensors folders, written the way its
+own loaders read them. Reading them back (ours and other tools') is the
 reader's job: ``weightsmith.io.quantized``.
 
 compressed-tensors (reference quantization-and-onnx.md section 2), per quantized Linear ``M``:
@@ -14,51 +14,34 @@ compressed-tensors (reference quantization-and-onnx.md section 2), per quantized
 * ``nvfp4-pack-quantized`` / ``mxfp4-pack-quantized`` (fp4 weight-only, W4A16): ``M.weight_packed``
   uint8 [out, in/2] (two E2M1 codes a byte, even column in the low nibble), ``M.weight_scale``
   float8_e4m3fn [out, in/16] (nvfp4) or uint8 E8M0 exponents [out, in/32] (mxfp4), and for nvfp4
-  ``M.weight_global_scale`` float32 [1]; no ``weight_shape`` (the compressor infers it);
+  ``M.weight_global_scale`` float32 [1]; no ``weight_shape`` (the compressor infers it). nvfp4
+  W4A4 (compressed-tensors' NVFP4 preset) adds ``M.input_global_scale`` float32 [1]: ``2688 /
+  absmax`` of the layer's calibrated input (``kernels.microscale.nvfp4_global_scale``);
 * config.json carries ``quantization_config`` (quant_method ``compressed-tensors``, the format,
   one config group targeting ``Linear``, and an ``ignore`` list naming every module whose
   ``.weight`` is not quantized, so model-free tools never mistake a norm or conv for one).
 
-ComfyUI comfy_quant (reference comfy-quant.md; ``--format comfy``), per quantized Linear ``L`` in
-the original layout: ``L.weight`` (F8_E4M3, F8_E5M2 or I8, [out, in]), ``L.weight_scale`` float32
-scalar (shape ``()``) and ``L.comfy_quant``: uint8 bytes of the JSON ``{"format": ...,
-"full_precision_matrix_mult": true}``. Every layer is weight-only (no activation calibration
-exists yet), so each asks ComfyUI to compute in the compute dtype after dequantizing; no
-``input_scale`` is written. ComfyUI dequantizes ``weight.to(float32) * weight_scale``.
-
-Legacy ComfyUI scaled fp8 (``--format comfy-legacy``; reference section 3.1 and comfy-quant.md),
-per quantized Linear ``L`` in the original layout:
-``L.weight`` fp8, ``L.scale_weight`` float32 scalar (shape ``()``), and one marker tensor
-``scaled_fp8``: empty, of the fp8 dtype the weights use (ComfyUI reads the flavour from it; two
-elements would ask for full-precision matmuls, so it has none). ComfyUI marks every legacy layer
-float8_e4m3fn, so only e4m3 is written this way.
+ComfyUI's files (``--format comfy`` and ``comfy-legacy``) are written by
+``weightsmith.quantize.linear.comfy``.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
 
-from weightsmith.errors import QuantizationError, UsageError
-from weightsmith.io.quantized import (
-    COMFY_MARKER,
-    COMFY_QUANT_FORMATS,
-    COMFY_QUANT_SUFFIX,
-    SCHEME_KEY,
-    SOURCE_DTYPE_KEY,
-)
+from weightsmith.errors import UsageError
+from weightsmith.io.quantized_kind import SCHEME_KEY, SOURCE_DTYPE_KEY
 from weightsmith.kernels.linear import (
     ACTIVATIONS,
-    LINEAR_SCHEMES,
     LinearScheme,
     QuantizedWeight,
     pack_int32,
     packed_cols,
 )
 
-__all__ = ["ACTIVATIONS", "COMFY_MARKER", "SCHEME_KEY", "SOURCE_DTYPE_KEY"]
+__all__ = ["ACTIVATIONS", "SCHEME_KEY", "SOURCE_DTYPE_KEY"]
 
 SpecT = tuple[str, tuple[int, ...], torch.dtype]
 
@@ -87,20 +70,24 @@ def ct_format(scheme: LinearScheme, activations: str | None) -> str:
 
 
 def check_activations(scheme: LinearScheme, activations: str | None, fmt: str) -> None:
-    """W8A8 pairs int8 activations with int8 weights and fp8 activations with e4m3 weights."""
+    """W8A8 pairs int8 activations with int8 weights and fp8 activations with e4m3 weights;
+    W4A4 pairs nvfp4 activations with nvfp4 weights (static input global scales: --calibrate)."""
     if activations is None:
         return
     if activations not in ACTIVATIONS:
-        raise UsageError(f"unknown --activations {activations!r}", hint="choose int8 or fp8")
-    if scheme.kind == "fp4":
-        raise UsageError(
-            f"--scheme {scheme.name} is written weight-only (W4A16); fp4 activations are not recorded yet",
-            hint="drop --activations",
-        )
+        raise UsageError(f"unknown --activations {activations!r}", hint="choose int8, fp8 or nvfp4")
     if fmt != "compressed-tensors":
         raise UsageError(
             "--activations is recorded in the compressed-tensors layout only",
             hint="ComfyUI decides fp8 compute itself; drop --activations",
+        )
+    if scheme.kind == "fp4" or activations == "nvfp4":
+        if scheme.nvfp4 and activations == "nvfp4":
+            return
+        raise UsageError(
+            f"--activations {activations} does not go with --scheme {scheme.name}: fp4 weights are "
+            "written weight-only (W4A16) or, for nvfp4, with nvfp4 activations (W4A4)",
+            hint="drop --activations, or use --scheme nvfp4 --activations nvfp4 --calibrate",
         )
     ok = (activations == "int8" and scheme.kind == "int" and scheme.bits == 8) or (
         activations == "fp8" and scheme.fp8_dtype == torch.float8_e4m3fn
@@ -136,8 +123,22 @@ def ct_weight_args(scheme: LinearScheme) -> dict[str, Any]:
 
 
 def ct_activation_args(activations: str | None) -> dict[str, Any] | None:
+    """The ``input_activations`` QuantizationArgs: dynamic per token for W8A8; for nvfp4 (W4A4)
+    compressed-tensors' NVFP4 preset's: e4m3 scales per block of 16 computed at run time
+    (``dynamic: local``) under a static, calibrated ``input_global_scale`` per layer."""
     if activations is None:
         return None
+    if activations == "nvfp4":
+        return {
+            "num_bits": 4,
+            "type": "float",
+            "symmetric": True,
+            "group_size": 16,
+            "strategy": "tensor_group",
+            "dynamic": "local",
+            "observer": "static_minmax",
+            "scale_dtype": "torch.float8_e4m3fn",
+        }
     return {
         "num_bits": 8,
         "type": "int" if activations == "int8" else "float",
@@ -175,6 +176,40 @@ def ct_quantization_config(
     }
 
 
+def ct_mixed_quantization_config(layers: dict[str, LinearScheme], ignore: list[str]) -> dict[str, Any]:
+    """``quantization_config`` for one scheme per layer (weight-only): one config group per scheme
+    whose ``targets`` are its layers' module names, each group with its own format, and the top
+    level format ``mixed-precision`` when the groups' formats differ (compressed-tensors' way)."""
+    by: dict[str, list[str]] = {}
+    schemes: dict[str, LinearScheme] = {}
+    for weight, ls in sorted(layers.items()):
+        by.setdefault(ls.name, []).append(weight.removesuffix(".weight"))
+        schemes[ls.name] = ls
+    groups = {}
+    for i, name in enumerate(sorted(by)):
+        ls = schemes[name]
+        groups[f"group_{i}"] = {
+            "targets": by[name],
+            "weights": ct_weight_args(ls),
+            "input_activations": None,
+            "output_activations": None,
+            "format": ct_format(ls, None),
+        }
+    formats = {g["format"] for g in groups.values()}
+    return {
+        "version": CT_LAYOUT_VERSION,
+        "quant_method": "compressed-tensors",
+        "format": formats.pop() if len(formats) == 1 else "mixed-precision",
+        "quantization_status": "compressed",
+        "config_groups": groups,
+        "ignore": sorted(ignore),
+        "kv_cache_scheme": None,
+        "global_compression_ratio": None,
+        "sparsity_config": {},
+        "transform_config": {},
+    }
+
+
 def _scale_shape(scheme: LinearScheme, out: int, inn: int) -> tuple[int, ...]:
     if scheme.granularity == "channel":
         return (out, 1)
@@ -183,7 +218,9 @@ def _scale_shape(scheme: LinearScheme, out: int, inn: int) -> tuple[int, ...]:
     return (out, inn // scheme.group_size)  # type: ignore[operator]
 
 
-def ct_specs(module: str, shape: tuple[int, int], scheme: LinearScheme, fmt: str) -> list[SpecT]:
+def ct_specs(
+    module: str, shape: tuple[int, int], scheme: LinearScheme, fmt: str, activations: str | None = None
+) -> list[SpecT]:
     """Names, shapes and dtypes one quantized Linear ``module`` is stored as (write order)."""
     out, inn = shape
     sshape = _scale_shape(scheme, out, inn)
@@ -194,6 +231,8 @@ def ct_specs(module: str, shape: tuple[int, int], scheme: LinearScheme, fmt: str
         ]
         if scheme.nvfp4:
             fp4.append((f"{module}.weight_global_scale", (1,), torch.float32))
+        if activations == "nvfp4":
+            fp4.append((f"{module}.input_global_scale", (1,), torch.float32))
         return fp4
     if fmt == PACK:
         specs: list[SpecT] = [
@@ -213,13 +252,17 @@ def ct_specs(module: str, shape: tuple[int, int], scheme: LinearScheme, fmt: str
     return specs
 
 
-def ct_tensors(module: str, qw: QuantizedWeight, fmt: str) -> list[tuple[str, torch.Tensor]]:
-    """The tensors of ``ct_specs``, in the same order."""
+def ct_tensors(
+    module: str, qw: QuantizedWeight, fmt: str, input_global_scale: torch.Tensor | None = None
+) -> list[tuple[str, torch.Tensor]]:
+    """The tensors of ``ct_specs``, in the same order (``input_global_scale``: W4A4's, float32 [1])."""
     s = qw.scheme
     if s.kind == "fp4":
         out = [(f"{module}.weight_packed", qw.data), (f"{module}.weight_scale", qw.scale)]
         if qw.global_scale is not None:
             out.append((f"{module}.weight_global_scale", qw.global_scale))
+        if input_global_scale is not None:
+            out.append((f"{module}.input_global_scale", input_global_scale.to(torch.float32).reshape(1)))
         return out
     if fmt == PACK:
         out = [
@@ -234,102 +277,3 @@ def ct_tensors(module: str, qw: QuantizedWeight, fmt: str) -> list[tuple[str, to
     if qw.zero_point is not None:
         out.append((f"{module}.weight_zero_point", qw.zero_point))
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# ComfyUI scaled fp8: writing
-
-
-def comfy_specs(layer: str, shape: tuple[int, ...], scheme: LinearScheme) -> list[SpecT]:
-    """Legacy scaled fp8: e4m3 weights with one scale per tensor (see ``check_comfy_legacy``)."""
-    check_comfy_legacy(scheme)
-    return [(f"{layer}.weight", tuple(shape), scheme.fp8_dtype), (f"{layer}.scale_weight", (), torch.float32)]  # type: ignore[list-item]
-
-
-def check_comfy_legacy(scheme: LinearScheme) -> None:
-    """The legacy layout holds per-tensor e4m3 only: ComfyUI marks every legacy layer
-    float8_e4m3fn and value-casts its weight, so e5m2 would lose everything beyond +-448."""
-    if scheme.fp8_dtype == torch.float8_e5m2:
-        raise UsageError(
-            f"--scheme {scheme.name} cannot be written as comfy-legacy: ComfyUI reads every legacy "
-            "scaled-fp8 layer as float8_e4m3fn and casts e5m2 weights to it, losing all beyond +-448",
-            hint="use --format comfy (its comfy_quant metadata records float8_e5m2)",
-        )
-    if scheme.kind != "float" or scheme.granularity != "tensor":
-        raise UsageError(
-            f"--scheme {scheme.name} cannot be written as comfy-legacy: the scaled-fp8 layout holds "
-            "e4m3 weights with one scale per tensor",
-            hint="use --scheme fp8-tensor with --format comfy-legacy, or --format comfy",
-        )
-
-
-def comfy_tensors(layer: str, qw: QuantizedWeight) -> list[tuple[str, torch.Tensor]]:
-    return [(f"{layer}.weight", qw.data), (f"{layer}.scale_weight", qw.scale.reshape(()))]
-
-
-def comfy_marker_spec(scheme: LinearScheme, prefix: str = "") -> tuple[SpecT, torch.Tensor]:
-    dtype = scheme.fp8_dtype
-    if dtype is None:
-        raise QuantizationError(
-            f"{scheme.name} is no fp8 scheme: ComfyUI's scaled-fp8 marker names an fp8 dtype",
-            hint="this is a bug in weightsmith; report it",
-        )
-    return (f"{prefix}{COMFY_MARKER}", (0,), dtype), torch.empty(0, dtype=dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# ComfyUI comfy_quant: writing
-
-
-def comfy_quant_format(scheme: LinearScheme) -> str:
-    """ComfyUI's format name for ``scheme``'s numbers: per-tensor e4m3, e5m2 or int8 only."""
-    for fmt, (name, stored) in COMFY_QUANT_FORMATS.items():
-        reg = LINEAR_SCHEMES.get(name)
-        if reg is not None and _same_numbers(scheme, reg) and _stored_dtype(scheme) == stored:
-            return fmt
-    raise UsageError(
-        f"ComfyUI's comfy_quant layers hold one scale per tensor; {scheme.name} is not that",
-        hint="use --scheme fp8-tensor, fp8-e5m2 or int8-tensor with --format comfy",
-    )
-
-
-def _same_numbers(a: LinearScheme, b: LinearScheme) -> bool:
-    return (a.kind, a.bits, a.granularity, a.group_size, a.symmetric, a.fp8_dtype) == (
-        b.kind,
-        b.bits,
-        b.granularity,
-        b.group_size,
-        b.symmetric,
-        b.fp8_dtype,
-    )
-
-
-def _stored_dtype(scheme: LinearScheme) -> torch.dtype:
-    return scheme.fp8_dtype if scheme.kind == "float" else torch.int8  # type: ignore[return-value]
-
-
-def comfy_quant_json(scheme: LinearScheme) -> bytes:
-    """The bytes of one layer's ``comfy_quant`` tensor (UTF-8 JSON; weight-only, so
-    ``full_precision_matrix_mult``: fp8 GPUs would otherwise quantize activations uncalibrated)."""
-    conf = {"format": comfy_quant_format(scheme), "full_precision_matrix_mult": True}
-    return json.dumps(conf, separators=(",", ":")).encode()
-
-
-def comfy_quant_specs(layer: str, shape: tuple[int, ...], scheme: LinearScheme) -> list[SpecT]:
-    """Names, shapes and dtypes one quantized Linear ``layer`` is stored as (write order)."""
-    n = len(comfy_quant_json(scheme))
-    return [
-        (f"{layer}.weight", tuple(shape), _stored_dtype(scheme)),
-        (f"{layer}.weight_scale", (), torch.float32),
-        (f"{layer}{COMFY_QUANT_SUFFIX}", (n,), torch.uint8),
-    ]
-
-
-def comfy_quant_tensors(layer: str, qw: QuantizedWeight) -> list[tuple[str, torch.Tensor]]:
-    """The tensors of ``comfy_quant_specs``, in the same order."""
-    raw = torch.frombuffer(bytearray(comfy_quant_json(qw.scheme)), dtype=torch.uint8)
-    return [
-        (f"{layer}.weight", qw.data),
-        (f"{layer}.weight_scale", qw.scale.to(torch.float32).reshape(())),
-        (f"{layer}{COMFY_QUANT_SUFFIX}", raw),
-    ]

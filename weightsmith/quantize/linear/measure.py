@@ -23,10 +23,13 @@ def measured_sqnr(qw: QuantizedWeight, ref: torch.Tensor, name: str) -> float:
     """SQNR in dB of ``qw`` against the float weight ``ref`` (same shape, ``qw``'s device);
     refuses a weight any element of which decodes to NaN or infinity."""
     out, inn = qw.shape
-    step = max(1, (4 * SQNR_CHUNK) // max(1, inn))
+    # ComfyUI's microscaled layout pads rows and swizzles its block scales across 128-row tiles:
+    # its rows are not row-major slices, so it is decoded whole (one chunk).
+    step = out if qw.layout == "comfy" else max(1, (4 * SQNR_CHUNK) // max(1, inn))
     acc = Sqnr()
     for r0 in range(0, out, step):
-        deq = qw.rows(r0, r0 + step).dequantize().reshape(-1)
+        part = qw if step >= out else qw.rows(r0, r0 + step)
+        deq = part.dequantize().reshape(-1)
         x = ref[r0 : r0 + step].reshape(-1).to(torch.float32)
         diff = deq - x
         s, n = float(torch.dot(x, x)), float(torch.dot(diff, diff))

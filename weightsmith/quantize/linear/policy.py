@@ -6,7 +6,7 @@ family's ``Component.quant.keep`` keeps in high precision what hurts most to qua
 little to keep (embeddings, modulation, the output head). Users add ``--keep GLOB`` and
 ``--keep-blocks first:N,last:M``; a Linear whose row does not split into whole groups of an int4
 scheme, or into whole blocks of an fp4 scheme (nvfp4: 16, mxfp4: 32), is kept too (recorded
-with the reason), never padded.
+with the reason), never padded; only ComfyUI's nvfp4/mxfp8 layout pads (``padded``).
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ class LinearPolicy:
         all_names: Iterable[str],
         keep: Sequence[str] = (),
         keep_blocks: KeepBlocks = KeepBlocks(),
+        padded: bool = False,
     ) -> None:
-        self.spec, self.scheme, self.keep = spec, scheme, tuple(keep)
+        """``padded``: the output layout pads rows to whole blocks (ComfyUI's nvfp4/mxfp8)."""
+        self.spec, self.scheme, self.keep, self.padded = spec, scheme, tuple(keep), padded
         self.linear = set(linear_weights)
         self.blocks = BlockStack(spec.blocks)
         self.kept_blocks = self.blocks.kept(all_names, keep_blocks)
@@ -55,7 +57,7 @@ class LinearPolicy:
         b = self.blocks.index(name)
         if b is not None and b in self.kept_blocks:
             return Decision(False, f"--keep-blocks (block {b})")
-        if not self.scheme.fits(shape[-1]):
+        if not self.padded and not self.scheme.fits(shape[-1]):
             g = self.scheme.group_size or 0
             if self.scheme.kind == "fp4":
                 alt = " (nvfp4 would fit)" if shape[-1] % 16 == 0 else ""

@@ -1,16 +1,16 @@
-"""`weightsmith quantize SRC DST --scheme {int8,fp8,fp8-tensor,fp8-e5m2,int4,int4-g64,int4-g32,int4-asym,nvfp4,mxfp4}`:
+"""`weightsmith quantize SRC DST --scheme {int8,fp8,fp8-tensor,fp8-e5m2,int4,int4-g64,int4-g32,int4-asym,nvfp4,mxfp4,mxfp8}`:
 a transformer's Linear weights as INT8/FP8/INT4/FP4 safetensors, in the layout their consumers load.
 
 * ``--format compressed-tensors`` (default; DST a folder): a Diffusers component folder whose
   config.json is the Diffusers config plus compressed-tensors' ``quantization_config``, and whose
-  safetensors hold each quantized Linear as that format defines it (see ``linear_formats``);
-  nvfp4 and mxfp4 (weight-only) are written only here, as ``nvfp4-pack-quantized`` /
-  ``mxfp4-pack-quantized``.
-* ``--format comfy`` (DST a ``.safetensors`` file): ComfyUI's current comfy_quant file (per-layer
-  ``comfy_quant`` JSON, ``weight_scale``) in the family's published layout (``quant.gguf_layout``),
-  for fp8-tensor, fp8-e5m2 and int8-tensor, for the families whose ``quant.comfy_fp8`` says
-  ComfyUI loads one. Chosen by default when DST ends in .safetensors. ``fp8`` (per channel) is
-  refused, not mapped: ComfyUI's fp8 layers take one scalar scale.
+  safetensors hold each quantized Linear as that format defines it (see ``formats``); nvfp4 and
+  mxfp4 are weight-only ``nvfp4-pack-quantized`` / ``mxfp4-pack-quantized``.
+* ``--format comfy`` (DST a ``.safetensors`` file): ComfyUI's current comfy_quant file in the
+  family's published layout (``quant.gguf_layout``) for fp8 (written per tensor), fp8-tensor,
+  fp8-e5m2, int8-tensor, mxfp8 and nvfp4 (padded, swizzled: see ``comfy``), for the families
+  whose ``quant.comfy_fp8`` says ComfyUI loads one (else ``quant.comfy_refusal`` says why not).
+  Chosen by default when DST ends in .safetensors. Calibrated activation ranges become
+  ``input_scale``; the rest is marked ``full_precision_matrix_mult`` (``comfy.plan_matmul``).
 * ``--format comfy-legacy``: the same file in the legacy scaled-fp8 layout (a ``scaled_fp8``
   marker, ``scale_weight``), fp8-tensor only: ComfyUI reads every legacy layer as e4m3.
 
@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from weightsmith import __version__
+from weightsmith._version import __version__
 from weightsmith.convert.config import load_config, output_config, provenance_config
 from weightsmith.convert.engine import Plan, make_plan, resolve_detection, stream
 from weightsmith.errors import UsageError
@@ -40,27 +40,47 @@ from weightsmith.families import Detection, components, get_component
 from weightsmith.families.ops import Rename
 from weightsmith.io import Checkpoint, open_single
 from weightsmith.io.base import CONFIG_METADATA_KEY, dtype_name
+from weightsmith.io.quantized import SHAPES_KEY
 from weightsmith.io.writers import SpecT, write_diffusers_component, write_safetensors
 from weightsmith.kernels.linear import LINEAR_SCHEMES, LinearScheme, get_linear_scheme, quantize_weight
 from weightsmith.quantize.device import pick_device
 from weightsmith.quantize.keep import KeepBlocks, check_keep_globs, parse_keep_blocks
-from weightsmith.quantize.linear.formats import (
-    SCHEME_KEY,
-    SOURCE_DTYPE_KEY,
-    check_activations,
+from weightsmith.quantize.linear.calibrated import (
+    CALIBRATED_ACTIVATIONS,
+    check_absmax,
+    input_global_scale,
+    unseen_note,
+)
+from weightsmith.quantize.linear.checks import (
+    check_calibration,
+    check_comfy_options,
+    layer_decision,
+    per_layer_schemes,
+)
+from weightsmith.quantize.linear.comfy import (
+    ComfyMatmul,
     check_comfy_legacy,
     comfy_marker_spec,
     comfy_quant_specs,
     comfy_quant_tensors,
+    comfy_scheme,
     comfy_specs,
     comfy_tensors,
+    plan_matmul,
+)
+from weightsmith.quantize.linear.formats import (
+    SCHEME_KEY,
+    SOURCE_DTYPE_KEY,
+    check_activations,
     ct_format,
+    ct_mixed_quantization_config,
     ct_quantization_config,
     ct_specs,
     ct_tensors,
 )
 from weightsmith.quantize.linear.measure import measured_sqnr
 from weightsmith.quantize.linear.policy import LinearPolicy
+from weightsmith.quantize.linear.sensitive import full_precision_layers
 from weightsmith.quantize.options import LinearOptions, QuantizeOptions, SchemeFamily
 from weightsmith.quantize.outputs import check_outputs, staged_outputs
 from weightsmith.quantize.pipeline import ahead
@@ -71,7 +91,7 @@ COMFY_FORMATS = ("comfy", "comfy-legacy")
 
 
 def comfy_families() -> str:
-    """The families ComfyUI loads a scaled-fp8 file of (``quant.comfy_fp8``), for messages."""
+    """The families ComfyUI loads a quantized single file of (``quant.comfy_fp8``), for messages."""
     return ", ".join(c.family for c in components() if c.quant.comfy_fp8) or "none"
 
 
@@ -85,13 +105,17 @@ def resolve_format(fmt: str | None, scheme: LinearScheme, dst: Path) -> str:
         raise UsageError(
             f"--format {fmt} does not hold {scheme.name} weights", hint=f"choose one of {', '.join(FORMATS)}"
         )
+    if fmt in COMFY_FORMATS:
+        scheme = comfy_scheme(scheme)
     if fmt == "comfy-legacy" and "comfy" in scheme.formats:
         check_comfy_legacy(scheme)
     elif fmt not in scheme.formats:
-        if scheme.kind == "fp4":
-            hint = "nvfp4 and mxfp4 are written as compressed-tensors folders (DST without .safetensors)"
+        if scheme.kind == "fp4" and fmt != "compressed-tensors":
+            hint = "mxfp4 is written in compressed-tensors folders (DST without .safetensors); ComfyUI takes nvfp4"
         elif fmt != "compressed-tensors":
-            hint = "use --scheme fp8-tensor, fp8-e5m2 or int8-tensor with --format comfy"
+            hint = "use --scheme fp8, fp8-e5m2, int8-tensor, mxfp8 or nvfp4 with --format comfy"
+        elif scheme.microscaled:
+            hint = f"mxfp8 is written in ComfyUI's format only (--format comfy, {comfy_families()})"
         elif scheme.kind == "float":
             hint = (
                 "compressed-tensors stores fp8 as e4m3fn only: use --scheme fp8 or fp8-tensor, "
@@ -113,15 +137,32 @@ def resolve_format(fmt: str | None, scheme: LinearScheme, dst: Path) -> str:
 
 
 def linear_cli_kwargs(
-    scheme: str, fmt: str | None, keep_blocks: str | None, activations: str | None
+    scheme: str,
+    fmt: str | None,
+    keep_blocks: str | None,
+    activations: str | None,
+    *,
+    calibrate: bool = False,
+    dst: str | Path | None = None,
+    sensitivity: str | None = None,
+    fp_layers: int | None = None,
 ) -> dict[str, Any]:
-    """Extra keyword arguments the quantize command passes to the scheme runner.
+    """Extra keyword arguments the quantize command passes to the scheme runner, checked before
+    any work (calibration runs generations: a wrong combination must end before that).
 
     GGUF recipes take none of these: naming one with a gguf: scheme is a usage error."""
     if scheme.lower().startswith("gguf:"):
-        if fmt not in (None, "gguf") or keep_blocks is not None or activations:
+        if (
+            fmt not in (None, "gguf")
+            or keep_blocks is not None
+            or activations
+            or calibrate
+            or sensitivity
+            or fp_layers
+        ):
             raise UsageError(
-                "--format, --keep-blocks and --activations apply to int8/fp8/int4 schemes",
+                "--format, --keep-blocks, --activations, --calibrate, --sensitivity and --fp-layers apply to "
+                "int8/fp8/int4/fp4 schemes",
                 hint="drop them for gguf: recipes (the GGUF file is the format)",
             )
         return {}
@@ -129,6 +170,13 @@ def linear_cli_kwargs(
         raise UsageError(
             f"--format gguf needs a gguf: scheme, not {scheme!r}", hint="e.g. --scheme gguf:Q8_0"
         )
+    if dst is not None:  # the scheme, format and activations go together (raises if not)
+        ls = get_linear_scheme(scheme)
+        resolved = resolve_format(fmt, ls, Path(dst))
+        check_activations(ls, activations, resolved)
+        check_calibration(calibrate, activations, resolved)
+    if not calibrate:
+        check_absmax(activations, None)
     out: dict[str, Any] = {}
     if fmt is not None:
         out["format"] = fmt
@@ -137,13 +185,14 @@ def linear_cli_kwargs(
         out["keep_blocks"] = keep_blocks
     if activations:
         out["activations"] = activations
+    if sensitivity is not None or fp_layers is not None:
+        out["sensitivity"], out["fp_layers"] = sensitivity, fp_layers
     return out
 
 
 def _meta_model(det: Detection, cfg: dict[str, Any]) -> torch.nn.Module:
-    cls = get_component(det.family, det.component).model_class(det.variant)
     with torch.device("meta"):
-        return cls(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+        return get_component(det.family, det.component).instantiate(det.variant, cfg)
 
 
 def linear_weight_names(det: Detection, cfg: dict[str, Any]) -> set[str]:
@@ -190,22 +239,47 @@ def quantize_linear(
     keep_blocks: str | KeepBlocks | None = None,
     activations: str | None = None,
     shard_size: str = "5GB",
+    activation_absmax: Mapping[str, float] | None = None,
+    sensitivity: str | Path | None = None,
+    fp_layers: int | None = None,
+    schemes: Mapping[str, str] | None = None,
+    label: str | None = None,
 ) -> QuantizeResult:
-    """Quantize a transformer's Linear weights with an INT8/FP8/INT4 scheme into ``dst``."""
+    """Quantize a transformer's Linear weights with an INT8/FP8/INT4/FP4 scheme into ``dst``.
+
+    ``schemes``: Diffusers weight name -> scheme, one per layer (compressed-tensors only; a Linear
+    it does not name is kept), as ``--scheme auto:compressed-tensors`` chooses; ``label``: the
+    scheme recorded in the result."""
     opts = QuantizeOptions(imatrix, tuple(keep), family, device, overwrite, progress, config, report)
-    return run_linear(src, dst, scheme, opts, LinearOptions(format, keep_blocks, activations, shard_size))
+    lopts = LinearOptions(
+        format, keep_blocks, activations, shard_size, activation_absmax, sensitivity, fp_layers
+    )
+    return run_linear(src, dst, scheme, opts, lopts, schemes, label)
 
 
 def run_linear(
-    src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOptions, lopts: LinearOptions
+    src: str | Path,
+    dst: str | Path,
+    scheme: str,
+    opts: QuantizeOptions,
+    lopts: LinearOptions,
+    schemes: Mapping[str, str] | None = None,
+    label: str | None = None,
 ) -> QuantizeResult:
     """``quantize_linear`` with its options as typed values."""
     t0 = time.perf_counter()
     ls = get_linear_scheme(scheme)
     dst = Path(dst)
     fmt = resolve_format(lopts.format, ls, dst)
+    asked = ls.name
+    if fmt in COMFY_FORMATS:
+        ls = comfy_scheme(ls)  # fp8 -> fp8-tensor: ComfyUI's fp8 layers take one scale
     activations = lopts.activations
     check_activations(ls, activations, fmt)
+    absmax = check_absmax(activations, lopts.activation_absmax)
+    check_calibration(absmax is not None, activations, fmt)
+    check_comfy_options(lopts, fmt)
+    per_layer = per_layer_schemes(schemes, fmt, activations)
     if opts.imatrix is not None:
         raise UsageError(
             "--imatrix applies to GGUF K/IQ recipes only", hint=f"drop it for --scheme {ls.name}"
@@ -218,8 +292,11 @@ def run_linear(
     ck = open_source(src, opts.config)
     try:
         det = resolve_detection(ck, opts.family)
-        spec = get_component(det.family, det.component).quant
+        comp = get_component(det.family, det.component)
+        spec = comp.quant
         if det.component != "transformer":
+            # Text encoders too: transformers 5.23 cannot load a compressed-tensors T5/UMT5 folder
+            # (its _init_weights reads .weight of the compressed Linears), so none is written yet.
             raise UsageError(
                 f"{src} is a {det.family} {det.component}; {ls.name} quantizes transformers",
                 hint="point at the transformer (a pipeline folder's transformer is picked automatically)",
@@ -232,14 +309,16 @@ def run_linear(
         else:
             if not spec.comfy_fp8:
                 raise UsageError(
-                    f"--format {fmt} writes the ComfyUI layout of {comfy_families()}; this is {det.family}",
-                    hint="use --format compressed-tensors (--scheme fp8 or fp8-tensor)",
+                    f"--format {fmt} writes the ComfyUI layout of {comfy_families()}; this is "
+                    f"{det.family}: {spec.comfy_refusal}",
+                    hint="use --format compressed-tensors (DST without .safetensors)",
                 )
             out_plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="")
             src_to_d, src_to_o = _rename_map(plan_d), _rename_map(out_plan)
             to_diffusers = {o: src_to_d[s] for s, o in src_to_o.items() if s in src_to_d}
         check_keep_globs(keep, [*to_diffusers.values(), *(s.name for s in out_plan.specs)])
-        policy = LinearPolicy(spec, ls, linear, to_diffusers.values(), keep, kb)
+        padded = fmt == "comfy" and ls.microscaled  # ComfyUI pads nvfp4/mxfp8 rows itself
+        policy = LinearPolicy(spec, ls, linear, to_diffusers.values(), keep, kb, padded=padded)
         decisions = {
             s.name: (
                 policy.decide(to_diffusers[s.name], s.shape, s.name)
@@ -248,17 +327,35 @@ def run_linear(
             )
             for s in out_plan.specs
         }
-        afmt = ct_format(ls, activations)
+        if per_layer is not None:
+            decisions = {n: layer_decision(d, n, out_plan, per_layer) for n, d in decisions.items()}
+
+        def scheme_of(name: str) -> LinearScheme:
+            return per_layer[name] if per_layer is not None else ls
+
+        matmul: dict[str, ComfyMatmul] = {}
+        if fmt == "comfy":
+            fp = full_precision_layers(
+                lopts.sensitivity, lopts.fp_layers, {n.removesuffix(".weight") for n in linear}
+            )
+            for name, d in decisions.items():
+                if d.quantize:
+                    dmod = to_diffusers[name].removesuffix(".weight")
+                    matmul[name] = plan_matmul(ls, dmod, lopts.activation_absmax, fp)
         specs: list[SpecT] = []
         ignore: set[str] = set()
+        padded_shapes: dict[str, list[int]] = {}
         for s in out_plan.specs:
             d = decisions[s.name]
             if d.quantize:
                 module = s.name.removesuffix(".weight")
                 if fmt == "compressed-tensors":
-                    specs += ct_specs(module, s.shape, ls, afmt)  # type: ignore[arg-type]
+                    lls = scheme_of(s.name)
+                    specs += ct_specs(module, s.shape, lls, ct_format(lls, activations), activations)  # type: ignore[arg-type]
                 elif fmt == "comfy":
-                    specs += comfy_quant_specs(module, s.shape, ls)
+                    specs += comfy_quant_specs(module, s.shape, ls, matmul[s.name])
+                    if padded and any(n % (ls.group_size or 1) for n in s.shape):
+                        padded_shapes[s.name] = list(s.shape)
                 else:
                     specs += comfy_specs(module, s.shape, ls)
             else:
@@ -277,6 +374,8 @@ def run_linear(
                 hint=alt if narrow else "loosen --keep / --keep-blocks",
             )
         layers: list[LayerRecord] = []
+        notes: list[str] = []
+        unseen: list[str] = []
         meta = {
             SCHEME_KEY: ls.name,
             SOURCE_DTYPE_KEY: dtype_name(_source_dtype(ck)),
@@ -284,6 +383,8 @@ def run_linear(
         }
         if activations:
             meta["weightsmith.activations"] = activations
+        if padded_shapes:
+            meta[SHAPES_KEY] = json.dumps(padded_shapes, sort_keys=True)
 
         def read() -> Iterator[tuple[str, torch.Tensor]]:  # stage 1 (a thread): read, convert
             with closing(ahead(stream(out_plan, opts.progress), 1, "read")) as source:
@@ -299,31 +400,55 @@ def run_linear(
                     )
                     yield name, t
                     continue
-                qw = quantize_weight(t, ls, dev, name)
+                lls = scheme_of(name)
+                qw = quantize_weight(t, lls, dev, name, "comfy" if padded else "compressed-tensors")
                 err = measured_sqnr(qw, t.to(dev), name)  # also refuses blocks decoding to NaN/inf
                 module = name.removesuffix(".weight")
                 if fmt == "compressed-tensors":
-                    items = ct_tensors(module, qw, afmt)
+                    igs = None
+                    if activations in CALIBRATED_ACTIVATIONS and absmax is not None:
+                        igs, seen = input_global_scale(absmax, module)
+                        if not seen:
+                            unseen.append(module)
+                    items = ct_tensors(module, qw, ct_format(lls, activations), igs)
                 elif fmt == "comfy":
-                    items = comfy_quant_tensors(module, qw)
+                    items = comfy_quant_tensors(module, qw, matmul[name])
                 else:
                     items = comfy_tensors(module, qw)
                 after = sum(x.numel() * x.element_size() for _, x in items)
-                layers.append(LayerRecord(name, tuple(t.shape), ls.name, d.reason, before, after, err))
+                mm = matmul[name].why if name in matmul else None
+                layers.append(
+                    LayerRecord(name, tuple(t.shape), lls.name, d.reason, before, after, err, matmul=mm)
+                )
                 del qw, t
                 for k, x in items:
                     yield k, x.cpu()
 
-        label = ls.name + (f" (W8A8 {activations} activations)" if activations else "") + f", {fmt}"
+        wa = "W4A4" if activations == "nvfp4" else "W8A8"
+        if label is None:
+            label = ls.name + (f" ({wa} {activations} activations)" if activations else "") + f", {fmt}"
+            if asked != ls.name:
+                label += f" (--scheme {asked} is written as {ls.name} here)"
         folder = fmt == "compressed-tensors"
         with (
             staged_outputs(dst, overwrite, report, folder=folder) as (tmp, table),
             closing(ahead(tensors(), 2, "quantize")) as quantized,
         ):
             if folder:
-                qcfg = ct_quantization_config(ls, activations, sorted(ignore))
+                if per_layer is not None:
+                    used = {n: per_layer[n] for n, d in decisions.items() if d.quantize}
+                    qcfg = ct_mixed_quantization_config(used, sorted(ignore))
+                else:
+                    qcfg = ct_quantization_config(ls, activations, sorted(ignore))
                 write_diffusers_component(
-                    tmp, specs, quantized, {**cfg, "quantization_config": qcfg}, lopts.shard_size, False, meta
+                    tmp,
+                    specs,
+                    quantized,
+                    {**cfg, "quantization_config": qcfg},
+                    lopts.shard_size,
+                    False,
+                    meta,
+                    stem=comp.weights_stem,
                 )
             else:
                 prov = provenance_config(out_plan)
@@ -339,7 +464,17 @@ def run_linear(
                         yield marker_spec[0], marker
 
                     write_safetensors(tmp, [*specs, marker_spec], with_marker(), meta)
-            result = QuantizeResult(dst, label, layers, time.perf_counter() - t0)
+            if unseen:
+                notes.append(unseen_note(unseen))
+            if (
+                absmax is not None
+                and activations not in CALIBRATED_ACTIVATIONS
+                and fmt == "compressed-tensors"
+            ):
+                notes.append(
+                    "calibration unused: compressed-tensors records static activation scales for nvfp4 only"
+                )
+            result = QuantizeResult(dst, label, layers, time.perf_counter() - t0, notes=notes)
             if table is not None:
                 write_layer_report(dst, result, table)
     finally:

@@ -7,13 +7,22 @@ Two paths compute each quantized Linear:
 * reference (``QuantLinear``): the stored numbers stay as they are (int4 packed in int32 words,
   int8, fp8) and are dequantized at every forward with the same function ``convert`` uses, on
   any device; optional W8A8 emulates dynamic per-token activation quantization in float;
-  nvfp4/mxfp4 (packed uint8 codes, block scales, global scale) take only this path for now;
+  nvfp4/mxfp4 keep their packed uint8 codes and block scales; nvfp4 W4A4 (``activations="nvfp4"``)
+  fake-quantizes each input to NVFP4 under the layer's calibrated ``input_global_scale`` exactly as
+  compressed-tensors' NVFP4 scheme does (``kernels.microscale.fake_quantize_nvfp4``), so the
+  reference output is what a W4A4 kernel computes, up to the matmul's float sums;
 * torchao: each weight becomes a torchao quantized tensor *built from our stored integers and
   scales* (``Int8Tensor`` for int8 per channel, ``Float8Tensor`` for fp8, ``IntxUnpackedToInt8Tensor``
   for int4 and the other integer layouts, which runs on CPU too); with ``activations`` the int8
   and fp8 tensors quantize activations per token at run time (int8 ``_int_mm``, fp8
   ``_scaled_mm``). Nothing is re-quantized from float: in float32 their ``dequantize()`` equals
-  the reference weight bit for bit.
+  the reference weight bit for bit. nvfp4 becomes torchao's ``NVFP4Tensor`` (our packed codes and
+  e4m3 scales as they are, ``per_tensor_scale = 1 / weight_global_scale``, and for W4A4
+  ``act_per_tensor_scale = 1 / input_global_scale``) only on CUDA GPUs of compute capability 10.0
+  or newer, where its fp4 ``_scaled_mm`` runs; torchao multiplies the two scales in the other
+  order, so its weights equal ours to a float32 ulp, not bit for bit. mxfp4 stays on the
+  reference path everywhere: torchao's ``MXTensor`` has no weight-only linear (it would quantize
+  the activations to MX as well, which an MXFP4A16 file does not ask for).
 
 ``backend="auto"`` takes torchao where it is installed and runs the layout on the device, else
 the reference path. Importing this module is cheap: torchao is imported only when used.
@@ -31,6 +40,8 @@ from weightsmith.errors import UsageError
 from weightsmith.families.ops import Op, Rename
 from weightsmith.io.quantized import DequantizingView
 from weightsmith.kernels.linear import ACTIVATIONS, LinearScheme, QuantizedWeight
+from weightsmith.kernels.microscale import fake_quantize_nvfp4
+from weightsmith.quantize.linear.runtime_fp4 import fp4_torchao_unsupported, nvfp4_torchao_weight
 
 BACKENDS = ("auto", "reference", "torchao")
 
@@ -39,11 +50,21 @@ BACKENDS = ("auto", "reference", "torchao")
 # Reference path
 
 
-def quantize_activations(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Dynamic per-token activation quantization, returned dequantized (float32).
+def quantize_activations(
+    x: torch.Tensor, kind: str, global_scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Activation quantization, returned dequantized (float32).
 
     Mirrors torchao's conventions so both paths agree: int8 symmetric with scale
-    absmax / 127.5 over [-128, 127]; fp8 e4m3 with scale absmax / 448."""
+    absmax / 127.5 over [-128, 127]; fp8 e4m3 with scale absmax / 448 (both per token);
+    nvfp4: compressed-tensors' NVFP4 activations under the static ``global_scale``."""
+    if kind == "nvfp4":
+        if global_scale is None:
+            raise UsageError(
+                "nvfp4 activations need the layer's input_global_scale",
+                hint="quantize with --activations nvfp4 --calibrate, or load weight-only (activations='none')",
+            )
+        return fake_quantize_nvfp4(x, global_scale)
     xf = x.float()
     amax = xf.abs().amax(dim=-1, keepdim=True)
     if kind == "int8":
@@ -52,6 +73,10 @@ def quantize_activations(x: torch.Tensor, kind: str) -> torch.Tensor:
     fmax = float(torch.finfo(torch.float8_e4m3fn).max)
     scale = (amax / fmax).clamp(min=torch.finfo(torch.float32).tiny)
     return (xf / scale).clamp(-fmax, fmax).to(torch.float8_e4m3fn).float() * scale
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.uint8) if t.dtype.is_floating_point and t.element_size() == 1 else t
 
 
 class QuantLinear(nn.Module):
@@ -68,10 +93,15 @@ class QuantLinear(nn.Module):
         self.out_features, self.in_features = qw.shape
         self.scheme: LinearScheme = qw.scheme
         self.packed_bits = qw.packed_bits
-        self.register_buffer("qdata", qw.data)
-        self.register_buffer("scale", qw.scale)
+        self.layout = qw.layout
+        # One-byte float buffers (fp8 values, e4m3 block scales) are held as uint8 views, so that a
+        # model-wide ``.to(dtype)`` cannot value-cast the stored numbers.
+        self.qdata_dtype, self.scale_dtype = qw.data.dtype, qw.scale.dtype
+        self.register_buffer("qdata", _as_bytes(qw.data))
+        self.register_buffer("scale", _as_bytes(qw.scale))
         self.register_buffer("zero_point", qw.zero_point)
         self.register_buffer("global_scale", qw.global_scale)
+        self.register_buffer("input_global_scale", qw.input_global_scale)
         self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
         self.compute_dtype = compute_dtype
         self.activations = activations
@@ -79,12 +109,14 @@ class QuantLinear(nn.Module):
     def quantized_weight(self) -> QuantizedWeight:
         return QuantizedWeight(
             self.scheme,
-            self.qdata,
-            self.scale,
+            self.qdata.view(self.qdata_dtype),
+            self.scale.view(self.scale_dtype),
             self.zero_point,
             (self.out_features, self.in_features),
             self.packed_bits,
             self.global_scale,
+            self.input_global_scale,
+            self.layout,
         )
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -95,7 +127,7 @@ class QuantLinear(nn.Module):
         w = self.dequantized_weight().to(dtype)
         xin = x.to(dtype)
         if self.activations:
-            xin = quantize_activations(xin, self.activations).to(dtype)
+            xin = quantize_activations(xin, self.activations, self.input_global_scale).to(dtype)
         b = self.bias.to(dtype) if self.bias is not None else None
         return F.linear(xin, w, b).to(x.dtype)
 
@@ -113,11 +145,20 @@ def torchao_available() -> bool:
 
 
 def torchao_unsupported(
-    scheme: LinearScheme, activations: str | None, device: torch.device, compute_dtype: torch.dtype
+    scheme: LinearScheme,
+    activations: str | None,
+    device: torch.device,
+    compute_dtype: torch.dtype,
+    shape: tuple[int, int] | None = None,
+    layout: str = "compressed-tensors",
 ) -> str | None:
     """Why torchao cannot run this layout here (None when it can)."""
+    if layout == "comfy":  # ComfyUI's padded, swizzled storage: dequantized on the reference path
+        return microscaled_unsupported(device)
     if scheme.kind == "fp4":
-        return "fp4 weights run on the reference path (torchao's NVFP4/MX tensors are not wired yet)"
+        return fp4_torchao_unsupported(scheme, device, shape, compute_dtype)
+    if scheme.microscaled:
+        return microscaled_unsupported(device)
     if not torchao_available():
         return "torchao is not installed"
     if activations == "int8" and not (
@@ -139,12 +180,26 @@ def torchao_unsupported(
     return None
 
 
+def microscaled_unsupported(device: torch.device) -> str:
+    """Why nvfp4/mxfp4/mxfp8 weights take the reference path on ``device``.
+
+    torchao's MX/NVFP4 tensors only pay off with the block-scaled matmuls of compute capability
+    10.0 GPUs (Blackwell); everywhere else they dequantize like the reference path does."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (10, 0):
+        return "microscaled weights need a GPU of compute capability 10.0+ for torchao's MX/NVFP4 matmuls"
+    return (
+        "torchao's MX/NVFP4 tensors are not wired to stored weights yet: the reference path dequantizes them"
+    )
+
+
 def torchao_weight(
     qw: QuantizedWeight, compute_dtype: torch.dtype, activations: str | None = None
 ) -> torch.Tensor:
-    """A torchao quantized tensor holding exactly ``qw``'s integers (or fp8 values) and scales."""
+    """A torchao quantized tensor holding exactly ``qw``'s integers (or fp8/fp4 values) and scales."""
     s = qw.scheme
     out, inn = qw.shape
+    if s.kind == "fp4":
+        return nvfp4_torchao_weight(qw, compute_dtype, activations)
     if s.kind == "float":
         from torchao.float8.inference import Float8MMConfig
         from torchao.quantization.granularity import PerRow
@@ -209,13 +264,15 @@ def check_activations(scheme: LinearScheme, activations: str | None) -> None:
     if activations is None:
         return
     if activations not in ACTIVATIONS:
-        raise UsageError(f"unknown activations {activations!r}", hint="choose int8, fp8 or none")
-    if (activations == "int8" and not (scheme.kind == "int" and scheme.bits == 8)) or (
-        activations == "fp8" and scheme.fp8_dtype != torch.float8_e4m3fn
+        raise UsageError(f"unknown activations {activations!r}", hint="choose int8, fp8, nvfp4 or none")
+    if (
+        (activations == "int8" and not (scheme.kind == "int" and scheme.bits == 8))
+        or (activations == "fp8" and scheme.fp8_dtype != torch.float8_e4m3fn)
+        or (activations == "nvfp4" and not scheme.nvfp4)
     ):
         raise UsageError(
             f"{activations} activations do not go with {scheme.name} weights",
-            hint="int8 activations need int8 weights, fp8 activations e4m3 fp8 weights",
+            hint="int8 activations need int8 weights, fp8 activations e4m3 fp8 weights, nvfp4 nvfp4",
         )
 
 
@@ -226,7 +283,8 @@ class LinearWeights:
 
     ``dtype``: compute dtype of quantized layers (default: the model's recorded precision) and,
     when given, the dtype plain weights are cast to. ``activations``: None follows the artifact,
-    ``"none"`` forces weight-only, ``"int8"``/``"fp8"`` asks for W8A8. ``backend``: ``auto``,
+    ``"none"`` forces weight-only, ``"int8"``/``"fp8"`` asks for W8A8, ``"nvfp4"`` for W4A4 (the
+    artifact must hold calibrated ``input_global_scale``s). ``backend``: ``auto``,
     ``reference`` or ``torchao`` (see the module docstring).
     """
 
@@ -261,11 +319,16 @@ class LinearWeights:
         if not (name.endswith(".weight") and isinstance(mod, nn.Linear) and len(qw.shape) == 2):
             return None
         check_activations(qw.scheme, self.activations)
+        if self.activations == "nvfp4" and qw.input_global_scale is None:
+            raise UsageError(
+                f"{name}: nvfp4 activations need the layer's calibrated input_global_scale; this artifact is weight-only",
+                hint="load it weight-only (activations='none'), or quantize with --activations nvfp4 --calibrate",
+            )
         bias = floats.pop(name.removesuffix(".weight") + ".bias", None)
         bias = bias.to(self.device) if bias is not None else None
         qw = qw.to(self.device)
         why = (
-            torchao_unsupported(qw.scheme, self.activations, self.device, self.compute)
+            torchao_unsupported(qw.scheme, self.activations, self.device, self.compute, qw.shape, qw.layout)
             if self.backend != "reference"
             else ""
         )

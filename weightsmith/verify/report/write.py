@@ -17,6 +17,26 @@ from weightsmith.verify.report.media import DIFF_GAIN, animation_gif, data_uri, 
 MATRIX_SCHEMA = "weightsmith.verify-matrix/1"
 
 
+def check_report_dir(report: str | Path | None) -> None:
+    """``report`` names a folder to write into: refuse a file there now, not after the generations."""
+    if report is None:
+        return
+    from weightsmith.errors import OutputError
+
+    p = Path(report)
+    if p.exists() and not p.is_dir():
+        raise OutputError(
+            f"--report {p} is a file; a folder is expected", hint="pass a new or existing folder"
+        )
+    parent = p.parent if not p.exists() else p
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(
+            f"--report {p} cannot be created: {parent} is not a folder", hint="pass a folder path"
+        )
+
+
 def _columns(run: Any) -> list[str]:
     cols = ["latent_sqnr", "latent_cosine", "step_sqnr_min"]
     cols += ["psnr", "psnr_frame_min", "ssim", "flicker"] if run.frames else ["latent_psnr", "latent_max_abs"]

@@ -1,0 +1,139 @@
+"""For every verb, the API's result serialised with ``to_json()`` is what the CLI prints with
+``--json`` for the same inputs (timings aside: they are measured anew by each run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import GEN, GEN_ARGS
+
+import weightsmith
+
+TIMINGS = {"seconds", "load_seconds", "time_ratio"}
+
+
+def untimed(doc: Any) -> Any:
+    """The document without its timings (keys in TIMINGS, at any depth)."""
+    if isinstance(doc, dict):
+        return {k: untimed(v) for k, v in doc.items() if k not in TIMINGS}
+    if isinstance(doc, list):
+        return [untimed(v) for v in doc]
+    return doc
+
+
+def same(api: dict[str, Any], cli_out: str) -> None:
+    assert untimed(api) == untimed(json.loads(cli_out))
+
+
+def test_inspect(tiny, run_cli):
+    for path in (tiny["pipe"], tiny["q8"]):
+        r = run_cli("inspect", path, "--json")
+        assert r.code == 0, r.err
+        result = weightsmith.inspect(path)
+        assert result.to_json() == json.loads(r.out)  # no timings at all
+    assert result.detection is not None and result.detection.family == "wan"
+    assert weightsmith.inspect(tiny["pipe"]).components["transformer"].parameters > 0
+
+
+def test_convert(tiny, run_cli, tmp_path):
+    dst = tmp_path / "wan.safetensors"
+    result = weightsmith.convert(tiny["transformer"], dst, to="original", dtype="bf16")
+    r = run_cli(
+        "convert", tiny["transformer"], dst, "--to", "original", "--dtype", "bf16", "--overwrite", "--json"
+    )
+    assert r.code == 0, r.err
+    assert result.to_json() == json.loads(r.out)
+    assert result.to_json()["schema"] == "weightsmith.convert/1"
+    assert result.bytes == dst.stat().st_size and result.layout == "original"
+
+
+@pytest.mark.parametrize("scheme", ["gguf:Q4_K_M", "int8"])
+def test_quantize(tiny, run_cli, tmp_path, scheme):
+    dst = tmp_path / ("m.gguf" if scheme.startswith("gguf:") else "m-int8")
+    result = weightsmith.quantize(tiny["transformer"], dst, scheme=scheme, keep=["blocks.0.*"])
+    r = run_cli(
+        "quantize",
+        tiny["transformer"],
+        dst,
+        "--scheme",
+        scheme,
+        "--keep",
+        "blocks.0.*",
+        "--overwrite",
+        "--json",
+    )
+    assert r.code == 0, r.err
+    same(result.to_json(), r.out)
+    table = json.loads(Path(f"{dst}.layers.json").read_text())
+    assert result.to_json()["layers"] == table["layers"]  # the per-layer table, row for row
+    assert result.bytes_after < result.bytes_before and result.min_sqnr_db is not None
+
+
+def test_verify(tiny, run_cli):
+    args = dict(no_cache=True, consumer="weightsmith", gate=["latent_sqnr>=20"], **GEN)
+    result = weightsmith.verify(tiny["pipe"], [tiny["q8"]], **args)
+    r = run_cli(
+        "verify", tiny["pipe"], tiny["q8"], "--no-cache", "--consumer", "weightsmith",
+        "--gate", "latent_sqnr>=20", *GEN_ARGS, "--json",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    same(result.to_json(), r.out)
+    [c] = result.candidates
+    assert result.passed and c.passed and [g.gate for g in c.gates] == ["finite", "frames", "latent_sqnr>=20"]
+    assert c.metrics["latent_sqnr"] is not None and c.metrics["latent_sqnr"] >= 20
+
+
+def test_verify_gate_failure_is_a_result_not_an_exception(tiny):
+    args = dict(no_cache=True, consumer="weightsmith", gate=["latent_sqnr>=1000"], **GEN)
+    result = weightsmith.verify(tiny["pipe"], [tiny["q8"]], **args)
+    assert not result.passed and [g.gate for g in result.failed_gates] == ["latent_sqnr>=1000"]
+    with pytest.raises(weightsmith.errors.GateFailed, match="1 verification gate") as e:
+        result.raise_for_gates()
+    assert e.value.exit_code == 1  # what the command line exits with
+
+
+def test_sensitivity(tiny, run_cli):
+    result = weightsmith.sensitivity(tiny["transformer"], scheme="gguf:Q4_0", **GEN)
+    r = run_cli("sensitivity", tiny["transformer"], "--scheme", "gguf:Q4_0", *GEN_ARGS, "--json")
+    assert r.code == 0, r.err
+    same(result.to_json(), r.out)
+    ranks = [x.output_sqnr_db for x in result.layers if x.output_sqnr_db is not None]
+    assert len(result.layers) > 10 and ranks == sorted(ranks)
+
+
+def test_imatrix(tiny, run_cli, tmp_path):
+    out = tmp_path / "wan.imatrix.gguf"
+    result = weightsmith.imatrix(tiny["transformer"], out, **GEN)
+    r = run_cli("imatrix", tiny["transformer"], out, *GEN_ARGS, "--overwrite", "--json")
+    assert r.code == 0, r.err
+    same(result.to_json(), r.out)
+    assert result.path == out and out.is_file() and result.tensors > 10
+
+
+def test_publish_dry_run(tiny, run_cli, tmp_path):
+    folder = tmp_path / "pub"
+    folder.mkdir()
+    art = folder / "model-Q8_0.gguf"
+    art.hardlink_to(tiny["q8"])
+    weightsmith.verify(
+        tiny["pipe"], [art], no_cache=True, consumer="weightsmith", report=folder / "report", **GEN
+    )
+    stage = tmp_path / "stage"
+    result = weightsmith.publish(folder, repo_id="me/tiny-GGUF", dry_run=True, out=stage)
+    r = run_cli("publish", folder, "--repo-id", "me/tiny-GGUF", "--dry-run", "--out", stage, "--json")
+    assert r.code == 0, r.err
+    assert result.to_json() == json.loads(r.out)
+    assert "tiny-Q8_0.gguf" in result.files and result.url is None
+
+
+def test_export_onnx_without_the_exporter_is_a_usage_error(tiny, tmp_path):
+
+    import importlib.util
+
+    if importlib.util.find_spec("weightsmith.onnx") is not None:
+        pytest.skip("the onnx exporter is installed: its own tests compare its API and CLI")
+    with pytest.raises(weightsmith.errors.UsageError, match="ONNX export is not part of this installation"):
+        weightsmith.export_onnx(tiny["transformer"], tmp_path / "model.onnx")
