@@ -42,6 +42,12 @@ BENCHES = [
     ),
     Bench("imatrix", "verify_imatrix.py", "reports/imatrix.md", "effect of an imatrix on tiny models"),
     Bench("fuzz", "bench_fuzz.py", "reports/fuzz.md", "long fuzz run over every reader"),
+    Bench(
+        "auto_precision",
+        "bench_auto_precision.py",
+        "reports/auto_precision.md",
+        "auto: mixes vs uniform recipes",
+    ),
 ]
 
 

@@ -166,6 +166,7 @@ LAYERS: dict[str, int] = {
     "weightsmith.load": 7,
     "weightsmith.verify": 8,
     "weightsmith.publish": 8,
+    "weightsmith.auto": 9,
     "weightsmith.demo": 9,
     "weightsmith.api": 9,  # the Python API: the verbs over everything below
     "weightsmith.cli": 10,  # the command line: options parsed, the API called, results printed

@@ -14,7 +14,7 @@ from weightsmith.cli_choices import FAMILY, LAYOUT
 from weightsmith.cli_progress import bars, notes_on_stderr
 from weightsmith.errors import WeightsmithError
 from weightsmith.lora.cli import lora_command, lora_options
-from weightsmith.verify.cli import calibration_options, calibration_request
+from weightsmith.verify.cli import calibration_request, generation_options_except
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -158,7 +158,8 @@ def convert(
 @click.option(
     "--scheme",
     required=True,
-    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, int8-tensor, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-g16, int4-asym, nvfp4, mxfp4, mxfp8.",
+    help="gguf:TYPE (e.g. gguf:Q4_K_M), or int8, int8-tensor, fp8, fp8-tensor, fp8-e5m2, int4, int4-g64, int4-g32, int4-g16, int4-asym, nvfp4, mxfp4, mxfp8, "
+    "or auto:gguf / auto:compressed-tensors (one type per layer, chosen to pass --target).",
 )
 @click.option(
     "--format",
@@ -182,7 +183,6 @@ def convert(
     "[default 8], --height, --width, --frames, --prompts, --negative-prompt, --text-len) for static "
     "activation scales: ComfyUI input_scale (--format comfy) or nvfp4 W4A4 input global scales.",
 )
-@calibration_options
 @click.option(
     "--sensitivity",
     type=click.Path(path_type=str),
@@ -211,8 +211,24 @@ def convert(
     "--overwrite", is_flag=True, help="Replace DST if it exists (only once the new file is complete)."
 )
 @click.option(
-    "--json", "as_json", is_flag=True, help="Print the result as JSON (schema weightsmith.quantize/1)."
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as JSON (schema weightsmith.quantize/1; auto: weightsmith.auto/1).",
 )
+@click.option(
+    "--target", "targets", multiple=True, help="auto: a gate DST must pass, e.g. 'psnr>=32' (repeatable)."
+)
+@click.option("--max-size", help="auto: the largest DST, e.g. 8GB (alone: the most faithful mix that fits).")
+@click.option(
+    "--max-tries",
+    type=click.IntRange(1, 20),
+    default=4,
+    show_default=True,
+    help="auto: artifacts written and verified at most.",
+)
+@click.option("--report", type=click.Path(path_type=str), help="auto: write auto.json/.md/.html here.")
+@generation_options_except("--device")
 def quantize(
     src: str,
     dst: str,
@@ -230,7 +246,11 @@ def quantize(
     fp_layers: int | None,
     calibrate: bool,
     as_json: bool,
-    **calibration: Any,
+    targets: tuple[str, ...],
+    max_size: str | None,
+    max_tries: int,
+    report: str | None,
+    **gen: Any,
 ) -> None:
     """Quantize the transformer in SRC into DST with a named scheme.
 
@@ -273,7 +293,46 @@ def quantize(
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-fp8-scaled.safetensors --scheme fp8-tensor
       weightsmith quantize Sana_1600M_1024px_diffusers/ sana-w4a4/ --scheme nvfp4 --activations nvfp4 --calibrate --seeds 0-3
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-nvfp4.safetensors --scheme nvfp4 --format comfy
+
+    \b
+    AUTO (--scheme auto:gguf | auto:compressed-tensors): each layer's cost at each type is
+    measured alone on recorded transformer calls (cached), the smallest mix predicted to pass
+    --target is written and verified with verify's generation options (SRC is the baseline),
+    and re-aimed until it passes (at most --max-tries); DST.verify/ holds its verify report.
+    Exit 1 if no mix passes.
+      weightsmith quantize Wan2.1-T2V-1.3B-Diffusers/ wan-auto.gguf --scheme auto:gguf \\
+          --target 'psnr>=32' --seeds 0,1 --steps 20 --report reports/wan-auto
     """
+    from weightsmith.auto.command import is_auto, reject_auto_options, run_auto_command
+
+    if is_auto(scheme):
+        run_auto_command(
+            src,
+            dst,
+            scheme,
+            targets=targets,
+            max_size=max_size,
+            max_tries=max_tries,
+            report=report,
+            as_json=as_json,
+            keep=keep,
+            device=device,
+            overwrite=overwrite,
+            other={
+                "imatrix": imatrix,
+                "family": family,
+                "config": config,
+                "format": fmt,
+                "keep_blocks": keep_blocks,
+                "activations": activations,
+            },
+            gen_kw=gen,
+        )
+        return
+    calibration = calibration_request(calibrate, gen)  # takes the options a calibration run uses
+    reject_auto_options(scheme, {"target": targets, "max_size": max_size, "report": report}, gen)
+    if max_tries != 4:
+        reject_auto_options(scheme, {"max_tries": max_tries}, {})
     from weightsmith.api import quantize as api_quantize
 
     result = api_quantize(
@@ -290,7 +349,7 @@ def quantize(
         config=config,
         overwrite=overwrite,
         calibrate=calibrate,
-        calibration=calibration_request(calibrate, calibration),
+        calibration=calibration,
         sensitivity=sensitivity,
         fp_layers=fp_layers,
         progress=bars(),

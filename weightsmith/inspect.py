@@ -48,9 +48,9 @@ def describe_checkpoint(ck: Checkpoint) -> dict[str, Any]:
 
 
 def _plain(storage: str) -> bool:
-    from weightsmith.io.base import NAME_DTYPES
+    from weightsmith.io.base import PLAIN_DTYPES
 
-    return storage in NAME_DTYPES
+    return storage in PLAIN_DTYPES
 
 
 def describe(path: str | Path) -> dict[str, Any]:

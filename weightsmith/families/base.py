@@ -15,9 +15,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.generation import Generation
@@ -25,6 +23,9 @@ from weightsmith.families.inputs import ForwardInputs, InputSpec
 from weightsmith.families.ops import Op
 from weightsmith.families.tiny_init import FIXTURE, SIGNAL, TinyInit, build_tiny
 from weightsmith.io.base import TensorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 # The prefix ComfyUI-style single files (and SAT) put before DiT keys.
 DIFFUSION_PREFIX = "model.diffusion_model."
@@ -181,6 +182,9 @@ class Component(ABC):
     # Per layout, the key the family's reference code wraps its weights under in a torch file
     # (e.g. {"original": "state_dict"}); a layout not named is saved as a bare state dict.
     torch_wrap: ClassVar[Mapping[str, str]] = {}
+    # The __init__ parameters of the diffusers classes, as data (``<family>/config_fields.py``),
+    # so that config checks need not import diffusers; None: read them from the classes.
+    config_fields: ClassVar[Any] = None
     # A pipeline holding this transformer twice (high- and low-noise experts) is its own variant:
     # one expert's variant -> the pipeline's. None: the family has no two-expert pipelines.
     expert_pairs: ClassVar[Mapping[str, str] | None] = None

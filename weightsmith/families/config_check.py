@@ -4,21 +4,21 @@ A config.json (a component folder's, one embedded in a file's metadata, or one g
 ``--config``) is copied into outputs and sizes models built from it, so a config that lies
 (``num_layers`` 10^9, 0 heads, ``"abc"`` as a count, an infinite eps, a Sana config for a Wan
 model) must be refused before use, naming the key, its value and what the weights say. Types
-come from the diffusers class's own ``__init__`` annotations; what the weights say comes from
+come from the diffusers class's own ``__init__`` annotations (kept as data per family:
+``config_fields.py``); what the weights say comes from
 the family's own ``diffusers_config``, derived from shapes.
 """
 
 from __future__ import annotations
 
-import inspect as pyinspect
 import math
 import types
 import typing
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 
 from weightsmith.errors import CorruptFileError, DetectionError, WeightsmithError
+from weightsmith.families.config_fields import Field, fields_of
 from weightsmith.io.base import TensorInfo
 
 # Larger than any count, width, length or size of a real model; small enough that a model sized
@@ -127,24 +127,6 @@ def check_finite(config: Mapping[str, Any], where: str) -> None:
             stack.extend((key, x) for x in v)
 
 
-@lru_cache(maxsize=32)
-def _fields(cls: type) -> dict[str, tuple[Any, Any]]:
-    """``__init__`` parameter -> (annotation, default) of a diffusers class."""
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # noqa: BLE001 - an unresolvable annotation: fall back to defaults' types
-        hints = {}
-    out: dict[str, tuple[Any, Any]] = {}
-    for name, p in pyinspect.signature(cls.__init__).parameters.items():
-        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        ann = hints.get(name)
-        if ann is None and p.default is not p.empty and p.default is not None:
-            ann = type(p.default)
-        out[name] = (ann, p.default)
-    return out
-
-
 def _fits(value: Any, ann: Any, default: Any) -> bool:
     """Whether a JSON value fits a (simple) type annotation; unknown annotations fit anything."""
     origin = typing.get_origin(ann)
@@ -197,11 +179,12 @@ def _check_range(key: str, value: Any, where: str) -> None:
             raise CorruptFileError(f"{where}: {key} is {v}, beyond any real setting", hint=_HINT)
 
 
-def check_types(config: Mapping[str, Any], classes: list[type], where: str) -> None:
-    """Each key a diffusers ``__init__`` (of one of ``classes``) takes has a value of its type, in range."""
-    fields: dict[str, tuple[Any, Any]] = {}
-    for cls in classes:
-        for k, v in _fields(cls).items():
+def check_types(config: Mapping[str, Any], tables: list[dict[str, Field]], where: str) -> None:
+    """Each key a diffusers ``__init__`` takes (``tables``: its parameters, one table per class,
+    from ``config_fields.fields_of``) has a value of its type, in range."""
+    fields: dict[str, Field] = {}
+    for table in tables:
+        for k, v in table.items():
             fields.setdefault(k, v)
     for key, value in config.items():
         if key.startswith("_"):
@@ -230,18 +213,6 @@ def _class_owners() -> dict[str, Any]:
     return owners
 
 
-def _classes(comp: Any) -> list[type]:
-    out: list[type] = []
-    for variant in (None, *comp.variants):
-        try:
-            cls = comp.model_class(variant)
-        except (AttributeError, ImportError):
-            continue
-        if cls not in out:
-            out.append(cls)
-    return out
-
-
 def _derived(comp: Any, config: Mapping[str, Any], infos: Mapping[str, TensorInfo]) -> dict[str, Any] | None:
     """The Diffusers config the family derives from the weights (and ``config``), or None."""
     from weightsmith.families.base import Detection, PlanOptions
@@ -256,7 +227,7 @@ def _derived(comp: Any, config: Mapping[str, Any], infos: Mapping[str, TensorInf
         else:
             out: dict[str, TensorInfo] = {}
             for op in comp.plan(det, infos, "diffusers", PlanOptions(config=dict(config))):
-                ins = [Spec(k, infos[k].shape, infos[k].dtype) for k in op.inputs]
+                ins = [Spec(k, infos[k].shape, infos[k].dtype_name) for k in op.inputs]
                 for s in op.out_specs(ins):
                     out[s.name] = TensorInfo(s.name, tuple(s.shape), s.dtype, "", 0)
             out_infos = out
@@ -342,6 +313,6 @@ def validate_config(config: Mapping[str, Any], infos: Mapping[str, TensorInfo] |
         comp = actual
     if comp is None:
         return
-    check_types(config, _classes(comp), where)
+    check_types(config, fields_of(comp), where)
     if infos:
         check_against_weights(config, comp, infos, where)

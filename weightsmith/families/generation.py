@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from weightsmith.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def lcm(a: int, b: int) -> int:
 
 def seeded_normal(seed: int, salt: int, *shape: int) -> torch.Tensor:
     """A unit-normal tensor drawn from ``seed`` (``salt`` keeps different draws apart)."""
+    import torch
+
     g = torch.Generator().manual_seed(salt * (seed + 1))
     return torch.randn(*shape, generator=g)
 
@@ -177,6 +180,8 @@ class Generation:
         ``run``: verify's Parts; ``settings``: resolved GenerationSettings; ``prompt``: a Prompt;
         ``move`` puts a tensor on the generation's device and dtype.
         """
+        import torch
+
         kw: dict[str, Any] = {}
         if self.negative_embeds(run.variant):
             neg = prompt.negative if prompt.negative is not None else torch.zeros_like(prompt.embeds)

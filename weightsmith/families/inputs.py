@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from weightsmith.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 DYNAMIC = ("batch", "frames", "height", "width", "text", "images", "image_tokens")
 
@@ -40,10 +41,16 @@ class InputSpec:
 
     name: str
     dims: tuple[int | str, ...]
-    dtype: torch.dtype = torch.float32
+    type_name: str = "float32"  # the torch dtype, by name (declaring inputs needs no torch)
     fill: str = "normal"
     value: float = 0.0
     doc: str = ""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        import torch
+
+        return getattr(torch, self.type_name)
 
     def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         """The concrete shape for ``sizes`` (every named dimension must be given)."""
@@ -65,6 +72,8 @@ def example_inputs(
     specs: Sequence[InputSpec], sizes: Mapping[str, int], seed: int = 0
 ) -> dict[str, torch.Tensor]:
     """Tensors for ``specs`` at ``sizes``, drawn from ``seed`` (deterministic on every machine)."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     for spec in specs:

@@ -28,13 +28,14 @@ from __future__ import annotations
 import re
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from weightsmith.errors import ConversionError
 from weightsmith.families.ops import Op, Regroup, Rename
 from weightsmith.io.base import TensorInfo, infos_from_state_dict
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHT = ".weight"
 HUGE = 10**9  # stands for a block index too long to be a number worth converting

@@ -12,25 +12,33 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from weightsmith.errors import ConversionError
+
+if TYPE_CHECKING:
+    import torch
 
 _BUG = "this is a bug in weightsmith's plan for this model; rerun with --debug and report it"
 
 
 @dataclass(frozen=True)
 class Spec:
-    """Name, shape and dtype of a tensor that will exist."""
+    """Name, shape and dtype of a tensor that will exist. ``dtype`` may be a dtype's name
+    (``TensorInfo.dtype_name``) where only shapes matter: planning from headers needs no torch."""
 
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: torch.dtype | str
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+        import torch
+
+        from weightsmith.io.base import torch_dtype
+
+        dtype = torch_dtype(self.dtype) if isinstance(self.dtype, str) else self.dtype
+        return math.prod(self.shape) * torch.empty((), dtype=dtype).element_size()
 
 
 class Op:
@@ -162,6 +170,8 @@ class Regroup(Op):
         return out
 
     def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        import torch
+
         pieces: list[torch.Tensor] = []
         for t, n in zip(tensors, self.chunks):
             pieces.extend(torch.chunk(t, n, dim=self.dim))

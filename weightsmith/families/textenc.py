@@ -14,13 +14,14 @@ built on the meta device, so a stray or missing tensor is named before anything 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from weightsmith.errors import ConversionError
 from weightsmith.families.base import Component, first_few
 from weightsmith.families.tiny_init import TinyInit
+
+if TYPE_CHECKING:
+    import torch
 
 # The layout of llama.cpp's GGUF files (its converter's tensor names), where a text encoder has one.
 LLAMACPP = "llamacpp"
@@ -92,6 +93,8 @@ class TextEncoder(Component):
 
     def expected_shapes(self, variant: str | None, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
         """Names and shapes of the real class built from ``config`` on the meta device."""
+        import torch
+
         with torch.device("meta"):
             model = self.instantiate(variant, {**self.config_defaults, **config})
         return {k: tuple(v.shape) for k, v in self.checkpoint_state(model).items()}

@@ -17,10 +17,12 @@ A family may declare its own ``TinyInit`` (CogVideoX keeps norm scales near one)
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from weightsmith.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 _BUFFER_RULES = ("keep", "noise", "positive")
 
@@ -33,7 +35,7 @@ class TinyInit:
     of tensors named ``*bias``; other vectors (norm scales) get ``scale_center + scale_std * N``.
     ``buffers``: what persistent float buffers get: "keep" (their built values), "noise" (the
     same rules as parameters, drawn in the same name-ordered walk) or "positive" (``U(0.5, 1.5)``,
-    drawn after the parameters). ``dtype``: of the drawn noise.
+    drawn after the parameters). ``noise_dtype``: of the drawn noise.
     """
 
     matrix: float | None = 0.02
@@ -41,7 +43,13 @@ class TinyInit:
     scale_center: float = 0.0
     scale_std: float = 0.02
     buffers: str = "positive"
-    dtype: torch.dtype = torch.float32
+    noise_dtype: str = "float32"  # torch dtype by name: declaring an init needs no torch
+
+    @property
+    def dtype(self) -> torch.dtype:
+        import torch
+
+        return getattr(torch, self.noise_dtype)
 
     def __post_init__(self) -> None:
         if self.buffers not in _BUFFER_RULES:
@@ -52,6 +60,8 @@ class TinyInit:
 
     def draw(self, name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
         """Noise for one tensor, in ``self.dtype``."""
+        import torch
+
         noise = torch.randn(shape, generator=gen, dtype=self.dtype)
         if len(shape) >= 2:
             if self.matrix is None:
@@ -66,9 +76,17 @@ FIXTURE = TinyInit()
 SIGNAL = TinyInit(matrix=None, bias=0.01, scale_center=1.0, scale_std=0.05, buffers="keep")
 
 
-@torch.no_grad()
 def randomize_(model: torch.nn.Module, seed: int, init: TinyInit = FIXTURE) -> torch.nn.Module:
     """Overwrite ``model``'s parameters (and persistent float buffers, per ``init``) in place."""
+    import torch
+
+    with torch.no_grad():
+        return _randomize(model, seed, init)
+
+
+def _randomize(model: torch.nn.Module, seed: int, init: TinyInit) -> torch.nn.Module:
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     persistent = model.state_dict(keep_vars=True)
     buffers = {n: b for n, b in model.named_buffers() if n in persistent and b.is_floating_point()}
@@ -85,6 +103,8 @@ def randomize_(model: torch.nn.Module, seed: int, init: TinyInit = FIXTURE) -> t
 
 def build_tiny(cls: type, kwargs: dict, seed: int, init: TinyInit = FIXTURE) -> torch.nn.Module:
     """``cls(**kwargs)`` with seeded weights, leaving the caller's global RNG untouched."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(**kwargs)

@@ -7,54 +7,133 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported on first use only: inspect and --help run without it
+    import torch
 
 # Metadata key under which weightsmith stores the Diffusers config in files that have no
 # config.json of their own (original and SAT layouts), so converting back loses nothing.
 CONFIG_METADATA_KEY = "weightsmith.diffusers_config"
 
-# safetensors' dtype names, which we also use as the on-disk names of plain tensors.
-DTYPE_NAMES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
+# safetensors' dtype names, which we also use as the on-disk names of plain tensors, with the
+# torch dtype attribute each stands for (a plain table: naming a dtype needs no torch).
+PLAIN_DTYPES: dict[str, str] = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
 }
-NAME_DTYPES: dict[str, torch.dtype] = {v: k for k, v in DTYPE_NAMES.items()}
+# Floating-point ones among them (what a dequantized or cast tensor may come back as).
+FLOAT_NAMES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """The on-disk name of a torch dtype (``torch.bfloat16`` -> ``"BF16"``)."""
+def __getattr__(name: str) -> Any:
+    """``DTYPE_NAMES`` (torch dtype -> name) and ``NAME_DTYPES`` (name -> torch dtype), built on
+    first use so that importing this module does not import torch."""
+    if name in ("DTYPE_NAMES", "NAME_DTYPES"):
+        return _tables()[name == "NAME_DTYPES"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_TABLES: list[Any] = []
+
+
+def _tables() -> tuple[dict[Any, str], dict[str, Any]]:
+    if not _TABLES:
+        import torch
+
+        names = {getattr(torch, attr): name for name, attr in PLAIN_DTYPES.items()}
+        _TABLES.extend([names, {v: k for k, v in names.items()}])
+    return _TABLES[0], _TABLES[1]
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """The on-disk name of a dtype (``torch.bfloat16`` -> ``"BF16"``); a name is returned as is."""
+    if isinstance(dtype, str):
+        return dtype
     try:
-        return DTYPE_NAMES[dtype]
+        return _tables()[0][dtype]
     except KeyError:
         return str(dtype).removeprefix("torch.")
 
 
-@dataclass(frozen=True)
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype a name stands for: an on-disk name (``"BF16"``) or a torch attribute
+    (``"float8_e8m0fnu"``, what ``dtype_name`` gives for dtypes without an on-disk name)."""
+    import torch
+
+    found = _tables()[1].get(name)
+    if found is None:
+        found = getattr(torch, name, None)
+        if not isinstance(found, torch.dtype):
+            raise KeyError(name)
+    return found
+
+
 class TensorInfo:
     """One tensor as a reader sees it before any data is read.
 
     ``shape`` is in torch order. ``dtype`` is what ``Checkpoint.get`` returns; ``storage`` names
-    how the bytes lie on disk (``"BF16"``, or a GGUF quant type such as ``"Q4_K"``).
+    how the bytes lie on disk (``"BF16"``, or a GGUF quant type such as ``"Q4_K"``). Readers may
+    give ``dtype`` as its on-disk name (``"F32"``): the torch dtype is then looked up only when
+    asked for, so reading headers (inspect, detection) never imports torch. ``dtype_name`` is
+    that name either way.
     """
 
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    storage: str
-    nbytes: int
-    source: str = ""
+    __slots__ = ("name", "shape", "dtype_name", "storage", "nbytes", "source")
+
+    def __init__(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: torch.dtype | str,
+        storage: str,
+        nbytes: int,
+        source: str = "",
+    ) -> None:
+        for k, v in (
+            ("name", name),
+            ("shape", shape),
+            ("dtype_name", dtype_name(dtype)),
+            ("storage", storage),
+            ("nbytes", nbytes),
+            ("source", source),
+        ):
+            object.__setattr__(self, k, v)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"TensorInfo is immutable (cannot set {name})")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.dtype_name)
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.name, self.shape, self.dtype_name, self.storage, self.nbytes, self.source)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TensorInfo) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TensorInfo, self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"TensorInfo(name={self.name!r}, shape={self.shape!r}, dtype={self.dtype_name}, "
+            f"storage={self.storage!r}, nbytes={self.nbytes}, source={self.source!r})"
+        )
 
     @property
     def numel(self) -> int:
@@ -62,7 +141,7 @@ class TensorInfo:
 
     @property
     def quantized(self) -> bool:
-        return self.storage not in NAME_DTYPES
+        return self.storage not in PLAIN_DTYPES
 
 
 # How an attached config is checked on first use: (config, infos, where) -> None, raising a

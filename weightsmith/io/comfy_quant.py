@@ -20,15 +20,13 @@ import torch
 
 from weightsmith.errors import UnsupportedFormatError
 from weightsmith.io.base import Checkpoint, TensorInfo, dtype_name
+from weightsmith.io.quantized_kind import COMFY_LAYERS_KEY, COMFY_QUANT_SUFFIX, comfy_marker
 from weightsmith.io.quantized_view import DequantizingView, _Layer
 from weightsmith.io.structured import parse_json
 from weightsmith.kernels.linear import LINEAR_SCHEMES
 from weightsmith.kernels.microscale import MX_BLOCK, NVFP4_BLOCK
 from weightsmith.kernels.microscale_layout import roundup
 
-COMFY_MARKER = "scaled_fp8"
-COMFY_LAYERS_KEY = "_quantization_metadata"
-COMFY_QUANT_SUFFIX = ".comfy_quant"
 # Padded nvfp4/mxfp8 layers' true [rows, columns], JSON in the header (weightsmith's own files).
 SHAPES_KEY = "weightsmith.shapes"
 # ComfyUI's comfy_quant format names weightsmith reads, with the scheme and the stored weight
@@ -49,13 +47,6 @@ _COMFY_QUANT_MAX_BYTES = 1 << 16
 _BROKEN_COMFY = (
     "the file's ComfyUI quantization metadata is broken; re-export it or use the unquantized checkpoint"
 )
-
-
-def comfy_marker(ck: Checkpoint) -> str | None:
-    for k in ck.keys():
-        if k == COMFY_MARKER or k.endswith("." + COMFY_MARKER):
-            return k
-    return None
 
 
 def _comfy_quant_layers(ck: Checkpoint) -> dict[str, dict[str, Any]] | None:

@@ -17,13 +17,14 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from weightsmith.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from weightsmith.io.base import Checkpoint, TensorInfo
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 GGUF_MAGIC = b"GGUF"
 # ggml's C reader stops at 4 dims, but published Wan GGUFs hold a 5-D F32 patch embedding that
@@ -43,15 +44,16 @@ SHORT_ARRAY = 64
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
-# GGML types stored as plain numbers, read without dequantizing: numpy and torch dtypes.
+# GGML types stored as plain numbers, read without dequantizing: their numpy dtype names (the keys
+# are also the on-disk names of io.base, so a TensorInfo names them without torch).
 _PLAIN = {
-    "F32": (np.float32, torch.float32),
-    "F16": (np.float16, torch.float16),
-    "F64": (np.float64, torch.float64),
-    "I8": (np.int8, torch.int8),
-    "I16": (np.int16, torch.int16),
-    "I32": (np.int32, torch.int32),
-    "I64": (np.int64, torch.int64),
+    "F32": "float32",
+    "F16": "float16",
+    "F64": "float64",
+    "I8": "int8",
+    "I16": "int16",
+    "I32": "int32",
+    "I64": "int64",
 }
 
 
@@ -417,22 +419,20 @@ class GGUFCheckpoint(Checkpoint):
     def _load_infos(self) -> dict[str, TensorInfo]:
         out = {}
         for name, t in self.tensors.items():
-            if t.qtype in _PLAIN:
-                dtype, storage = _PLAIN[t.qtype][1], t.qtype
-            elif t.qtype == "BF16":
-                dtype, storage = torch.bfloat16, "BF16"
-            else:
-                dtype, storage = torch.float32, t.qtype
-            out[name] = TensorInfo(name, self._shape(name), dtype, storage, t.nbytes, str(self.path))
+            # plain and BF16 tensors come back as stored, quantized ones dequantized to float32
+            dtype = t.qtype if t.qtype in _PLAIN or t.qtype == "BF16" else "F32"
+            out[name] = TensorInfo(name, self._shape(name), dtype, t.qtype, t.nbytes, str(self.path))
         return out
 
     def _data(self, t: GGUFTensor) -> np.ndarray:
         """The stored values (plain types) or bytes (BF16 and quantized types), memory-mapped."""
+        import numpy as np
+
         if self._map is None:
             require_regular_file(self.path)
             self._map = np.memmap(self.path, mode="r")
         if t.qtype in _PLAIN:
-            dt = np.dtype(_PLAIN[t.qtype][0])
+            dt = np.dtype(_PLAIN[t.qtype])
             arr = self._map[t.offset : t.offset + t.nbytes].view(dt)
             return arr.reshape(t.torch_shape)
         arr = self._map[t.offset : t.offset + t.nbytes]
@@ -445,6 +445,9 @@ class GGUFCheckpoint(Checkpoint):
         return t.qtype, self._data(t)
 
     def _read(self, name: str) -> torch.Tensor:
+        import numpy as np
+        import torch
+
         t = self.tensors[name]
         shape = self._shape(name)
         data = self._data(t)
@@ -473,6 +476,8 @@ class GGUFCheckpoint(Checkpoint):
 
 def _all_finite(x: torch.Tensor) -> bool:
     """All values finite; a plain sum settles the common case in one cheap pass."""
+    import torch
+
     if x.numel() == 0:
         return True
     s = float(x.sum(dtype=torch.float64))

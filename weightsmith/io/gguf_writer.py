@@ -9,7 +9,8 @@ ComfyUI-GGUF and diffusers read without any fix-up step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,11 +84,15 @@ def write_gguf(
     tensors: Iterable[tuple[str, np.ndarray]],
     metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    patch: Callable[[], Mapping[str, str]] | None = None,
 ) -> Path:
     """Write a GGUF file: metadata and tensor table from ``specs``, then the stream's arrays in order.
 
     Each array must already be in its stored form: float32/float16 values for F32/F16, int16 bit
-    patterns for BF16, uint8 blocks for quantized types.
+    patterns for BF16, uint8 blocks for quantized types. ``patch``: called once every tensor is
+    written, it maps placeholder strings of the metadata to their real values of the same length
+    (digests computed while the tensors were written); they are replaced in the header in place
+    before the file is moved into its final name.
     """
     import gguf
 
@@ -118,7 +123,9 @@ def write_gguf(
     with atomic_file(dst, overwrite) as tmp:
         try:
             w.write_header_to_file(path=tmp)
+            kv_start = w.fout[0].tell()
             w.write_kv_data_to_file()
+            kv_end = w.fout[0].tell()
             w.write_ti_data_to_file()
             for s in specs:
                 try:
@@ -131,6 +138,29 @@ def write_gguf(
                     raise stream_mismatch(f"{name!r} ({arr.nbytes} bytes)", f"{s.name!r} ({s.nbytes} bytes)")
                 w.write_tensor_data(arr)
                 del arr
+            if patch is not None:
+                w.flush()
+                _patch_header(tmp, w.fout[0], kv_start, kv_end, patch())
         finally:
             w.close()
     return Path(dst)
+
+
+def _patch_header(path: Path, f: Any, start: int, end: int, values: Mapping[str, str]) -> None:
+    """Replace each placeholder (found exactly once in the key/value bytes ``[start, end)`` of the
+    file at ``path``, open for writing as ``f``) by its value, in place: the file keeps its length
+    and every offset."""
+    with open(path, "rb") as r:
+        r.seek(start)
+        kv = r.read(end - start)
+    for holder, value in values.items():
+        old, new = holder.encode(), value.encode()
+        at = kv.find(old)
+        if len(old) != len(new) or at < 0 or kv.find(old, at + 1) >= 0:
+            from weightsmith.errors import OutputError
+
+            raise OutputError(
+                "a late GGUF metadata value does not fit its placeholder",
+                hint="this is a bug in weightsmith; rerun with --debug and report it",
+            )
+        os.pwrite(f.fileno(), new, start + at)

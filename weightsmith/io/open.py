@@ -14,7 +14,7 @@ from typing import Any
 from weightsmith.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 from weightsmith.io.base import CONFIG_METADATA_KEY, Checkpoint, PipelineCheckpoint
 from weightsmith.io.gguf_io import GGUF_MAGIC, GGUFCheckpoint
-from weightsmith.io.quantized import dequantizing_view
+from weightsmith.io.quantized_kind import quantized_kind
 from weightsmith.io.safetensors_io import SafetensorsCheckpoint, ShardedSafetensorsCheckpoint
 from weightsmith.io.structured import parse_json, read_json_file
 from weightsmith.io.torch_io import PICKLE_SUFFIXES, SatCheckpoint, TorchCheckpoint
@@ -163,7 +163,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint | PipelineCheckpoint:
     if isinstance(ck, PipelineCheckpoint):
         try:
             for name, comp in ck.components.items():
-                ck.components[name] = dequantizing_view(comp)
+                ck.components[name] = _plain_view(comp)
         except BaseException:
             ck.close()
             raise
@@ -176,6 +176,20 @@ def open_checkpoint(path: str | Path) -> Checkpoint | PipelineCheckpoint:
             raise
         if found is not None:
             ck.set_config(*found)
+    return _plain_view(ck)
+
+
+def _plain_view(ck: Checkpoint) -> Checkpoint:
+    """``ck``, or the dequantizing view of a quantized artifact (imported only for one: it needs torch)."""
+    try:
+        plain = quantized_kind(ck) is None
+    except BaseException:
+        ck.close()
+        raise
+    if plain:
+        return ck
+    from weightsmith.io.quantized import dequantizing_view
+
     return dequantizing_view(ck)
 
 

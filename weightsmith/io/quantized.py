@@ -25,17 +25,17 @@ import torch
 
 from weightsmith.errors import UnsupportedFormatError
 from weightsmith.io.base import Checkpoint, dtype_name
-from weightsmith.io.comfy_quant import (
-    COMFY_LAYERS_KEY,
-    COMFY_MARKER,
-    COMFY_QUANT_FORMATS,
-    COMFY_QUANT_SUFFIX,
-    SHAPES_KEY,
-    _comfy_view,
-    comfy_marker,
-)
+from weightsmith.io.comfy_quant import COMFY_QUANT_FORMATS, SHAPES_KEY, _comfy_view
 from weightsmith.io.ct_args import activations_of, scheme_from_ct_args
-from weightsmith.io.quantized_view import SCHEME_KEY, SOURCE_DTYPE_KEY, DequantizingView, _Layer
+from weightsmith.io.quantized_kind import (
+    COMFY_MARKER,
+    COMFY_QUANT_SUFFIX,
+    SCHEME_KEY,
+    SOURCE_DTYPE_KEY,
+    ct_config,
+    quantized_kind,
+)
+from weightsmith.io.quantized_view import DequantizingView, _Layer
 from weightsmith.kernels.linear import LinearScheme
 
 __all__ = [
@@ -49,32 +49,6 @@ __all__ = [
     "dequantizing_view",
     "open_view",
 ]
-
-
-def _ct_config_of(cfg: dict[str, Any] | None) -> dict[str, Any] | None:
-    qc = (cfg or {}).get("quantization_config") or (cfg or {}).get("compression_config")
-    if isinstance(qc, dict) and qc.get("quant_method", "compressed-tensors") == "compressed-tensors":
-        return qc if "config_groups" in qc else None
-    return None
-
-
-def ct_config(ck: Checkpoint) -> dict[str, Any] | None:
-    """The compressed-tensors ``quantization_config`` of a checkpoint's config, if it has one.
-
-    Read from the config as attached, before it is checked against the weights (that check
-    reads every shard's header, and is done on the plain view instead)."""
-    return _ct_config_of(ck._config)
-
-
-def quantized_kind(ck: Checkpoint) -> str | None:
-    """``compressed-tensors``, ``comfy-scaled-fp8``, ``comfy-quant`` or None (GGUF is read natively)."""
-    if ct_config(ck) is not None:
-        return "compressed-tensors"
-    if comfy_marker(ck) is not None:
-        return "comfy-scaled-fp8"
-    if COMFY_LAYERS_KEY in ck.metadata or any(k.endswith(COMFY_QUANT_SUFFIX) for k in ck.keys()):
-        return "comfy-quant"
-    return None
 
 
 def _target_matches(target: str, module: str) -> bool:

@@ -12,11 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from weightsmith.io.base import NAME_DTYPES, Checkpoint, TensorInfo
+from weightsmith.io.quantized_kind import SOURCE_DTYPE_KEY
 from weightsmith.kernels.linear import LinearScheme, QuantizedWeight, unpack_int32
-
-# Metadata keys weightsmith writes into its quantized files.
-SOURCE_DTYPE_KEY = "weightsmith.source_dtype"
-SCHEME_KEY = "weightsmith.scheme"
 
 
 @dataclass(frozen=True)

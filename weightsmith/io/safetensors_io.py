@@ -14,14 +14,16 @@ import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from weightsmith.errors import ConversionError, CorruptFileError, UnsupportedFormatError
-from weightsmith.io.base import NAME_DTYPES, Checkpoint, TensorInfo, dtype_name
+from weightsmith.io.base import PLAIN_DTYPES, Checkpoint, TensorInfo, dtype_name
 from weightsmith.io.structured import parse_json, read_json_file
+
+if TYPE_CHECKING:
+    import torch
 
 # The safetensors library refuses headers above 100 MB; so do we, before reading them.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -232,8 +234,7 @@ def _check_entry(path: Path, name: str, entry: Any, data_size: int) -> TensorInf
             f"{path}: tensor {name!r} of shape {shape} {dt} needs {nbytes} bytes but its offsets span {end - begin}",
             hint="the header lies; re-export the file",
         )
-    torch_dtype = NAME_DTYPES.get(dt, torch.uint8)
-    return TensorInfo(name, tuple(shape), torch_dtype, dt, nbytes, str(path))
+    return TensorInfo(name, tuple(shape), dt if dt in PLAIN_DTYPES else "U8", dt, nbytes, str(path))
 
 
 def _open_for_reading(path: Path) -> Any:
@@ -387,6 +388,8 @@ def build_header(
     specs: Sequence[tuple[str, tuple[int, ...], torch.dtype]], metadata: Mapping[str, str] | None
 ) -> bytes:
     """The header bytes (length prefix included) for tensors laid out in ``specs`` order."""
+    import torch
+
     header: dict[str, Any] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -406,6 +409,8 @@ def build_header(
 
 def write_tensor_bytes(f: BinaryIO, t: torch.Tensor) -> None:
     """Write a tensor's bytes (little-endian, C order) without a second full copy when avoidable."""
+    import torch
+
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()

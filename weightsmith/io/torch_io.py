@@ -16,9 +16,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from weightsmith.errors import (
     CorruptFileError,
@@ -30,6 +28,9 @@ from weightsmith.errors import (
 from weightsmith.io.base import Checkpoint, TensorInfo, dtype_name
 from weightsmith.io.gguf_io import require_regular_file
 from weightsmith.io.structured import read_json_file
+
+if TYPE_CHECKING:
+    import torch
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # Wrapper keys under which trainers nest the weights, in the order the official converters test them.
@@ -61,6 +62,8 @@ MAX_ALIASING = 4
 
 
 def _allowed_global(name: str) -> bool:
+    import torch
+
     if name in _PICKLE_GLOBALS:
         return True
     mod, _, attr = name.rpartition(".")
@@ -154,6 +157,8 @@ def _check_zip(path: Path, size: int) -> None:
 
 def load_pickle(path: Path) -> Any:
     """``torch.load`` with weights_only and mmap, every failure turned into a one-line error."""
+    import torch
+
     size = require_regular_file(path).st_size
     with open(path, "rb") as f:
         head = f.read(4)
@@ -189,6 +194,8 @@ def check_tensors(state: Mapping[str, torch.Tensor], path: Path, size: int) -> N
     A stride-0 view (``torch.zeros(24, 1).expand(24, 2**24)``) stores 96 bytes and converts to
     1.6 GB; a storage made by the pickle itself instead of read from the file can be any size.
     """
+    import torch
+
     spans: dict[int, int] = {}
     claimed = 0
     for name, t in state.items():
@@ -232,6 +239,8 @@ def unwrap_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], di
 
     Returns the flat state dict and the scalar side-data found on the way (iteration numbers...).
     """
+    import torch
+
     side: dict[str, Any] = {}
     trail: list[str] = []
     for _ in range(8):

@@ -255,6 +255,23 @@ class QuantizedWeight:
             return dequantize_fp4(self)
         return dequantize(self.values(), self.scale, self.zero_point, self.scheme)
 
+    def rows(self, r0: int, r1: int) -> QuantizedWeight:
+        """Rows ``r0:r1`` as a weight of their own (views, no copy): every stored tensor but a
+        per-tensor scale and nvfp4's global scale is row-major, one row per weight row (not so in
+        ComfyUI's swizzled layout, which is refused here)."""
+        if self.layout != "compressed-tensors":
+            raise ValueError(f"rows() needs a row-major layout, not {self.layout!r}")
+        out = self.shape[0]
+
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t[r0:r1] if t is not None and t.dim() and t.shape[0] == out and out > 1 else t
+
+        n = min(r1, out) - r0
+        return QuantizedWeight(
+            self.scheme, self.data[r0:r1], cut(self.scale), cut(self.zero_point),  # type: ignore[arg-type]
+            (n, self.shape[1]), self.packed_bits, self.global_scale, cut(self.input_global_scale),
+        )  # fmt: skip
+
     def to(self, device: torch.device | str) -> QuantizedWeight:
         zp = self.zero_point.to(device) if self.zero_point is not None else None
         gs, igs, ins = (

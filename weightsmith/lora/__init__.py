@@ -7,12 +7,30 @@ tensors as a conversion streams, ``convert.py`` and ``cli.py`` are the command. 
 name belongs to, and which formats exist, is asked of the families' LoRA adapters (``names.py``).
 """
 
-from weightsmith.lora.convert import convert_lora
-from weightsmith.lora.fuse import FusedStream, fuse, fused_stream, parse_lora_option
-from weightsmith.lora.model import Lora, LoraModule
-from weightsmith.lora.names import formats, targets
-from weightsmith.lora.read import LORA_WEIGHT_NAME, lora_from_state_dict, read_lora
-from weightsmith.lora.write import peft_state_dict, target_state_dict, write_state
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Where each public name lives. Imported on first use (PEP 562): the command line builds its
+# `lora` group from ``lora.cli`` and ``lora.names`` alone, without the torch-using readers.
+_WHERE = {
+    "convert_lora": "convert",
+    "FusedStream": "fuse",
+    "fuse": "fuse",
+    "fused_stream": "fuse",
+    "parse_lora_option": "options",
+    "Lora": "model",
+    "LoraModule": "model",
+    "formats": "names",
+    "targets": "names",
+    "LORA_WEIGHT_NAME": "read",
+    "lora_from_state_dict": "read",
+    "read_lora": "read",
+    "peft_state_dict": "write",
+    "target_state_dict": "write",
+    "write_state": "write",
+}
 
 __all__ = [
     "LORA_WEIGHT_NAME",
@@ -31,3 +49,11 @@ __all__ = [
     "targets",
     "write_state",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from weightsmith.lora.fuse import parse_lora_option
 from weightsmith.lora.names import adapters, lora_families, targets, titles
+from weightsmith.lora.options import parse_lora_option
 
 _HELP = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _COL = 15  # width of the name column in the format tables

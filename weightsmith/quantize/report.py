@@ -55,6 +55,9 @@ class QuantizeResult:
     report_path: Path | None = None
     #: what the run changed or left out on its own (e.g. imatrix entries it could not use)
     notes: list[str] = field(default_factory=list)
+    #: seconds per phase (read, quantize, write, hash...), summed over tensors; phases run side by
+    #: side in a pipeline, so they may add up to more than ``seconds``
+    phases: dict[str, float] = field(default_factory=dict)
 
     def summary_lines(self) -> list[str]:
         by_type: dict[str, list[LayerRecord]] = {}
@@ -76,6 +79,9 @@ class QuantizeResult:
         for r in sorted(scored, key=lambda r: _worst_first(r.sqnr_db))[:3]:  # type: ignore[arg-type]
             lines.append(f"  lowest SQNR: {r.name} {r.qtype} {r.sqnr_db:.2f} dB")
         lines.extend(f"  note: {n}" for n in self.notes)
+        if self.phases:
+            busy = ", ".join(f"{k} {v:.2f} s" for k, v in self.phases.items())
+            lines.append(f"  phases (overlapping): {busy}")
         if self.report_path:
             lines.append(f"  per-layer table: {self.report_path}")
         return lines

@@ -8,10 +8,25 @@ quantizing each alone changes the output; ``importance`` collects llama.cpp impo
 from the same generations.
 """
 
-from weightsmith.verify.gates import Gate, load_gates_toml, parse_gate
-from weightsmith.verify.metrics import METRICS
-from weightsmith.verify.run import VerifyOptions, VerifyResult, check_gates, verify
-from weightsmith.verify.settings import GenerationSettings, parse_seeds
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Where each public name lives, imported on first use (PEP 562): the command line builds the
+# verify commands from ``verify.cli`` and ``verify.settings`` without the torch-using runners.
+_WHERE = {
+    "Gate": "gates",
+    "load_gates_toml": "gates",
+    "parse_gate": "gates",
+    "METRICS": "metrics",
+    "VerifyOptions": "run",
+    "VerifyResult": "run",
+    "check_gates": "run",
+    "verify": "run",
+    "GenerationSettings": "settings",
+    "parse_seeds": "settings",
+}
 
 __all__ = [
     "METRICS",
@@ -25,6 +40,15 @@ __all__ = [
     "parse_seeds",
     "verify",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 from weightsmith._facade import verb_module  # noqa: E402 - `weightsmith.verify(...)` is the verb
 

@@ -89,9 +89,21 @@ CALIBRATION_OPTIONS = (
 
 def generation_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options every command that runs reference generations shares."""
-    for o in reversed(_generation_option_table().values()):
-        fn = o(fn)
-    return fn
+    return generation_options_except()(fn)
+
+
+def generation_options_except(*skip: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``generation_options`` without the options named in ``skip`` (``--device`` for a command
+    that has its own with the same meaning)."""
+    names = {s.removeprefix("--").replace("-", "_") for s in skip}
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for name, o in reversed(_generation_option_table().items()):
+            if name not in names:
+                fn = o(fn)
+        return fn
+
+    return deco
 
 
 def calibration_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -126,21 +126,32 @@ def _first(out: Any) -> torch.Tensor:
     return out.sample
 
 
-def run_sensitivity(
+@dataclass
+class Probes:
+    """Recorded transformer calls of reference generations, to re-run the transformer on.
+
+    ``calls``: (args, kwargs, reference output) of a few calls spread over the denoising steps;
+    ``recorded``: how many calls the generations made; ``transformer``: the baseline's
+    (high-noise) transformer, whose weights a caller may swap and restore."""
+
+    base: Any
+    transformer: nn.Module
+    calls: list[tuple[tuple, dict, torch.Tensor]]
+    recorded: int
+
+
+def record_probes(
     model: str,
-    scheme: str,
     settings: GenerationSettings,
     *,
     vae: str | None = None,
     probes: int = 4,
     progress: bool = True,
-) -> SensitivityResult:
-    """Score every Linear layer of MODEL's transformer quantized alone with ``scheme``."""
-    from weightsmith.quantize.gguf.recipes import assign_types, get_recipe
+) -> Probes:
+    """Run MODEL's reference generations once and keep ``probes`` transformer calls, spread over
+    the steps (the first and the last included)."""
     from weightsmith.verify.runner import Runner, prepare
 
-    t0 = time.perf_counter()
-    quantize_one = weight_quantizer(scheme)
     base = resolve_baseline(model, vae)
     sched, settings, device, items = prepare(base, settings)
     runner = Runner(base, sched, settings, device)
@@ -158,7 +169,45 @@ def run_sensitivity(
         raise UsageError("the transformer was never called", hint="check --steps and the model")
     n = min(probes, len(rec.calls))
     pick = sorted({round(i * (len(rec.calls) - 1) / max(n - 1, 1)) for i in range(n)})
-    calls = [rec.calls[i] for i in pick]
+    return Probes(base, tr, [rec.calls[i] for i in pick], len(rec.calls))
+
+
+def output_error(tr: nn.Module, calls: list[tuple[tuple, dict, torch.Tensor]]) -> tuple[float, float, float]:
+    """(signal power, noise power, worst cosine) of the transformer's outputs on the probes
+    against their recorded references, summed over every probe."""
+    sig = noise = 0.0
+    cos = []
+    with torch.inference_mode():
+        for args, kwargs, ref in calls:
+            out = _first(tr(*args, **kwargs)).float()
+            r = ref.float()
+            sig += float(r.double().pow(2).sum())
+            noise += float((r.double() - out.double()).pow(2).sum())
+            cos.append(cosine(r, out))
+    return sig, noise, min(cos)
+
+
+def db(sig: float, noise: float) -> float:
+    """10 log10(signal / noise): ``inf`` for no noise."""
+    return math.inf if noise == 0 else (10 * math.log10(sig / noise) if sig > 0 else -math.inf)
+
+
+def run_sensitivity(
+    model: str,
+    scheme: str,
+    settings: GenerationSettings,
+    *,
+    vae: str | None = None,
+    probes: int = 4,
+    progress: bool = True,
+) -> SensitivityResult:
+    """Score every Linear layer of MODEL's transformer quantized alone with ``scheme``."""
+    from weightsmith.quantize.gguf.recipes import assign_types, get_recipe
+
+    t0 = time.perf_counter()
+    quantize_one = weight_quantizer(scheme)
+    pr = record_probes(model, settings, vae=vae, probes=probes, progress=progress)
+    base, tr, calls = pr.base, pr.transformer, pr.calls
 
     tensors = gguf_tensors(tr, base.family)
     to_gguf = diffusers_to_gguf(tensors)
@@ -179,17 +228,9 @@ def run_sensitivity(
             deq, used = quantize_one(w, gnames[0] if gnames else wname, qtype)
             mod.weight.data = deq
             try:
-                sig = noise = 0.0
-                cos = []
-                for args, kwargs, ref in calls:
-                    out = _first(tr(*args, **kwargs)).float()
-                    r = ref.float()
-                    sig += float(r.double().pow(2).sum())
-                    noise += float((r.double() - out.double()).pow(2).sum())
-                    cos.append(cosine(r, out))
+                sig, noise, cos = output_error(tr, calls)
             finally:
                 mod.weight.data = w
-            out_sqnr = math.inf if noise == 0 else (10 * math.log10(sig / noise) if sig > 0 else -math.inf)
             layers.append(
                 LayerEffect(
                     name,
@@ -197,8 +238,8 @@ def run_sensitivity(
                     used,
                     w.numel(),
                     sqnr(w, deq),
-                    out_sqnr,
-                    min(cos),
+                    db(sig, noise),
+                    cos,
                 )
             )
             tick.update(1)
@@ -206,7 +247,7 @@ def run_sensitivity(
     notes = list(base.notes)
     if "transformer_2" in base.experts:
         notes.append("two experts: the high-noise transformer's layers are ranked (it runs the first steps)")
-    notes.append(f"{len(calls)} probe call(s) of {len(rec.calls)} recorded, spread over the steps")
+    notes.append(f"{len(calls)} probe call(s) of {pr.recorded} recorded, spread over the steps")
     all_names = [nm for r in layers for nm in r.names]
     return SensitivityResult(
         model,

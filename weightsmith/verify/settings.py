@@ -11,12 +11,13 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from weightsmith.errors import UsageError
 from weightsmith.verify.family import generation
+
+if TYPE_CHECKING:
+    import torch
 
 # Bounds on what a user can ask for: far beyond any released model (Wan's rotary table fits 16384
 # pixels and 4093 frames), small enough that a typo ends in a clear message, not an allocation
@@ -29,7 +30,8 @@ MAX_GUIDANCE = 1000.0
 MAX_SEED = 2**32 - 1
 MAX_SEEDS = 10000
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# --dtype choices and the torch dtype (by name) each stands for.
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,10 @@ class GenerationSettings:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        import torch
+
         try:
-            return DTYPES[self.dtype]
+            return getattr(torch, DTYPES[self.dtype])
         except KeyError:
             raise UsageError(
                 f"unknown --dtype {self.dtype!r}", hint=f"choose one of {', '.join(DTYPES)}"
@@ -175,6 +179,8 @@ def pick_device(device: str) -> torch.device:
     """
     import os
 
+    import torch
+
     hint = "use auto, cpu, cuda or cuda:N"
     if device == "auto":
         if torch.cuda.is_available():
@@ -207,6 +213,8 @@ def pick_device(device: str) -> torch.device:
 
 def device_kind(d: torch.device) -> str:
     """What a device's numbers depend on: CPU, or the GPU's model (cache keys use it)."""
+    import torch
+
     if d.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(d)}"
     return d.type

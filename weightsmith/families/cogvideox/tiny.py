@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from weightsmith.errors import UsageError
 from weightsmith.families.tiny_init import TinyInit
 
@@ -14,7 +12,7 @@ TRANSFORMER_VARIANTS = ("2b", "5b", "5b-i2v", "1.5-5b", "1.5-5b-i2v")
 
 # 0.1 * N(0, 1), norm scales 1 + 0.1 * N(0, 1): activations survive the depth of the tiny DiT.
 COGVIDEOX_INIT = TinyInit(
-    matrix=0.1, bias=0.1, scale_center=1.0, scale_std=0.1, buffers="noise", dtype=torch.float64
+    matrix=0.1, bias=0.1, scale_center=1.0, scale_std=0.1, buffers="noise", noise_dtype="float64"
 )
 
 _TINY: dict[str, Any] = {

@@ -25,6 +25,7 @@ from weightsmith.families.cogvideox._common import (
     SAT,
     local_keys,
 )
+from weightsmith.families.cogvideox.config_fields import CONFIG_FIELDS
 from weightsmith.families.cogvideox.generation import CogVideoXGeneration
 from weightsmith.families.cogvideox.inputs import CogVideoXInputs
 from weightsmith.families.cogvideox.lora import CogVideoXLora
@@ -61,6 +62,7 @@ class CogVideoXTransformer(Component):
     layouts = (SAT, DIFFUSERS)
     variants = TRANSFORMER_VARIANTS
     diffusers_class = "CogVideoXTransformer3DModel"
+    config_fields = CONFIG_FIELDS
     quant = TRANSFORMER_QUANT
     inputs = CogVideoXInputs()
     generation = CogVideoXGeneration()
@@ -317,7 +319,7 @@ class CogVideoXTransformer(Component):
             own = detection
         shapes: dict[str, tuple[int, ...]] = {}
         for op in self.plan(own, infos, DIFFUSERS):
-            ins = [Spec(k, infos[k].shape, infos[k].dtype) for k in op.inputs]
+            ins = [Spec(k, infos[k].shape, infos[k].dtype_name) for k in op.inputs]
             for spec in op.out_specs(ins):
                 shapes[spec.name] = spec.shape
         return shapes

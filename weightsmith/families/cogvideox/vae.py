@@ -21,6 +21,7 @@ from weightsmith.families.cogvideox._common import (
     SAT,
     local_keys,
 )
+from weightsmith.families.cogvideox.config_fields import CONFIG_FIELDS
 from weightsmith.families.cogvideox.tiny import COGVIDEOX_INIT, tiny_vae_config
 from weightsmith.families.ops import Drop, Op, Rename
 from weightsmith.io.base import TensorInfo
@@ -203,6 +204,7 @@ class CogVideoXVAE(Component):
     layouts = (SAT, DIFFUSERS)
     variants = ("default",)
     diffusers_class = "AutoencoderKLCogVideoX"
+    config_fields = CONFIG_FIELDS
     label = "CogVideoX VAE"
     tiny_init = COGVIDEOX_INIT
 

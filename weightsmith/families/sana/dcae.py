@@ -34,6 +34,7 @@ from weightsmith.families.sana._shared import (
     order_by_input,
     stray_keys,
 )
+from weightsmith.families.sana.config_fields import CONFIG_FIELDS
 from weightsmith.families.sana.dcae_names import (
     BLOCKS,
     DIFF_BLOCK,
@@ -88,6 +89,7 @@ class DCAE(Component):
     # is itself a downsample layer (f32c32/f64c128/f128c512 in/mix releases).
     variants: ClassVar[tuple[str, ...]] = ("f32c32-sana", "generic")
     diffusers_class: ClassVar[str] = "AutoencoderDC"
+    config_fields = CONFIG_FIELDS
     label: ClassVar[str | None] = "Sana DC-AE"
 
     # ---------------------------------------------------------------- detection

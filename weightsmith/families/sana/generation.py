@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 from weightsmith.families.generation import (
     Defaults,
     Generation,
@@ -49,6 +47,8 @@ class SanaGeneration(Generation):
         return dict(self.scheduler)
 
     def call_kwargs(self, run, settings, prompt, move, image=None, last_image=None) -> dict[str, Any]:
+        import torch
+
         kw = super().call_kwargs(run, settings, prompt, move, image, last_image)
         kw["use_resolution_binning"] = False
         if run.variant != "sprint":

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 from weightsmith.families.inputs import ForwardInputs, InputSpec
 
 
@@ -23,7 +21,7 @@ class SanaInputs(ForwardInputs):
             ),
             InputSpec("timestep", ("batch",), fill="timestep", doc="diffusion timestep per sample"),
             InputSpec(
-                "encoder_attention_mask", ("batch", "text"), dtype=torch.int64, fill="ones", doc="prompt mask"
+                "encoder_attention_mask", ("batch", "text"), type_name="int64", fill="ones", doc="prompt mask"
             ),
         ]
         if config.get("guidance_embeds"):

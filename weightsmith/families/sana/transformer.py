@@ -13,9 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from weightsmith.errors import ConversionError
 from weightsmith.families.base import (
@@ -32,11 +30,15 @@ from weightsmith.families.sana._shared import (
     order_by_input,
     stray_keys,
 )
+from weightsmith.families.sana.config_fields import CONFIG_FIELDS
 from weightsmith.families.sana.generation import SanaGeneration
 from weightsmith.families.sana.inputs import SanaInputs
 from weightsmith.families.sana.lora import SanaLora
 from weightsmith.families.sana.quant import TRANSFORMER_QUANT
 from weightsmith.io.base import TensorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 # All must exist. PixArt originals share t_block/y_embedder/cross_attn names with Sana, so the
 # LiteLA ``attn.qkv`` together with the GLUMBConv ``mlp.inverted_conv`` is what makes it Sana.
@@ -204,6 +206,7 @@ def sincos_pos_embed(hidden: int, grid: int, interpolation_scale: float) -> torc
     diffusers' ``PatchEmbed`` makes, which follows PixArt/Sana's table. The value never matters to
     Diffusers (its single-file loader pops the key); it is there so the file is a complete original.
     """
+    import torch
     from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
     if hidden % 4:
@@ -257,6 +260,7 @@ class SanaTransformer(Component):
     layouts: ClassVar[tuple[str, ...]] = ("original", "diffusers")
     variants: ClassVar[tuple[str, ...]] = ("1.0", "1.5", "sprint")
     diffusers_class: ClassVar[str] = "SanaTransformer2DModel"
+    config_fields = CONFIG_FIELDS
     quant = TRANSFORMER_QUANT
     inputs = SanaInputs()
     generation = SanaGeneration()
@@ -376,6 +380,8 @@ class SanaTransformer(Component):
         self, view: KeyView, detection: Detection, options: PlanOptions, out_prefix: str
     ) -> list[Op]:
         """The two tensors an original file carries that Diffusers does not store."""
+        import torch
+
         cfg = dict(detection.facts.get("source_config") or {})
         cfg.update(options.config or {})
         patch_shape = view.shape("patch_embed.proj.weight")

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from weightsmith.errors import UsageError
 from weightsmith.families.generation import (
@@ -17,6 +15,9 @@ from weightsmith.families.generation import (
     lcm,
     seeded_normal,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 # Wan 2.2 A14B hands over from the high-noise to the low-noise expert at this fraction of the
 # training timesteps (the released I2V pipeline's boundary_ratio).

@@ -33,6 +33,7 @@ from typing import Any
 from weightsmith.errors import ConversionError
 from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, register
 from weightsmith.families.ops import Drop, Op, Rename
+from weightsmith.families.wan.config_fields import CONFIG_FIELDS
 from weightsmith.families.wan.generation import WanGeneration
 from weightsmith.families.wan.inputs import WanInputs
 from weightsmith.families.wan.keys import locate
@@ -185,6 +186,7 @@ class WanTransformer(Component):
     layouts = ("original", "diffusers")
     variants = ("2.1-t2v", "2.1-i2v", "2.1-flf2v", "2.1-vace", "2.2-i2v-a14b", "2.2-ti2v-5b")
     diffusers_class = "WanTransformer3DModel"
+    config_fields = CONFIG_FIELDS
     quant = TRANSFORMER_QUANT
     inputs = WanInputs()
     label = "Wan transformer"

@@ -24,11 +24,10 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import torch
-
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, first_few, register
 from weightsmith.families.ops import Op, Rename
+from weightsmith.families.wan.config_fields import CONFIG_FIELDS
 from weightsmith.families.wan.keys import KeyMap, locate
 from weightsmith.io.base import TensorInfo
 
@@ -304,6 +303,7 @@ def derive_config(shapes: Mapping[str, tuple[int, ...]], variant: str) -> dict[s
 
 def expected_shapes(cfg: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the real class built from ``cfg`` on the meta device (no memory)."""
+    import torch
     from diffusers import AutoencoderKLWan
 
     with torch.device("meta"):
@@ -320,6 +320,7 @@ class WanVAE(Component):
     layouts = ("original", "diffusers")
     variants = ("2.1", "2.2")
     diffusers_class = "AutoencoderKLWan"
+    config_fields = CONFIG_FIELDS
     label = "Wan VAE"
 
     def detect(

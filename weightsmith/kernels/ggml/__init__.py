@@ -11,10 +11,12 @@ Types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import gguf
 import torch
@@ -27,9 +29,11 @@ from .types import GGMLKernel, get_kernel, register, registered_types
 
 __all__ = [
     "GGMLKernel",
+    "Measured",
     "dequantize",
     "get_kernel",
     "quantize",
+    "quantize_measured",
     "register",
     "registered_types",
     "byte_shape",
@@ -105,6 +109,32 @@ def quantize(
     ``WEIGHTSMITH_GGML_BACKEND`` setting, ``auto``) chooses between the fused CPU kernels
     (:mod:`.native`) and the torch kernels; both give the same bytes.
     """
+    return _quantize(tensor, qtype, imatrix, backend, measure=False).data
+
+
+@dataclass
+class Measured:
+    """Quantized bytes and the energies the per-layer SQNR is made of, summed as the blocks were
+    written: ``signal`` = sum x^2, ``noise`` = sum (decoded - x)^2 (float64 totals of float32
+    partials; not finite where float32 overflowed or a block decodes to inf/NaN)."""
+
+    data: torch.Tensor
+    signal: float
+    noise: float
+
+
+def quantize_measured(
+    tensor: torch.Tensor, qtype: QType, imatrix: torch.Tensor | None = None, *, backend: str | None = None
+) -> Measured:
+    """:func:`quantize` that also measures its error in the same pass: each chunk (each block, in the
+    C kernels) is decoded right after it is quantized, while it is still in cache, so the SQNR
+    needs no second pass over the tensor. Same bytes as :func:`quantize`."""
+    return _quantize(tensor, qtype, imatrix, backend, measure=True)
+
+
+def _quantize(
+    tensor: torch.Tensor, qtype: QType, imatrix: torch.Tensor | None, backend: str | None, measure: bool
+) -> Measured:
     k = get_kernel(qtype)
     if not isinstance(tensor, torch.Tensor):
         raise QuantizationError(
@@ -121,7 +151,7 @@ def quantize(
     x = tensor.detach().reshape(-1, n).to(torch.float32).contiguous()
     out = torch.empty((x.shape[0], n // k.block_size * k.type_size), dtype=torch.uint8, device=x.device)
     if x.numel() == 0:
-        return out.reshape(byte_shape(shape, k.qtype))
+        return Measured(out.reshape(byte_shape(shape, k.qtype)), 0.0, 0.0)
     qw = None
     if imatrix is not None and k.uses_imatrix:
         qw = imatrix.detach().reshape(-1).to(device=x.device, dtype=torch.float32).contiguous()
@@ -135,15 +165,36 @@ def quantize(
         require_finite(x, k.name)
     step = _rows_per_chunk(k, n, x.device)
     starts = range(0, x.shape[0], step)
+    # one float64 (signal, noise) row per chunk, filled by whichever worker runs it: the totals are
+    # summed in chunk order afterwards, so they do not depend on the thread schedule
+    energy = torch.zeros((len(starts), 2), dtype=torch.float64, device=x.device) if measure else None
 
     def run(r0: int) -> None:
+        xs, ys = x[r0 : r0 + step], out[r0 : r0 + step]
+        slot = None if energy is None else energy[r0 // step]
         if fused is None:
-            k.quantize_into(x[r0 : r0 + step], qw, out[r0 : r0 + step])
-        elif not fused(x[r0 : r0 + step], out[r0 : r0 + step]):
+            k.quantize_into(xs, qw, ys)
+            if slot is not None:
+                _chunk_energy(k, xs, ys, slot)
+        elif not fused(xs, ys, slot):
             raise non_finite_error(k.name)
 
     _run_chunks(run, starts, x.device)
-    return out.reshape(byte_shape(shape, k.qtype))
+    data = out.reshape(byte_shape(shape, k.qtype))
+    if energy is None:
+        return Measured(data, math.nan, math.nan)
+    signal, noise = energy.sum(0).tolist()
+    return Measured(data, signal, noise)
+
+
+def _chunk_energy(k: type[GGMLKernel], x: torch.Tensor, q: torch.Tensor, slot: torch.Tensor) -> None:
+    """Signal and error energy of one chunk the torch kernels just quantized (still cache-sized):
+    float32 dot products, added into ``slot`` in float64 without a device sync."""
+    deq = k.dequantize_rows(q).reshape(-1)
+    flat = x.reshape(-1)
+    slot[0] += torch.dot(flat, flat).double()
+    diff = deq - flat  # not in place: a float type's decoded rows may be a view of its bytes
+    slot[1] += torch.dot(diff, diff).double()
 
 
 def _native_quantizer(

@@ -36,7 +36,7 @@ from weightsmith.errors import QuantizationError
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
-ABI_VERSION = 4
+ABI_VERSION = 5
 BACKENDS = ("auto", "torch", "native")
 #: types with a fused kernel (symbol ``ws_quantize_<name lower>``, and ``ws_quantize_imat_<name>`` with
 #: importance weights for all but Q8_0, which ignores them)
@@ -203,12 +203,11 @@ def load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     if lib.ws_abi_version() != ABI_VERSION:
         raise OSError(f"{path} has kernel ABI {lib.ws_abi_version()}, expected {ABI_VERSION}")
-    plain = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    weighted = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    p, n = ctypes.c_void_p, ctypes.c_int64
     for prefix, names, argtypes in (
-        ("ws_quantize_", NATIVE_TYPES, plain),
-        ("ws_dequantize_", NATIVE_TYPES, plain),
-        ("ws_quantize_imat_", IMATRIX_TYPES, weighted),
+        ("ws_quantize_", NATIVE_TYPES, [p, p, n, p]),
+        ("ws_dequantize_", NATIVE_TYPES, [p, p, n]),
+        ("ws_quantize_imat_", IMATRIX_TYPES, [p, p, n, n, p, p]),
     ):
         for name in names:
             fn = getattr(lib, prefix + name.lower())
@@ -246,21 +245,24 @@ def info() -> BuildInfo | None:
     return _info
 
 
-Quantizer = Callable[[torch.Tensor, torch.Tensor], bool]
+Quantizer = Callable[..., bool]
 
 
 def quantizer(name: str, lib: ctypes.CDLL, imatrix: torch.Tensor | None = None) -> Quantizer | None:
-    """``fn(x, out) -> ok`` for type ``name`` (float32 rows ``(R, n)`` in, uint8 rows out, contiguous CPU
-    tensors), or None where the type has no fused kernel. ``imatrix``: float32 ``(n,)`` importance
-    weights, kept alive by the closure. ``ok`` is False for NaN/inf input."""
+    """``fn(x, out, energy=None) -> ok`` for type ``name`` (float32 rows ``(R, n)`` in, uint8 rows out,
+    contiguous CPU tensors), or None where the type has no fused kernel. ``imatrix``: float32 ``(n,)``
+    importance weights, kept alive by the closure. ``ok`` is False for NaN/inf input. ``energy``: a
+    float64 CPU tensor of 2 to which the kernel adds the signal energy (sum x^2) and the error
+    energy (sum (decoded - x)^2) of what it quantized, measured block by block as it goes."""
     if imatrix is None:
         if name not in NATIVE_TYPES:
             return None
         plain = getattr(lib, f"ws_quantize_{name.lower()}")
 
-        def run(x: torch.Tensor, out: torch.Tensor) -> bool:
+        def run(x: torch.Tensor, out: torch.Tensor, energy: torch.Tensor | None = None) -> bool:
             _check(x, out)
-            return plain(x.data_ptr(), out.data_ptr(), x.numel()) == 0  # ctypes releases the GIL
+            st = _energy_ptr(energy)
+            return plain(x.data_ptr(), out.data_ptr(), x.numel(), st) == 0  # ctypes releases the GIL
 
         return run
     if name not in IMATRIX_TYPES:
@@ -268,11 +270,12 @@ def quantizer(name: str, lib: ctypes.CDLL, imatrix: torch.Tensor | None = None) 
     weighted = getattr(lib, f"ws_quantize_imat_{name.lower()}")
     qw = imatrix.detach().to(device="cpu", dtype=torch.float32).contiguous()
 
-    def run_weighted(x: torch.Tensor, out: torch.Tensor) -> bool:
+    def run_weighted(x: torch.Tensor, out: torch.Tensor, energy: torch.Tensor | None = None) -> bool:
         _check(x, out)
         if x.dim() != 2 or x.shape[1] != qw.numel():
             raise ValueError("importance weights need (rows, n) input with n weights")
-        rc = weighted(x.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], qw.data_ptr())
+        st = _energy_ptr(energy)
+        rc = weighted(x.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], qw.data_ptr(), st)
         if rc == 2:
             raise MemoryError("out of memory in the native GGUF kernels")
         return rc == 0
@@ -292,6 +295,17 @@ def dequantizer(name: str, lib: ctypes.CDLL) -> Quantizer | None:
         return fn(data.data_ptr(), out.data_ptr(), out.numel()) == 0
 
     return run
+
+
+def _energy_ptr(energy: torch.Tensor | None) -> int | None:
+    """The address of a 2-double accumulator, or None (NULL: no measuring)."""
+    if energy is None:
+        return None
+    if not (energy.dtype == torch.float64 and energy.device.type == "cpu" and energy.numel() == 2):
+        raise ValueError("the energy accumulator is a float64 CPU tensor of 2 elements")
+    if not energy.is_contiguous():
+        raise ValueError("the energy accumulator must be contiguous")
+    return energy.data_ptr()
 
 
 def _check(x: torch.Tensor, out: torch.Tensor) -> None:

@@ -21,7 +21,7 @@
  * (-march=native), so the lane width follows the CPU.
  * Every exported function quantizes `n` float32 elements (a multiple of the type's block size)
  * into `y` and returns 1 if the input held NaN or infinity (the bytes are then meaningless),
- * else 0.
+ * else 0; a non-NULL `st` (two doubles) gets the error energy added (MEASURE below).
  */
 #include <math.h>
 #include <stdint.h>
@@ -926,123 +926,6 @@ static void weights_iq4_nl(const float *x, const float *qw, float *w, int64_t n)
 static void weights_iq4_xs(const float *x, const float *qw, float *w, int64_t n) { weights_iq4(x, qw, w, n, 256); }
 
 /* ------------------------------------------------------------------------------------------ */
-/* exported entry points: whole tiles, then a zero-padded tail tile                           */
-
-#define TILE_LOOP(TILE_ELEMS, TILE_BYTES, CALL)                                                       \
-    int bad = 0;                                                                                      \
-    int64_t nt = n / (TILE_ELEMS);                                                                    \
-    for (int64_t t = 0; t < nt; t++) {                                                                \
-        const float *xp = x + t * (TILE_ELEMS);                                                       \
-        uint8_t *yp = y + t * (TILE_BYTES);                                                           \
-        bad |= CALL;                                                                                  \
-    }                                                                                                 \
-    int64_t rem = n - nt * (TILE_ELEMS);                                                              \
-    if (rem) {                                                                                        \
-        float xbuf[TILE_ELEMS];                                                                       \
-        uint8_t ybuf[TILE_BYTES];                                                                     \
-        memset(xbuf, 0, sizeof xbuf);                                                                 \
-        memcpy(xbuf, x + nt * (TILE_ELEMS), (size_t)rem * sizeof(float));                             \
-        const float *xp = xbuf;                                                                       \
-        uint8_t *yp = ybuf;                                                                           \
-        bad |= CALL;                                                                                  \
-        memcpy(y + nt * (TILE_BYTES), ybuf, (size_t)(rem * (TILE_BYTES) / (TILE_ELEMS)));             \
-    }                                                                                                 \
-    return bad;
-
-/* with importance weights: row by row (the weights depend on the row), each row tiled as above,
- * the zero-padded tail tile getting zero weights */
-#define IMAT_LOOP(TILE_ELEMS, TILE_BYTES, WEIGHTS, CALL)                                              \
-    int bad = 0;                                                                                      \
-    float *wrow = (float *)malloc((size_t)n_per_row * sizeof(float));                                 \
-    if (!wrow) return 2;                                                                              \
-    int64_t row_bytes = n_per_row / (TILE_ELEMS) * (TILE_BYTES) +                                     \
-                        n_per_row % (TILE_ELEMS) * (TILE_BYTES) / (TILE_ELEMS);                       \
-    for (int64_t r = 0; r < nrows; r++) {                                                             \
-        const float *xr = x + r * n_per_row;                                                          \
-        uint8_t *yr = y + r * row_bytes;                                                              \
-        WEIGHTS(xr, qw, wrow, n_per_row);                                                             \
-        int64_t nt = n_per_row / (TILE_ELEMS);                                                        \
-        for (int64_t t = 0; t < nt; t++) {                                                            \
-            const float *xp = xr + t * (TILE_ELEMS);                                                  \
-            const float *wp = wrow + t * (TILE_ELEMS);                                                \
-            uint8_t *yp = yr + t * (TILE_BYTES);                                                      \
-            bad |= CALL;                                                                              \
-        }                                                                                             \
-        int64_t rem = n_per_row - nt * (TILE_ELEMS);                                                  \
-        if (rem) {                                                                                    \
-            float xbuf[TILE_ELEMS], wbuf[TILE_ELEMS];                                                 \
-            uint8_t ybuf[TILE_BYTES];                                                                 \
-            memset(xbuf, 0, sizeof xbuf);                                                             \
-            memset(wbuf, 0, sizeof wbuf);                                                             \
-            memcpy(xbuf, xr + nt * (TILE_ELEMS), (size_t)rem * sizeof(float));                        \
-            memcpy(wbuf, wrow + nt * (TILE_ELEMS), (size_t)rem * sizeof(float));                      \
-            const float *xp = xbuf, *wp = wbuf;                                                       \
-            uint8_t *yp = ybuf;                                                                       \
-            bad |= CALL;                                                                              \
-            memcpy(yr + nt * (TILE_BYTES), ybuf, (size_t)(rem * (TILE_BYTES) / (TILE_ELEMS)));        \
-        }                                                                                             \
-    }                                                                                                 \
-    free(wrow);                                                                                       \
-    return bad;
-
-#define PLAIN_ARGS const float *x, uint8_t *y, int64_t n
-#define IMAT_ARGS const float *x, uint8_t *y, int64_t nrows, int64_t n_per_row, const float *qw
-
-/* Q8_0 without transposing: every step is elementwise or a max (exact in any order), so a block
- * is processed along its 32 elements and its 32 bytes are stored straight from a vector. */
-typedef int8_t vb __attribute__((vector_size(NL)));
-AI int block_q8_0(const float *x, uint8_t *y) {
-    vf v[32 / NL], a = {0}, fin = {0};
-    for (int k = 0; k < 32 / NL; k++) {
-        memcpy(&v[k], x + k * NL, sizeof(vf));
-        vf ab = vabs(v[k]);
-        a = vsel(a > ab, a, ab);
-        fin += v[k] * 0.f;
-    }
-    float amax = 0;
-    for (int l = 0; l < NL; l++) amax = amax > a[l] ? amax : a[l];
-    float d = amax / 127.f;
-    float id = d ? 1.f / d : 0.f;
-    put_h(y, d);
-    for (int k = 0; k < 32 / NL; k++) {
-        vf t = v[k] * id;
-        vb q = __builtin_convertvector(trunc_i(t + t) - trunc_i(t), vb); /* roundf */
-        memcpy(y + 2 + k * NL, &q, NL);
-    }
-    return any_nonfinite(fin);
-}
-
-int ws_quantize_q8_0(PLAIN_ARGS) {
-    int bad = 0;
-    for (int64_t b = 0; b < n / 32; b++) bad |= block_q8_0(x + 32 * b, y + 34 * b);
-    return bad;
-}
-int ws_quantize_q4_0(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 18, tile_legacy(xp, 0, yp, LEG_Q4_0, 18)) }
-int ws_quantize_q5_0(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 22, tile_legacy(xp, 0, yp, LEG_Q5_0, 22)) }
-int ws_quantize_q4_1(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 20, tile_legacy(xp, 0, yp, LEG_Q4_1, 20)) }
-int ws_quantize_q5_1(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 24, tile_legacy(xp, 0, yp, LEG_Q5_1, 24)) }
-int ws_quantize_q2_k(PLAIN_ARGS) { TILE_LOOP(256, 84, tile_q2_k(xp, 0, yp)) }
-int ws_quantize_q3_k(PLAIN_ARGS) { TILE_LOOP(256, 110, tile_q3_k(xp, 0, yp)) }
-int ws_quantize_q4_k(PLAIN_ARGS) { TILE_LOOP(NL * 32, SBT * 144, tile_q45_k(xp, 0, yp, 0)) }
-int ws_quantize_q5_k(PLAIN_ARGS) { TILE_LOOP(NL * 32, SBT * 176, tile_q45_k(xp, 0, yp, 1)) }
-int ws_quantize_q6_k(PLAIN_ARGS) { TILE_LOOP(256, 210, tile_q6_k(xp, 0, yp)) }
-int ws_quantize_iq4_nl(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 18, tile_iq4(xp, 0, yp, 0)) }
-int ws_quantize_iq4_xs(PLAIN_ARGS) { TILE_LOOP(NL * 32, SBT * 136, tile_iq4(xp, 0, yp, 1)) }
-
-/* return 2: out of memory */
-int ws_quantize_imat_q4_0(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 18, weights_row, tile_legacy(xp, wp, yp, LEG_Q4_0, 18)) }
-int ws_quantize_imat_q5_0(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 22, weights_row, tile_legacy(xp, wp, yp, LEG_Q5_0, 22)) }
-int ws_quantize_imat_q4_1(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 20, weights_row, tile_legacy(xp, wp, yp, LEG_Q4_1, 20)) }
-int ws_quantize_imat_q5_1(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 24, weights_row, tile_legacy(xp, wp, yp, LEG_Q5_1, 24)) }
-int ws_quantize_imat_q2_k(IMAT_ARGS) { IMAT_LOOP(256, 84, weights_k1, tile_q2_k(xp, wp, yp)) }
-int ws_quantize_imat_q3_k(IMAT_ARGS) { IMAT_LOOP(256, 110, weights_k2, tile_q3_k(xp, wp, yp)) }
-int ws_quantize_imat_q4_k(IMAT_ARGS) { IMAT_LOOP(NL * 32, SBT * 144, weights_k2, tile_q45_k(xp, wp, yp, 0)) }
-int ws_quantize_imat_q5_k(IMAT_ARGS) { IMAT_LOOP(NL * 32, SBT * 176, weights_k2, tile_q45_k(xp, wp, yp, 1)) }
-int ws_quantize_imat_q6_k(IMAT_ARGS) { IMAT_LOOP(256, 210, weights_raw, tile_q6_k(xp, wp, yp)) }
-int ws_quantize_imat_iq4_nl(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 18, weights_iq4_nl, tile_iq4(xp, wp, yp, 0)) }
-int ws_quantize_imat_iq4_xs(IMAT_ARGS) { IMAT_LOOP(NL * 32, SBT * 136, weights_iq4_xs, tile_iq4(xp, wp, yp, 1)) }
-
-/* ------------------------------------------------------------------------------------------ */
 /* dequantization: the float order of ggml's dequantize_row_* (and of the torch kernels)       */
 
 AI void dq_legacy(const uint8_t *b, float *y, int kind) {
@@ -1174,5 +1057,170 @@ int ws_dequantize_q6_k(DQ_ARGS) { DQ_LOOP(256, 210, dq_q6_k(bp, xp)) }
 int ws_dequantize_iq4_nl(DQ_ARGS) { DQ_LOOP(32, 18, dq_iq4_nl(bp, xp)) }
 int ws_dequantize_iq4_xs(DQ_ARGS) { DQ_LOOP(256, 136, dq_iq4_xs(bp, xp)) }
 
+/* ------------------------------------------------------------------------------------------ */
+/* fused error energy: with a non-NULL `st`, every block is decoded right after it is written
+ * (still in cache) and st[0] += sum x^2, st[1] += sum (decoded - x)^2, from float32 lane partials
+ * per block added in double. The decoded values are exactly ws_dequantize_*'s, so the per-layer
+ * SQNR needs no second pass over the tensor; its sums differ from a two-pass float32 dot product
+ * only in float rounding (order of additions). */
+
+AI void dq_q4_0(const uint8_t *b, float *y) { dq_legacy(b, y, LEG_Q4_0); }
+AI void dq_q5_0(const uint8_t *b, float *y) { dq_legacy(b, y, LEG_Q5_0); }
+AI void dq_q4_1(const uint8_t *b, float *y) { dq_legacy(b, y, LEG_Q4_1); }
+AI void dq_q5_1(const uint8_t *b, float *y) { dq_legacy(b, y, LEG_Q5_1); }
+AI void dq_q4_k(const uint8_t *b, float *y) { dq_q45_k(b, y, 0); }
+AI void dq_q5_k(const uint8_t *b, float *y) { dq_q45_k(b, y, 1); }
+
+AI void err_span(const float *x, const float *d, int n, double *st) {
+    vf s = {0}, e = {0};
+    for (int i = 0; i < n; i += NL) {
+        vf a, b;
+        memcpy(&a, x + i, sizeof a);
+        memcpy(&b, d + i, sizeof b);
+        vf r = b - a;
+        s += a * a;
+        e += r * r;
+    }
+    double ss = 0, ee = 0;
+    for (int l = 0; l < NL; l++) {
+        ss += s[l];
+        ee += e[l];
+    }
+    st[0] += ss;
+    st[1] += ee;
+}
+
+#define MEASURE(XP, YP, ELEMS, BLOCK, TSIZE, DQ)                                                      \
+    if (st)                                                                                           \
+        for (int64_t e_ = 0; e_ < (ELEMS); e_ += (BLOCK)) {                                           \
+            float dq_[BLOCK];                                                                         \
+            DQ((YP) + e_ / (BLOCK) * (TSIZE), dq_);                                                   \
+            err_span((XP) + e_, dq_, BLOCK, st);                                                      \
+        }
+
+/* ------------------------------------------------------------------------------------------ */
+/* exported entry points: whole tiles, then a zero-padded tail tile                           */
+
+#define TILE_LOOP(TILE_ELEMS, TILE_BYTES, CALL, BLOCK, TSIZE, DQ)                                    \
+    int bad = 0;                                                                                      \
+    int64_t nt = n / (TILE_ELEMS);                                                                    \
+    for (int64_t t = 0; t < nt; t++) {                                                                \
+        const float *xp = x + t * (TILE_ELEMS);                                                       \
+        uint8_t *yp = y + t * (TILE_BYTES);                                                           \
+        bad |= CALL;                                                                                  \
+        MEASURE(xp, yp, TILE_ELEMS, BLOCK, TSIZE, DQ)                                                 \
+    }                                                                                                 \
+    int64_t rem = n - nt * (TILE_ELEMS);                                                              \
+    if (rem) {                                                                                        \
+        float xbuf[TILE_ELEMS];                                                                       \
+        uint8_t ybuf[TILE_BYTES];                                                                     \
+        memset(xbuf, 0, sizeof xbuf);                                                                 \
+        memcpy(xbuf, x + nt * (TILE_ELEMS), (size_t)rem * sizeof(float));                             \
+        const float *xp = xbuf;                                                                       \
+        uint8_t *yp = ybuf;                                                                           \
+        bad |= CALL;                                                                                  \
+        MEASURE(xp, yp, rem, BLOCK, TSIZE, DQ)                                                        \
+        memcpy(y + nt * (TILE_BYTES), ybuf, (size_t)(rem * (TILE_BYTES) / (TILE_ELEMS)));             \
+    }                                                                                                 \
+    return bad;
+
+/* with importance weights: row by row (the weights depend on the row), each row tiled as above,
+ * the zero-padded tail tile getting zero weights */
+#define IMAT_LOOP(TILE_ELEMS, TILE_BYTES, WEIGHTS, CALL, BLOCK, TSIZE, DQ)                           \
+    int bad = 0;                                                                                      \
+    float *wrow = (float *)malloc((size_t)n_per_row * sizeof(float));                                 \
+    if (!wrow) return 2;                                                                              \
+    int64_t row_bytes = n_per_row / (TILE_ELEMS) * (TILE_BYTES) +                                     \
+                        n_per_row % (TILE_ELEMS) * (TILE_BYTES) / (TILE_ELEMS);                       \
+    for (int64_t r = 0; r < nrows; r++) {                                                             \
+        const float *xr = x + r * n_per_row;                                                          \
+        uint8_t *yr = y + r * row_bytes;                                                              \
+        WEIGHTS(xr, qw, wrow, n_per_row);                                                             \
+        int64_t nt = n_per_row / (TILE_ELEMS);                                                        \
+        for (int64_t t = 0; t < nt; t++) {                                                            \
+            const float *xp = xr + t * (TILE_ELEMS);                                                  \
+            const float *wp = wrow + t * (TILE_ELEMS);                                                \
+            uint8_t *yp = yr + t * (TILE_BYTES);                                                      \
+            bad |= CALL;                                                                              \
+            MEASURE(xp, yp, TILE_ELEMS, BLOCK, TSIZE, DQ)                                             \
+        }                                                                                             \
+        int64_t rem = n_per_row - nt * (TILE_ELEMS);                                                  \
+        if (rem) {                                                                                    \
+            float xbuf[TILE_ELEMS], wbuf[TILE_ELEMS];                                                 \
+            uint8_t ybuf[TILE_BYTES];                                                                 \
+            memset(xbuf, 0, sizeof xbuf);                                                             \
+            memset(wbuf, 0, sizeof wbuf);                                                             \
+            memcpy(xbuf, xr + nt * (TILE_ELEMS), (size_t)rem * sizeof(float));                        \
+            memcpy(wbuf, wrow + nt * (TILE_ELEMS), (size_t)rem * sizeof(float));                      \
+            const float *xp = xbuf, *wp = wbuf;                                                       \
+            uint8_t *yp = ybuf;                                                                       \
+            bad |= CALL;                                                                              \
+            MEASURE(xp, yp, rem, BLOCK, TSIZE, DQ)                                                    \
+            memcpy(yr + nt * (TILE_BYTES), ybuf, (size_t)(rem * (TILE_BYTES) / (TILE_ELEMS)));        \
+        }                                                                                             \
+    }                                                                                                 \
+    free(wrow);                                                                                       \
+    return bad;
+
+#define PLAIN_ARGS const float *x, uint8_t *y, int64_t n, double *st
+#define IMAT_ARGS const float *x, uint8_t *y, int64_t nrows, int64_t n_per_row, const float *qw, double *st
+
+/* Q8_0 without transposing: every step is elementwise or a max (exact in any order), so a block
+ * is processed along its 32 elements and its 32 bytes are stored straight from a vector. */
+typedef int8_t vb __attribute__((vector_size(NL)));
+AI int block_q8_0(const float *x, uint8_t *y) {
+    vf v[32 / NL], a = {0}, fin = {0};
+    for (int k = 0; k < 32 / NL; k++) {
+        memcpy(&v[k], x + k * NL, sizeof(vf));
+        vf ab = vabs(v[k]);
+        a = vsel(a > ab, a, ab);
+        fin += v[k] * 0.f;
+    }
+    float amax = 0;
+    for (int l = 0; l < NL; l++) amax = amax > a[l] ? amax : a[l];
+    float d = amax / 127.f;
+    float id = d ? 1.f / d : 0.f;
+    put_h(y, d);
+    for (int k = 0; k < 32 / NL; k++) {
+        vf t = v[k] * id;
+        vb q = __builtin_convertvector(trunc_i(t + t) - trunc_i(t), vb); /* roundf */
+        memcpy(y + 2 + k * NL, &q, NL);
+    }
+    return any_nonfinite(fin);
+}
+
+int ws_quantize_q8_0(PLAIN_ARGS) {
+    int bad = 0;
+    for (int64_t b = 0; b < n / 32; b++) {
+        bad |= block_q8_0(x + 32 * b, y + 34 * b);
+        MEASURE(x + 32 * b, y + 34 * b, 32, 32, 34, dq_q8_0)
+    }
+    return bad;
+}
+int ws_quantize_q4_0(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 18, tile_legacy(xp, 0, yp, LEG_Q4_0, 18), 32, 18, dq_q4_0) }
+int ws_quantize_q5_0(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 22, tile_legacy(xp, 0, yp, LEG_Q5_0, 22), 32, 22, dq_q5_0) }
+int ws_quantize_q4_1(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 20, tile_legacy(xp, 0, yp, LEG_Q4_1, 20), 32, 20, dq_q4_1) }
+int ws_quantize_q5_1(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 24, tile_legacy(xp, 0, yp, LEG_Q5_1, 24), 32, 24, dq_q5_1) }
+int ws_quantize_q2_k(PLAIN_ARGS) { TILE_LOOP(256, 84, tile_q2_k(xp, 0, yp), 256, 84, dq_q2_k) }
+int ws_quantize_q3_k(PLAIN_ARGS) { TILE_LOOP(256, 110, tile_q3_k(xp, 0, yp), 256, 110, dq_q3_k) }
+int ws_quantize_q4_k(PLAIN_ARGS) { TILE_LOOP(NL * 32, SBT * 144, tile_q45_k(xp, 0, yp, 0), 256, 144, dq_q4_k) }
+int ws_quantize_q5_k(PLAIN_ARGS) { TILE_LOOP(NL * 32, SBT * 176, tile_q45_k(xp, 0, yp, 1), 256, 176, dq_q5_k) }
+int ws_quantize_q6_k(PLAIN_ARGS) { TILE_LOOP(256, 210, tile_q6_k(xp, 0, yp), 256, 210, dq_q6_k) }
+int ws_quantize_iq4_nl(PLAIN_ARGS) { TILE_LOOP(NL * 32, NL * 18, tile_iq4(xp, 0, yp, 0), 32, 18, dq_iq4_nl) }
+int ws_quantize_iq4_xs(PLAIN_ARGS) { TILE_LOOP(NL * 32, SBT * 136, tile_iq4(xp, 0, yp, 1), 256, 136, dq_iq4_xs) }
+
+/* return 2: out of memory */
+int ws_quantize_imat_q4_0(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 18, weights_row, tile_legacy(xp, wp, yp, LEG_Q4_0, 18), 32, 18, dq_q4_0) }
+int ws_quantize_imat_q5_0(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 22, weights_row, tile_legacy(xp, wp, yp, LEG_Q5_0, 22), 32, 22, dq_q5_0) }
+int ws_quantize_imat_q4_1(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 20, weights_row, tile_legacy(xp, wp, yp, LEG_Q4_1, 20), 32, 20, dq_q4_1) }
+int ws_quantize_imat_q5_1(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 24, weights_row, tile_legacy(xp, wp, yp, LEG_Q5_1, 24), 32, 24, dq_q5_1) }
+int ws_quantize_imat_q2_k(IMAT_ARGS) { IMAT_LOOP(256, 84, weights_k1, tile_q2_k(xp, wp, yp), 256, 84, dq_q2_k) }
+int ws_quantize_imat_q3_k(IMAT_ARGS) { IMAT_LOOP(256, 110, weights_k2, tile_q3_k(xp, wp, yp), 256, 110, dq_q3_k) }
+int ws_quantize_imat_q4_k(IMAT_ARGS) { IMAT_LOOP(NL * 32, SBT * 144, weights_k2, tile_q45_k(xp, wp, yp, 0), 256, 144, dq_q4_k) }
+int ws_quantize_imat_q5_k(IMAT_ARGS) { IMAT_LOOP(NL * 32, SBT * 176, weights_k2, tile_q45_k(xp, wp, yp, 1), 256, 176, dq_q5_k) }
+int ws_quantize_imat_q6_k(IMAT_ARGS) { IMAT_LOOP(256, 210, weights_raw, tile_q6_k(xp, wp, yp), 256, 210, dq_q6_k) }
+int ws_quantize_imat_iq4_nl(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 18, weights_iq4_nl, tile_iq4(xp, wp, yp, 0), 32, 18, dq_iq4_nl) }
+int ws_quantize_imat_iq4_xs(IMAT_ARGS) { IMAT_LOOP(NL * 32, SBT * 136, weights_iq4_xs, tile_iq4(xp, wp, yp, 1), 256, 136, dq_iq4_xs) }
+
 /* bumped whenever the functions above change meaning, so stale builds are never loaded */
-int ws_abi_version(void) { return 4; }
+int ws_abi_version(void) { return 5; }

@@ -9,16 +9,36 @@ import torch
 
 from weightsmith.errors import QuantizationError
 from weightsmith.io.gguf_writer import tensor_bytes
-from weightsmith.kernels.ggml import dequantize, quantize
+from weightsmith.kernels.ggml import dequantize, quantize_measured
 from weightsmith.quantize.report import SQNR_CHUNK, Sqnr
 
 F16_MAX = 65504.0
 
 
+def prepare(t: torch.Tensor, qtype: str, device: torch.device, name: str) -> torch.Tensor:
+    """What ``encode`` quantizes: float32 on ``device`` for a quantized type (refusing NaN/inf,
+    naming the tensor), ``t`` as it is for a float type. Runs in the pipeline's reading stage."""
+    if qtype in ("F32", "F16", "BF16"):
+        return t
+    x = t.to(device=device, dtype=torch.float32)
+    if x.numel() and not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
+        raise QuantizationError(
+            f"tensor {name!r} holds NaN or infinite values; it cannot be quantized to {qtype}",
+            hint=f"fix the checkpoint, or keep it in float with --keep '{name}'",
+        )
+    return x
+
+
 def encode(
-    t: torch.Tensor, qtype: str, device: torch.device, imatrix: torch.Tensor | None, name: str
+    t: torch.Tensor,
+    qtype: str,
+    device: torch.device,
+    imatrix: torch.Tensor | None,
+    name: str,
+    prepared: bool = False,
 ) -> tuple[np.ndarray, float | None]:
-    """(stored array, SQNR in dB or None for float types) for one tensor."""
+    """(stored array, SQNR in dB or None for float types) for one tensor; ``prepared``: ``t`` came
+    from :func:`prepare` already."""
     if qtype == "F32":
         return t.to(torch.float32).contiguous().numpy(), None
     if qtype == "F16":
@@ -32,14 +52,14 @@ def encode(
         return t.to(torch.float16).contiguous().numpy(), None
     if qtype == "BF16":
         return tensor_bytes(t.to(torch.bfloat16), "BF16"), None
-    x = t.to(device=device, dtype=torch.float32)
-    if x.numel() and not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
-        raise QuantizationError(
-            f"tensor {name!r} holds NaN or infinite values; it cannot be quantized to {qtype}",
-            hint=f"fix the checkpoint, or keep it in float with --keep '{name}'",
-        )
-    q = quantize(x, qtype, imatrix)
-    return q.cpu().numpy(), blockwise_sqnr(x, q, qtype, name)
+    x = t if prepared else prepare(t, qtype, device, name)
+    m = quantize_measured(x, qtype, imatrix)
+    if math.isfinite(m.signal) and math.isfinite(m.noise):
+        acc = Sqnr(m.signal, m.noise)
+        return m.data.cpu().numpy(), acc.db
+    # rare: float32 sums overflowed, or blocks decode to inf/NaN; the two-pass path sums again in
+    # float64 and refuses undecodable blocks with a message naming the tensor
+    return m.data.cpu().numpy(), blockwise_sqnr(x, m.data, qtype, name)
 
 
 def blockwise_sqnr(x: torch.Tensor, q: torch.Tensor, qtype: str, name: str = "tensor") -> float:

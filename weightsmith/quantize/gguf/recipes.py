@@ -202,10 +202,13 @@ def assign_types(
     tensors: Iterable[tuple[str, tuple[int, ...]]],
     keep: Sequence[str] = (),
     config: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, str] | None = None,
 ) -> RecipePlan:
     """Choose a ggml type for every (GGUF-layout name, torch shape) of a transformer, in sorted-name
     order. ``component``: the Component, or its family's name; ``keep``: the user's --keep globs;
-    ``config``: the model's Diffusers config, where its shapes leave the plan something open."""
+    ``config``: the model's Diffusers config, where its shapes leave the plan something open;
+    ``overrides``: GGUF name -> type for quantizable tensors (a per-layer assignment such as
+    ``--scheme auto:gguf`` chooses), which must fit the tensor's rows."""
     comp = get_component(component, "transformer") if isinstance(component, str) else component
     spec = comp.quant
     tensors = list(tensors)
@@ -219,6 +222,15 @@ def assign_types(
             if quantizable:
                 why = "--keep"
             plan.assignments.append(Assignment(name, shape, qt, why))
+            continue
+        if overrides and name in overrides:
+            qt = overrides[name]
+            if not _fits(qt, shape[-1]):
+                raise UsageError(
+                    f"type {qt} does not fit {name}: its rows of {shape[-1]} do not split into its blocks",
+                    hint="choose a type whose block divides the row (Q8_0, Q5_0, Q4_0: 32; K-types: 256)",
+                )
+            plan.assignments.append(Assignment(name, shape, qt, "per-layer"))
             continue
         qt, why = recipe.default, "default"
         if recipe.float_recipe:

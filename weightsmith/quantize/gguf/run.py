@@ -2,16 +2,21 @@
 that ComfyUI-GGUF and diffusers load as it is.
 
 The source is converted on the fly to the family's GGUF layout (GGUF consumers expect original
-names), each tensor gets its type from the recipe, is quantized with weightsmith's torch kernels
-(bit-exact with ggml) on the chosen device, and streamed into the file, whose header was written
-from the shapes and types known ahead. Memory holds one tensor at a time.
+names), each tensor gets its type from the recipe, is quantized with weightsmith's kernels (bit-exact with
+ggml; they measure the SQNR as they go) on the chosen device, and streamed into the file, whose
+header was written from the shapes and types known ahead. Reading, quantizing and writing run as a
+bounded pipeline (pipeline.py): a few tensors in flight, the sources hashed alongside.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
+import threading
 import time
+from collections.abc import Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +30,27 @@ from weightsmith.io import Checkpoint, open_single
 from weightsmith.io.gguf_writer import GGUFTensorSpec, write_gguf
 from weightsmith.kernels.ggml import get_kernel
 from weightsmith.quantize.device import pick_device
-from weightsmith.quantize.gguf.encode import encode
+from weightsmith.quantize.gguf.encode import encode, prepare
 from weightsmith.quantize.gguf.imatrix import ImportanceMatrix, read_imatrix
 from weightsmith.quantize.gguf.recipes import RECIPES, RecipePlan, assign_types, get_recipe
 from weightsmith.quantize.keep import check_keep_globs
 from weightsmith.quantize.options import QuantizeOptions, SchemeFamily
 from weightsmith.quantize.outputs import check_outputs, staged_outputs
+from weightsmith.quantize.pipeline import Background, Phases, ahead
 from weightsmith.quantize.report import LayerRecord, QuantizeResult, layers_path, write_layer_report
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+def file_sha256(path: Path, chunk: int = 1 << 20, stop: threading.Event | None = None) -> str:
     """SHA-256 of a file through one reused 1 MiB buffer (``read(n)`` would allocate n bytes per
-    call, whatever the file's size)."""
+    call, whatever the file's size). ``stop``: give up early (the run failed; the digest is unused)."""
     h = hashlib.sha256()
     buf = bytearray(chunk)
     view = memoryview(buf)
     with open(path, "rb") as f:
         while n := f.readinto(buf):
             h.update(view[:n])
+            if stop is not None and stop.is_set():
+                break
     return h.hexdigest()
 
 
@@ -67,14 +75,24 @@ def quantize_gguf(
     progress: bool = True,
     config: str | Path | None = None,
     report: bool = True,
+    overrides: Mapping[str, str] | None = None,
+    label: str | None = None,
 ) -> QuantizeResult:
-    """Quantize a transformer checkpoint into a GGUF file with a named recipe."""
+    """Quantize a transformer checkpoint into a GGUF file with a named recipe (``overrides``: GGUF
+    name -> type for single tensors; ``label``: the scheme recorded in the file, e.g. ``auto:gguf``)."""
     opts = QuantizeOptions(imatrix, tuple(keep), family, device, overwrite, progress, config, report)
-    return run_gguf(src, dst, scheme, opts)
+    return run_gguf(src, dst, scheme, opts, overrides, label)
 
 
-def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOptions) -> QuantizeResult:
-    """``quantize_gguf`` with its options as one typed value."""
+def run_gguf(
+    src: str | Path,
+    dst: str | Path,
+    scheme: str,
+    opts: QuantizeOptions,
+    overrides: Mapping[str, str] | None = None,
+    label: str | None = None,
+) -> QuantizeResult:
+    """``quantize_gguf`` with its options as typed values."""
     t0 = time.perf_counter()
     recipe = get_recipe(scheme.split(":", 1)[1] if ":" in scheme else scheme)
     dst = Path(dst)
@@ -86,6 +104,7 @@ def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOption
     check_outputs(dst, opts.overwrite, opts.report)
     im: ImportanceMatrix | None = read_imatrix(opts.imatrix) if opts.imatrix else None
     ck = open_single(src)
+    stop = threading.Event()  # set when the run ends: a failed run leaves no hashing behind
     try:
         if opts.config is not None:
             ck.config = load_config(opts.config)
@@ -103,38 +122,70 @@ def run_gguf(src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOption
         names = {s.name: s.name.removeprefix(DIFFUSION_PREFIX) for s in plan.specs}
         check_keep_globs(opts.keep, names.values())
         rp = assign_types(
-            recipe, comp, [(names[s.name], s.shape) for s in plan.specs], opts.keep, plan.source_config
+            recipe,
+            comp,
+            [(names[s.name], s.shape) for s in plan.specs],
+            opts.keep,
+            plan.source_config,
+            overrides,
         )
         types = rp.types()
         reasons = {a.name: a.reason for a in rp.assignments}
         specs = [GGUFTensorSpec(names[s.name], s.shape, types[names[s.name]]) for s in plan.specs]
         if im is not None:
             _check_imatrix(im, specs)
-        meta = _metadata(recipe.name, det, ck, plan.source_config, im)
+        # The sources' SHA-256 go into the header, which is written first: the header gets
+        # placeholders of the same length, the hashing runs beside the quantization, and the
+        # real digests are patched in before the file is renamed into place (same bytes).
+        files = [p for p in ck.files if p.is_file()]
+        holders = [secrets.token_hex(32) for _ in files]
+        phases = Phases()
+        hashing = Background(
+            lambda: phases.call("hash", lambda: [file_sha256(p, stop=stop) for p in files]), "hash"
+        )
+        meta = _metadata(recipe.name, det, ck, plan.source_config, im, files, holders)
+        scheme_label = label or f"gguf:{recipe.name}"
+        meta["weightsmith.scheme"] = scheme_label
         full = comp.folder_config(det.variant, comp.diffusers_config(det, ck.infos), plan.source_config)
         meta.update(comp.gguf_metadata(det, full, ck.path, meta["general.file_type"]))
         layers: list[LayerRecord] = []
 
-        def arrays():
+        def read():  # stage 1: read, convert the layout, float32 on the device, refuse NaN/inf
             for (out_name, t), tspec in zip(stream(plan, opts.progress), specs):
                 name = names[out_name]
-                w = im.get(name) if im is not None else None
-                arr, sqnr = encode(t, tspec.qtype, dev, w, name)
-                used = w is not None and get_kernel(tspec.qtype).uses_imatrix
-                before = t.numel() * t.element_size()
-                layers.append(
-                    LayerRecord(name, tspec.shape, tspec.qtype, reasons[name], before, arr.nbytes, sqnr, used)
-                )
-                yield name, arr
+                yield name, tspec, prepare(t, tspec.qtype, dev, name), t.numel() * t.element_size()
+
+        def arrays():  # stage 2: quantize (the kernels measure their SQNR as they go)
+            with closing(ahead(phases.timed("read", read()), 1, "read")) as tensors:
+                for name, tspec, x, before in tensors:
+                    w = im.get(name) if im is not None else None
+                    arr, sqnr = phases.call("quantize", encode, x, tspec.qtype, dev, w, name, True)
+                    used = w is not None and get_kernel(tspec.qtype).uses_imatrix
+                    rec = LayerRecord(
+                        name, tspec.shape, tspec.qtype, reasons[name], before, arr.nbytes, sqnr, used
+                    )
+                    layers.append(rec)
+                    del x
+                    yield name, arr
+
+        def digests() -> dict[str, str]:
+            return dict(zip(holders, phases.call("hash wait", hashing.result)))
 
         with staged_outputs(dst, opts.overwrite, opts.report) as (tmp, table):
-            write_gguf(tmp, spec.gguf_arch, specs, arrays(), meta)
-            result = QuantizeResult(dst, f"gguf:{recipe.name}", layers, time.perf_counter() - t0)
+            t_write = time.perf_counter()
+            waited = Phases()  # stage 3 (this thread): write each array as it comes
+            with closing(ahead(arrays(), 1, "quantize")) as quantized:
+                stream_in = waited.timed("wait", quantized)
+                write_gguf(tmp, spec.gguf_arch, specs, stream_in, meta, patch=digests)
+            phases.add("write", time.perf_counter() - t_write - waited.seconds.get("wait", 0.0))
+            result = QuantizeResult(dst, scheme_label, layers, time.perf_counter() - t0)
+            result.phases = dict(phases.seconds)
             if im is not None:
                 result.notes.extend(im.notes)
             if table is not None:
                 write_layer_report(dst, result, table)
     finally:
+        stop.set()
         ck.close()
     if opts.report:
         result.report_path = layers_path(dst)
@@ -163,11 +214,17 @@ def _check_imatrix(im: ImportanceMatrix, specs: list[GGUFTensorSpec]) -> None:
 
 
 def _metadata(
-    recipe: str, det: Detection, ck: Checkpoint, config: dict | None, im: ImportanceMatrix | None
+    recipe: str,
+    det: Detection,
+    ck: Checkpoint,
+    config: dict | None,
+    im: ImportanceMatrix | None,
+    files: list[Path],
+    sha256: list[str],
 ) -> dict[str, Any]:
+    """The header's key/values; ``sha256``: the source files' digests (or same-length placeholders)."""
     import gguf
 
-    files = [p for p in ck.files if p.is_file()]
     meta: dict[str, Any] = {
         "general.name": ck.path.name,
         "general.file_type": int(gguf.LlamaFileType[RECIPES[recipe].file_type]),
@@ -180,7 +237,7 @@ def _metadata(
         "weightsmith.variant": det.variant or "unknown",
         "weightsmith.source.layout": det.layout,
         "weightsmith.source.files": [p.name for p in files],
-        "weightsmith.source.sha256": [file_sha256(p) for p in files],
+        "weightsmith.source.sha256": list(sha256),
     }
     if config:
         meta["weightsmith.diffusers_config"] = json.dumps(

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from weightsmith.errors import UsageError
-from weightsmith.io.quantized import SCHEME_KEY, SOURCE_DTYPE_KEY
+from weightsmith.io.quantized_kind import SCHEME_KEY, SOURCE_DTYPE_KEY
 from weightsmith.kernels.linear import (
     ACTIVATIONS,
     LinearScheme,
@@ -168,6 +168,40 @@ def ct_quantization_config(
                 "format": fmt,
             }
         },
+        "ignore": sorted(ignore),
+        "kv_cache_scheme": None,
+        "global_compression_ratio": None,
+        "sparsity_config": {},
+        "transform_config": {},
+    }
+
+
+def ct_mixed_quantization_config(layers: dict[str, LinearScheme], ignore: list[str]) -> dict[str, Any]:
+    """``quantization_config`` for one scheme per layer (weight-only): one config group per scheme
+    whose ``targets`` are its layers' module names, each group with its own format, and the top
+    level format ``mixed-precision`` when the groups' formats differ (compressed-tensors' way)."""
+    by: dict[str, list[str]] = {}
+    schemes: dict[str, LinearScheme] = {}
+    for weight, ls in sorted(layers.items()):
+        by.setdefault(ls.name, []).append(weight.removesuffix(".weight"))
+        schemes[ls.name] = ls
+    groups = {}
+    for i, name in enumerate(sorted(by)):
+        ls = schemes[name]
+        groups[f"group_{i}"] = {
+            "targets": by[name],
+            "weights": ct_weight_args(ls),
+            "input_activations": None,
+            "output_activations": None,
+            "format": ct_format(ls, None),
+        }
+    formats = {g["format"] for g in groups.values()}
+    return {
+        "version": CT_LAYOUT_VERSION,
+        "quant_method": "compressed-tensors",
+        "format": formats.pop() if len(formats) == 1 else "mixed-precision",
+        "quantization_status": "compressed",
+        "config_groups": groups,
         "ignore": sorted(ignore),
         "kv_cache_scheme": None,
         "global_compression_ratio": None,

@@ -16,8 +16,9 @@ a transformer's Linear weights as INT8/FP8/INT4/FP4 safetensors, in the layout t
 
 The run streams like the GGUF runner: open lazily, detect, plan the conversion to the output
 layout, then quantize each tensor the policy selects on the chosen device as the stream reaches
-it; the writer holds one tensor at a time. Each run records per layer the scheme, the weight's
-SQNR and the bytes before and after (``DST.layers.json``).
+it; reading, quantizing and writing overlap as a bounded pipeline (pipeline.py: a few tensors in
+flight). Each run records per layer the scheme, the weight's SQNR (measure.py: one pass over row
+chunks) and the bytes before and after (``DST.layers.json``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ import torch
 from weightsmith._version import __version__
 from weightsmith.convert.config import load_config, output_config, provenance_config
 from weightsmith.convert.engine import Plan, make_plan, resolve_detection, stream
-from weightsmith.errors import QuantizationError, UsageError
+from weightsmith.errors import UsageError
 from weightsmith.families import Detection, components, get_component
 from weightsmith.families.ops import Rename
 from weightsmith.io import Checkpoint, open_single
@@ -48,6 +50,12 @@ from weightsmith.quantize.linear.calibrated import (
     check_absmax,
     input_global_scale,
     unseen_note,
+)
+from weightsmith.quantize.linear.checks import (
+    check_calibration,
+    check_comfy_options,
+    layer_decision,
+    per_layer_schemes,
 )
 from weightsmith.quantize.linear.comfy import (
     ComfyMatmul,
@@ -65,15 +73,18 @@ from weightsmith.quantize.linear.formats import (
     SOURCE_DTYPE_KEY,
     check_activations,
     ct_format,
+    ct_mixed_quantization_config,
     ct_quantization_config,
     ct_specs,
     ct_tensors,
 )
+from weightsmith.quantize.linear.measure import measured_sqnr
 from weightsmith.quantize.linear.policy import LinearPolicy
 from weightsmith.quantize.linear.sensitive import full_precision_layers
 from weightsmith.quantize.options import LinearOptions, QuantizeOptions, SchemeFamily
 from weightsmith.quantize.outputs import check_outputs, staged_outputs
-from weightsmith.quantize.report import LayerRecord, QuantizeResult, layers_path, sqnr_db, write_layer_report
+from weightsmith.quantize.pipeline import ahead
+from weightsmith.quantize.report import LayerRecord, QuantizeResult, layers_path, write_layer_report
 
 FORMATS = ("compressed-tensors", "comfy", "comfy-legacy")
 COMFY_FORMATS = ("comfy", "comfy-legacy")
@@ -163,7 +174,7 @@ def linear_cli_kwargs(
         ls = get_linear_scheme(scheme)
         resolved = resolve_format(fmt, ls, Path(dst))
         check_activations(ls, activations, resolved)
-        _check_calibration(calibrate, activations, resolved)
+        check_calibration(calibrate, activations, resolved)
     if not calibrate:
         check_absmax(activations, None)
     out: dict[str, Any] = {}
@@ -231,17 +242,29 @@ def quantize_linear(
     activation_absmax: Mapping[str, float] | None = None,
     sensitivity: str | Path | None = None,
     fp_layers: int | None = None,
+    schemes: Mapping[str, str] | None = None,
+    label: str | None = None,
 ) -> QuantizeResult:
-    """Quantize a transformer's Linear weights with an INT8/FP8/INT4/FP4 scheme into ``dst``."""
+    """Quantize a transformer's Linear weights with an INT8/FP8/INT4/FP4 scheme into ``dst``.
+
+    ``schemes``: Diffusers weight name -> scheme, one per layer (compressed-tensors only; a Linear
+    it does not name is kept), as ``--scheme auto:compressed-tensors`` chooses; ``label``: the
+    scheme recorded in the result."""
     opts = QuantizeOptions(imatrix, tuple(keep), family, device, overwrite, progress, config, report)
     lopts = LinearOptions(
         format, keep_blocks, activations, shard_size, activation_absmax, sensitivity, fp_layers
     )
-    return run_linear(src, dst, scheme, opts, lopts)
+    return run_linear(src, dst, scheme, opts, lopts, schemes, label)
 
 
 def run_linear(
-    src: str | Path, dst: str | Path, scheme: str, opts: QuantizeOptions, lopts: LinearOptions
+    src: str | Path,
+    dst: str | Path,
+    scheme: str,
+    opts: QuantizeOptions,
+    lopts: LinearOptions,
+    schemes: Mapping[str, str] | None = None,
+    label: str | None = None,
 ) -> QuantizeResult:
     """``quantize_linear`` with its options as typed values."""
     t0 = time.perf_counter()
@@ -254,8 +277,9 @@ def run_linear(
     activations = lopts.activations
     check_activations(ls, activations, fmt)
     absmax = check_absmax(activations, lopts.activation_absmax)
-    _check_calibration(absmax is not None, activations, fmt)
-    _check_comfy_options(lopts, fmt)
+    check_calibration(absmax is not None, activations, fmt)
+    check_comfy_options(lopts, fmt)
+    per_layer = per_layer_schemes(schemes, fmt, activations)
     if opts.imatrix is not None:
         raise UsageError(
             "--imatrix applies to GGUF K/IQ recipes only", hint=f"drop it for --scheme {ls.name}"
@@ -303,7 +327,12 @@ def run_linear(
             )
             for s in out_plan.specs
         }
-        afmt = ct_format(ls, activations)
+        if per_layer is not None:
+            decisions = {n: layer_decision(d, n, out_plan, per_layer) for n, d in decisions.items()}
+
+        def scheme_of(name: str) -> LinearScheme:
+            return per_layer[name] if per_layer is not None else ls
+
         matmul: dict[str, ComfyMatmul] = {}
         if fmt == "comfy":
             fp = full_precision_layers(
@@ -321,7 +350,8 @@ def run_linear(
             if d.quantize:
                 module = s.name.removesuffix(".weight")
                 if fmt == "compressed-tensors":
-                    specs += ct_specs(module, s.shape, ls, afmt, activations)  # type: ignore[arg-type]
+                    lls = scheme_of(s.name)
+                    specs += ct_specs(module, s.shape, lls, ct_format(lls, activations), activations)  # type: ignore[arg-type]
                 elif fmt == "comfy":
                     specs += comfy_quant_specs(module, s.shape, ls, matmul[s.name])
                     if padded and any(n % (ls.group_size or 1) for n in s.shape):
@@ -356,8 +386,12 @@ def run_linear(
         if padded_shapes:
             meta[SHAPES_KEY] = json.dumps(padded_shapes, sort_keys=True)
 
-        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
-            for name, t in stream(out_plan, opts.progress):
+        def read() -> Iterator[tuple[str, torch.Tensor]]:  # stage 1 (a thread): read, convert
+            with closing(ahead(stream(out_plan, opts.progress), 1, "read")) as source:
+                yield from source
+
+        def tensors() -> Iterator[tuple[str, torch.Tensor]]:  # stage 2 (a thread): quantize, measure
+            for name, t in read():
                 d = decisions[name]
                 before = t.numel() * t.element_size()
                 if not d.quantize:
@@ -366,15 +400,9 @@ def run_linear(
                     )
                     yield name, t
                     continue
-                qw = quantize_weight(t, ls, dev, name, "comfy" if padded else "compressed-tensors")
-                deq = qw.dequantize()
-                if not bool(torch.isfinite(deq).all()):  # never write a block that decodes to NaN/inf
-                    raise QuantizationError(
-                        f"tensor {name!r} does not fit {ls.name}: it decodes to NaN or infinite values",
-                        hint=f"keep it unquantized with --keep '{name}', or fix the checkpoint",
-                    )
-                err = sqnr_db(t.to(dev), deq)
-                del deq
+                lls = scheme_of(name)
+                qw = quantize_weight(t, lls, dev, name, "comfy" if padded else "compressed-tensors")
+                err = measured_sqnr(qw, t.to(dev), name)  # also refuses blocks decoding to NaN/inf
                 module = name.removesuffix(".weight")
                 if fmt == "compressed-tensors":
                     igs = None
@@ -382,7 +410,7 @@ def run_linear(
                         igs, seen = input_global_scale(absmax, module)
                         if not seen:
                             unseen.append(module)
-                    items = ct_tensors(module, qw, afmt, igs)
+                    items = ct_tensors(module, qw, ct_format(lls, activations), igs)
                 elif fmt == "comfy":
                     items = comfy_quant_tensors(module, qw, matmul[name])
                 else:
@@ -390,24 +418,32 @@ def run_linear(
                 after = sum(x.numel() * x.element_size() for _, x in items)
                 mm = matmul[name].why if name in matmul else None
                 layers.append(
-                    LayerRecord(name, tuple(t.shape), ls.name, d.reason, before, after, err, matmul=mm)
+                    LayerRecord(name, tuple(t.shape), lls.name, d.reason, before, after, err, matmul=mm)
                 )
                 del qw, t
                 for k, x in items:
                     yield k, x.cpu()
 
         wa = "W4A4" if activations == "nvfp4" else "W8A8"
-        label = ls.name + (f" ({wa} {activations} activations)" if activations else "") + f", {fmt}"
-        if asked != ls.name:
-            label += f" (--scheme {asked} is written as {ls.name} here)"
+        if label is None:
+            label = ls.name + (f" ({wa} {activations} activations)" if activations else "") + f", {fmt}"
+            if asked != ls.name:
+                label += f" (--scheme {asked} is written as {ls.name} here)"
         folder = fmt == "compressed-tensors"
-        with staged_outputs(dst, overwrite, report, folder=folder) as (tmp, table):
+        with (
+            staged_outputs(dst, overwrite, report, folder=folder) as (tmp, table),
+            closing(ahead(tensors(), 2, "quantize")) as quantized,
+        ):
             if folder:
-                qcfg = ct_quantization_config(ls, activations, sorted(ignore))
+                if per_layer is not None:
+                    used = {n: per_layer[n] for n, d in decisions.items() if d.quantize}
+                    qcfg = ct_mixed_quantization_config(used, sorted(ignore))
+                else:
+                    qcfg = ct_quantization_config(ls, activations, sorted(ignore))
                 write_diffusers_component(
                     tmp,
                     specs,
-                    tensors(),
+                    quantized,
                     {**cfg, "quantization_config": qcfg},
                     lopts.shard_size,
                     False,
@@ -419,12 +455,12 @@ def run_linear(
                 if prov:
                     meta[CONFIG_METADATA_KEY] = json.dumps(prov, sort_keys=True)
                 if fmt == "comfy":
-                    write_safetensors(tmp, specs, tensors(), meta)
+                    write_safetensors(tmp, specs, quantized, meta)
                 else:
                     marker_spec, marker = comfy_marker_spec(ls)
 
                     def with_marker() -> Iterator[tuple[str, torch.Tensor]]:
-                        yield from tensors()
+                        yield from quantized
                         yield marker_spec[0], marker
 
                     write_safetensors(tmp, [*specs, marker_spec], with_marker(), meta)
@@ -446,27 +482,6 @@ def run_linear(
     if report:
         result.report_path = layers_path(dst)
     return result
-
-
-def _check_calibration(calibrated: bool, activations: str | None, fmt: str) -> None:
-    """Calibrated ranges become ComfyUI ``input_scale``s or nvfp4 W4A4's input global scales;
-    elsewhere nothing would use them, so the generations are not run for nothing."""
-    if calibrated and fmt != "comfy" and activations not in CALIBRATED_ACTIVATIONS:
-        raise UsageError(
-            f"--calibrate sets static activation scales, which {fmt} files of this scheme do not hold",
-            hint="use it with --format comfy (input_scale) or --scheme nvfp4 --activations nvfp4, or drop it",
-        )
-
-
-def _check_comfy_options(lopts: LinearOptions, fmt: str) -> None:
-    """Full-precision picks are a ComfyUI-file option (``full_precision_matrix_mult``)."""
-    if fmt == "comfy":
-        return
-    if lopts.sensitivity is not None or lopts.fp_layers is not None:
-        raise UsageError(
-            f"--sensitivity and --fp-layers pick ComfyUI's full-precision matmuls; {fmt} has none",
-            hint="use --format comfy, or drop them",
-        )
 
 
 SCHEME_FAMILY = SchemeFamily(

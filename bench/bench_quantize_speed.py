@@ -1,0 +1,239 @@
+"""Whole-command speed of `weightsmith quantize SRC DST.gguf --scheme gguf:Q4_K_M` (issue #16).
+
+Builds a Wan-shaped fp32 safetensors checkpoint (WanTransformer3DModel's real 1.3B shapes with
+fewer blocks, random data) in a temp dir, then measures, interleaved run by run (A B C A B C ...):
+
+* ``command``: the CLI in a fresh process, start-up included (wall seconds);
+* ``kernels``: weightsmith's GGUF kernels alone on the same float32 matrices, already in memory,
+  at torch's thread budget (the job's floor);
+* ``ggml``: ggml's reference quantizer (``ggml_quantize_chunk`` of a ``libggml-base.so``) on the
+  same matrices with the same types, rows split over the same number of threads.
+
+The command's own phases (read, quantize = kernels with their fused SQNR, write, hash) come from
+its summary. ``--compare DIR`` also runs the command from another checkout (the code before a
+change) in the same loop, so both see the same machine. Medians are quoted, each run's load
+average is recorded. Usage:
+
+    WEIGHTSMITH_LIBGGML=/path/libggml-base.so .venv/bin/python bench/bench_quantize_speed.py \
+        [--layers 6] [--repeats 5] [--threads 2] [--compare /path/to/main] [--json out.json]
+
+A ``libggml-base.so`` comes from llama-cpp-python's source distribution (0.3.36, the reference in
+shared/reference/gguf.md; nothing of it is committed here): ``pip download --no-deps --no-binary
+:all: llama-cpp-python==0.3.36``, unpack, then ``cmake -S vendor/llama.cpp -B build -DGGML_NATIVE=OFF
+-DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
+-DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF && cmake --build build --target ggml-base``; the library is
+``build/bin/libggml-base.so``. Without it the ``ggml`` column is left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WAN = dict(
+    num_attention_heads=12,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=8960,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+)
+
+
+def build(folder: Path, layers: int) -> Path:
+    """A single fp32 safetensors file with Wan2.1-1.3B's shapes and ``layers`` blocks."""
+    import diffusers
+    import torch
+    from safetensors.torch import save_file
+
+    with torch.device("meta"):
+        model = diffusers.WanTransformer3DModel(num_layers=layers, **WAN)
+    g = torch.Generator().manual_seed(0)
+    sd = {k: torch.randn(v.shape, generator=g) * 0.02 for k, v in sorted(model.state_dict().items())}
+    dst = folder / f"wan-{layers}l-fp32.safetensors"
+    save_file(sd, str(dst))
+    return dst
+
+
+def matrices(src: Path, recipe: str) -> list[tuple[str, str, object]]:
+    """(name, ggml type, float32 tensor) of every quantized tensor, as the command would quantize them."""
+    import torch
+
+    from weightsmith.convert.engine import make_plan, resolve_detection, stream
+    from weightsmith.families import get_component
+    from weightsmith.io import open_single
+    from weightsmith.quantize.gguf.run import recipe_plan
+
+    ck = open_single(src)
+    det = resolve_detection(ck)
+    types = recipe_plan(ck, det, recipe).types()
+    plan = make_plan(ck, get_component(det.family, det.component).quant.gguf_layout, detection=det, prefix="")
+    out = []
+    for name, t in stream(plan):
+        qt = types[name]
+        if qt not in ("F32", "F16", "BF16"):
+            out.append((name, qt, t.to(torch.float32).contiguous()))
+    ck.close()
+    return out
+
+
+def time_kernels(mats: list, threads: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of weightsmith's kernels alone."""
+    import torch
+
+    from weightsmith.kernels.ggml import quantize
+
+    torch.set_num_threads(threads)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _, qt, x in mats:
+        quantize(x, qt)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def time_ggml(mats: list, threads: int, lib_path: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of ggml's reference quantizer on the same matrices and types."""
+    import gguf
+    import numpy as np
+
+    lib = ctypes.CDLL(lib_path)
+    fp = ctypes.POINTER(ctypes.c_float)
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = (ctypes.c_int, fp, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                        ctypes.c_int64, fp)  # fmt: skip
+    lib.ggml_quantize_init.argtypes = (ctypes.c_int,)
+    arrays = [(gguf.GGMLQuantizationType[qt], x.numpy()) for _, qt, x in mats]
+    outs = [np.empty(gguf.quant_shape_to_byte_shape(a.shape, t), dtype=np.uint8) for t, a in arrays]
+    for t, _ in arrays:
+        lib.ggml_quantize_init(int(t))
+    null = ctypes.cast(0, fp)
+
+    def part(job):  # ctypes releases the GIL: the threads run in parallel
+        t, a, o, r0, r1 = job
+        n = a.shape[-1]
+        src = a.reshape(-1, n)[r0:].ctypes.data_as(fp)
+        dst = o.reshape(a.reshape(-1, n).shape[0], -1)[r0:].ctypes.data_as(ctypes.c_void_p)
+        lib.ggml_quantize_chunk(int(t), src, dst, 0, r1 - r0, n, null)
+
+    jobs = []
+    for (t, a), o in zip(arrays, outs):
+        rows = a.reshape(-1, a.shape[-1]).shape[0]
+        step = -(-rows // threads)
+        jobs += [(t, a, o, r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+    t0, c0 = time.perf_counter(), time.process_time()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(part, jobs))
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+PHASE = re.compile(r"phases \(overlapping\): (.*)$", re.M)
+
+
+def time_command(
+    src: Path, dst: Path, recipe: str, pythonpath: str, threads: int
+) -> tuple[float, float, dict]:
+    """(wall, CPU, phases) of the whole command in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "weightsmith", "quantize", str(src), str(dst),
+           "--scheme", f"gguf:{recipe}", "--overwrite"]  # fmt: skip
+    u0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    # cwd = the checkout: `python -m` puts the working folder first on sys.path, ahead of PYTHONPATH
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=pythonpath)
+    wall = time.perf_counter() - t0
+    u1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (u1.ru_utime - u0.ru_utime) + (u1.ru_stime - u0.ru_stime)
+    if r.returncode != 0:
+        raise SystemExit(f"command failed ({r.returncode}): {r.stderr[-2000:]}")
+    phases = {}
+    m = PHASE.search(r.stderr + r.stdout)
+    if m:  # "read 1.20 s, quantize 3.40 s, ..."
+        for part in m.group(1).split(", "):
+            k, v, _ = part.rsplit(" ", 2)
+            phases[k] = float(v)
+    seconds = re.search(r" in ([0-9.]+) s$", r.stderr + r.stdout, re.M)
+    if seconds:
+        phases["run"] = float(seconds.group(1))  # the run itself, start-up excluded
+    return wall, cpu, phases
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--recipe", default="Q4_K_M")
+    ap.add_argument("--pythonpath", default=str(ROOT), help="weightsmith checkout the command runs")
+    ap.add_argument("--label", default="after")
+    ap.add_argument("--compare", help="another checkout (e.g. main before a change), run in the same loop")
+    ap.add_argument("--src", help="reuse a checkpoint built earlier")
+    ap.add_argument("--json", help="write the raw runs here")
+    a = ap.parse_args()
+    lib = os.environ.get("WEIGHTSMITH_LIBGGML")
+    tmp = Path(tempfile.mkdtemp(prefix="ws-bench-speed-"))
+    src = Path(a.src) if a.src else build(tmp, a.layers)
+    mats = matrices(src, a.recipe)
+    weights = sum(x.numel() for _, _, x in mats)
+    runs: dict[str, list[tuple[float, float, float]]] = {"command": [], "kernels": [], "ggml": []}
+    if a.compare:
+        runs["compare"] = []
+    phases: list[dict] = []
+    for i in range(a.repeats):  # (wall, CPU, load average) per run, interleaved
+        if a.compare:
+            la = loadavg()
+            wall, cpu, _ = time_command(src, tmp / "cmp.gguf", a.recipe, a.compare, a.threads)
+            runs["compare"].append((wall, cpu, la))
+        la = loadavg()
+        wall, cpu, ph = time_command(src, tmp / "out.gguf", a.recipe, a.pythonpath, a.threads)
+        runs["command"].append((wall, cpu, la))
+        phases.append(ph)
+        la = loadavg()
+        runs["kernels"].append((*time_kernels(mats, a.threads), la))
+        if lib:
+            la = loadavg()
+            runs["ggml"].append((*time_ggml(mats, a.threads, lib), la))
+        print(
+            f"run {i}: "
+            + ", ".join(f"{k} {v[-1][0]:.2f} s ({v[-1][1]:.1f} CPU s)" for k, v in runs.items() if v),
+            flush=True,
+        )
+    med = {k: statistics.median(r[0] for r in v) for k, v in runs.items() if v}
+    med_cpu = {k: statistics.median(r[1] for r in v) for k, v in runs.items() if v}
+    ph_med = {k: statistics.median(p[k] for p in phases if k in p) for k in (phases[0] if phases else {})}
+    summary = {
+        "label": a.label,
+        "layers": a.layers,
+        "quantized_weights": weights,
+        "source_bytes": src.stat().st_size,
+        "threads": a.threads,
+        "median_s": med,
+        "median_cpu_s": med_cpu,
+        "phases_median_s": ph_med,
+        "runs": runs,
+        "loadavg": [r[2] for r in runs["command"]],
+    }
+    print(json.dumps(summary, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The __init__ parameters of this family's diffusers classes: (annotation, default), as
+diffusers 0.42.1 declares them. Written by `python -m weightsmith.families.config_fields_writer`
+(see weightsmith/families/config_fields.py); do not edit by hand."""
+
+from weightsmith.families.config_fields import ConfigFields
+
+CONFIG_FIELDS = ConfigFields(
+    diffusers="0.42.1",
+    classes={
+        "AutoencoderKLCogVideoX": {
+            "in_channels": (int, 3),
+            "out_channels": (int, 3),
+            "down_block_types": (
+                tuple[str],
+                (
+                    "CogVideoXDownBlock3D",
+                    "CogVideoXDownBlock3D",
+                    "CogVideoXDownBlock3D",
+                    "CogVideoXDownBlock3D",
+                ),
+            ),
+            "up_block_types": (
+                tuple[str],
+                ("CogVideoXUpBlock3D", "CogVideoXUpBlock3D", "CogVideoXUpBlock3D", "CogVideoXUpBlock3D"),
+            ),
+            "block_out_channels": (tuple[int], (128, 256, 256, 512)),
+            "latent_channels": (int, 16),
+            "layers_per_block": (int, 3),
+            "act_fn": (str, "silu"),
+            "norm_eps": (float, 1e-06),
+            "norm_num_groups": (int, 32),
+            "temporal_compression_ratio": (float, 4),
+            "sample_height": (int, 480),
+            "sample_width": (int, 720),
+            "scaling_factor": (float, 1.15258426),
+            "shift_factor": (float | None, None),
+            "latents_mean": (tuple[float] | None, None),
+            "latents_std": (tuple[float] | None, None),
+            "force_upcast": (float, True),
+            "use_quant_conv": (bool, False),
+            "use_post_quant_conv": (bool, False),
+            "invert_scale_latents": (bool, False),
+        },
+        "CogVideoXTransformer3DModel": {
+            "num_attention_heads": (int, 30),
+            "attention_head_dim": (int, 64),
+            "in_channels": (int, 16),
+            "out_channels": (int | None, 16),
+            "flip_sin_to_cos": (bool, True),
+            "freq_shift": (int, 0),
+            "time_embed_dim": (int, 512),
+            "ofs_embed_dim": (int | None, None),
+            "text_embed_dim": (int, 4096),
+            "num_layers": (int, 30),
+            "dropout": (float, 0.0),
+            "attention_bias": (bool, True),
+            "sample_width": (int, 90),
+            "sample_height": (int, 60),
+            "sample_frames": (int, 49),
+            "patch_size": (int, 2),
+            "patch_size_t": (int | None, None),
+            "temporal_compression_ratio": (int, 4),
+            "max_text_seq_length": (int, 226),
+            "activation_fn": (str, "gelu-approximate"),
+            "timestep_activation_fn": (str, "silu"),
+            "norm_elementwise_affine": (bool, True),
+            "norm_eps": (float, 1e-05),
+            "spatial_interpolation_scale": (float, 1.875),
+            "temporal_interpolation_scale": (float, 1.0),
+            "use_rotary_positional_embeddings": (bool, False),
+            "use_learned_positional_embeddings": (bool, False),
+            "patch_bias": (bool, True),
+        },
+    },
+)
