@@ -32,8 +32,12 @@ def test_one_pass_sqnr_matches_two_pass(scheme: str, monkeypatch) -> None:
     w = _weight(96, 512)
     qw = quantize_weight(w, LINEAR_SCHEMES[scheme])
     whole = qw.dequantize()
-    parts = torch.cat([qw.rows(r, r + 32).dequantize() for r in range(0, 96, 32)])
-    assert torch.equal(parts, whole)  # a row chunk decodes to the same bits as the whole weight
+    if qw.layout == "comfy":  # ComfyUI's swizzled layout (mxfp8) has no row chunks: measured whole
+        with pytest.raises(ValueError, match="row-major"):
+            qw.rows(0, 32)
+    else:
+        parts = torch.cat([qw.rows(r, r + 32).dequantize() for r in range(0, 96, 32)])
+        assert torch.equal(parts, whole)  # a row chunk decodes to the same bits as the whole weight
     assert measured_sqnr(qw, w, "w") == pytest.approx(sqnr_db(w, whole), abs=DB_ATOL)
 
 
