@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -299,11 +299,12 @@ class Component(ABC):
         return model
 
     def gguf_metadata(
-        self, detection: Detection, config: Mapping[str, Any], source: Any, file_type: int
+        self, detection: Detection, config: Callable[[], Mapping[str, Any]], source: Any, file_type: int
     ) -> dict[str, Any]:
-        """Metadata a GGUF file of this component needs beyond weightsmith's own (``config``: the
-        full config of the model, ``source``: the path of the weights); values may be gguf-py
-        ``GGUFValue`` where the type matters."""
+        """Metadata a GGUF file of this component needs beyond weightsmith's own (``config()``: the
+        full config of the model, derived only when asked, since not every layout derives one;
+        ``source``: the path of the weights); values may be gguf-py ``GGUFValue`` where the type
+        matters."""
         return {}
 
     def folder_config(

@@ -14,7 +14,7 @@ checkpoint holding only the alias is renamed, one holding both has the alias dro
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -289,11 +289,12 @@ class T5Encoder(TextEncoder):
         return tiny_config(wide)
 
     def gguf_metadata(
-        self, detection: Detection, config: Mapping[str, Any], source: Any, file_type: int
+        self, detection: Detection, config: Callable[[], Mapping[str, Any]], source: Any, file_type: int
     ) -> dict[str, Any]:
         """llama.cpp's ``t5encoder`` hyperparameters and the embedded SentencePiece tokenizer;
         ``general.name`` is the variant, which transformers' GGUF loader reads to tell UMT5 from T5."""
         import weightsmith.families.t5_gguf as t5_gguf
 
         name = str(detection.variant or self.variants[0])
-        return t5_gguf.metadata(config, int(config["num_layers"]), file_type, Path(source), name)
+        full = config()
+        return t5_gguf.metadata(full, int(full["num_layers"]), file_type, Path(source), name)

@@ -146,8 +146,11 @@ def run_gguf(
         meta = _metadata(recipe.name, det, ck, plan.source_config, im, files, holders)
         scheme_label = label or f"gguf:{recipe.name}"
         meta["weightsmith.scheme"] = scheme_label
-        full = comp.folder_config(det.variant, comp.diffusers_config(det, ck.infos), plan.source_config)
-        meta.update(comp.gguf_metadata(det, full, ck.path, meta["general.file_type"]))
+
+        def full_config() -> dict[str, Any]:
+            return comp.folder_config(det.variant, comp.diffusers_config(det, ck.infos), plan.source_config)
+
+        meta.update(comp.gguf_metadata(det, full_config, ck.path, meta["general.file_type"]))
         layers: list[LayerRecord] = []
 
         def read():  # stage 1: read, convert the layout, float32 on the device, refuse NaN/inf
