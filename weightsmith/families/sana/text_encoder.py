@@ -46,6 +46,9 @@ class SanaTextEncoder(TextEncoder):
 
     family = "sana"
     layouts = ("diffusers", LLAMACPP)
+    inexact_layouts = {
+        LLAMACPP: "llama.cpp stores the RMS-norm weights as 1 + w in float32: w comes back rounded"
+    }
     variants = ("gemma-2-2b",)
     quant = QuantSpec(
         blocks=r"^layers\.([0-9]+)\.",
