@@ -57,7 +57,19 @@ def test_gguf_text_encoder_is_scored_through_the_pipeline(wan_with_text_encoder,
     quantize(str(pipe / "text_encoder"), str(q8), scheme="gguf:Q8_0")
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red car driving along the coast\na bird over the ocean\n")
-    r = run_cli("verify", pipe, q8, pipe / "text_encoder", *GEN, "--prompts", prompts, "--json", "--no-cache")
+    r = run_cli(
+        "verify",
+        pipe,
+        q8,
+        pipe / "text_encoder",
+        *GEN,
+        "--prompts",
+        prompts,
+        "--json",
+        "--no-cache",
+        "--report",
+        tmp_path / "rep",
+    )
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     quant, same = doc["candidates"]
@@ -66,6 +78,7 @@ def test_gguf_text_encoder_is_scored_through_the_pipeline(wan_with_text_encoder,
         m = it["metrics"]
         assert 0.9 < m["prompt_cosine"] < 1.0 and 10 < m["prompt_sqnr"] < math.inf
         assert m["latent_sqnr"] < math.inf and "psnr" in m
+    assert "prompt_sqnr" in (tmp_path / "rep" / "report.md").read_text()
     assert same["exact"] and all(it["metrics"]["prompt_cosine"] == 1.0 for it in same["items"])
 
 
