@@ -25,8 +25,12 @@ def test_load_model_from_every_layout(tmp_path, family, component, variant, layo
     assert sorted(got) == sorted(state)
     aliases = set(model.state_dict()) - set(got)
     assert all(model.get_parameter(a) is model.get_parameter(s) for a, s in _tied(family, component, aliases))
+    exact = layout not in get_component(family, component).inexact_layouts
     for k, v in state.items():
-        assert torch.equal(got[k], v), k
+        if exact:
+            assert torch.equal(got[k], v), k
+        else:  # by the layout's own convention (Component.inexact_layouts): float32 rounding at most
+            torch.testing.assert_close(got[k], v, rtol=0, atol=float(torch.finfo(torch.float32).eps) * 4)
 
 
 def _tied(family, component, aliases):

@@ -29,12 +29,16 @@ def _dst_for(tmp_path, family, component, layout):
     return tmp_path / "original.safetensors"
 
 
-def _assert_same(a, b):
+def _assert_same(a, b, exact=True):
     x, y = open_single(a), open_single(b)
     assert sorted(x.keys()) == sorted(y.keys())
     for k in x:
         tx, ty = x.get(k), y.get(k)
-        assert tx.dtype == ty.dtype and torch.equal(tx, ty), k
+        assert tx.dtype == ty.dtype, k
+        if exact:
+            assert torch.equal(tx, ty), k
+        else:  # a layout inexact by convention (Component.inexact_layouts): float32 rounding at most
+            torch.testing.assert_close(ty, tx, rtol=0, atol=float(torch.finfo(torch.float32).eps) * 4)
 
 
 @pytest.mark.parametrize(
@@ -47,14 +51,19 @@ def test_round_trip_through_cli(tmp_path, run_cli, family, component, variant, l
     assert r.code == 0, r.err
     r = run_cli("convert", mid, tmp_path / "back", "--to", "diffusers", "--shard-size", "20KB")
     assert r.code == 0, r.err
-    _assert_same(src, tmp_path / "back")
-    # The Diffusers output is a loadable component folder equal to the source model.
     comp = get_component(family, component)
+    exact = layout not in comp.inexact_layouts
+    _assert_same(src, tmp_path / "back", exact)
+    # The Diffusers output is a loadable component folder equal to the source model.
     cls = comp.model_class(variant)
     model = cls.from_pretrained(str(tmp_path / "back"))
     ref = cls.from_pretrained(str(src))
     for (k, v), (k2, v2) in zip(sorted(model.state_dict().items()), sorted(ref.state_dict().items())):
-        assert k == k2 and torch.equal(v, v2), k
+        assert k == k2, k
+        if exact:
+            assert torch.equal(v, v2), k
+        else:
+            torch.testing.assert_close(v, v2, rtol=0, atol=float(torch.finfo(torch.float32).eps) * 4)
 
 
 def test_summary_names_what_was_done(tmp_path, run_cli):

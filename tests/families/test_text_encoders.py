@@ -192,15 +192,3 @@ def test_text_encoder_where_a_transformer_is_expected(tmp_path, run_cli):
     assert r.code == 2, r.err
     assert r.err.startswith("error: ") and r.err.count("\n") == 1, r.err
     assert "is a wan text_encoder, not a transformer" in r.words and "pass the transformer" in r.words
-
-
-def test_gemma2_gguf_is_refused_with_a_reason(tmp_path, run_cli):
-    from weightsmith.tiny import Fixture, save_fixture
-
-    te = save_fixture(
-        Fixture("sana", "text_encoder", "gemma-2-2b", "diffusers", "diffusers-folder"), tmp_path
-    )
-    r = run_cli("quantize", te, tmp_path / "te.gguf", "--scheme", "gguf:Q8_0")
-    assert r.code == 2, r.err
-    assert r.err.count("\n") == 1 and "no GGUF architecture is known" in r.words
-    assert not (tmp_path / "te.gguf").exists()

@@ -170,6 +170,9 @@ class Component(ABC):
     family: ClassVar[str]
     component: ClassVar[str]  # "transformer" or "vae"
     layouts: ClassVar[tuple[str, ...]]  # e.g. ("sat", "diffusers") or ("original", "diffusers")
+    # Layouts whose round trip is not bit-exact by their own convention, with why (tests compare
+    # those to float rounding); every other layout round-trips bit for bit.
+    inexact_layouts: ClassVar[Mapping[str, str]] = {}
     variants: ClassVar[tuple[str, ...]]
     diffusers_class: ClassVar[str]  # name in the diffusers package
     label: ClassVar[str | None] = None  # how messages name it ("Wan transformer"); None: family + component

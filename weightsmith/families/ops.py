@@ -290,6 +290,37 @@ class Derive(Op):
         return [t.to(self.dtype).contiguous()]
 
 
+@dataclass(frozen=True)
+class Shift(Op):
+    """One tensor under a new name with a constant added to every element, in float32.
+
+    llama.cpp's Gemma GGUFs store RMS-norm weights as ``1 + w`` (the norm multiplies by them as
+    they are), transformers as ``w`` (it adds the one itself): the two directions are +1 and -1.
+    """
+
+    src: str
+    dst: str
+    offset: float
+
+    @property
+    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.src,)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.dst,)
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "shifted"
+
+    def out_specs(self, ins: Sequence[Spec]) -> list[Spec]:
+        return [Spec(self.dst, ins[0].shape, torch.float32)]
+
+    def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [(tensors[0].to(torch.float32) + self.offset).contiguous()]
+
+
 def run_in_memory(ops: Sequence[Op], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Apply a plan to a state dict held in memory (tests, small LoRA files)."""
     consumed: set[str] = set()

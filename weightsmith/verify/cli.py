@@ -186,11 +186,14 @@ def verify_command(
     A14B. Each CANDIDATE is any artifact weightsmith writes (Diffusers folder, original/SAT
     checkpoint, GGUF, ...) or the same expert syntax; a GGUF of Wan or Sana is also loaded
     through diffusers' own GGUF loader. Baseline generations are cached by content hash and
-    settings, so a matrix of candidates runs the baseline once.
+    settings, so a matrix of candidates runs the baseline once. A CANDIDATE that is the family's
+    text encoder (e.g. umt5-Q8_0.gguf) runs with the baseline's transformer: BASELINE must be a
+    pipeline folder with text_encoder/ and tokenizer/, and --prompts a text file.
 
     \b
     Metrics (worst over prompts and seeds): latent_sqnr latent_cosine latent_psnr latent_max_abs
-    step_sqnr_min step_cosine_min psnr psnr_frame_min ssim ssim_frame_min flicker size_ratio time_ratio.
+    step_sqnr_min step_cosine_min psnr psnr_frame_min ssim ssim_frame_min flicker size_ratio time_ratio
+    (text-encoder candidates also prompt_sqnr prompt_cosine).
     NaN/Inf and frames gone black or constant fail on their own. Exit 1 if any gate fails.
 
     \b

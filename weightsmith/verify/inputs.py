@@ -146,8 +146,10 @@ def encode_text_prompts(
     prompts: list[str],
     negative: str,
     device: torch.device,
+    text_encoder: Any = None,
 ) -> list[Prompt]:
-    """Encode text prompts once, at full precision, with the baseline pipeline folder's text encoder."""
+    """Encode text prompts once, at full precision, with the baseline pipeline folder's text encoder
+    (or ``text_encoder``, a candidate's module, through the same tokenizer and pipeline code)."""
     folder = Path(folder)
     if not (folder / "text_encoder").is_dir() or not (folder / "tokenizer").is_dir():
         raise UsageError(
@@ -161,11 +163,13 @@ def encode_text_prompts(
     from weightsmith.verify.models import dtype_kwarg
 
     params = inspect.signature(pipeline_cls.__init__).parameters
-    skip = {
+    skip: dict[str, Any] = {
         k: None
         for k in ("transformer", "transformer_2", "vae", "image_encoder", "image_processor")
         if k in params
     }
+    if text_encoder is not None:
+        skip["text_encoder"] = text_encoder
     quiet = dlogging.is_progress_bar_enabled()
     dlogging.disable_progress_bar()
     try:

@@ -48,8 +48,16 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo("size_ratio", False, False, "", "candidate bytes / baseline bytes"),
         MetricInfo("time_ratio", False, False, "", "candidate seconds / baseline seconds"),
         MetricInfo("lpips", False, True, "", "LPIPS distance (only with local weights)"),
+        MetricInfo(
+            "prompt_sqnr", True, False, "dB", "SQNR of the prompt embeddings (text-encoder candidates)"
+        ),
+        MetricInfo(
+            "prompt_cosine", True, False, "", "cosine of the prompt embeddings (text-encoder candidates)"
+        ),
     )
 }
+# Scored only where a candidate is a text encoder: absent, not None, elsewhere.
+PROMPT_METRICS = ("prompt_sqnr", "prompt_cosine")
 # Measurements that vary between runs by nature (not fidelity): left out of determinism checks.
 TIMING = ("time_ratio",)
 COLLAPSE_RANGE = 1.0 / 255.0

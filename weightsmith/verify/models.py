@@ -74,15 +74,18 @@ class Baseline:
 
 @dataclass
 class Candidate:
-    """One thing to verify: transformer file(s) and which loader reads them."""
+    """One thing to verify: transformer file(s), or a text encoder that runs with the baseline's
+    transformer(s) (``text_encoder``, ``experts`` then empty), and which loader reads them."""
 
     label: str
     experts: dict[str, Source]
     loader: str = "weightsmith"  # or "diffusers-gguf"
+    text_encoder: Source | None = None
 
     @property
     def bytes(self) -> int:
-        return sum(s.bytes for s in self.experts.values())
+        te = self.text_encoder.bytes if self.text_encoder is not None else 0
+        return sum(s.bytes for s in self.experts.values()) + te
 
 
 def parse_spec(spec: str, need_first: bool = True) -> dict[str, Path] | Path:
@@ -229,6 +232,11 @@ def resolve_candidates(specs: list[str], baseline: Baseline, consumers: str = "b
         else:
             paths = parsed if isinstance(parsed, dict) else {"transformer": parsed}
             experts = {e: describe_source(p, "transformer") for e, p in paths.items()}
+            te = experts.get("transformer")
+            if isinstance(parsed, Path) and te is not None and te.detection.component == "text_encoder":
+                _check_text_encoder(te, baseline)
+                out.append(Candidate(parsed.name, {}, "weightsmith", te))
+                continue
         extra = [e for e in experts if e not in baseline.experts]
         if extra:
             raise UsageError(
@@ -247,6 +255,23 @@ def resolve_candidates(specs: list[str], baseline: Baseline, consumers: str = "b
         ):
             out.append(Candidate(f"{label} [diffusers GGUF]", experts, "diffusers-gguf"))
     return out
+
+
+def _check_text_encoder(src: Source, baseline: Baseline) -> None:
+    """A text-encoder candidate runs through the baseline pipeline folder's tokenizer and code."""
+    d = src.detection
+    if d.family != baseline.family:
+        raise UsageError(
+            f"candidate {src.path} is a {d.family} text_encoder but the baseline is {baseline.family}",
+            hint="verify a text encoder against the pipeline it belongs to",
+        )
+    folder = baseline.folder
+    if folder is None or not (folder / "text_encoder").is_dir() or not (folder / "tokenizer").is_dir():
+        raise UsageError(
+            f"candidate {src.path} is a text encoder, which is scored against the baseline pipeline's own "
+            "text_encoder/ and tokenizer/",
+            hint="pass a pipeline folder with text_encoder/ and tokenizer/ as BASELINE",
+        )
 
 
 def _expert_components(first: Source) -> tuple[str, ...]:
@@ -373,3 +398,21 @@ def file_digest(paths: list[Path], memo: dict[str, str] | None = None) -> str:
                 memo[key] = d
         h.update(p.name.encode() + b"\0" + d.encode())
     return h.hexdigest()
+
+
+def nonfinite_weights(model: nn.Module) -> list[str]:
+    """Names of floating-point parameters and buffers holding NaN or Inf."""
+    out = []
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t is None or not t.is_floating_point():
+            continue
+        try:
+            ok = bool(torch.isfinite(t).all())
+        except (NotImplementedError, RuntimeError):  # float8 and tensor subclasses (torchao)
+            try:
+                ok = bool(torch.isfinite(t.float()).all())
+            except (NotImplementedError, RuntimeError):
+                continue  # cannot be checked here; the generation will tell
+        if not ok:
+            out.append(name)
+    return out

@@ -14,7 +14,7 @@ import torch
 
 from weightsmith.errors import GateFailed
 from weightsmith.verify.gates import Gate, GateResult, failure_table, format_value
-from weightsmith.verify.metrics import METRICS, ItemScore, jsonable, mean, worst
+from weightsmith.verify.metrics import METRICS, PROMPT_METRICS, ItemScore, jsonable, mean, worst
 from weightsmith.verify.settings import GenerationSettings, device_kind
 
 SCHEMA = "weightsmith.verify/1"
@@ -138,7 +138,7 @@ def aggregate(c: CandidateResult) -> None:
     bs = sum(it.base_seconds for it in c.items)
     tr = sum(it.cand_seconds for it in c.items) / bs if bs > 0 else None
     c.worst["time_ratio"] = c.mean["time_ratio"] = tr
-    for k in [k for k, v in c.worst.items() if v is None and k == "lpips"]:
+    for k in [k for k, v in c.worst.items() if v is None and k in ("lpips", *PROMPT_METRICS)]:
         c.worst.pop(k)
         c.mean.pop(k, None)
 
@@ -175,6 +175,8 @@ def summary_table(result: VerifyResult) -> str:
     cols = ["latent_sqnr", "latent_cosine"] + (
         ["psnr", "ssim", "flicker"] if result.frames else ["latent_psnr"]
     )
+    if any(k in c.worst for c in result.candidates for k in PROMPT_METRICS):
+        cols += list(PROMPT_METRICS)
     cols += ["size_ratio", "time_ratio"]
     head = ["candidate", *cols, "result"]
     rows = []

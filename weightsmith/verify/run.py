@@ -29,6 +29,7 @@ from weightsmith.verify.models import (
     Source,
     file_digest,
     load_transformer,
+    nonfinite_weights,
     resolve_baseline,
     resolve_candidates,
 )
@@ -47,6 +48,7 @@ from weightsmith.verify.results import (
 from weightsmith.verify.runner import Item, Runner, collect, item_key, prepare
 from weightsmith.verify.schedulers import SchedulerChoice
 from weightsmith.verify.settings import GenerationSettings
+from weightsmith.verify.text_encoder import check_text_prompts, run_text_encoder_candidate
 
 __all__ = ["VerifyOptions", "VerifyResult", "check_gates", "nonfinite_weights", "summary_table", "verify"]
 
@@ -88,6 +90,7 @@ def _verify(opts: VerifyOptions, world: distributed.World, t0: float) -> VerifyR
         )
     sched, settings, device, items = prepare(base, opts.settings, world)
     cands = resolve_candidates(opts.candidates, base, opts.consumers)
+    check_text_prompts(cands, settings)
     mine = distributed.my_share(world, items)
 
     cache = BaselineCache(opts.cache_dir)
@@ -189,7 +192,10 @@ def _generate_all(
         runner.release_baseline()
         results = []
         for cand in cands:
-            results.append(_run_candidate(runner, cand, base, mine, base_gens, tick))
+            if cand.text_encoder is not None:
+                results.append(run_text_encoder_candidate(runner, cand, mine, base_gens, tick))
+            else:
+                results.append(_run_candidate(runner, cand, base, mine, base_gens, tick))
             collect(device)
     base_preview = preview(base_gens[mine[0].index]) if mine and mine[0].index == 0 else None
     return results, base_preview
@@ -241,21 +247,3 @@ def _run_candidate(
     del experts, gens
     runner.release_baseline()
     return res
-
-
-def nonfinite_weights(model: nn.Module) -> list[str]:
-    """Names of floating-point parameters and buffers holding NaN or Inf."""
-    out = []
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t is None or not t.is_floating_point():
-            continue
-        try:
-            ok = bool(torch.isfinite(t).all())
-        except (NotImplementedError, RuntimeError):  # float8 and tensor subclasses (torchao)
-            try:
-                ok = bool(torch.isfinite(t.float()).all())
-            except (NotImplementedError, RuntimeError):
-                continue  # cannot be checked here; the generation will tell
-        if not ok:
-            out.append(name)
-    return out

@@ -4,7 +4,8 @@ Sana feeds the last hidden states of ``Gemma2Model`` (no LM head) to its DiT. A 
 whole causal LM (``model.`` prefix) is read under its prefix. Gemma-2 is told from other
 decoders by its four norms per layer (input, post-attention, pre- and post-feedforward) without
 Gemma-3's q/k norms. The head width is not in the weights (q is heads x head_dim wide): it comes
-from the checkpoint's config, else Gemma-2's 256.
+from the checkpoint's config, else Gemma-2's 256. llama.cpp's ``gemma2`` GGUF layout
+(``gemma2_gguf.py``) is its second layout: renames, and the norms shifted by one.
 """
 
 from __future__ import annotations
@@ -13,10 +14,19 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import weightsmith.families.sana.gemma2_gguf as g2
 from weightsmith.errors import ConversionError
-from weightsmith.families.base import NO_OPTIONS, Detection, KeyView, PlanOptions, find_prefix_all, register
-from weightsmith.families.ops import Op, Rename
-from weightsmith.families.textenc import TextEncoder, shape_of
+from weightsmith.families.base import (
+    NO_OPTIONS,
+    Detection,
+    KeyView,
+    PlanOptions,
+    QuantSpec,
+    find_prefix_all,
+    register,
+)
+from weightsmith.families.ops import Op, Rename, Shift
+from weightsmith.families.textenc import LLAMACPP, TextEncoder, shape_of
 from weightsmith.io.base import TensorInfo
 
 MARKERS = (
@@ -35,18 +45,37 @@ class SanaTextEncoder(TextEncoder):
     """Gemma-2's decoder stack (``Gemma2Model``) in transformers' names."""
 
     family = "sana"
-    layouts = ("diffusers",)
+    layouts = ("diffusers", LLAMACPP)
+    inexact_layouts = {
+        LLAMACPP: "llama.cpp stores the RMS-norm weights as 1 + w in float32: w comes back rounded"
+    }
     variants = ("gemma-2-2b",)
+    quant = QuantSpec(
+        blocks=r"^layers\.([0-9]+)\.",
+        gguf_arch="gemma2",
+        gguf_layout=LLAMACPP,
+        gguf_v=("blk.*.attn_v.weight",),
+        gguf_ffn_down=("blk.*.ffn_down.weight",),
+        gguf_small_f32=False,
+    )
     diffusers_class = "Gemma2Model"
     label = "Sana text encoder (Gemma-2)"
 
     def detect(
         self, infos: Mapping[str, TensorInfo], config: Mapping[str, Any] | None = None
     ) -> Detection | None:
+        layout = "diffusers"
         prefix = find_prefix_all(infos, MARKERS)
-        if prefix is None:
-            return None
-        view = KeyView(infos, prefix)
+        if prefix is not None:
+            view = KeyView(infos, prefix)
+        else:
+            prefix = find_prefix_all(infos, g2.LLAMA_MARKERS)
+            if prefix is None:
+                return None
+            layout = LLAMACPP
+            stripped = {k[len(prefix) :]: k for k in infos if k.startswith(prefix)}
+            back = g2.from_llama(stripped)
+            view = KeyView({back[k] or k: infos[src] for k, src in stripped.items()})
         if view.any("layers.0.self_attn.q_norm.weight"):
             return None  # Gemma-3
         emb = view.shape("embed_tokens.weight") or (0, 0)
@@ -59,11 +88,16 @@ class SanaTextEncoder(TextEncoder):
         if isinstance(head_dim, int) and not isinstance(head_dim, bool) and head_dim > 0:
             facts["head_dim"] = head_dim
         notes = ("Gemma-2 2B decoder used as an encoder: the text encoder of every Sana model",)
-        return Detection(self.family, self.component, "diffusers", self.variants[0], prefix, notes, facts)
+        return Detection(self.family, self.component, layout, self.variants[0], prefix, notes, facts)
 
     def _names(self, detection: Detection, infos: Mapping[str, TensorInfo]) -> dict[str, str]:
+        """Transformers name -> source key (keys no rule knows keep their name: the shape check names them)."""
         p = detection.prefix
-        return {(k[len(p) :] if k.startswith(p) else k): k for k in infos}
+        stripped = {(k[len(p) :] if k.startswith(p) else k): k for k in infos}
+        if detection.layout != LLAMACPP:
+            return stripped
+        back = g2.from_llama(stripped)
+        return {(back[k] or k): src for k, src in stripped.items()}
 
     def plan(
         self,
@@ -78,7 +112,23 @@ class SanaTextEncoder(TextEncoder):
         shapes = {n: tuple(infos[k].shape) for n, k in names.items()}
         what = f"{self.title()} ({detection.layout} layout)"
         self.check_shapes(what, shapes, detection.variant, self._derive(shapes, detection))
-        return [Rename(k, n) for n, k in names.items()]
+        src_llama = detection.layout == LLAMACPP
+        if target_layout == LLAMACPP:
+            target = {n: options.prefix + str(t) for n, t in g2.to_llama(names).items()}
+        else:
+            target = {n: n for n in names}
+        if src_llama == (target_layout == LLAMACPP):
+            return [Rename(k, target[n]) for n, k in names.items()]
+        step = g2.NORM_OFFSET if target_layout == LLAMACPP else -g2.NORM_OFFSET
+        return [
+            Shift(k, target[n], step) if g2.is_norm(n) else Rename(k, target[n]) for n, k in names.items()
+        ]
+
+    def gguf_metadata(
+        self, detection: Detection, config: Mapping[str, Any], source: Any, file_type: int
+    ) -> dict[str, Any]:
+        """llama.cpp's ``gemma2`` hyperparameters (transformers' GGUF loader builds the config from them)."""
+        return g2.metadata(config, file_type, str(detection.variant or self.variants[0]))
 
     def diffusers_config(self, detection: Detection, infos: Mapping[str, TensorInfo]) -> dict[str, Any]:
         names = self._names(detection, infos)

@@ -42,6 +42,7 @@ def _columns(run: Any) -> list[str]:
     cols += ["psnr", "psnr_frame_min", "ssim", "flicker"] if run.frames else ["latent_psnr", "latent_max_abs"]
     if any("lpips" in c.worst for c in run.candidates):
         cols.append("lpips")
+    cols += [m for m in ("prompt_sqnr", "prompt_cosine") if any(m in c.worst for c in run.candidates)]
     return cols + ["size_ratio", "time_ratio"]
 
 
