@@ -11,7 +11,7 @@ from the checkpoint's config, else Gemma-2's 256. llama.cpp's ``gemma2`` GGUF la
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import weightsmith.families.sana.gemma2_gguf as g2
@@ -125,10 +125,10 @@ class SanaTextEncoder(TextEncoder):
         ]
 
     def gguf_metadata(
-        self, detection: Detection, config: Mapping[str, Any], source: Any, file_type: int
+        self, detection: Detection, config: Callable[[], Mapping[str, Any]], source: Any, file_type: int
     ) -> dict[str, Any]:
         """llama.cpp's ``gemma2`` hyperparameters (transformers' GGUF loader builds the config from them)."""
-        return g2.metadata(config, file_type, str(detection.variant or self.variants[0]))
+        return g2.metadata(config(), file_type, str(detection.variant or self.variants[0]))
 
     def diffusers_config(self, detection: Detection, infos: Mapping[str, TensorInfo]) -> dict[str, Any]:
         names = self._names(detection, infos)
