@@ -25,6 +25,7 @@ from weightsmith.families.cogvideox._common import (
     SAT,
     local_keys,
 )
+from weightsmith.families.cogvideox.export import CogVideoXTransformerExport
 from weightsmith.families.cogvideox.generation import CogVideoXGeneration
 from weightsmith.families.cogvideox.inputs import CogVideoXInputs
 from weightsmith.families.cogvideox.lora import CogVideoXLora
@@ -63,6 +64,7 @@ class CogVideoXTransformer(Component):
     diffusers_class = "CogVideoXTransformer3DModel"
     quant = TRANSFORMER_QUANT
     inputs = CogVideoXInputs()
+    export = CogVideoXTransformerExport()
     generation = CogVideoXGeneration()
     lora = CogVideoXLora()
     label = "CogVideoX transformer"

@@ -32,6 +32,7 @@ from weightsmith.families.sana._shared import (
     order_by_input,
     stray_keys,
 )
+from weightsmith.families.sana.export import SanaTransformerExport
 from weightsmith.families.sana.generation import SanaGeneration
 from weightsmith.families.sana.inputs import SanaInputs
 from weightsmith.families.sana.lora import SanaLora
@@ -259,6 +260,7 @@ class SanaTransformer(Component):
     diffusers_class: ClassVar[str] = "SanaTransformer2DModel"
     quant = TRANSFORMER_QUANT
     inputs = SanaInputs()
+    export = SanaTransformerExport()
     generation = SanaGeneration()
     lora = SanaLora()
     label: ClassVar[str | None] = "Sana transformer"

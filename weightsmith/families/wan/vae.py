@@ -28,7 +28,9 @@ import torch
 
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, first_few, register
+from weightsmith.families.export import VAEExport
 from weightsmith.families.ops import Op, Rename
+from weightsmith.families.wan.export import vae_geometry
 from weightsmith.families.wan.keys import KeyMap, locate
 from weightsmith.io.base import TensorInfo
 
@@ -321,6 +323,7 @@ class WanVAE(Component):
     variants = ("2.1", "2.2")
     diffusers_class = "AutoencoderKLWan"
     label = "Wan VAE"
+    export = VAEExport(vae_geometry)
 
     def detect(
         self, infos: Mapping[str, TensorInfo], config: Mapping[str, Any] | None = None

@@ -1,0 +1,50 @@
+"""How Wan's transformer and VAE are exported (see ``weightsmith.families.export``).
+
+Transformer: batch, frames, height and width (multiples of the patch size) and prompt length are
+free; image tokens of image-to-video models are fixed by the CLIP encoder. Diffusers builds the
+rotary tables in float64 (off Apple GPUs); the export casts them to float32 once, so the graph
+holds and computes them in float32 (ONNX Runtime's float64 kernels are few and slow).
+VAE: the class runs its causal cache in a Python loop over latent chunks, so the frame count is
+traced in (one graph per frame count); batch, height and width are free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from weightsmith.families.export import TransformerExport, VAEGeometry
+
+
+class WanTransformerExport(TransformerExport):
+    def multiples(self, config: Mapping[str, Any]) -> dict[str, int]:
+        pt, ph, pw = (int(x) for x in config["patch_size"])
+        return {"frames": pt, "height": ph, "width": pw}
+
+    @contextlib.contextmanager
+    def patched(self, model: nn.Module) -> Iterator[nn.Module]:
+        rope = getattr(model, "rope", None)
+        saved = {n: getattr(rope, n) for n in ("freqs_cos", "freqs_sin") if rope is not None}
+        try:
+            for n, t in saved.items():
+                setattr(rope, n, t.to(torch.float32))
+            yield model
+        finally:
+            for n, t in saved.items():
+                setattr(rope, n, t)
+
+
+def vae_geometry(config: Mapping[str, Any]) -> VAEGeometry:
+    """2.1: 3 pixel channels in; 2.2: pixels are patchified inside (``in_channels`` counts them)."""
+    p = int(config.get("patch_size") or 1)
+    return VAEGeometry(
+        in_channels=int(config["in_channels"]) // (p * p),
+        latent_channels=int(config["z_dim"]),
+        spatial=int(config.get("scale_factor_spatial") or 8),
+        temporal=int(config.get("scale_factor_temporal") or 4),
+        static_frames=True,
+    )

@@ -1,0 +1,168 @@
+"""ONNX-side variants of an exported fp32 graph: fp16, and INT8 with ONNX Runtime's quantizer.
+
+* ``fp16``: ``onnxruntime.transformers.float16`` converts weights and activations, keeping in
+  fp32 the ops whose intermediate values leave fp16's range or lose too much in it: the
+  normalizations (their mean of squares), ``Pow``/``ReduceMean``/``Sqrt``, ``Softmax`` and the
+  exponentials of the timestep and rotary embeddings (``Exp``, ``Sin``, ``Cos``), plus the
+  converter's own block list. Inputs and outputs stay float32 (``keep_io_types``).
+* ``int8-dynamic``: ``quantize_dynamic``: int8 weights per channel of ``MatMul``/``Gemm``,
+  activations quantized per call (``MatMulInteger``).
+* ``int8-static``: ``quantize_static`` in QDQ format: int8 weights per channel, activation
+  ranges calibrated (MinMax) on inputs: the caller's (the verifier's reference generations feed
+  the transformer's real inputs) or else the plan's example inputs at its two shapes.
+
+Both INT8 kinds quantize ``MatMul``/``Gemm`` only (the convolutions of VAEs and patch embeddings
+stay float). The graph is rewritten in place, weights external when they were.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weightsmith.errors import UsageError
+from weightsmith.families.export import ExportPlan
+from weightsmith.families.inputs import example_inputs
+
+QUANTIZE = ("int8-dynamic", "int8-static")
+FP32_OPS = (
+    "LayerNormalization",
+    "SimplifiedLayerNormalization",
+    "RMSNormalization",
+    "GroupNormalization",
+    "InstanceNormalization",
+    "Pow",
+    "ReduceMean",
+    "Sqrt",
+    "Softmax",
+    "Exp",
+    "Sin",
+    "Cos",
+)
+LINEAR_OPS = ["MatMul", "Gemm"]
+
+
+def _external(path: Path) -> bool:
+    return Path(str(path) + ".data").exists()
+
+
+def _save(model: Any, path: Path, external: bool) -> None:
+    import onnx
+
+    data = Path(str(path) + ".data")
+    if data.exists():
+        data.unlink()
+    onnx.save_model(
+        model, str(path), save_as_external_data=external, location=data.name if external else None
+    )
+
+
+def to_fp16(path: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(path))
+    external = _external(path)
+    out = convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
+        disable_shape_infer=external,
+    )
+    _save(out, path, external)
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of feeds."""
+
+    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
+        self.feeds: Iterator[Mapping[str, np.ndarray]] = iter(feeds)
+
+    def get_next(self) -> Mapping[str, np.ndarray] | None:
+        return next(self.feeds, None)
+
+
+def calibration_feeds(
+    plan: ExportPlan, given: Sequence[Mapping[str, Any]] | None
+) -> list[dict[str, np.ndarray]]:
+    """The caller's inputs as numpy feeds, else the plan's example inputs at its two shapes."""
+    names = [s.name for s in plan.inputs]
+    if given:
+        feeds = []
+        for x in given:
+            missing = [n for n in names if n not in x]
+            if missing:
+                raise UsageError(
+                    f"calibration inputs lack {', '.join(missing)}",
+                    hint="give every graph input: " + ", ".join(names),
+                )
+            feeds.append(
+                {
+                    n: np.asarray(x[n].detach().cpu().numpy() if hasattr(x[n], "numpy") else x[n])
+                    for n in names
+                }
+            )
+        return feeds
+    return [
+        {k: v.numpy() for k, v in example_inputs(plan.inputs, sizes, seed=10 + i).items()}
+        for i, sizes in enumerate((plan.sizes, plan.second))
+    ]
+
+
+def to_int8(path: Path, mode: str, plan: ExportPlan, calibration: Sequence[Mapping[str, Any]] | None) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    external = _external(path)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        out = Path(tmp) / "q.onnx"
+        # Shape inference and graph cleanup the quantizer expects (per ORT's own advice).
+        quant_pre_process(str(path), str(pre), skip_symbolic_shape=True, save_as_external_data=external)
+        if mode == "int8-dynamic":
+            quantize_dynamic(
+                pre,
+                out,
+                op_types_to_quantize=LINEAR_OPS,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                use_external_data_format=external,
+            )
+        else:
+            quantize_static(
+                pre,
+                out,
+                _Reader(calibration_feeds(plan, calibration)),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=LINEAR_OPS,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                use_external_data_format=external,
+                extra_options={"ActivationSymmetric": True},
+            )
+        import onnx
+
+        _save(onnx.load(str(out)), path, external)
+
+
+def make_variant(
+    path: Path,
+    kind: str,
+    quantize: str | None,
+    plan: ExportPlan,
+    calibration: Sequence[Mapping[str, Any]] | None,
+) -> None:
+    """Rewrite the fp32 graph at ``path`` as ``kind`` (``fp16``, or ``int8`` by ``quantize``)."""
+    if kind == "fp16":
+        to_fp16(path)
+    elif quantize in QUANTIZE:
+        to_int8(path, quantize, plan, calibration)
+    else:
+        raise UsageError(
+            f"unknown variant {kind!r}/{quantize!r}", hint="use --dtype fp16 or --quantize int8-*"
+        )
