@@ -162,6 +162,9 @@ LAYERS: dict[str, int] = {
     "weightsmith.convert.run": 6,
     "weightsmith.quantize": 6,
     "weightsmith.load": 7,
+    "weightsmith.onnx.runtime": 7,  # ONNX Runtime sessions: verify runs exported graphs with them
+    "weightsmith.onnx.layout": 7,
+    "weightsmith.onnx": 8,
     "weightsmith.verify": 8,
     "weightsmith.publish": 8,
     "weightsmith.demo": 9,

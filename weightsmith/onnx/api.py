@@ -22,7 +22,8 @@ from weightsmith.convert.engine import resolve_detection
 from weightsmith.errors import UsageError
 from weightsmith.families import get_component
 from weightsmith.families.export import PARTS, TRANSFORMER, ExportPlan
-from weightsmith.io import open_single
+from weightsmith.io import open_checkpoint, open_single
+from weightsmith.io.base import PipelineCheckpoint
 from weightsmith.io.atomic import atomic_dir
 from weightsmith.load import build_model, weights_for
 from weightsmith.onnx.layout import FORMAT, GRAPH, MANIFEST, subfolder, write_json
@@ -60,10 +61,32 @@ class ExportResult:
         return json.dumps(asdict(self), indent=2)
 
 
-def _parts(component: str) -> list[str]:
+def _held(src: Path) -> set[str]:
+    """The components (``transformer``, ``vae``) ``src`` holds: a pipeline's, or the one file's."""
+    ck = open_checkpoint(src)
+    try:
+        if isinstance(ck, PipelineCheckpoint):
+            return set(ck.components)
+        return {resolve_detection(ck).component}
+    finally:
+        ck.close()
+
+
+def _parts(component: str, src: Path) -> list[str]:
+    """``all``: every part of the components ``src`` holds."""
     if component not in COMPONENTS:
         raise UsageError(f"unknown --component {component!r}", hint="one of: " + ", ".join(COMPONENTS))
-    return list(PARTS) if component == "all" else [component]
+    if component != "all":
+        return [component]
+    held = _held(src)
+    parts = [p for p in PARTS if _component_of(p) in held]
+    if not parts:
+        raise UsageError(f"{src} holds no transformer or VAE", hint="give a model or pipeline folder")
+    return parts
+
+
+def _component_of(part: str) -> str:
+    return "transformer" if part == TRANSFORMER else "vae"
 
 
 def _sizes(plan: ExportPlan, height: int | None, width: int | None, frames: int | None) -> ExportPlan:
@@ -82,7 +105,7 @@ def _sizes(plan: ExportPlan, height: int | None, width: int | None, frames: int 
 
 
 def _load(src: Path, part: str, device: str, dtype: torch.dtype) -> tuple[Any, Any, torch.nn.Module]:
-    name = "transformer" if part == TRANSFORMER else "vae"
+    name = _component_of(part)
     ck = open_single(src, name)
     det = resolve_detection(ck)
     if det.component != name:
@@ -124,8 +147,8 @@ def export_onnx(
         raise UsageError("--quantize works on fp32 graphs", hint="drop --dtype or --quantize")
     if opset < MIN_OPSET:
         raise UsageError(f"opset {opset} is older than {MIN_OPSET}", hint=f"use --opset {MIN_OPSET} or newer")
-    parts = _parts(component)
     src = Path(src)
+    parts = _parts(component, src)
     trace_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     results: list[PartResult] = []
     manifest: dict[str, Any] = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from weightsmith.errors import UsageError
+from weightsmith.errors import InputError, UsageError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -41,6 +41,12 @@ def session(path: str | Path, device: str = "cpu", threads: int | None = None) -
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(
-        str(path), sess_options=opts, providers=providers(device), provider_options=provider_options(device)
-    )
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=opts, providers=providers(device), provider_options=provider_options(device)
+        )
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
+        raise InputError(
+            f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:300]}",
+            hint="the graph is invalid or needs operators this onnxruntime lacks; export it again",
+        ) from e

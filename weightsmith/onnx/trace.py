@@ -63,6 +63,18 @@ def dynamic_shapes(plan: ExportPlan) -> tuple[dict[int, Any], ...]:
     )
 
 
+def _summary(e: BaseException) -> str:
+    """The exporter's own one-line cause (its messages open with advice, the cause comes later)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if ln.startswith("## Exception summary") and i + 1 < len(lines):
+            return lines[i + 1]
+    cause = e.__cause__ or e.__context__
+    if cause is not None and str(cause).strip():
+        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[0]}"
+    return lines[0] if lines else type(e).__name__
+
+
 def weight_bytes(module: nn.Module) -> int:
     seen: set[int] = set()
     total = 0
@@ -123,7 +135,7 @@ def export_graph(
                 report=False,
             )
     except Exception as e:  # the exporter raises many kinds; name the first line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = _summary(e)
         raise ConversionError(
             f"torch could not export the {plan.part}: {first[:300]}",
             hint="the model's code does not trace at these sizes; try other --height/--width/--frames",

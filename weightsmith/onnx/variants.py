@@ -73,7 +73,30 @@ def to_fp16(path: Path) -> None:
         op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
         disable_shape_infer=external,
     )
+    unique_node_names(out.graph)
     _save(out, path, external)
+
+
+def unique_node_names(graph: Any) -> None:
+    """The converter inserts one Cast per (tensor, fp32 consumer) and names both the node and its
+    output after the tensor, so a tensor feeding two kept-fp32 ops gets two identical Casts, which
+    ONNX Runtime rejects as a duplicate definition. The repeats compute the same value: drop them."""
+    produced: dict[str, Any] = {}
+    keep = []
+    for node in graph.node:
+        first = next((produced[o] for o in node.output if o in produced), None)
+        if first is not None and (first.op_type, list(first.input), first.attribute) == (
+            node.op_type,
+            list(node.input),
+            node.attribute,
+        ):
+            continue
+        for o in node.output:
+            produced[o] = node
+        keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
 
 
 class _Reader:
