@@ -21,7 +21,8 @@ def _image_transformer():
         for c in components()
         if c.export is not None
         and c.component == "transformer"
-        and "frames" not in {d for s in c.input_specs(c.tiny_config(c.variants[0]), c.variants[0]) for d in s.dims}
+        and "frames"
+        not in {d for s in c.input_specs(c.tiny_config(c.variants[0]), c.variants[0]) for d in s.dims}
     )
 
 
@@ -70,7 +71,9 @@ def test_bad_options_exit_2_and_leave_nothing(src, tmp_path, run_cli):
     assert r.code == 2 and "error:" in r.err
 
 
-@pytest.mark.parametrize("args,kind", [(("--dtype", "fp16"), "fp16"), (("--quantize", "int8-dynamic"), "int8")])
+@pytest.mark.parametrize(
+    "args,kind", [(("--dtype", "fp16"), "fp16"), (("--quantize", "int8-dynamic"), "int8")]
+)
 def test_variants_are_validated_and_recorded(src, tmp_path, run_cli, args, kind):
     out = tmp_path / kind
     r = run_cli("export", "onnx", src, out, *args, "--json")

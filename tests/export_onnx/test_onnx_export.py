@@ -61,7 +61,9 @@ def test_every_part_matches_torch_in_onnxruntime_at_two_shapes(exported):
     assert set(manifest["parts"]) == {p.part for p in result.parts}
     for p in result.parts:
         assert p.kind == "fp32"
-        module, plan = _torch_forward(src, p.family, "transformer" if p.part == TRANSFORMER else "vae", p.variant, p.part)
+        module, plan = _torch_forward(
+            src, p.family, "transformer" if p.part == TRANSFORMER else "vae", p.variant, p.part
+        )
         assert plan.sizes != plan.second  # two different shapes
         sess = session(graph_path(dst, p.part))
         assert [i.name for i in sess.get_inputs()] == [s.name for s in plan.inputs]

@@ -23,8 +23,8 @@ from weightsmith.errors import UsageError
 from weightsmith.families import get_component
 from weightsmith.families.export import PARTS, TRANSFORMER, ExportPlan
 from weightsmith.io import open_checkpoint, open_single
-from weightsmith.io.base import PipelineCheckpoint
 from weightsmith.io.atomic import atomic_dir
+from weightsmith.io.base import PipelineCheckpoint
 from weightsmith.load import build_model, weights_for
 from weightsmith.onnx.layout import FORMAT, GRAPH, MANIFEST, subfolder, write_json
 from weightsmith.onnx.trace import MIN_OPSET, export_graph

@@ -43,7 +43,10 @@ def session(path: str | Path, device: str = "cpu", threads: int | None = None) -
         opts.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(
-            str(path), sess_options=opts, providers=providers(device), provider_options=provider_options(device)
+            str(path),
+            sess_options=opts,
+            providers=providers(device),
+            provider_options=provider_options(device),
         )
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
         raise InputError(
