@@ -27,16 +27,20 @@ from weightsmith.tiny import Fixture, save_fixture
 ORT_RTOL = 1e-4
 
 
-def _first_variant(family: str, component: str) -> str:
-    return get_component(family, component).variants[0]
+# (family, component, variant) of every exportable component, asked of the registry. The video
+# VAEs take minutes to trace (their Python frame loops unroll): marked slow.
+CASES = [
+    pytest.param(
+        (c.family, c.component, c.variants[0]),
+        marks=[pytest.mark.slow] if c.component != "transformer" else [],
+        id=f"{c.family}-{c.component}",
+    )
+    for c in components()
+    if c.export is not None
+]
 
 
-# (family, component, variant) of every exportable component, asked of the registry; the
-# transformer of each family also in a second variant where its inputs differ (rotary tables).
-CASES = [(c.family, c.component, c.variants[0]) for c in components() if c.export is not None]
-
-
-@pytest.fixture(scope="module", params=CASES, ids=lambda c: "-".join(c))
+@pytest.fixture(scope="module", params=CASES)
 def exported(request, tmp_path_factory):
     family, component, variant = request.param
     base = tmp_path_factory.mktemp(f"onnx-{family}-{component}")

@@ -137,39 +137,49 @@ def calibration_feeds(
 
 
 def to_int8(path: Path, mode: str, plan: ExportPlan, calibration: Sequence[Mapping[str, Any]] | None) -> None:
+    import logging
+
+    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     external = _external(path)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         pre = Path(tmp) / "pre.onnx"
         out = Path(tmp) / "q.onnx"
-        # Shape inference and graph cleanup the quantizer expects (per ORT's own advice).
-        quant_pre_process(str(path), str(pre), skip_symbolic_shape=True, save_as_external_data=external)
-        if mode == "int8-dynamic":
-            quantize_dynamic(
-                pre,
-                out,
-                op_types_to_quantize=LINEAR_OPS,
-                per_channel=True,
-                weight_type=QuantType.QInt8,
-                use_external_data_format=external,
-            )
-        else:
-            quantize_static(
-                pre,
-                out,
-                _Reader(calibration_feeds(plan, calibration)),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=LINEAR_OPS,
-                per_channel=True,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                use_external_data_format=external,
-                extra_options={"ActivationSymmetric": True},
-            )
-        import onnx
-
+        # The exporter's value_info annotations can disagree with ONNX's shape inference (a
+        # traced size left on a free dimension); the quantizer re-infers shapes, so drop them.
+        model = onnx.load(str(path))
+        del model.graph.value_info[:]
+        _save(model, pre, external)
+        del model
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantizer logs advice on the root logger
+        try:
+            if mode == "int8-dynamic":
+                quantize_dynamic(
+                    pre,
+                    out,
+                    op_types_to_quantize=LINEAR_OPS,
+                    per_channel=True,
+                    weight_type=QuantType.QInt8,
+                    use_external_data_format=external,
+                )
+            else:
+                quantize_static(
+                    pre,
+                    out,
+                    _Reader(calibration_feeds(plan, calibration)),
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=LINEAR_OPS,
+                    per_channel=True,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    use_external_data_format=external,
+                    extra_options={"ActivationSymmetric": True},
+                )
+        finally:
+            root.setLevel(level)
         _save(onnx.load(str(out)), path, external)
 
 

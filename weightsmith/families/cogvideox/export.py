@@ -6,18 +6,22 @@ Transformer: the prompt is always ``max_text_seq_length`` tokens. Models with ro
 ``[tokens, head_dim]`` tables, unflattened so that their sizes follow the latent's); batch,
 frames and size are then free. 2B's sinusoidal table and 5B image-to-video's learned table are
 built for one size in Python: those graphs fix frames, height and width (batch stays free).
-VAE: it decodes and encodes in Python loops over frame batches, so frames are traced in.
+VAE: it decodes and encodes in Python loops over frame batches, so frames are traced in. Its
+``CogVideoXSafeConv3d`` picks, from the input's size in Python, whether to split the convolution
+along frames (inputs over 2 GB): under a free batch that test cannot be traced, so the export
+runs each as the plain ``Conv3d`` it subclasses (the same numbers; the split only saves memory).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from weightsmith.families.export import TransformerExport, VAEGeometry
+from weightsmith.families.export import TransformerExport, VAEExport, VAEGeometry
 from weightsmith.families.inputs import InputSpec
 
 PATCHES = ("frames_patches", "height_patches", "width_patches")
@@ -66,3 +70,16 @@ def vae_geometry(config: Mapping[str, Any]) -> VAEGeometry:
         temporal=int(config.get("temporal_compression_ratio") or 4),
         static_frames=True,
     )
+
+
+class CogVideoXVAEExport(VAEExport):
+    @contextlib.contextmanager
+    def patched(self, model: nn.Module) -> Iterator[nn.Module]:
+        safe = [m for m in model.modules() if type(m).__name__ == "CogVideoXSafeConv3d"]
+        try:
+            for m in safe:
+                m.forward = nn.Conv3d.forward.__get__(m)  # instance attribute: the plain convolution
+            yield model
+        finally:
+            for m in safe:
+                del m.forward

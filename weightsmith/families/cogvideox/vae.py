@@ -21,9 +21,8 @@ from weightsmith.families.cogvideox._common import (
     SAT,
     local_keys,
 )
-from weightsmith.families.cogvideox.export import vae_geometry
+from weightsmith.families.cogvideox.export import CogVideoXVAEExport, vae_geometry
 from weightsmith.families.cogvideox.tiny import COGVIDEOX_INIT, tiny_vae_config
-from weightsmith.families.export import VAEExport
 from weightsmith.families.ops import Drop, Op, Rename
 from weightsmith.io.base import TensorInfo
 
@@ -206,7 +205,7 @@ class CogVideoXVAE(Component):
     variants = ("default",)
     diffusers_class = "AutoencoderKLCogVideoX"
     label = "CogVideoX VAE"
-    export = VAEExport(vae_geometry)
+    export = CogVideoXVAEExport(vae_geometry)
     tiny_init = COGVIDEOX_INIT
 
     def detect(
