@@ -40,6 +40,27 @@ CASES = [
 ]
 
 
+def _input_names(c, variant: str) -> list[str]:
+    cfg = c.tiny_config(variant)
+    return [s.name for s in c.export_plan(cfg, variant, TRANSFORMER).inputs]
+
+
+def _other_inputs(c) -> str | None:
+    """The first variant whose graph takes other inputs than the first variant's, if any."""
+    first = _input_names(c, c.variants[0])
+    return next((v for v in c.variants[1:] if _input_names(c, v) != first), None)
+
+
+# Transformers whose other variants take other inputs (CogVideoX's rotary tables): that one too.
+CASES += [
+    pytest.param((c.family, c.component, v), id=f"{c.family}-{c.component}-{v}")
+    for c in components()
+    if c.export is not None and c.component == "transformer"
+    for v in [_other_inputs(c)]
+    if v is not None
+]
+
+
 @pytest.fixture(scope="module", params=CASES)
 def exported(request, tmp_path_factory):
     family, component, variant = request.param
