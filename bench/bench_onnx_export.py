@@ -75,7 +75,10 @@ def main() -> None:
     got = session(graph).run(None, {"x": x.numpy()})[0]
     rel = float(np.abs(got - want).max() / np.abs(want).max())
     rows = [
-        ("weights", f"{layers} x Linear({WIDTH}, {WIDTH}) float32 = {mb(weights)} ({weights / 2**30:.2f} GiB)"),
+        (
+            "weights",
+            f"{layers} x Linear({WIDTH}, {WIDTH}) float32 = {mb(weights)} ({weights / 2**30:.2f} GiB)",
+        ),
         ("files written", ", ".join(files)),
         ("graph (.onnx)", mb(graph.stat().st_size)),
         ("external data", mb(data.stat().st_size) if data.exists() else "none"),

@@ -164,6 +164,7 @@ LAYERS: dict[str, int] = {
     "weightsmith.load": 7,
     "weightsmith.onnx.runtime": 7,  # ONNX Runtime sessions: verify runs exported graphs with them
     "weightsmith.onnx.layout": 7,
+    "weightsmith.onnx.module": 7,  # an exported transformer as the module verify's pipeline calls
     "weightsmith.onnx": 8,
     "weightsmith.verify": 8,
     "weightsmith.publish": 8,

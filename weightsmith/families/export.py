@@ -184,6 +184,11 @@ class TransformerExport(ExportAdapter):
     def call(self, model: nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**x, return_dict=False)[0]
 
+    def feed(self, named: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+        """The graph's inputs from the arguments a pipeline passes the diffusers ``forward`` (the
+        inverse of ``call``; an exported graph runs in the pipeline through this)."""
+        return {k: v for k, v in named.items() if isinstance(v, torch.Tensor)}
+
     def module(self, model: nn.Module, plan: ExportPlan) -> nn.Module:
         return Forward(model, [s.name for s in plan.inputs], self.call)
 

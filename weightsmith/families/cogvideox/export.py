@@ -61,6 +61,16 @@ class CogVideoXTransformerExport(TransformerExport):
         rotary = None if cos is None else (cos.flatten(0, 2), sin.flatten(0, 2))
         return model(**x, image_rotary_emb=rotary, return_dict=False)[0]
 
+    def feed(self, named: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+        x = super().feed(named, config)
+        rotary = named.get("image_rotary_emb")
+        if rotary is not None:
+            _, f, _, h, w = named["hidden_states"].shape
+            m = self.multiples(config)
+            grid = (f // m["frames"], h // m["height"], w // m["width"])
+            x["rotary_cos"], x["rotary_sin"] = (t.reshape(*grid, t.shape[-1]) for t in rotary)
+        return x
+
 
 def vae_geometry(config: Mapping[str, Any]) -> VAEGeometry:
     return VAEGeometry(
