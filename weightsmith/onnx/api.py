@@ -120,6 +120,16 @@ def _load(src: Path, part: str, device: str, dtype: torch.dtype) -> tuple[Any, A
     return get_component(det.family, det.component), det, model.eval()
 
 
+def _reference_calibration(src: Path, part: str, settings: Any) -> list[dict[str, Any]] | None:
+    """The transformer's inputs in ``src``'s reference generations (a pipeline folder), else None."""
+    if part != TRANSFORMER or not (src / "model_index.json").is_file():
+        return None
+    from weightsmith.onnx.calibrate import reference_inputs
+    from weightsmith.verify.settings import GenerationSettings
+
+    return reference_inputs(src, settings or GenerationSettings(steps=4))
+
+
 def export_onnx(
     src: str | Path,
     dst: str | Path,
@@ -134,11 +144,14 @@ def export_onnx(
     device: str = "cpu",
     overwrite: bool = False,
     calibration: Sequence[Mapping[str, Any]] | None = None,
+    calibration_settings: Any = None,
 ) -> ExportResult:
     """Export ``component`` (``transformer``, ``vae-decoder``, ``vae-encoder`` or ``all``) of ``src``
     to the folder ``dst`` (see ``weightsmith.onnx.layout``); raises GateFailed (exit 1) when a
-    graph disagrees with torch. ``calibration``: inputs for ``int8-static`` (default: the plan's
-    example inputs at its two shapes)."""
+    graph disagrees with torch. ``calibration``: inputs for ``int8-static``; by default, when
+    ``src`` is a pipeline folder, the transformer's inputs in its reference generations under
+    ``calibration_settings`` (a verify ``GenerationSettings``; default: the family's, 4 steps),
+    else the plan's example inputs at its two shapes."""
     if dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {dtype!r}", hint="one of: " + ", ".join(DTYPES))
     if quantize is not None and quantize not in QUANTIZE:
@@ -175,7 +188,13 @@ def export_onnx(
             errors = validate(graph, reference, plan, kind, device, on_shape=progress.update)
             if dtype == "fp16" or quantize:
                 kind = "fp16" if dtype == "fp16" else "int8"
-                make_variant(graph, kind, quantize, plan, calibration)
+                calib = calibration
+                if quantize == "int8-static" and calib is None:
+                    calib = _reference_calibration(src, part, calibration_settings)
+                manifest["calibration"] = (
+                    f"{len(calib)} reference denoising calls" if calib else "example inputs"
+                )
+                make_variant(graph, kind, quantize, plan, calib)
                 errors = validate(graph, reference, plan, kind, device)
             progress.update()
             cfg = {"_class_name": comp.class_name(det.variant), **config}

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from weightsmith.errors import UsageError
 from weightsmith.families.export import ExportPlan
@@ -112,28 +113,23 @@ class _Reader:
 def calibration_feeds(
     plan: ExportPlan, given: Sequence[Mapping[str, Any]] | None
 ) -> list[dict[str, np.ndarray]]:
-    """The caller's inputs as numpy feeds, else the plan's example inputs at its two shapes."""
-    names = [s.name for s in plan.inputs]
-    if given:
-        feeds = []
-        for x in given:
-            missing = [n for n in names if n not in x]
-            if missing:
-                raise UsageError(
-                    f"calibration inputs lack {', '.join(missing)}",
-                    hint="give every graph input: " + ", ".join(names),
-                )
-            feeds.append(
-                {
-                    n: np.asarray(x[n].detach().cpu().numpy() if hasattr(x[n], "numpy") else x[n])
-                    for n in names
-                }
+    """The caller's inputs (e.g. ``calibrate.reference_inputs``) as numpy feeds in each input's
+    dtype, else the plan's example inputs at its two shapes."""
+    if not given:
+        given = [
+            example_inputs(plan.inputs, sizes, seed=10 + i)
+            for i, sizes in enumerate((plan.sizes, plan.second))
+        ]
+    feeds = []
+    for x in given:
+        missing = [s.name for s in plan.inputs if s.name not in x]
+        if missing:
+            raise UsageError(
+                f"calibration inputs lack {', '.join(missing)}",
+                hint="give every graph input: " + ", ".join(s.name for s in plan.inputs),
             )
-        return feeds
-    return [
-        {k: v.numpy() for k, v in example_inputs(plan.inputs, sizes, seed=10 + i).items()}
-        for i, sizes in enumerate((plan.sizes, plan.second))
-    ]
+        feeds.append({s.name: torch.as_tensor(x[s.name]).to(s.dtype).cpu().numpy() for s in plan.inputs})
+    return feeds
 
 
 def to_int8(path: Path, mode: str, plan: ExportPlan, calibration: Sequence[Mapping[str, Any]] | None) -> None:
