@@ -101,7 +101,14 @@ def validate(
         with torch.no_grad():
             out = reference(*((v.to(dtype) if v.is_floating_point() else v).to(dev) for v in x.values()))
         ref = [out] if isinstance(out, torch.Tensor) else list(out)
-        got = sess.run(names, feed(plan, x, sess))
+        try:
+            got = sess.run(names, feed(plan, x, sess))
+        except Exception as e:  # onnxruntime's own error types: the graph cannot run these shapes
+            shown = " ".join(f"{k}={v}" for k, v in sizes.items())
+            raise GateFailed(
+                f"ONNX Runtime cannot run the {plan.part} graph at {shown}: {str(e).splitlines()[0][:300]}",
+                hint="the export is wrong for these shapes; report it with the model's config",
+            ) from e
         errors.extend(compare([r.float() for r in ref], got, names, sizes))
         if on_shape is not None:
             on_shape()

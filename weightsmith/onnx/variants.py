@@ -176,7 +176,11 @@ def to_int8(path: Path, mode: str, plan: ExportPlan, calibration: Sequence[Mappi
                 )
         finally:
             root.setLevel(level)
-        _save(onnx.load(str(out)), path, external)
+        quantized = onnx.load(str(out))
+        # The quantizer's own shape inference names free dimensions anew and can give two sizes
+        # one name (ONNX Runtime then refuses to reuse buffers at the second shape): drop it.
+        del quantized.graph.value_info[:]
+        _save(quantized, path, external)
 
 
 def make_variant(
