@@ -259,4 +259,5 @@ class VAEExport(ExportAdapter):
 
 def _encode_mean(model: nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
     out = model.encode(x["sample"], return_dict=False)[0]
-    return out.mode() if hasattr(out, "mode") else out
+    # A diagonal Gaussian (KL VAEs) or the latent itself (DC-AE); a tensor's own ``mode`` is not it.
+    return out if isinstance(out, torch.Tensor) else out.mode()
