@@ -164,6 +164,11 @@ LAYERS: dict[str, int] = {
     "weightsmith.convert.run": 6,
     "weightsmith.quantize": 6,
     "weightsmith.load": 7,
+    "weightsmith.onnx.runtime": 7,  # ONNX Runtime sessions: verify runs exported graphs with them
+    "weightsmith.onnx.layout": 7,
+    "weightsmith.onnx.module": 7,  # an exported transformer as the module verify's pipeline calls
+    "weightsmith.onnx": 8,
+    "weightsmith.onnx.cli": 10,  # the export command: parses options, calls weightsmith.api
     "weightsmith.verify": 8,
     "weightsmith.publish": 8,
     "weightsmith.auto": 9,

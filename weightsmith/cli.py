@@ -446,3 +446,7 @@ cli.add_command(imatrix_command)
 from weightsmith.publish.cli import publish_command  # noqa: E402
 
 cli.add_command(publish_command)
+
+from weightsmith.onnx.cli import export_group  # noqa: E402
+
+cli.add_command(export_group)

@@ -68,6 +68,25 @@ def run_demo(out: str | Path) -> None:
     elapsed = time.perf_counter() - t0
     _report(out, rows, elapsed)
     _fidelity(out)
+    _onnx(out)
+
+
+def _onnx(out: Path) -> None:
+    """Export the first demo family's tiny transformer to ONNX fp32/fp16/INT8 and verify each."""
+    from weightsmith.onnx.fidelity import markdown, score_exports
+    from weightsmith.verify.family import demo_models, generation
+    from weightsmith.verify.settings import GenerationSettings
+    from weightsmith.verify.tiny import TINY_SIZE, save_tiny_pipeline
+
+    family, variant = demo_models()[0]
+    title = generation(family).title
+    click.echo(f"exporting the tiny {title} transformer to ONNX (fp32, fp16, int8) and verifying ...")
+    pipe = save_tiny_pipeline(out / "models" / "onnx" / "pipe", family, variant)
+    h, w, f = TINY_SIZE[family]
+    settings = GenerationSettings(height=h, width=w, frames=f, steps=2, text_len=8)
+    md = markdown(title, score_exports(pipe, out / "models" / "onnx", settings))
+    (out / "onnx_fidelity.md").write_text(md)
+    click.echo(md)
 
 
 def _fidelity(out: Path) -> None:

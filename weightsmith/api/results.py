@@ -220,21 +220,30 @@ class PublishResult:
 
 @dataclass(frozen=True)
 class ExportResult:
-    """``export_onnx``: the ONNX model(s) written and how the export was checked.
+    """``export_onnx``: the ONNX folder written and how each graph was checked.
 
-    ``components``: component name -> its .onnx path; ``validation``: what the check against
-    the torch module measured (per component). Filled in by ``weightsmith.onnx.api.export_onnx``
-    (the onnx branch; wired when it is merged)."""
+    ``parts``: one record per exported graph (``part``, ``family``, ``variant``, ``graph`` (its
+    path inside ``path``), ``kind`` (fp32/fp16/bf16/int8), ``interface`` (named inputs and outputs,
+    free dimensions) and ``errors`` (ONNX Runtime against torch at each validation shape))."""
 
     path: Path
-    components: Mapping[str, Path] = field(default_factory=dict)
-    validation: Mapping[str, Any] = field(default_factory=dict)
+    opset: int
+    dtype: str
+    quantize: str | None
+    parts: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def components(self) -> dict[str, Path]:
+        """Each exported part's graph file."""
+        return {str(p["part"]): self.path / str(p["graph"]) for p in self.parts}
 
     def to_json(self) -> dict[str, Any]:
         """The ``weightsmith.export-onnx/1`` document."""
         return {
             "schema": EXPORT_SCHEMA,
             "path": str(self.path),
-            "components": {k: str(v) for k, v in self.components.items()},
-            "validation": copy.deepcopy(dict(self.validation)),
+            "opset": self.opset,
+            "dtype": self.dtype,
+            "quantize": self.quantize,
+            "parts": copy.deepcopy([dict(p) for p in self.parts]),
         }

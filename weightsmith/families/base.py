@@ -193,6 +193,8 @@ class Component(ABC):
     expert_pairs: ClassVar[Mapping[str, str] | None] = None
     # The forward-input adapter (weightsmith.families.inputs.ForwardInputs); None: not described.
     inputs: ClassVar[ForwardInputs | None] = None
+    # How it is exported to ONNX (weightsmith.families.export.ExportAdapter); None: not exportable.
+    export: ClassVar[Any] = None
     # How a tiny model's random weights are drawn (weightsmith.families.tiny_init); wide models use SIGNAL.
     tiny_init: ClassVar[TinyInit] = FIXTURE
     # The weights file stem of a component folder in the target layout (transformers uses "model").
@@ -341,6 +343,16 @@ class Component(ABC):
     def example_sizes(self, config: Mapping[str, Any], variant: str) -> dict[str, int]:
         """Sizes of the dynamic input dimensions that every model of this config accepts."""
         return (self.inputs or ForwardInputs()).sizes(config, variant)
+
+    def export_plan(self, config: Mapping[str, Any], variant: str, part: str) -> Any:
+        """The ``ExportPlan`` of ``part`` (``transformer``, ``vae-decoder``, ``vae-encoder``) for this
+        config: named inputs and outputs, free dimensions (see ``weightsmith.families.export``)."""
+        if self.export is None:
+            raise UsageError(
+                f"the {self.title()} declares no export",
+                hint="give the component an export adapter (weightsmith.families.export.ExportAdapter)",
+            )
+        return self.export.plan(self, config, variant, part)
 
     def check_variant(self, variant: str) -> None:
         """UsageError unless ``variant`` is one this component declares."""

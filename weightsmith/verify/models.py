@@ -4,7 +4,9 @@ An argument is a path (a pipeline folder, a Diffusers component folder, or any c
 weightsmith reads) or, for two-expert models, ``transformer=PATH,transformer_2=PATH``. Candidates
 load through ``weightsmith.load.load_model``; a GGUF candidate of a family diffusers can load from
 GGUF (the family's ``quant.diffusers_reads_gguf``) is also loaded through diffusers' own ``from_single_file`` with
-``GGUFQuantizationConfig``, the way users will run it, and verified as a second entry.
+``GGUFQuantizationConfig``, the way users will run it, and verified as a second entry. A folder
+written by ``weightsmith export onnx`` is a candidate too: ONNX Runtime runs its transformer
+graph inside the same pipeline and scheduler loop (``weightsmith.onnx.module``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from weightsmith.families import Detection
 from weightsmith.io import PipelineCheckpoint, open_checkpoint, open_single
 from weightsmith.io.quantized import DequantizingView
 from weightsmith.verify.family import generation, reads_gguf
+
+ONNX_MANIFEST = "weightsmith_onnx.json"  # weightsmith.onnx.layout.MANIFEST (that layer is above io)
 
 # The component names a BASELINE/CANDIDATE spec may give (a family says which of them it runs).
 EXPERTS = ("transformer", "transformer_2")
@@ -224,6 +228,11 @@ def resolve_candidates(specs: list[str], baseline: Baseline, consumers: str = "b
     out: list[Candidate] = []
     for spec in specs:
         parsed = parse_spec(spec, need_first=False)
+        if isinstance(parsed, Path) and (parsed / ONNX_MANIFEST).is_file():
+            src = describe_onnx(parsed)
+            _check_matches(src, baseline, "transformer")
+            out.append(Candidate(parsed.name, {"transformer": src}, "onnx"))
+            continue
         if isinstance(parsed, Path) and (parsed / "model_index.json").is_file():
             names = _open_pipeline(parsed)
             comps = list(names.components)
@@ -274,6 +283,20 @@ def _check_text_encoder(src: Source, baseline: Baseline) -> None:
         )
 
 
+def describe_onnx(folder: Path) -> Source:
+    """An exported ONNX folder's transformer as a Source (family and variant from its manifest)."""
+    from weightsmith.io.structured import read_json_file
+    from weightsmith.onnx.layout import graph_path, read_manifest, subfolder
+
+    entry = read_manifest(folder)["parts"].get("transformer")
+    graph = graph_path(folder, "transformer")
+    det = Detection(entry["family"], "transformer", "diffusers", entry["variant"])
+    config = read_json_file(folder / subfolder("transformer") / "config.json")
+    files = [p for p in (graph, Path(str(graph) + ".data")) if p.is_file()]
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    return Source(folder, "transformer", det, config, files, sum(p.stat().st_size for p in files), "onnx")
+
+
 def _expert_components(first: Source) -> tuple[str, ...]:
     """The pipeline components the baseline's family runs as experts (the transformer first)."""
     if first.detection.component != "transformer":
@@ -308,6 +331,10 @@ def load_transformer(
 
     if loader == "diffusers-gguf":
         return _load_diffusers_gguf(src, baseline_config, device, dtype)
+    if loader == "onnx":
+        from weightsmith.onnx.module import OnnxTransformer
+
+        return OnnxTransformer(src.path, str(device)).to(device).eval()
     config = None if src.config and _has_own_config(src) else baseline_config
     model = load_model(src.path, component=src.component, device="cpu", dtype=None, config=config)
     return _cast(model, dtype).to(device).eval()

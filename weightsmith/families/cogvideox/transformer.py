@@ -26,6 +26,7 @@ from weightsmith.families.cogvideox._common import (
     local_keys,
 )
 from weightsmith.families.cogvideox.config_fields import CONFIG_FIELDS
+from weightsmith.families.cogvideox.export import CogVideoXTransformerExport
 from weightsmith.families.cogvideox.generation import CogVideoXGeneration
 from weightsmith.families.cogvideox.inputs import CogVideoXInputs
 from weightsmith.families.cogvideox.lora import CogVideoXLora
@@ -65,6 +66,7 @@ class CogVideoXTransformer(Component):
     config_fields = CONFIG_FIELDS
     quant = TRANSFORMER_QUANT
     inputs = CogVideoXInputs()
+    export = CogVideoXTransformerExport()
     generation = CogVideoXGeneration()
     lora = CogVideoXLora()
     label = "CogVideoX transformer"

@@ -22,6 +22,7 @@ from weightsmith.families.cogvideox._common import (
     local_keys,
 )
 from weightsmith.families.cogvideox.config_fields import CONFIG_FIELDS
+from weightsmith.families.cogvideox.export import CogVideoXVAEExport, vae_geometry
 from weightsmith.families.cogvideox.tiny import COGVIDEOX_INIT, tiny_vae_config
 from weightsmith.families.ops import Drop, Op, Rename
 from weightsmith.io.base import TensorInfo
@@ -206,6 +207,7 @@ class CogVideoXVAE(Component):
     diffusers_class = "AutoencoderKLCogVideoX"
     config_fields = CONFIG_FIELDS
     label = "CogVideoX VAE"
+    export = CogVideoXVAEExport(vae_geometry)
     tiny_init = COGVIDEOX_INIT
 
     def detect(

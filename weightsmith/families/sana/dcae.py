@@ -29,6 +29,7 @@ from weightsmith.families.base import (
     candidate_prefixes,
     register,
 )
+from weightsmith.families.export import VAEExport
 from weightsmith.families.ops import Op, Regroup, Rename, Reshape
 from weightsmith.families.sana._shared import (
     order_by_input,
@@ -53,6 +54,7 @@ from weightsmith.families.sana.dcae_names import (
     required_keys,
 )
 from weightsmith.families.sana.dcae_shapes import blocks_of, guess_downsample, is_sampler, shape_ctx, stages
+from weightsmith.families.sana.export import dcae_geometry
 from weightsmith.io.base import TensorInfo
 
 SANA_SCALING_FACTOR = 0.41407  # dc-ae-f32c32-sana-1.x latent scaling (diffusers' Sana VAE config)
@@ -91,6 +93,7 @@ class DCAE(Component):
     diffusers_class: ClassVar[str] = "AutoencoderDC"
     config_fields = CONFIG_FIELDS
     label: ClassVar[str | None] = "Sana DC-AE"
+    export = VAEExport(dcae_geometry)
 
     # ---------------------------------------------------------------- detection
     def detect(

@@ -31,6 +31,7 @@ from weightsmith.families.sana._shared import (
     stray_keys,
 )
 from weightsmith.families.sana.config_fields import CONFIG_FIELDS
+from weightsmith.families.sana.export import SanaTransformerExport
 from weightsmith.families.sana.generation import SanaGeneration
 from weightsmith.families.sana.inputs import SanaInputs
 from weightsmith.families.sana.lora import SanaLora
@@ -263,6 +264,7 @@ class SanaTransformer(Component):
     config_fields = CONFIG_FIELDS
     quant = TRANSFORMER_QUANT
     inputs = SanaInputs()
+    export = SanaTransformerExport()
     generation = SanaGeneration()
     lora = SanaLora()
     label: ClassVar[str | None] = "Sana transformer"

@@ -34,6 +34,7 @@ from weightsmith.errors import ConversionError
 from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, register
 from weightsmith.families.ops import Drop, Op, Rename
 from weightsmith.families.wan.config_fields import CONFIG_FIELDS
+from weightsmith.families.wan.export import WanTransformerExport
 from weightsmith.families.wan.generation import WanGeneration
 from weightsmith.families.wan.inputs import WanInputs
 from weightsmith.families.wan.keys import locate
@@ -189,6 +190,7 @@ class WanTransformer(Component):
     config_fields = CONFIG_FIELDS
     quant = TRANSFORMER_QUANT
     inputs = WanInputs()
+    export = WanTransformerExport()
     label = "Wan transformer"
     # Wan2.2 A14B pipelines hold two experts (high and low noise) of one architecture; T2V-A14B's
     # experts are shaped like 2.1-t2v.

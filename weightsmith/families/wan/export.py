@@ -1,0 +1,73 @@
+"""How Wan's transformer and VAE are exported (see ``weightsmith.families.export``).
+
+Transformer: batch, frames, height and width (multiples of the patch size) and prompt length are
+free; image tokens of image-to-video models are fixed by the CLIP encoder. Image-to-video takes
+one image embedding per sample (its ``images`` dimension is the batch); first/last-frame models
+take two per sample, so their graphs fix batch 1. Diffusers builds the
+rotary tables in float64 (off Apple GPUs); the export casts them to float32 once, so the graph
+holds and computes them in float32 (ONNX Runtime's float64 kernels are few and slow).
+VAE: the class runs its causal cache in a Python loop over latent chunks, so the frame count is
+traced in (one graph per frame count); batch, height and width are free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from weightsmith.families.export import ExportPlan, TransformerExport, VAEGeometry
+
+
+class WanTransformerExport(TransformerExport):
+    def multiples(self, config: Mapping[str, Any]) -> dict[str, int]:
+        pt, ph, pw = (int(x) for x in config["patch_size"])
+        return {"frames": pt, "height": ph, "width": pw}
+
+    def plan(self, component: Any, config: Mapping[str, Any], variant: str, part: str) -> ExportPlan:
+        plan = super().plan(component, config, variant, part)
+        if config.get("image_dim") is None:
+            return plan
+        static = plan.static | {"image_tokens"}
+        if config.get("pos_embed_seq_len"):  # two images per sample: batch 1
+            one = {"batch": 1}
+            return replace(
+                plan,
+                static=static | {"batch", "images"},
+                sizes={**plan.sizes, **one},
+                second={**plan.second, **one},
+            )
+        inputs = tuple(
+            replace(s, dims=tuple("batch" if d == "images" else d for d in s.dims)) for s in plan.inputs
+        )
+        sizes = {**plan.sizes, "images": plan.sizes["batch"]}
+        second = {**plan.second, "images": plan.second["batch"]}
+        return replace(plan, inputs=inputs, static=static, sizes=sizes, second=second)
+
+    @contextlib.contextmanager
+    def patched(self, model: nn.Module) -> Iterator[nn.Module]:
+        rope = getattr(model, "rope", None)
+        saved = {n: getattr(rope, n) for n in ("freqs_cos", "freqs_sin") if rope is not None}
+        try:
+            for n, t in saved.items():
+                setattr(rope, n, t.to(torch.float32))
+            yield model
+        finally:
+            for n, t in saved.items():
+                setattr(rope, n, t)
+
+
+def vae_geometry(config: Mapping[str, Any]) -> VAEGeometry:
+    """2.1: 3 pixel channels in; 2.2: pixels are patchified inside (``in_channels`` counts them)."""
+    p = int(config.get("patch_size") or 1)
+    return VAEGeometry(
+        in_channels=int(config["in_channels"]) // (p * p),
+        latent_channels=int(config["z_dim"]),
+        spatial=int(config.get("scale_factor_spatial") or 8),
+        temporal=int(config.get("scale_factor_temporal") or 4),
+        static_frames=True,
+    )
