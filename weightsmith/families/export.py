@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from weightsmith.errors import UsageError
 from weightsmith.families.inputs import InputSpec
+
+if TYPE_CHECKING:  # torch is imported on use: the registry is read torch-free (start-up)
+    import torch
+    from torch import nn
 
 TRANSFORMER = "transformer"
 VAE_DECODER = "vae-decoder"
@@ -82,19 +83,6 @@ class ExportPlan:
             "static": {d: int(self.sizes[d]) for d in sorted(self.static) if d in self.sizes},
             "notes": list(self.notes),
         }
-
-
-class Forward(nn.Module):
-    """``forward(*inputs)`` in plan order, calling ``call(model, named inputs)``: the traced module."""
-
-    def __init__(self, model: nn.Module, names: Sequence[str], call: Callable[..., Any]) -> None:
-        super().__init__()
-        self.model = model
-        self.names = tuple(names)
-        self.call = call
-
-    def forward(self, *args: torch.Tensor) -> Any:
-        return self.call(self.model, dict(zip(self.names, args, strict=True)))
 
 
 class ExportAdapter:
@@ -187,9 +175,13 @@ class TransformerExport(ExportAdapter):
     def feed(self, named: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
         """The graph's inputs from the arguments a pipeline passes the diffusers ``forward`` (the
         inverse of ``call``; an exported graph runs in the pipeline through this)."""
+        import torch
+
         return {k: v for k, v in named.items() if isinstance(v, torch.Tensor)}
 
     def module(self, model: nn.Module, plan: ExportPlan) -> nn.Module:
+        from weightsmith.families.export_module import Forward
+
         return Forward(model, [s.name for s in plan.inputs], self.call)
 
 
@@ -252,6 +244,8 @@ class VAEExport(ExportAdapter):
         }
 
     def module(self, model: nn.Module, plan: ExportPlan) -> nn.Module:
+        from weightsmith.families.export_module import Forward
+
         if plan.part == VAE_DECODER:
             return Forward(model, ["latent"], lambda m, x: m.decode(x["latent"], return_dict=False)[0])
         return Forward(model, ["sample"], _encode_mean)
@@ -260,4 +254,6 @@ class VAEExport(ExportAdapter):
 def _encode_mean(model: nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
     out = model.encode(x["sample"], return_dict=False)[0]
     # A diagonal Gaussian (KL VAEs) or the latent itself (DC-AE); a tensor's own ``mode`` is not it.
+    import torch
+
     return out if isinstance(out, torch.Tensor) else out.mode()

@@ -315,9 +315,13 @@ class Shift(Op):
         return "shifted"
 
     def out_specs(self, ins: Sequence[Spec]) -> list[Spec]:
+        import torch
+
         return [Spec(self.dst, ins[0].shape, torch.float32)]
 
     def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        import torch  # on use: the plan vocabulary is imported torch-free (start-up)
+
         return [(tensors[0].to(torch.float32) + self.offset).contiguous()]
 
 

@@ -12,6 +12,7 @@ lets the stages run side by side.
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 import time
@@ -64,7 +65,10 @@ def ahead(items: Iterable[T], depth: int = 1, name: str = "stage") -> Generator[
         finally:
             _close(it)
 
-    worker = threading.Thread(target=work, name=f"weightsmith-{name}", daemon=True)
+    # The worker runs in a copy of this thread's context: the progress callback a caller installed
+    # (weightsmith.progress.reporting, a ContextVar) sees the ticks of the stage's work too.
+    ctx = contextvars.copy_context()
+    worker = threading.Thread(target=ctx.run, args=(work,), name=f"weightsmith-{name}", daemon=True)
     worker.start()
     try:
         while True:
@@ -134,7 +138,10 @@ class Background(Generic[T]):
         self._value: T | None = None
         self._error: BaseException | None = None
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(fn,), name=f"weightsmith-{name}", daemon=True)
+        ctx = contextvars.copy_context()  # the caller's progress callback, as in ``ahead``
+        self._thread = threading.Thread(
+            target=ctx.run, args=(self._run, fn), name=f"weightsmith-{name}", daemon=True
+        )
         self._thread.start()
 
     def _run(self, fn: Callable[[], T]) -> None:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from weightsmith.families.export import TransformerExport, VAEExport, VAEGeometry
 from weightsmith.families.inputs import InputSpec
+
+if TYPE_CHECKING:  # torch on use: the registry is read torch-free (start-up)
+    import torch
+    from torch import nn
 
 PATCHES = ("frames_patches", "height_patches", "width_patches")
 
@@ -85,6 +86,8 @@ def vae_geometry(config: Mapping[str, Any]) -> VAEGeometry:
 class CogVideoXVAEExport(VAEExport):
     @contextlib.contextmanager
     def patched(self, model: nn.Module) -> Iterator[nn.Module]:
+        from torch import nn
+
         safe = [m for m in model.modules() if type(m).__name__ == "CogVideoXSafeConv3d"]
         try:
             for m in safe:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from weightsmith.families.export import TransformerExport, VAEGeometry
+
+if TYPE_CHECKING:  # torch on use: the registry is read torch-free (start-up)
+    import torch
+    from torch import nn
 
 
 class BroadcastMaskCrossAttention:
@@ -30,6 +30,8 @@ class BroadcastMaskCrossAttention:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        import torch.nn.functional as F
+
         ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         q, k, v = attn.to_q(hidden_states), attn.to_k(ctx), attn.to_v(ctx)
         if attn.norm_q is not None:

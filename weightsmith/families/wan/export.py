@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from weightsmith.families.export import ExportPlan, TransformerExport, VAEGeometry
+
+if TYPE_CHECKING:  # torch on use: the registry is read torch-free (start-up)
+    from torch import nn
 
 
 class WanTransformerExport(TransformerExport):
@@ -50,6 +50,8 @@ class WanTransformerExport(TransformerExport):
 
     @contextlib.contextmanager
     def patched(self, model: nn.Module) -> Iterator[nn.Module]:
+        import torch
+
         rope = getattr(model, "rope", None)
         saved = {n: getattr(rope, n) for n in ("freqs_cos", "freqs_sin") if rope is not None}
         try:
