@@ -20,6 +20,15 @@ WAN_1_3B = dict(
     qk_norm="rms_norm_across_heads",
 )
 
+# Prompts the text-encoder benches encode: short, varied captions as a video pipeline gets them.
+PROMPTS = [
+    "a red car driving along the coast at sunset",
+    "a bird flying above ocean waves",
+    "city street at night with rain and lights",
+    "the quick brown fox jumps over the lazy dog",
+    "snow on a mountain river with a boat",
+]
+
 
 def synthetic_wan_folder(dst: Path, layers: int) -> Path:
     """A bf16 Diffusers component folder (seeded) with Wan2.1-1.3B's shapes and ``layers`` blocks;
