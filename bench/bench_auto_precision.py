@@ -105,6 +105,23 @@ def run_family(
             progress=False,
         )
 
+    def auto(dst: Path, gates: list, max_size) -> object:
+        """``auto:{fmt}`` into ``dst`` on the CPU, sharing one cache across the runs."""
+        return run_auto(
+            AutoOptions(
+                str(pipe),
+                str(dst),
+                f"auto:{fmt}",
+                gates,
+                max_size,
+                settings,
+                device="cpu",
+                cache_dir=out / "cache-auto",
+                progress=False,
+                max_tries=TRIES,
+            )
+        )
+
     # 1. one verify run, cold baseline cache
     ref = out / f"uniform-{ref_scheme.replace(':', '-')}{suffix}"
     _write_uniform(pipe / "transformer", ref, ref_scheme)
@@ -115,20 +132,7 @@ def run_family(
     # 2. auto with the target, cold caches
     dst = out / f"auto{suffix}"
     t0 = time.perf_counter()
-    res = run_auto(
-        AutoOptions(
-            str(pipe),
-            str(dst),
-            f"auto:{fmt}",
-            [gate],
-            None,
-            settings,
-            device="cpu",
-            cache_dir=out / "cache-auto",
-            progress=False,
-            max_tries=TRIES,
-        )
-    )
+    res = auto(dst, [gate], None)
     t_auto = time.perf_counter() - t0
     auto_json = to_json(res)
 
@@ -162,20 +166,7 @@ def run_family(
     # 4. auto at the reference recipe's predicted size
     ref_pred = res.uniform.get(ref_scheme) or res.uniform.get(ref_scheme.split(":")[-1])
     sized = out / f"auto-sized{suffix}"
-    rs = run_auto(
-        AutoOptions(
-            str(pipe),
-            str(sized),
-            f"auto:{fmt}",
-            [],
-            ref_pred[0],
-            settings,
-            device="cpu",
-            cache_dir=out / "cache-auto",
-            progress=False,
-            max_tries=TRIES,
-        )
-    )
+    rs = auto(sized, [], ref_pred[0])
     vs = verify(vopts([sized, ref], out / "cache-verify", []))
     at_size = {
         "max_size": ref_pred[0],
@@ -194,20 +185,7 @@ def run_family(
     det = None
     if determinism and res.final:
         again = out / f"auto-again{suffix}"
-        r2 = run_auto(
-            AutoOptions(
-                str(pipe),
-                str(again),
-                f"auto:{fmt}",
-                [gate],
-                None,
-                settings,
-                device="cpu",
-                cache_dir=out / "cache-auto",
-                progress=False,
-                max_tries=TRIES,
-            )
-        )
+        r2 = auto(again, [gate], None)
         det = {
             "same_assignment": r2.choice == res.choice,
             "same_bytes": _sha(again) == _sha(dst),

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import synthetic_wan_folder
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # (label, scheme, --format): every artifact family side by side.
@@ -46,18 +48,6 @@ RUNS = [
     ("comfy nvfp4", "nvfp4", "comfy"),
     ("comfy-legacy scaled fp8", "fp8-tensor", "comfy-legacy"),
 ]
-WAN_1_3B_BLOCK = dict(
-    num_attention_heads=12,
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=8960,
-    num_layers=1,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-)
 
 
 def size_on_disk(path: Path) -> int:
@@ -265,23 +255,7 @@ def tiny_rows(tmp: Path) -> list[dict]:
 
 
 def wide_rows(tmp: Path) -> list[dict]:
-    import diffusers
-    import torch
-
-    from weightsmith.io.writers import write_diffusers_component
-
-    with torch.device("meta"):
-        model = diffusers.WanTransformer3DModel(**WAN_1_3B_BLOCK)
-    specs = [(k, tuple(v.shape), torch.bfloat16) for k, v in sorted(model.state_dict().items())]
-    g = torch.Generator().manual_seed(0)
-
-    def stream():
-        for k, shape, dtype in specs:
-            yield k, (torch.randn(shape, generator=g) * 0.02).to(dtype)
-
-    src = write_diffusers_component(
-        tmp / "wide", specs, stream(), {"_class_name": "WanTransformer3DModel", **WAN_1_3B_BLOCK}
-    )
+    src = synthetic_wan_folder(tmp / "wide", layers=1)
     src = src if src.is_dir() else src.parent
     from weightsmith.convert.run import convert
 

@@ -19,23 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import WAN_1_3B
+
 ROOT = Path(__file__).resolve().parent.parent
 
 MODELS = {
     "wan2.1-t2v-1.3b": (
         "WanTransformer3DModel",
-        dict(
-            num_attention_heads=12,
-            attention_head_dim=128,
-            in_channels=16,
-            out_channels=16,
-            text_dim=4096,
-            freq_dim=256,
-            ffn_dim=8960,
-            num_layers=30,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-        ),
+        {**WAN_1_3B, "num_layers": 30},
         "original",
     ),
     "cogvideox-2b": (

@@ -20,19 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import synthetic_wan_folder
+
 ROOT = Path(__file__).resolve().parent.parent
 
-WAN_1_3B = dict(
-    num_attention_heads=12,
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=8960,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-)
 RUNS = [
     ("int8", None, None),
     ("int8", "int8", None),
@@ -52,23 +43,8 @@ RUNS = [
 
 
 def build(folder: Path, layers: int) -> Path:
-    import diffusers
-    import torch
-
-    from weightsmith.io.writers import write_diffusers_component
-
-    cfg = {**WAN_1_3B, "num_layers": layers}
-    with torch.device("meta"):
-        model = diffusers.WanTransformer3DModel(**cfg)
-    specs = [(k, tuple(v.shape), torch.bfloat16) for k, v in sorted(model.state_dict().items())]
-    g = torch.Generator().manual_seed(0)
-
-    def stream():
-        for k, shape, dtype in specs:
-            yield k, (torch.randn(shape, generator=g) * 0.02).to(dtype)
-
     dst = folder / "wan-1.3b-synthetic"
-    write_diffusers_component(dst, specs, stream(), {"_class_name": "WanTransformer3DModel", **cfg})
+    synthetic_wan_folder(dst, layers)
     return dst
 
 

@@ -41,18 +41,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchlib import WAN_1_3B
+
 ROOT = Path(__file__).resolve().parent.parent
-WAN = dict(
-    num_attention_heads=12,
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=8960,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-)
 
 
 def build(folder: Path, layers: int) -> Path:
@@ -62,7 +53,7 @@ def build(folder: Path, layers: int) -> Path:
     from safetensors.torch import save_file
 
     with torch.device("meta"):
-        model = diffusers.WanTransformer3DModel(num_layers=layers, **WAN)
+        model = diffusers.WanTransformer3DModel(num_layers=layers, **WAN_1_3B)
     g = torch.Generator().manual_seed(0)
     sd = {k: torch.randn(v.shape, generator=g) * 0.02 for k, v in sorted(model.state_dict().items())}
     dst = folder / f"wan-{layers}l-fp32.safetensors"

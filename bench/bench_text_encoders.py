@@ -24,13 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "quantize"))
 
-PROMPTS = [
-    "a red car driving along the coast at sunset",
-    "a bird flying above ocean waves",
-    "city street at night with rain and lights",
-    "the quick brown fox jumps over the lazy dog",
-    "snow on a mountain river with a boat",
-]
+from benchlib import PROMPTS  # noqa: E402
+
 RECIPES = ["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M"]
 CLASSES = {"wan": "UMT5EncoderModel", "cogvideox": "T5EncoderModel", "sana": "Gemma2Model"}
 KEEP = (

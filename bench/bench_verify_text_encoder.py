@@ -23,13 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "quantize"))
 
-PROMPTS = [
-    "a red car driving along the coast at sunset",
-    "a bird flying above ocean waves",
-    "city street at night with rain and lights",
-    "the quick brown fox jumps over the lazy dog",
-    "snow on a mountain river with a boat",
-]
+from benchlib import PROMPTS  # noqa: E402
+
 RECIPES = ["Q8_0", "Q4_K_M"]
 START, END = "<!-- verify-text-encoder:start -->", "<!-- verify-text-encoder:end -->"
 METRICS = ["prompt_cosine", "prompt_sqnr", "latent_cosine", "latent_sqnr", "psnr", "ssim"]

@@ -151,6 +151,7 @@ LAYERS: dict[str, int] = {
     "weightsmith": 11,  # the package facade: the public names of weightsmith.api, loaded lazily
     "weightsmith._version": 0,
     "weightsmith._facade": 0,  # makes weightsmith.convert & co callable; finds the verb by name
+    "weightsmith._lazy": 0,  # PEP 562 lazy exports of a package's public names
     "weightsmith.errors": 0,
     "weightsmith.memory": 0,
     "weightsmith.progress": 0,

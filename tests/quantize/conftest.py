@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hostile_inputs import TINY_WAN
+from isolation import single_thread
 
 
 @pytest.fixture(scope="session")
@@ -30,9 +31,5 @@ def tiny_wan(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def one_thread() -> Iterator[None]:
     """torch single-threaded for the test: each run quantizes a few 256x256 tensors, where
     intra-op threads only cost (on a busy machine, a 10x slower run that trips the time limit)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         yield
-    finally:
-        torch.set_num_threads(n)

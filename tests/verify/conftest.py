@@ -7,25 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from isolation import one_thread, private_cache, single_thread  # noqa: F401
 from safetensors.torch import load_file
 from verifykit import edited_copy
 
 from weightsmith.verify.tiny import save_tiny_pipeline
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    """Runs without --cache-dir use a throwaway cache, never the user's ~/.cache."""
-    monkeypatch.setenv("WEIGHTSMITH_CACHE", str(tmp_path_factory.getbasetemp() / "ws-cache"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, much faster on a busy machine (no spinning workers)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
@@ -34,12 +20,8 @@ def wan(tmp_path_factory) -> dict[str, Path]:
     from weightsmith.convert.run import convert
     from weightsmith.quantize.gguf.run import quantize_gguf
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         return _wan(tmp_path_factory, convert, quantize_gguf)
-    finally:
-        torch.set_num_threads(n)
 
 
 def _wan(tmp_path_factory, convert, quantize_gguf) -> dict[str, Path]:

@@ -56,8 +56,8 @@ class Op:
 
 
 @dataclass(frozen=True)
-class Rename(Op):
-    """One tensor under a new name (the name may be unchanged)."""
+class OneToOne(Op):
+    """A step from one source tensor ``src`` to one output ``dst`` (what it does: the subclass)."""
 
     src: str
     dst: str
@@ -69,6 +69,11 @@ class Rename(Op):
     @property
     def outputs(self) -> tuple[str, ...]:  # type: ignore[override]
         return (self.dst,)
+
+
+@dataclass(frozen=True)
+class Rename(OneToOne):
+    """One tensor under a new name (the name may be unchanged)."""
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -195,20 +200,10 @@ def Fuse(srcs: Sequence[str], dst: str, dim: int = 0) -> Regroup:  # noqa: N802
 
 
 @dataclass(frozen=True)
-class Reshape(Op):
+class Reshape(OneToOne):
     """One tensor renamed and reshaped (same number of elements)."""
 
-    src: str
-    dst: str
     shape: tuple[int, ...]
-
-    @property
-    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.src,)
-
-    @property
-    def outputs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.dst,)
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -291,24 +286,14 @@ class Derive(Op):
 
 
 @dataclass(frozen=True)
-class Shift(Op):
+class Shift(OneToOne):
     """One tensor under a new name with a constant added to every element, in float32.
 
     llama.cpp's Gemma GGUFs store RMS-norm weights as ``1 + w`` (the norm multiplies by them as
     they are), transformers as ``w`` (it adds the one itself): the two directions are +1 and -1.
     """
 
-    src: str
-    dst: str
     offset: float
-
-    @property
-    def inputs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.src,)
-
-    @property
-    def outputs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.dst,)
 
     @property
     def kind(self) -> str:  # type: ignore[override]

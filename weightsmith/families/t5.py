@@ -238,11 +238,10 @@ class T5Encoder(TextEncoder):
             self.family, self.component, layout, self.variants[0], prefix, self.notes, facts(view)
         )
 
-    def transformers_names(
+    def source_names(
         self, detection: Detection, infos: Mapping[str, TensorInfo]
     ) -> tuple[dict[str, str], list[Op]]:
-        """Transformers name -> source key, and ops dropping tied aliases. Keys no rule knows keep
-        their own name, so the shape check names them."""
+        """Transformers name -> source key, and ops dropping tied aliases."""
         if detection.layout == "diffusers":
             return canonical(detection, infos)
         p = detection.prefix
@@ -263,11 +262,7 @@ class T5Encoder(TextEncoder):
         options: PlanOptions = NO_OPTIONS,
     ) -> list[Op]:
         """Renames, checked against the real class's names and shapes for the derived config."""
-        self.check_plan(detection, target_layout, options)
-        names, drops = self.transformers_names(detection, infos)
-        shapes = {n: tuple(infos[k].shape) for n, k in names.items()}
-        what = f"{self.title()} ({detection.layout} layout)"
-        self.check_shapes(what, shapes, detection.variant, derive_config(shapes, what))
+        names, drops = self.checked_names(detection, infos, target_layout, options)
         if target_layout == "original":
             target = {n: options.prefix + str(self.original.b_to_a(n)) for n in names}
         elif target_layout == LLAMACPP:
@@ -277,10 +272,11 @@ class T5Encoder(TextEncoder):
             target = {n: n for n in names}
         return drops + renames(names, target)
 
-    def diffusers_config(self, detection: Detection, infos: Mapping[str, TensorInfo]) -> dict[str, Any]:
+    def derive_config(
+        self, shapes: Mapping[str, tuple[int, ...]], detection: Detection, what: str
+    ) -> dict[str, Any]:
         """The config class's kwargs from the transformers-layout shapes (gated GELU as T5 v1.1)."""
-        names, _ = self.transformers_names(detection, infos)
-        return derive_config({n: tuple(infos[k].shape) for n, k in names.items()}, self.title())
+        return derive_config(shapes, what)
 
     def tiny_config(self, variant: str, wide: bool = False) -> dict[str, Any]:
         """Two blocks (so a per-block bias shows), gated GELU as the released models; ``wide``:

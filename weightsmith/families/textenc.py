@@ -13,15 +13,19 @@ built on the meta device, so a stray or missing tensor is named before anything 
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from weightsmith.errors import ConversionError
-from weightsmith.families.base import Component, first_few
+from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, first_few
 from weightsmith.families.tiny_init import TinyInit
 
 if TYPE_CHECKING:
     import torch
+
+    from weightsmith.families.ops import Op
+    from weightsmith.io.base import TensorInfo
 
 # The layout of llama.cpp's GGUF files (its converter's tensor names), where a text encoder has one.
 LLAMACPP = "llamacpp"
@@ -112,6 +116,42 @@ class TextEncoder(Component):
                 f"{len(wrong)} {what} tensor(s) have unexpected shapes: {first_few(wrong, 3)}",
                 hint=f"the checkpoint mixes parts of different models or is not a {self.title()}",
             )
+
+    @abstractmethod
+    def source_names(
+        self, detection: Detection, infos: Mapping[str, TensorInfo]
+    ) -> tuple[dict[str, str], list[Op]]:
+        """Transformers name -> source key, and ops dropping source keys the class has no name for.
+        Keys no rule knows keep their own name, so the shape check names them."""
+
+    @abstractmethod
+    def derive_config(
+        self, shapes: Mapping[str, tuple[int, ...]], detection: Detection, what: str
+    ) -> dict[str, Any]:
+        """The config class's kwargs from transformers-name shapes (``what`` names the source in errors)."""
+
+    def checked_names(
+        self,
+        detection: Detection,
+        infos: Mapping[str, TensorInfo],
+        target_layout: str,
+        options: PlanOptions = NO_OPTIONS,
+    ) -> tuple[dict[str, str], list[Op]]:
+        """What every text encoder's ``plan`` opens with: the plan checks, then ``source_names``
+        checked against the real class's names and shapes for the derived config."""
+        self.check_plan(detection, target_layout, options)
+        names, drops = self.source_names(detection, infos)
+        shapes = {n: tuple(infos[k].shape) for n, k in names.items()}
+        what = f"{self.title()} ({detection.layout} layout)"
+        self.check_shapes(what, shapes, detection.variant, self.derive_config(shapes, detection, what))
+        return names, drops
+
+    def diffusers_config(self, detection: Detection, infos: Mapping[str, TensorInfo]) -> dict[str, Any]:
+        """The config class's kwargs derived from the checkpoint's shapes."""
+        names, _ = self.source_names(detection, infos)
+        return self.derive_config(
+            {n: tuple(infos[k].shape) for n, k in names.items()}, detection, self.title()
+        )
 
 
 def shape_of(shapes: Mapping[str, tuple[int, ...]], key: str, what: str) -> tuple[int, ...]:

@@ -9,8 +9,7 @@ name belongs to, and which formats exist, is asked of the families' LoRA adapter
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from weightsmith._lazy import lazy_getattr
 
 # Where each public name lives. Imported on first use (PEP 562): the command line builds its
 # `lora` group from ``lora.cli`` and ``lora.names`` alone, without the torch-using readers.
@@ -51,9 +50,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _WHERE)

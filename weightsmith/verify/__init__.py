@@ -10,8 +10,7 @@ from the same generations.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from weightsmith._lazy import lazy_getattr
 
 # Where each public name lives, imported on first use (PEP 562): the command line builds the
 # verify commands from ``verify.cli`` and ``verify.settings`` without the torch-using runners.
@@ -42,12 +41,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _WHERE)
 
 
 from weightsmith._facade import verb_module  # noqa: E402 - `weightsmith.verify(...)` is the verb

@@ -90,14 +90,16 @@ class SanaTextEncoder(TextEncoder):
         notes = ("Gemma-2 2B decoder used as an encoder: the text encoder of every Sana model",)
         return Detection(self.family, self.component, layout, self.variants[0], prefix, notes, facts)
 
-    def _names(self, detection: Detection, infos: Mapping[str, TensorInfo]) -> dict[str, str]:
-        """Transformers name -> source key (keys no rule knows keep their name: the shape check names them)."""
+    def source_names(
+        self, detection: Detection, infos: Mapping[str, TensorInfo]
+    ) -> tuple[dict[str, str], list[Op]]:
+        """Transformers name -> source key (a prefix stripped); nothing to drop."""
         p = detection.prefix
         stripped = {(k[len(p) :] if k.startswith(p) else k): k for k in infos}
         if detection.layout != LLAMACPP:
-            return stripped
+            return stripped, []
         back = g2.from_llama(stripped)
-        return {(back[k] or k): src for k, src in stripped.items()}
+        return {(back[k] or k): src for k, src in stripped.items()}, []
 
     def plan(
         self,
@@ -107,11 +109,7 @@ class SanaTextEncoder(TextEncoder):
         options: PlanOptions = NO_OPTIONS,
     ) -> list[Op]:
         """Renames (a prefix stripped), checked against ``Gemma2Model``'s names and shapes."""
-        self.check_plan(detection, target_layout, options)
-        names = self._names(detection, infos)
-        shapes = {n: tuple(infos[k].shape) for n, k in names.items()}
-        what = f"{self.title()} ({detection.layout} layout)"
-        self.check_shapes(what, shapes, detection.variant, self._derive(shapes, detection))
+        names, _ = self.checked_names(detection, infos, target_layout, options)
         src_llama = detection.layout == LLAMACPP
         if target_layout == LLAMACPP:
             target = {n: options.prefix + str(t) for n, t in g2.to_llama(names).items()}
@@ -130,12 +128,10 @@ class SanaTextEncoder(TextEncoder):
         """llama.cpp's ``gemma2`` hyperparameters (transformers' GGUF loader builds the config from them)."""
         return g2.metadata(config(), file_type, str(detection.variant or self.variants[0]))
 
-    def diffusers_config(self, detection: Detection, infos: Mapping[str, TensorInfo]) -> dict[str, Any]:
-        names = self._names(detection, infos)
-        return self._derive({n: tuple(infos[k].shape) for n, k in names.items()}, detection)
-
-    def _derive(self, shapes: Mapping[str, tuple[int, ...]], detection: Detection) -> dict[str, Any]:
-        """``Gemma2Config`` kwargs from shapes and the head width."""
+    def derive_config(
+        self, shapes: Mapping[str, tuple[int, ...]], detection: Detection, what: str
+    ) -> dict[str, Any]:
+        """``Gemma2Config`` kwargs from shapes and the head width (errors name the component only)."""
         what = self.title()
         vocab, hidden = shape_of(shapes, "embed_tokens.weight", what)
         q = shape_of(shapes, "layers.0.self_attn.q_proj.weight", what)[0]
