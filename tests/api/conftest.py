@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+# What every generation in these tests runs: one step at the tiny pipeline's size.
+from apikit import GEN, GEN_ARGS  # noqa: F401 - the tests' settings, re-exported
 from isolation import one_thread, private_cache, single_thread  # noqa: F401
 
 import weightsmith
-
-# What every generation in these tests runs: one step at the tiny pipeline's size.
-GEN = {"steps": 1, "height": 32, "width": 32, "frames": 5, "text_len": 8}
-GEN_ARGS = ["--steps", "1", "--height", "32", "--width", "32", "--frames", "5", "--text-len", "8"]
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import GEN
+from apikit import GEN
 
 import weightsmith
 from weightsmith.progress import Progress

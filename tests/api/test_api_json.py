@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import GEN, GEN_ARGS
+from apikit import GEN, GEN_ARGS
 
 import weightsmith
 
