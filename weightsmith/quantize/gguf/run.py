@@ -143,9 +143,8 @@ def run_gguf(
         hashing = Background(
             lambda: phases.call("hash", lambda: [file_sha256(p, stop=stop) for p in files]), "hash"
         )
-        meta = _metadata(recipe.name, det, ck, plan.source_config, im, files, holders)
         scheme_label = label or f"gguf:{recipe.name}"
-        meta["weightsmith.scheme"] = scheme_label
+        meta = _metadata(recipe.name, det, ck, plan.source_config, im, files, holders, scheme_label)
 
         def full_config() -> dict[str, Any]:
             return comp.folder_config(det.variant, comp.diffusers_config(det, ck.infos), plan.source_config)
@@ -224,8 +223,10 @@ def _metadata(
     im: ImportanceMatrix | None,
     files: list[Path],
     sha256: list[str],
+    scheme: str | None = None,
 ) -> dict[str, Any]:
-    """The header's key/values; ``sha256``: the source files' digests (or same-length placeholders)."""
+    """The header's key/values; ``sha256``: the source files' digests (or same-length placeholders);
+    ``scheme``: the label recorded (default ``gguf:RECIPE``; a mixed ``auto:`` file names itself)."""
     import gguf
 
     meta: dict[str, Any] = {
@@ -234,7 +235,7 @@ def _metadata(
         "general.quantization_version": gguf.GGML_QUANT_VERSION,
         "general.quantized_by": "weightsmith",
         "weightsmith.version": __version__,
-        "weightsmith.scheme": f"gguf:{recipe}",
+        "weightsmith.scheme": scheme or f"gguf:{recipe}",
         "weightsmith.family": det.family,
         "weightsmith.component": det.component,
         "weightsmith.variant": det.variant or "unknown",

@@ -466,14 +466,6 @@ def run_linear(
                     write_safetensors(tmp, [*specs, marker_spec], with_marker(), meta)
             if unseen:
                 notes.append(unseen_note(unseen))
-            if (
-                absmax is not None
-                and activations not in CALIBRATED_ACTIVATIONS
-                and fmt == "compressed-tensors"
-            ):
-                notes.append(
-                    "calibration unused: compressed-tensors records static activation scales for nvfp4 only"
-                )
             result = QuantizeResult(dst, label, layers, time.perf_counter() - t0, notes=notes)
             if table is not None:
                 write_layer_report(dst, result, table)
