@@ -9,7 +9,7 @@ family (GGUF, compressed-tensors):
    target: the auto file must pass and be smaller than every uniform recipe that passes;
 4. ``auto`` with ``--max-size`` = a uniform recipe's predicted size (Q4_K_M for GGUF, int4 for
    compressed-tensors), verified: its fidelity against that recipe's;
-5. (GGUF) ``auto`` again on the same inputs: the same assignment and the same bytes.
+5. ``auto`` again on the same inputs: the same assignment and the same bytes.
 
 Writes reports/auto_precision.md and .json. Usage:
 
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TRIES = 6  # --max-tries of every auto run here
+TRIES = 10  # --max-tries of every auto run here (two thirds aimed, the rest refinement)
 FORMATS = {
     "gguf": ("gguf:Q4_K_M", ".gguf"),
     "compressed-tensors": ("int4", ""),
@@ -258,7 +258,8 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
             "",
             "Tries: "
             + "; ".join(
-                f"aim {t['aim_db']} dB -> predicted {t['predicted_db']} dB, {t['bytes']} B, psnr {_f(t['metrics'].get('psnr'))}: {'pass' if t['passed'] else 'fail'}"
+                (f"aim {t['aim_db']} dB" if t.get("phase", "aimed") == "aimed" else t["phase"])
+                + f" -> predicted {t['predicted_db']} dB, {t['bytes']} B, psnr {_f(t['metrics'].get('psnr'))}: {'pass' if t['passed'] else 'fail'}"
                 for t in aj["attempts"]
             ),
             "",
@@ -292,7 +293,7 @@ def main() -> None:
     ap.add_argument("--target", default="psnr>=32")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--determinism", action="store_true", help="run auto again and compare (GGUF)")
+    ap.add_argument("--determinism", action="store_true", help="run auto again and compare")
     ap.add_argument("--out", default=str(ROOT / "reports" / "auto_precision.md"))
     ap.add_argument("--merge", nargs="*", help="only render --out from these .json results")
     args = ap.parse_args()
@@ -311,7 +312,7 @@ def main() -> None:
         for fam in args.families.split(","):
             for fmt in args.formats.split(","):
                 t0 = time.perf_counter()
-                det = args.determinism and fmt == "gguf"
+                det = args.determinism
                 r = run_family(fam, fmt, args.target, Path(tmp) / fam, seeds, args.steps, det)
                 results.append(r)
                 print(

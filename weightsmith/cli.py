@@ -303,30 +303,25 @@ def quantize(
       weightsmith quantize Wan2.1-T2V-1.3B-Diffusers/ wan-auto.gguf --scheme auto:gguf \\
           --target 'psnr>=32' --seeds 0,1 --steps 20 --report reports/wan-auto
     """
-    from weightsmith.auto.command import is_auto, reject_auto_options, run_auto_command
+    from weightsmith.auto.command import is_auto, reject_auto_options, reject_plain_options
 
     if is_auto(scheme):
-        run_auto_command(
-            src,
-            dst,
+        reject_plain_options(
             scheme,
-            targets=targets,
-            max_size=max_size,
-            max_tries=max_tries,
-            report=report,
-            as_json=as_json,
-            keep=keep,
-            device=device,
-            overwrite=overwrite,
-            other={
+            {
                 "imatrix": imatrix,
                 "family": family,
                 "config": config,
                 "format": fmt,
                 "keep_blocks": keep_blocks,
                 "activations": activations,
+                "calibrate": calibrate,
+                "sensitivity": sensitivity,
+                "fp_layers": fp_layers,
             },
-            gen_kw=gen,
+        )
+        _quantize_auto(
+            src, dst, scheme, targets, max_size, max_tries, report, as_json, keep, device, overwrite, gen
         )
         return
     calibration = calibration_request(calibrate, gen)  # takes the options a calibration run uses
@@ -357,6 +352,51 @@ def quantize(
     for line in (*result.calibration, *result._internal.summary_lines()):
         click.echo(line, err=True)
     click.echo(json.dumps(result.to_json(), indent=1) if as_json else str(result.dst))
+
+
+def _quantize_auto(
+    src: str,
+    dst: str,
+    scheme: str,
+    targets: tuple[str, ...],
+    max_size: str | None,
+    max_tries: int,
+    report: str | None,
+    as_json: bool,
+    keep: tuple[str, ...],
+    device: str,
+    overwrite: bool,
+    gen: dict[str, Any],
+) -> None:
+    """quantize --scheme auto:FORMAT through the API; exit 1 (GateFailed) if no mix passes."""
+    from weightsmith.api import quantize as api_quantize
+    from weightsmith.auto.report import format_summary
+
+    vae = gen.pop("vae")
+    result = api_quantize(
+        src,
+        dst,
+        scheme=scheme,  # an auto: scheme: the API returns an AutoQuantizeResult
+        target=targets,
+        max_size=max_size,
+        max_tries=max_tries,
+        report=report,
+        vae=vae,
+        generation=gen,
+        keep=keep,
+        device=device,
+        overwrite=overwrite,
+        progress=bars(),
+    )
+    if result.report_path is not None:
+        click.echo(f"report: {result.report_path}", err=True)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=1))
+    else:
+        click.echo(format_summary(result._internal), err=True)
+    result.raise_for_gates()
+    if not as_json:
+        click.echo(str(result.dst))
 
 
 @cli.command()

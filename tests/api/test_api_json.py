@@ -12,7 +12,8 @@ from apikit import GEN, GEN_ARGS
 
 import weightsmith
 
-TIMINGS = {"seconds", "load_seconds", "time_ratio"}
+# "timing": the auto: search's block of timings (and of what the cache spared the run).
+TIMINGS = {"seconds", "load_seconds", "time_ratio", "timing"}
 
 
 def untimed(doc: Any) -> Any:
@@ -70,6 +71,31 @@ def test_quantize(tiny, run_cli, tmp_path, scheme):
     table = json.loads(Path(f"{dst}.layers.json").read_text())
     assert result.to_json()["layers"] == table["layers"]  # the per-layer table, row for row
     assert result.bytes_after < result.bytes_before and result.min_sqnr_db is not None
+
+
+def test_quantize_auto(tiny, run_cli, tmp_path):
+    """scheme="auto:gguf" runs the search the CLI runs; the second run reads the costs cached."""
+    keep = ["blocks.*.cross_attn.*", "blocks.1.*", "blocks.0.self_attn.*", "blocks.0.ffn.2.*"]
+    dst = tmp_path / "auto.gguf"
+    target = "latent_sqnr>=20"
+    result = weightsmith.quantize(
+        tiny["transformer"], dst, scheme="auto:gguf", target=target, max_tries=2, keep=keep, generation=GEN
+    )
+    r = run_cli(
+        "quantize", tiny["transformer"], dst, "--scheme", "auto:gguf", "--target", target,
+        "--max-tries", "2", *[a for k in keep for a in ("--keep", k)], *GEN_ARGS, "--overwrite", "--json",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    same(result.to_json(), r.out)
+    doc = result.to_json()
+    assert doc["schema"] == "weightsmith.auto/1" and result.passed and doc["passed"]
+    assert result.bytes == dst.stat().st_size == doc["bytes"]
+    assert dict(result.types) == {row["name"]: row["type"] for row in doc["layers"]} and result.types
+    assert result.tries == len(doc["attempts"]) <= 2
+    with pytest.raises(weightsmith.errors.UsageError, match="imatrix do not apply"):
+        weightsmith.quantize(tiny["transformer"], dst, scheme="auto:gguf", target=target, imatrix="x")
+    with pytest.raises(weightsmith.errors.UsageError, match="target apply to auto: schemes only"):
+        weightsmith.quantize(tiny["transformer"], dst, scheme="gguf:Q8_0", target=target)
 
 
 def test_verify(tiny, run_cli):

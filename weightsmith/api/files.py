@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
+from weightsmith.api.auto_quantize import AutoQuantizeResult, quantize_auto, reject_plain_options
 from weightsmith.api.results import ConvertResult, ExportResult, InspectResult, LayerRow, QuantizeResult
 from weightsmith.api.scoring import GenerationOptions, settings_of
 from weightsmith.progress import ProgressCallback, reporting
@@ -78,6 +79,37 @@ def convert(
     return ConvertResult(Path(r.dst), to, _tree_bytes(Path(r.dst)), tuple(r.lines))
 
 
+@overload
+def quantize(  # type: ignore[overload-overlap]  # the auto: literals before any str
+    src: PathArg,
+    dst: PathArg,
+    *,
+    scheme: Literal["auto:gguf", "auto:compressed-tensors"],
+    format: str | None = None,  # noqa: A002 - the CLI's option name
+    keep_blocks: str | None = None,
+    activations: str | None = None,
+    imatrix: PathArg | None = None,
+    keep: Sequence[str] = (),
+    family: str | None = None,
+    device: str = "auto",
+    config: PathArg | None = None,
+    overwrite: bool = False,
+    calibrate: bool = False,
+    calibration: GenerationOptions | None = None,
+    sensitivity: PathArg | None = None,
+    fp_layers: int | None = None,
+    target: str | Sequence[str] = (),
+    max_size: str | int | None = None,
+    max_tries: int = 4,
+    report: PathArg | None = None,
+    vae: PathArg | None = None,
+    generation: GenerationOptions | None = None,
+    cache_dir: PathArg | None = None,
+    progress: ProgressCallback | None = None,
+) -> AutoQuantizeResult: ...
+
+
+@overload
 def quantize(
     src: PathArg,
     dst: PathArg,
@@ -96,8 +128,44 @@ def quantize(
     calibration: GenerationOptions | None = None,
     sensitivity: PathArg | None = None,
     fp_layers: int | None = None,
+    target: str | Sequence[str] = (),
+    max_size: str | int | None = None,
+    max_tries: int = 4,
+    report: PathArg | None = None,
+    vae: PathArg | None = None,
+    generation: GenerationOptions | None = None,
+    cache_dir: PathArg | None = None,
     progress: ProgressCallback | None = None,
-) -> QuantizeResult:
+) -> QuantizeResult: ...
+
+
+def quantize(
+    src: PathArg,
+    dst: PathArg,
+    *,
+    scheme: str,
+    format: str | None = None,  # noqa: A002 - the CLI's option name
+    keep_blocks: str | None = None,
+    activations: str | None = None,
+    imatrix: PathArg | None = None,
+    keep: Sequence[str] = (),
+    family: str | None = None,
+    device: str = "auto",
+    config: PathArg | None = None,
+    overwrite: bool = False,
+    calibrate: bool = False,
+    calibration: GenerationOptions | None = None,
+    sensitivity: PathArg | None = None,
+    fp_layers: int | None = None,
+    target: str | Sequence[str] = (),
+    max_size: str | int | None = None,
+    max_tries: int = 4,
+    report: PathArg | None = None,
+    vae: PathArg | None = None,
+    generation: GenerationOptions | None = None,
+    cache_dir: PathArg | None = None,
+    progress: ProgressCallback | None = None,
+) -> QuantizeResult | AutoQuantizeResult:
     """Quantize the transformer in ``src`` into ``dst`` with ``scheme`` (``gguf:Q4_K_M``, ``int8``,
     ``fp8``, ``int4``, ``nvfp4`` ...). The per-layer table is returned and written beside ``dst``
     as DST.layers.json.
@@ -109,7 +177,46 @@ def quantize(
     (``calibration``: their options as for ``verify``; 8 steps unless ``steps`` says otherwise),
     for static activation scales (nvfp4 W4A4, ComfyUI input_scale); ``sensitivity`` /
     ``fp_layers``: a ``sensitivity`` report's JSON and how many of its most sensitive layers keep
-    full-precision matmuls in a ComfyUI file."""
+    full-precision matmuls in a ComfyUI file.
+
+    ``scheme="auto:gguf"`` or ``"auto:compressed-tensors"`` searches one type per layer instead
+    and returns an ``AutoQuantizeResult``: ``target`` (gates such as ``'psnr>=32'``) and/or
+    ``max_size`` (bytes, or ``"8GB"``) say what DST must keep; each try is written and verified
+    against ``src`` (``vae``, ``generation``: verify's generation options but ``device``;
+    ``cache_dir``: verify's cache), at most ``max_tries``; ``report``: a folder for
+    auto.json/.md/.html."""
+    auto = {"target": target, "max_size": max_size, "report": report, "vae": vae, "generation": generation}
+    if scheme.lower().startswith("auto:"):
+        plain = {
+            "format": format,
+            "keep_blocks": keep_blocks,
+            "activations": activations,
+            "imatrix": imatrix,
+            "family": family,
+            "config": config,
+            "calibrate": calibrate,
+            "calibration": calibration,
+            "sensitivity": sensitivity,
+            "fp_layers": fp_layers,
+        }
+        return quantize_auto(
+            src,
+            dst,
+            scheme,
+            target=target,
+            max_size=max_size,
+            max_tries=max_tries,
+            report=report,
+            vae=vae,
+            generation=generation,
+            cache_dir=cache_dir,
+            keep=keep,
+            device=device,
+            overwrite=overwrite,
+            other=plain,
+            progress=progress,
+        )
+    reject_plain_options(scheme, {**auto, "max_tries": max_tries if max_tries != 4 else None})
     from weightsmith.quantize.linear.run import linear_cli_kwargs
     from weightsmith.quantize.schemes import find_scheme
 

@@ -57,6 +57,7 @@ def to_json(r: AutoResult) -> dict[str, Any]:
         ],
         "attempts": [
             {
+                "phase": a.phase,
                 "aim_db": _db(a.aim_db),
                 "predicted_db": _db(a.predicted_db),
                 "bytes": a.bytes,
@@ -87,8 +88,9 @@ def format_summary(r: AutoResult) -> str:
             f"{k}={a.metrics[k]:.2f}" for k in ("latent_sqnr", "psnr", "ssim") if a.metrics.get(k) is not None
         )
         verdict = "pass" if a.passed else "fail"
+        how = f"aim {a.aim_db:.2f} dB" if a.phase == "aimed" else a.phase
         lines.append(
-            f"  try {i}: aim {a.aim_db:.2f} dB, predicted {a.predicted_db:.2f} dB, {a.bytes} bytes, {shown}: {verdict}"
+            f"  try {i}: {how}, predicted {a.predicted_db:.2f} dB, {a.bytes} bytes, {shown}: {verdict}"
         )
     t = r.timing
     if "additivity_measured_db" in t:

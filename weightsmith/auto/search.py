@@ -5,9 +5,11 @@ gates score whole generations (final latents, decoded frames), which differ from
 that depends on the model and the sampler. The first try aims the prediction at each dB gate's
 threshold plus a margin; each verified try measures the offset (gate value minus predicted SQNR)
 and the next try re-aims with it: tighter after a failure, looser after a pass with room to
-spare. Gates not in dB step 3 dB tighter after a failure. At most ``max_tries`` artifacts are
-written and verified; the smallest that passed is moved to DST with its verify report beside it
-(``DST.verify/``). None passing is exit 1.
+spare. Gates not in dB step 3 dB tighter after a failure. This aimed search gets two thirds of
+``max_tries``; the rest go to the verified refinement (``refine``: smaller uniform recipes the
+proxy's observed error cannot rule out, then layer downgrades of the smallest pass). At most
+``max_tries`` artifacts are written and verified; the smallest that passed is moved to DST with
+its verify report beside it (``DST.verify/``). None passing is exit 1.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from weightsmith.auto.allocate import Option, best_fidelity_mix, frontier, max_fidelity, min_bytes
 from weightsmith.auto.costs import CostModel, cost_key, from_db, to_db
 from weightsmith.auto.formats import AutoFormat, Layout, get_auto_format
+from weightsmith.auto.refine import refine
 from weightsmith.errors import GateFailed, UsageError
 from weightsmith.io.atomic import atomic_dir, atomic_file, check_destination, scratch_dir
 from weightsmith.quantize.report import layers_path
@@ -67,6 +70,7 @@ class Attempt:
     choice: dict[str, str]
     path: Path | None = None
     verify: Any = None  # the VerifyResult, for the report beside DST
+    phase: str = "aimed"  # aimed (the secant search), uniform LABEL or downgrade N layers (refine)
 
 
 @dataclass
@@ -326,7 +330,7 @@ def _search(
     history: dict[str, list[tuple[float, float]]] = {}
     floor, ceiling = -math.inf, math.inf  # predicted dB of the best failure / smallest pass
     aim = _aim(opts, history, MARGIN_DB, 0.0)
-    for i in range(opts.max_tries):
+    for i in range(aimed_tries(opts.max_tries)):
         pick, table = _settled(
             layout, costs, lambda t, b=from_db(aim): min_bytes(t, b, list(layout.uniform.values()))
         )
@@ -376,10 +380,25 @@ def _search(
         if math.isfinite(ceiling) and nxt >= ceiling - STOP_DB:
             break
         aim = nxt
+    refine(
+        layout,
+        costs,
+        opts.targets,
+        attempts,
+        opts.max_tries - len(attempts),
+        lambda choice, aim, phase: _try(opts, fmt, choice, costs, scratch, len(attempts), aim, phase),
+        notes,
+    )
     ok = [a for a in attempts if a.passed]
     if not ok:
         return None
     return min(ok, key=lambda a: (a.bytes, -a.predicted_db))
+
+
+def aimed_tries(max_tries: int) -> int:
+    """The tries the aimed search may use; at least a third of ``max_tries`` (one at least, from
+    two) is left for the verified refinement."""
+    return max_tries if max_tries < 2 else max_tries - max(1, max_tries // 3)
 
 
 def _choice(pick: dict[str, Option]) -> dict[str, str]:
@@ -394,11 +413,15 @@ def _try(
     scratch: Path,
     i: int,
     aim: float,
+    phase: str = "aimed",
 ) -> Attempt:
     from weightsmith.verify.run import VerifyOptions, verify
 
     t0 = time.perf_counter()
-    folder = scratch / f"try{i + 1}"
+    n = i + 1
+    while (scratch / f"try{n}").exists():
+        n += 1
+    folder = scratch / f"try{n}"
     folder.mkdir()
     out = folder / Path(opts.dst).name
     fmt.write(opts.src, out, choice, keep=opts.keep, device=opts.device)
@@ -428,6 +451,7 @@ def _try(
         choice,
         out,
         res,
+        phase,
     )
 
 

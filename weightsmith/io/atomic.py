@@ -145,13 +145,18 @@ def remove_stale_partials(dst: str | Path) -> int:
 # ----------------------------------------------------------------------------- checks
 
 
+_REPORT_FILES = frozenset({"report.json", "report.md", "report.html"})
+
+
 def is_weightsmith_output(folder: str | Path) -> bool:
     """Whether ``folder`` holds what weightsmith writes, so ``--overwrite`` may replace it.
 
     That is: a pipeline folder (it has ``model_index.json``); or a folder holding only weights
     (``*.safetensors``, their ``.index.json``, a SAT ``latest`` with ``<iteration>/*.pt``) and the
     configs written beside them (config.json, diffusers_config.json, model_config.json), with
-    at least one weights file. An empty folder holds nothing to lose and may be replaced too.
+    at least one weights file; or a verify report folder (report.json and its .md/.html only,
+    as ``quantize --scheme auto:...`` writes beside DST). An empty folder holds nothing to lose
+    and may be replaced too.
     """
     folder = Path(folder)
     try:
@@ -162,6 +167,12 @@ def is_weightsmith_output(folder: str | Path) -> bool:
         return True
     names = {e.name for e in entries}
     if "model_index.json" in names and os.path.isfile(folder / "model_index.json"):
+        return True
+    if (
+        "report.json" in names
+        and names <= _REPORT_FILES
+        and all(e.is_file(follow_symlinks=False) for e in entries)
+    ):
         return True
     weights = False
     for e in entries:
