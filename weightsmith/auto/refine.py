@@ -33,6 +33,9 @@ from weightsmith.verify.metrics import METRICS
 
 MIN_BAND_DB = 1.0  # the least proxy error assumed when choosing uniform seeds
 HALF_MARGIN_DB = 0.25  # what a downgrade chain keeps above a dB threshold (calibrated)
+# A downgrade must save at least this share of the layer's bytes: below it, bytes the layout does
+# not count (tensor names, scale tensors, config groups) can make the written file larger.
+MIN_SAVING = 0.01
 
 # try_fn(choice, aim_db, phase) -> Attempt (search.Attempt: predicted_db, metrics, passed, bytes, choice)
 TryFn = Callable[[dict[str, str], float, str], Any]
@@ -174,7 +177,8 @@ def _downgrades(
 def _steps(
     units: Mapping[str, Any], costs: CostModel, choice: Mapping[str, str], rejected: set[tuple[str, str]]
 ) -> list[tuple[float, str, str]]:
-    """One best cheaper type per unit, as (noise added per byte saved, unit, type), best first."""
+    """One best cheaper type per unit, as (noise added per byte saved, unit, type), best first
+    (a type that saves less than ``MIN_SAVING`` of the layer is no downgrade)."""
     out = []
     for name, cur in sorted(choice.items()):
         u = units[name]
@@ -183,7 +187,7 @@ def _steps(
         best = None
         for t in u.candidates:
             saved = cur_b - u.sizes[t]
-            if saved <= 0 or (name, t) in rejected:
+            if saved < MIN_SAVING * cur_b or (name, t) in rejected:
                 continue
             rate = (costs.noise(name, t) - cur_n) / saved
             if best is None or (rate, t) < best[:2]:
