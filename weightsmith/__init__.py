@@ -18,6 +18,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from weightsmith.api import (
+        AutoQuantizeResult,
         CandidateScores,
         ConvertResult,
         Detection,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "AutoQuantizeResult",
     "CandidateScores",
     "ConvertResult",
     "Detection",

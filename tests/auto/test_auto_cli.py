@@ -73,3 +73,11 @@ def test_auto_gguf_passes_independent_verify_and_is_deterministic(wan_transforme
     got = json.loads(r3.out)
     assert got["predicted_output_sqnr_db"] >= q4["predicted_db"]
     assert got["fixed_bytes"] + sum(row["bytes"] for row in got["layers"]) <= q4["bytes"]
+
+
+def test_auto_comfy_is_refused_with_what_to_use(wan_transformer, tmp_path, run_cli):
+    r = run_cli(
+        "quantize", wan_transformer, tmp_path / "m.safetensors", "--scheme", "auto:comfy", "--target", TARGET
+    )
+    assert r.code == 2 and "auto:comfy is not available" in r.words and "auto:gguf" in r.words, r.err
+    assert not list(tmp_path.iterdir())

@@ -5,6 +5,7 @@ imports the verb modules, which keep torch and the models out until a verb is ca
 public and how it changes: docs/api.md.
 """
 
+from weightsmith.api.auto_quantize import AutoQuantizeResult
 from weightsmith.api.files import convert, export_onnx, inspect, quantize
 from weightsmith.api.hub import publish
 from weightsmith.api.models import load_model, tiny_pipeline
@@ -32,6 +33,7 @@ from weightsmith.progress import Progress, ProgressCallback
 quiet_libraries()
 
 __all__ = [
+    "AutoQuantizeResult",
     "CandidateScores",
     "ConvertResult",
     "Detection",

@@ -252,9 +252,21 @@ AUTO_FORMATS: dict[str, Callable[[], AutoFormat]] = {
 }
 
 
+# Output formats quantize writes that auto: cannot choose per-layer types in yet, and why.
+NOT_SEARCHABLE = {
+    "comfy": "auto cannot write a ComfyUI comfy_quant file with a type per layer yet",
+    "comfy-legacy": "a legacy scaled-fp8 ComfyUI file holds one type (fp8) only",
+}
+
+
 def get_auto_format(scheme: str) -> AutoFormat:
     """``auto:gguf`` / ``auto:compressed-tensors`` to its AutoFormat."""
     name = scheme.split(":", 1)[1].lower() if ":" in scheme else ""
+    if name in NOT_SEARCHABLE:
+        raise UsageError(
+            f"{scheme} is not available: {NOT_SEARCHABLE[name]}",
+            hint=f"use {' or '.join('auto:' + n for n in AUTO_FORMATS)}, or one scheme with --format {name}",
+        )
     if name not in AUTO_FORMATS:
         raise UsageError(
             f"unknown auto scheme {scheme!r}",
