@@ -171,6 +171,16 @@ def test_pipeline_folder_counts_as_an_output(tmp_path):
     assert not is_weightsmith_output(tmp_path / "q")  # a config alone holds no weights
 
 
+def test_a_verify_report_folder_counts_as_an_output(tmp_path):
+    """What ``auto:`` writes beside DST (DST.verify/), so ``--overwrite`` may replace it."""
+    (tmp_path / "r").mkdir()
+    for name in ("report.json", "report.md", "report.html"):
+        (tmp_path / "r" / name).write_text("{}")
+    assert is_weightsmith_output(tmp_path / "r")
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    assert not is_weightsmith_output(tmp_path / "r")  # anything else in it: not ours
+
+
 def test_overwrite_does_not_swap_files_and_folders(tmp_path):
     state = _state()
     (tmp_path / "m.safetensors").mkdir()
