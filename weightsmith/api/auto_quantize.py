@@ -49,7 +49,7 @@ class AutoQuantizeResult:
         if not self.passed:
             raise GateFailed(
                 f"no mix of {self.scheme} passed {' '.join(self.targets)} in {self.tries} tries",
-                hint="loosen the target, allow a larger max_size or more max_tries",
+                hint="loosen the target, or allow a larger maximum size (max_size, --max-size) or more tries",
             )
 
     def to_json(self) -> dict[str, Any]:
