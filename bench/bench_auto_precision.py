@@ -293,7 +293,12 @@ def main() -> None:
     ap.add_argument("--target", default="psnr>=32")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--determinism", action="store_true", help="run auto again and compare")
+    ap.add_argument(
+        "--determinism",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run auto again and compare",
+    )
     ap.add_argument("--out", default=str(ROOT / "reports" / "auto_precision.md"))
     ap.add_argument("--merge", nargs="*", help="only render --out from these .json results")
     args = ap.parse_args()
