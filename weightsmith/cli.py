@@ -298,8 +298,9 @@ def quantize(
     AUTO (--scheme auto:gguf | auto:compressed-tensors): each layer's cost at each type is
     measured alone on recorded transformer calls (cached), the smallest mix predicted to pass
     --target is written and verified with verify's generation options (SRC is the baseline),
-    and re-aimed until it passes (at most --max-tries); DST.verify/ holds its verify report.
-    Exit 1 if no mix passes.
+    and re-aimed until it passes (two thirds of --max-tries); the other tries refine it, each
+    verified (smaller uniform recipes, then layer downgrades); DST.verify/ holds its verify
+    report. Exit 1 if no mix passes. auto:comfy is not available yet.
       weightsmith quantize Wan2.1-T2V-1.3B-Diffusers/ wan-auto.gguf --scheme auto:gguf \\
           --target 'psnr>=32' --seeds 0,1 --steps 20 --report reports/wan-auto
     """
