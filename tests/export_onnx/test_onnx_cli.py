@@ -71,6 +71,17 @@ def test_bad_options_exit_2_and_leave_nothing(src, tmp_path, run_cli):
     assert r.code == 2 and "error:" in r.err
 
 
+def test_bf16_is_refused_where_onnxruntime_cannot_run_it(src, tmp_path, run_cli):
+    from weightsmith.onnx.runtime import bf16_gap
+
+    op = bf16_gap("cpu")  # onnxruntime 1.31's CPU provider: no bfloat16 MatMul
+    if op is None:
+        pytest.skip("this onnxruntime runs bfloat16 on CPU; the bf16 export is validated like fp16")
+    r = run_cli("export", "onnx", src, tmp_path / "out", "--dtype", "bf16")
+    assert r.code == 2 and f"no bfloat16 {op} kernel" in r.words, r.err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "args,kind", [(("--dtype", "fp16"), "fp16"), (("--quantize", "int8-dynamic"), "int8")]
 )
