@@ -34,7 +34,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # The ONNX export of every VAE and of the transformer variants with further interfaces (minutes of
-# tracing each, so not part of `make test`; reports/onnx_export.md says why). test-onnx-vae: old name.
+# tracing each, so not part of `make test`; reports/onnx_vae_trace.md says why). test-onnx-vae: old name.
 test-onnx-slow test-onnx-vae: $(STAMP)
 	WEIGHTSMITH_ONNX_SLOW=1 $(BIN)/python -m pytest -p no:cacheprovider tests/export_onnx/test_onnx_export.py
 

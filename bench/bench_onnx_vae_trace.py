@@ -1,12 +1,12 @@
 """Opt-in: where the time of a tiny VAE's ONNX export goes (why the VAE export tests are opt-in).
 
-For each registered VAE part (decoder, encoder) of the tiny fixtures, the phases the dynamo
-exporter runs, timed one by one on the same module and plan ``weightsmith.onnx.trace`` uses:
-``torch.export.export`` with the plan's dynamic dims, ``run_decompositions`` (the core-ATen
-lowering the exporter also runs), and ``torch.onnx.export`` of the exported program (its own
-decompositions plus the onnxscript translation). The aten node count and the share of time spent
-in symbolic-shape arithmetic (``torch.fx.experimental.sym_node``, sympy) under cProfile show what
-the cost scales with. Writes reports/onnx_vae_trace.md (not with ``--print``).
+For each registered VAE part (decoder, encoder) of the tiny fixtures, on the module and plan
+``weightsmith.onnx.trace`` uses: ``torch.export.export`` with the plan's dynamic dims, then
+``torch.onnx.export`` of that exported program (the exporter's decompositions plus the onnxscript
+translation), and for comparison the whole ``torch.onnx.export`` with every dimension static.
+The aten node count is what the cost scales with. (cProfile is not used: its per-call overhead
+inflates sympy-heavy symbolic-shape code several times over.) Writes reports/onnx_vae_trace.md
+(not with ``--print`` or a filter).
 
     .venv/bin/python bench/bench_onnx_vae_trace.py [--family F] [--part P] [--print]
 """
@@ -14,9 +14,7 @@ the cost scales with. Writes reports/onnx_vae_trace.md (not with ``--print``).
 from __future__ import annotations
 
 import argparse
-import cProfile
 import os
-import pstats
 import time
 from pathlib import Path
 
@@ -27,17 +25,6 @@ from weightsmith.families.inputs import example_inputs
 from weightsmith.onnx.trace import _quiet, dynamic_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
-SYMBOLIC = ("sym_node.py", "sympy", "symbolic_shapes.py")
-
-
-def symbolic_share(stats: pstats.Stats) -> float:
-    """Time spent inside symbolic-shape code (own time of its functions) over the total."""
-    own = total = 0.0
-    for (file, _, _), (_, _, tt, _, _) in stats.stats.items():  # type: ignore[attr-defined]
-        total += tt
-        if any(s in file for s in SYMBOLIC):
-            own += tt
-    return own / total if total else 0.0
 
 
 def measure(comp, part: str) -> dict:
@@ -48,23 +35,18 @@ def measure(comp, part: str) -> dict:
     module = comp.export.module(model, plan)
     args = tuple(example_inputs(plan.inputs, plan.sizes).values())
     row: dict = {"family": comp.family, "part": part, "dynamic": ",".join(plan.dynamic())}
-    prof = cProfile.Profile()
+    onnx_args = {"dynamo": True, "optimize": False, "verbose": False, "report": False, "opset_version": 18}
     with comp.export.patched(model), torch.no_grad(), _quiet():
         t = time.perf_counter()
         ep = torch.export.export(module, args, dynamic_shapes=(dynamic_shapes(plan),))
         row["export_s"] = time.perf_counter() - t
         row["nodes"] = sum(1 for n in ep.graph.nodes if n.op == "call_function")
         t = time.perf_counter()
-        prof.enable()
-        ep.run_decompositions()
-        prof.disable()
-        row["decompose_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        torch.onnx.export(
-            ep, args, dynamo=True, optimize=False, verbose=False, report=False, opset_version=18
-        )
+        torch.onnx.export(ep, args, **onnx_args)
         row["onnx_from_program_s"] = time.perf_counter() - t
-    row["symbolic_share"] = symbolic_share(pstats.Stats(prof))
+        t = time.perf_counter()
+        torch.onnx.export(module, args, **onnx_args)
+        row["static_total_s"] = time.perf_counter() - t
     return row
 
 
@@ -89,14 +71,15 @@ def main() -> None:
         f"bench/bench_onnx_vae_trace.py; load average {load:.1f} at the end of the run "
         f"({os.cpu_count()} cores, shared). Seconds per phase, one run each.",
         "",
-        "| family | part | dynamic | aten nodes | torch.export s | decompositions s "
-        "| torch.onnx.export(program) s | symbolic-shape share of decompositions |",
+        "| family | part | dynamic | aten nodes | torch.export s | torch.onnx.export(program) s "
+        "| dynamic total s | all-static torch.onnx.export s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['family']} | {r['part']} | {r['dynamic']} | {r['nodes']} | {r['export_s']:.1f} "
-            f"| {r['decompose_s']:.1f} | {r['onnx_from_program_s']:.1f} | {r['symbolic_share']:.0%} |"
+            f"| {r['onnx_from_program_s']:.1f} | {r['export_s'] + r['onnx_from_program_s']:.1f} "
+            f"| {r['static_total_s']:.1f} |"
         )
     print("\n".join(lines))
     if not a.print and not (a.family or a.part):

@@ -30,10 +30,10 @@ ORT_RTOL = 1e-4
 
 # The VAEs take minutes to trace even when tiny, which would double `make test`: their exports, and
 # the transformer variants with yet other interfaces, run when WEIGHTSMITH_ONNX_SLOW=1 (`make
-# test-onnx-slow`). Why they are slow (measured, reports/onnx_export.md): the video VAEs unroll their
-# Python loops over frames / causal-cache chunks into ~1.6k aten nodes, and with batch, height and
-# width dynamic torch.export and its decompositions spend most of their time in symbolic-shape
-# arithmetic (~400k SymNode operations, sympy) for them.
+# test-onnx-slow`). Why they are slow (measured, reports/onnx_vae_trace.md): the video VAEs unroll
+# their Python loops over frames / causal-cache chunks into ~0.5-1.6k aten nodes, and torch.export,
+# its decompositions and the ONNX translation each cost seconds to minutes over them, more so
+# with batch, height and width dynamic (symbolic-shape arithmetic on every op).
 SLOW = os.environ.get("WEIGHTSMITH_ONNX_SLOW") == "1" or os.environ.get("WEIGHTSMITH_ONNX_VAE") == "1"
 OPT_IN = pytest.mark.skipif(
     not SLOW,
