@@ -48,6 +48,12 @@ BENCHES = [
         "reports/auto_precision.md",
         "auto: mixes vs uniform recipes",
     ),
+    Bench(
+        "onnx_vae_trace",
+        "bench_onnx_vae_trace.py",
+        "reports/onnx_vae_trace.md",
+        "where a tiny VAE's ONNX export spends its time",
+    ),
 ]
 
 

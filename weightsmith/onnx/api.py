@@ -85,6 +85,19 @@ def _parts(component: str, src: Path) -> list[str]:
     return parts
 
 
+def _check_bf16(device: str) -> None:
+    """A bf16 graph is refused where ONNX Runtime cannot run it: an export that cannot be
+    validated is not one a user can trust (and writing it anyway would hide that)."""
+    from weightsmith.onnx.runtime import bf16_gap
+
+    op = bf16_gap(device)
+    if op is not None:
+        raise UsageError(
+            f"ONNX Runtime on {device} has no bfloat16 {op} kernel, so a bf16 graph could not be run or validated",
+            hint="export --dtype fp16 (or fp32), or --dtype bf16 with --device cuda and onnxruntime-gpu",
+        )
+
+
 def _component_of(part: str) -> str:
     return "transformer" if part == TRANSFORMER else "vae"
 
@@ -160,6 +173,8 @@ def export_onnx(
         raise UsageError("--quantize works on fp32 graphs", hint="drop --dtype or --quantize")
     if opset < MIN_OPSET:
         raise UsageError(f"opset {opset} is older than {MIN_OPSET}", hint=f"use --opset {MIN_OPSET} or newer")
+    if dtype == "bf16":
+        _check_bf16(device)
     src = Path(src)
     parts = _parts(component, src)
     trace_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32

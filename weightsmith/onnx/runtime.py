@@ -53,3 +53,43 @@ def session(path: str | Path, device: str = "cpu", threads: int | None = None) -
             f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:300]}",
             hint="the graph is invalid or needs operators this onnxruntime lacks; export it again",
         ) from e
+
+
+# The ops every exported transformer and VAE uses, in the order the probe chains them.
+BF16_PROBE_OPS = ("MatMul", "Add", "Mul", "Sigmoid")
+
+
+def bf16_gap(device: str = "cpu") -> str | None:
+    """The first op of ``BF16_PROBE_OPS`` this onnxruntime cannot run in bfloat16 on ``device``
+    (None when all run). A one-node-per-op graph is cheaper than tracing a model to find out:
+    onnxruntime 1.31's CPU provider has no bfloat16 MatMul, Add, Mul or Sigmoid kernel."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Cast", ["x"], ["v0"], to=TensorProto.BFLOAT16)]
+    for i, op in enumerate(BF16_PROBE_OPS):
+        ins = [f"v{i}"] if op == "Sigmoid" else [f"v{i}", f"v{i}"]
+        nodes.append(helper.make_node(op, ins, [f"v{i + 1}"], name=op))
+    nodes.append(helper.make_node("Cast", [f"v{len(BF16_PROBE_OPS)}"], ["y"], to=TensorProto.FLOAT))
+    graph = helper.make_graph(
+        nodes,
+        "bf16_probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(
+            model.SerializeToString(),
+            sess_options=opts,
+            providers=providers(device),
+            provider_options=provider_options(device),
+        )
+        sess.run(None, {"x": np.ones((2, 2), dtype=np.float32)})
+    except Exception as e:  # onnxruntime's NOT_IMPLEMENTED names the op it lacks
+        text = str(e)
+        return next((op for op in BF16_PROBE_OPS if f"for {op}(" in text), "(unnamed op)")
+    return None

@@ -3,7 +3,11 @@
 Transformer: batch, frames, height and width (multiples of the patch size) and prompt length are
 free; image tokens of image-to-video models are fixed by the CLIP encoder. Image-to-video takes
 one image embedding per sample (its ``images`` dimension is the batch); first/last-frame models
-take two per sample, so their graphs fix batch 1. Diffusers builds the
+take two per sample, so their graphs fix batch 1. Image-conditioned models also fix the prompt
+length at ``I2V_TEXT_TOKENS``: diffusers' ``WanAttnProcessor`` splits the image tokens off the
+joined context at ``shape[1] - 512`` (the UMT5 length its pipelines pad to), so any other length
+gives a different split (torch.export stops on that slice's data-dependent bounds), and 512 is
+the only length at which the model computes what it means. Diffusers builds the
 rotary tables in float64 (off Apple GPUs); the export casts them to float32 once, so the graph
 holds and computes them in float32 (ONNX Runtime's float64 kernels are few and slow).
 VAE: the class runs its causal cache in a Python loop over latent chunks, so the frame count is
@@ -23,6 +27,10 @@ if TYPE_CHECKING:  # torch on use: the registry is read torch-free (start-up)
     from torch import nn
 
 
+# diffusers' WanAttnProcessor: ``image_context_length = encoder_hidden_states.shape[1] - 512``.
+I2V_TEXT_TOKENS = 512
+
+
 class WanTransformerExport(TransformerExport):
     def multiples(self, config: Mapping[str, Any]) -> dict[str, int]:
         pt, ph, pw = (int(x) for x in config["patch_size"])
@@ -32,7 +40,9 @@ class WanTransformerExport(TransformerExport):
         plan = super().plan(component, config, variant, part)
         if config.get("image_dim") is None:
             return plan
-        static = plan.static | {"image_tokens"}
+        static = plan.static | {"image_tokens", "text"}
+        text = {"text": I2V_TEXT_TOKENS}
+        plan = replace(plan, sizes={**plan.sizes, **text}, second={**plan.second, **text})
         if config.get("pos_embed_seq_len"):  # two images per sample: batch 1
             one = {"batch": 1}
             return replace(
