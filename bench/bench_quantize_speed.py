@@ -15,7 +15,8 @@ change) in the same loop, so both see the same machine. Medians are quoted, each
 average is recorded. Usage:
 
     WEIGHTSMITH_LIBGGML=/path/libggml-base.so .venv/bin/python bench/bench_quantize_speed.py \
-        [--layers 6] [--repeats 5] [--threads 2] [--compare /path/to/main] [--json out.json]
+        [--layers 6] [--repeats 5] [--threads 2] [--compare /path/to/main] [--json out.json] \
+        [--table out.md] [--src reuse.safetensors]
 
 A ``libggml-base.so`` comes from llama-cpp-python's source distribution (0.3.36, the reference in
 shared/reference/gguf.md; nothing of it is committed here): ``pip download --no-deps --no-binary
@@ -166,6 +167,40 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def table(summary: dict, compare: str | None) -> str:
+    """The markdown table reports/quantize_speed.md quotes: medians, load averages, the targets."""
+    med, cpu, runs = summary["median_s"], summary["median_cpu_s"], summary["runs"]
+    names = {
+        "command": f"whole command, {summary['label']} (start-up included)",
+        "compare": f"whole command, {compare} (start-up included)",
+        "kernels": "weightsmith's kernels alone (same matrices, same threads)",
+        "ggml": "ggml's reference quantizer (same matrices, same threads)",
+    }
+    lines = ["| | wall s (median) | CPU s (median) | load averages |", "|---|---|---|---|"]
+    for k, label in names.items():
+        if k in med:
+            loads = ", ".join(f"{r[2]:.1f}" for r in runs[k])
+            lines.append(f"| {label} | {med[k]:.2f} | {cpu[k]:.2f} | {loads} |")
+    c = med["command"]
+    lines.append("")
+    if "ggml" in med:
+        lines.append(
+            f"ggml / command: {med['ggml'] / c:.2f}x wall, {cpu['ggml'] / cpu['command']:.2f}x CPU "
+            "(target: >= 2x faster than ggml)"
+        )
+    lines.append(
+        f"command / kernels: {c / med['kernels']:.2f}x wall, {cpu['command'] / cpu['kernels']:.2f}x CPU "
+        "(target: within 1.5x of the kernels)"
+    )
+    ph = summary["phases_median_s"]
+    if ph:
+        lines.append(
+            "phases of the command (medians, s; they overlap): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in ph.items())
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=6)
@@ -177,6 +212,7 @@ def main() -> None:
     ap.add_argument("--compare", help="another checkout (e.g. main before a change), run in the same loop")
     ap.add_argument("--src", help="reuse a checkpoint built earlier")
     ap.add_argument("--json", help="write the raw runs here")
+    ap.add_argument("--table", help="also write the markdown table here")
     a = ap.parse_args()
     lib = os.environ.get("WEIGHTSMITH_LIBGGML")
     tmp = Path(tempfile.mkdtemp(prefix="ws-bench-speed-"))
@@ -224,6 +260,10 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(summary, indent=1))
+    md = table(summary, a.compare)
+    print(md)
+    if a.table:
+        Path(a.table).write_text(md + "\n")
 
 
 if __name__ == "__main__":

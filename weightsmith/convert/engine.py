@@ -160,7 +160,9 @@ def make_plan(
     counts: Counter = Counter()
     examples: dict[str, list[str]] = defaultdict(list)
     for op in ops:
-        ins = [Spec(k, infos[k].shape, infos[k].dtype_name if dtype_names else infos[k].dtype) for k in op.inputs]
+        ins = [
+            Spec(k, infos[k].shape, infos[k].dtype_name if dtype_names else infos[k].dtype) for k in op.inputs
+        ]
         outs = op.out_specs(ins)
         if cast is not None:
             outs = [Spec(s.name, s.shape, cast) if s.dtype in castable else s for s in outs]

@@ -78,7 +78,14 @@ def check_gguf_options(
     a usage error); False for any other scheme."""
     if not scheme.lower().startswith("gguf:"):
         return False
-    if fmt not in (None, "gguf") or keep_blocks is not None or activations or calibrate or sensitivity or fp_layers:
+    if (
+        fmt not in (None, "gguf")
+        or keep_blocks is not None
+        or activations
+        or calibrate
+        or sensitivity
+        or fp_layers
+    ):
         raise UsageError(
             "--format, --keep-blocks, --activations, --calibrate, --sensitivity and --fp-layers apply to "
             "int8/fp8/int4/fp4 schemes",

@@ -27,8 +27,6 @@ from collections.abc import Sequence
 
 import torch
 
-from weightsmith.errors import QuantizationError
-
 from .native import non_finite_error
 
 F32 = torch.float32

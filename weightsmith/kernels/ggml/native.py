@@ -35,7 +35,7 @@ import numpy as np
 from weightsmith.errors import QuantizationError
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from weightsmith.errors import DetectionError, UsageError
 from weightsmith.families import Component, PlanOptions, get_component
 from weightsmith.families.base import QuantSpec

@@ -10,7 +10,6 @@ bounded pipeline (pipeline.py): a few tensors in flight, the sources hashed alon
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
@@ -32,6 +31,7 @@ from weightsmith.io import Checkpoint, open_single
 from weightsmith.io.gguf_writer import GGUFTensorSpec, write_gguf
 from weightsmith.quantize.gguf import arrays as array_path
 from weightsmith.quantize.gguf.recipes import RECIPES, RecipePlan, assign_types, get_recipe
+from weightsmith.quantize.hashing import file_sha256
 from weightsmith.quantize.keep import check_keep_globs
 from weightsmith.quantize.options import QuantizeOptions, SchemeFamily
 from weightsmith.quantize.outputs import check_outputs, staged_outputs
@@ -46,20 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20, stop: threading.Event | None = None) -> str:
-    """SHA-256 of a file through one reused 1 MiB buffer (``read(n)`` would allocate n bytes per
-    call, whatever the file's size). ``stop``: give up early (the run failed; the digest is unused)."""
-    h = hashlib.sha256()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    with open(path, "rb") as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-            if stop is not None and stop.is_set():
-                break
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class TensorPath:
     """How a run's tensors are read, prepared (float32, checked) and encoded: as torch tensors on
@@ -72,7 +58,12 @@ class TensorPath:
     encode: Callable[[Any, str, Any, str], tuple[np.ndarray, float | None]]  # (..., imatrix, name)
 
 
-NUMPY_PATH = TensorPath("numpy", array_path.read, array_path.prepare, array_path.encode)
+NUMPY_PATH = TensorPath(  # looked up on each call (tests wrap the stages)
+    "numpy",
+    lambda plan, progress: array_path.read(plan, progress),
+    lambda t, qtype, name: array_path.prepare(t, qtype, name),
+    lambda x, qtype, w, name: array_path.encode(x, qtype, w, name),
+)
 
 
 def torch_path(device: str) -> TensorPath:
