@@ -6,9 +6,9 @@ model. ``refusal`` says why a job cannot run here (then ``run.py`` takes the tor
 the reason); ``read``, ``prepare`` and ``encode`` are the numpy counterparts of the engine's
 ``stream`` and ``encode.py``, and give the same bytes and the same SQNR (tests compare the files).
 
-Float conversions follow torch's CPU rounding bit for bit: to F16 round-to-nearest-even with
-NaNs quieted (payload kept), to BF16 round-to-nearest-even with every NaN written as 0xFFFF;
-BF16 sources travel as their uint16 bit patterns (widened to float32 exactly, by a shift).
+Float conversions follow torch's CPU rounding bit for bit: round-to-nearest-even to F16 and BF16;
+a tensor holding NaN is cast by torch itself (its NaN bits depend on its loop); BF16 sources
+travel as their uint16 bit patterns (widened to float32 exactly, by a shift).
 """
 
 from __future__ import annotations
@@ -76,27 +76,34 @@ def to_float32(a: np.ndarray) -> np.ndarray:
     """float32 values of a float32/float16 array or of BF16 bit patterns (exact), contiguous."""
     if a.dtype == BF16_BITS:
         return (a.astype(np.uint32) << 16).view(np.float32)
+    if a.dtype == np.float16 and np.isnan(a).any():
+        return _torch_cast(a, "float32")
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def f16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 to float16 as torch rounds on the CPU: nearest-even, overflow to inf, and a NaN kept
-    as a quiet NaN with its top payload bits (numpy keeps the payload but not the quiet bit)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        h = x.astype(np.float16)
-    nan = np.isnan(x)
-    if nan.any():
-        b = x.view(np.uint32)[nan]
-        h.view(np.uint16)[nan] = ((b >> 16) & 0x8000 | 0x7E00 | ((b >> 13) & 0x3FF)).astype(np.uint16)
-    return h
+    """NaN-free float32 to float16 as torch rounds: nearest-even, overflow to inf (numpy's cast)."""
+    with np.errstate(over="ignore"):
+        return x.astype(np.float16)
 
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 to BF16 bit patterns (uint16) as torch rounds: nearest-even, every NaN 0xFFFF."""
+    """NaN-free float32 to BF16 bit patterns (uint16), rounded to nearest-even as torch does."""
     u = x.view(np.uint32)
-    out = ((u + np.uint32(0x7FFF) + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    out[np.isnan(x)] = 0xFFFF
-    return out
+    return ((u + np.uint32(0x7FFF) + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _torch_cast(a: np.ndarray, dtype: str) -> np.ndarray:
+    """``a`` (float32, float16 or BF16 bits) cast by torch itself; 16-bit results as uint16 bits.
+    For tensors holding NaN only: torch writes a NaN's bits differently in its vector and scalar
+    loops (by tensor length), which no rule here should imitate; such weights are rare."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if a.dtype == BF16_BITS:
+        t = t.view(torch.bfloat16)
+    out = t.to(getattr(torch, dtype))
+    return out.numpy() if dtype == "float32" else out.view(torch.int16).numpy().view(np.uint16)
 
 
 def prepare(t: np.ndarray, qtype: str, name: str) -> np.ndarray:
@@ -114,17 +121,18 @@ def encode(x: np.ndarray, qtype: str, imatrix: Any, name: str) -> tuple[np.ndarr
     if qtype == "F32":
         return to_float32(x), None
     if qtype == "F16":
-        if x.dtype == np.float16:
-            f = x.astype(np.float32)
-            if x.size and float(np.abs(f).max()) > F16_MAX:
-                raise beyond_f16(name, float(np.abs(f).max()))
-            return np.ascontiguousarray(x), None
         f = to_float32(x)
-        if f.size and float(np.abs(f).max()) > F16_MAX:
+        if f.size and float(np.abs(f).max()) > F16_MAX:  # NaN passes, as in torch's check
             raise beyond_f16(name, float(np.abs(f).max()))
-        return f16_bits(f), None
+        if x.dtype == np.float16:
+            return np.ascontiguousarray(x), None
+        return (_torch_cast(x, "float16").view(np.float16) if np.isnan(f).any() else f16_bits(f)), None
     if qtype == "BF16":
-        bits = x if x.dtype == BF16_BITS else bf16_bits(to_float32(x))
+        if x.dtype == BF16_BITS:
+            bits = x
+        else:
+            f = to_float32(x)
+            bits = _torch_cast(x, "bfloat16") if np.isnan(f).any() else bf16_bits(f)
         return np.ascontiguousarray(bits).view(np.int16), None
     import gguf
 
