@@ -164,3 +164,24 @@ def test_gguf_quantize_of_safetensors_imports_no_torch(sources, tmp_path):
     assert code in (0, None), r.stderr[-2000:]
     assert heavy == [], f"a GGUF quantize of safetensors imported {', '.join(heavy)}"
     assert dst.read_bytes()[:4] == b"GGUF"
+
+
+def test_source_digests_are_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    from weightsmith.quantize import hashing
+
+    monkeypatch.setenv("WEIGHTSMITH_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"x" * 100)
+    assert hashing.file_sha256(f) == hashlib.sha256(b"x" * 100).hexdigest()
+    cache = tmp_path / "cache" / "sha256.json"
+    assert not cache.exists()  # just written: its times may not show the next write yet
+    monkeypatch.setattr(hashing, "RACY_SECONDS", 0.0)
+    digest = hashing.file_sha256(f)
+    stamps = json.loads(cache.read_text())
+    assert list(stamps.values()) == [digest]
+    cache.write_text(json.dumps(dict.fromkeys(stamps, "0" * 64)))
+    assert hashing.file_sha256(f) == "0" * 64  # what is remembered is what the run records
+    f.write_bytes(b"y" * 101)
+    assert hashing.file_sha256(f) == hashlib.sha256(b"y" * 101).hexdigest()

@@ -4,18 +4,31 @@ A GGUF file records its sources' digests. The command line calls :func:`start` b
 anything heavy, so hashing (and the page cache it warms for the reading stage) overlaps the
 start-up; the run then takes each digest with :func:`file_sha256`, which waits for a hash already
 under way for the same file (same size and mtime) instead of reading it again.
+
+Digests are also remembered in ``$WEIGHTSMITH_CACHE/sha256.json`` (else the user's cache folder),
+keyed by the file's path, size, inode and modification and change times (the change time cannot
+be set back by a user): quantizing one source to several recipes hashes it once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import tempfile
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
 _lock = threading.Lock()
 _early: dict[tuple[str, int, int], Future[str]] = {}
+
+
+KEPT = 256  # digests remembered at most (the oldest are forgotten first)
+# A file changed this recently is not remembered: file times tick coarsely (a few ms), so a write
+# right after this hash could leave them and the size as they were (git's "racy" case).
+RACY_SECONDS = 2.0
 
 
 def _key(path: Path) -> tuple[str, int, int] | None:
@@ -26,7 +39,61 @@ def _key(path: Path) -> tuple[str, int, int] | None:
     return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
 
+def _stamp(path: Path) -> str | None:
+    """What must be unchanged for a remembered digest to hold (None: do not remember)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if time.time() - max(st.st_mtime, st.st_ctime) < RACY_SECONDS:
+        return None
+    return f"{os.path.realpath(path)}|{st.st_size}|{st.st_dev}:{st.st_ino}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+
+def _cache_file() -> Path:
+    root = os.environ.get("WEIGHTSMITH_CACHE")
+    if root:
+        return Path(root) / "sha256.json"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "weightsmith" / "sha256.json"
+
+
+def _remembered() -> dict[str, str]:
+    try:
+        data = json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return (
+        {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+        if isinstance(data, dict)
+        else {}
+    )
+
+
+def _remember(stamp: str, digest: str) -> None:
+    """Add a digest (best effort: a cache that cannot be written is skipped)."""
+    path = _cache_file()
+    with _lock:
+        data = _remembered()
+        data.pop(stamp, None)
+        data[stamp] = digest
+        data = dict(list(data.items())[-KEPT:])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".sha256-", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+
+
 def _hash(path: Path, chunk: int, stop: threading.Event | None) -> str:
+    stamp = _stamp(path)
+    if stamp is not None:
+        known = _remembered().get(stamp)
+        if known is not None:
+            return known
     h = hashlib.sha256()
     buf = bytearray(chunk)
     view = memoryview(buf)
@@ -34,8 +101,11 @@ def _hash(path: Path, chunk: int, stop: threading.Event | None) -> str:
         while n := f.readinto(buf):
             h.update(view[:n])  # hashlib releases the GIL on large updates
             if stop is not None and stop.is_set():
-                break
-    return h.hexdigest()
+                return h.hexdigest()  # unused (the run failed): not remembered
+    digest = h.hexdigest()
+    if stamp is not None and _stamp(path) == stamp:  # unchanged while it was read
+        _remember(stamp, digest)
+    return digest
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20, stop: threading.Event | None = None) -> str:

@@ -26,19 +26,7 @@ from weightsmith.errors import QuantizationError
 from . import floats, iquants, kquants, legacy, native  # noqa: F401  (registers the kernels)
 from .common import non_finite_error, require_finite
 from .native_arrays import executor as _executor
-from .types import GGMLKernel, get_kernel, register, registered_types
-
-__all__ = [
-    "GGMLKernel",
-    "Measured",
-    "dequantize",
-    "get_kernel",
-    "quantize",
-    "quantize_measured",
-    "register",
-    "registered_types",
-    "byte_shape",
-]
+from .types import GGMLKernel, get_kernel, register, registered_types  # noqa: F401 (the package's exports)
 
 QType = str | int | gguf.GGMLQuantizationType
 
