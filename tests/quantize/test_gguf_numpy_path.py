@@ -185,3 +185,6 @@ def test_source_digests_are_remembered_until_the_file_changes(tmp_path, monkeypa
     assert hashing.file_sha256(f) == "0" * 64  # what is remembered is what the run records
     f.write_bytes(b"y" * 101)
     assert hashing.file_sha256(f) == hashlib.sha256(b"y" * 101).hexdigest()
+    f.write_bytes(b"z" * 102)  # hashed early (as the command line starts), then taken by the run
+    hashing.start([f])
+    assert hashing.file_sha256(f) == hashlib.sha256(b"z" * 102).hexdigest()
