@@ -40,11 +40,18 @@ def thread_budget() -> int:
 
 
 def quantize_array(
-    x: np.ndarray, name: str, block_size: int, type_size: int, lib: object, workers: int | None = None
+    x: np.ndarray,
+    name: str,
+    block_size: int,
+    type_size: int,
+    lib: object,
+    workers: int | None = None,
+    non_finite: Exception | None = None,
 ) -> tuple[np.ndarray, float, float]:
     """(uint8 blocks of shape ``(rows, n // block_size * type_size)``, signal energy, noise energy)
     of float32 rows ``x`` ``(rows, n)`` quantized to ``name`` by the C kernels, measured as they go.
-    Raises the kernels' error for NaN/inf input."""
+    NaN/inf input (the kernels tell, from their block scales) raises ``non_finite`` (default: the
+    kernels' own error)."""
     fused = native.quantizer(name, lib)  # type: ignore[arg-type]
     if fused is None:
         raise ValueError(f"no fused kernel for {name}")
@@ -65,6 +72,6 @@ def quantize_array(
     else:
         ok = all([run(i) for i in range(len(starts))])
     if not ok:
-        raise native.non_finite_error(name)
+        raise non_finite or native.non_finite_error(name)
     signal, noise = native.chunk_totals(energy.tolist())
     return out, signal, noise
