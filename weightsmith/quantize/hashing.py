@@ -21,6 +21,8 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+from weightsmith.io.cache_paths import cache_root
+
 _lock = threading.Lock()
 _early: dict[tuple[str, int, int], Future[str]] = {}
 
@@ -51,11 +53,7 @@ def _stamp(path: Path) -> str | None:
 
 
 def _cache_file() -> Path:
-    root = os.environ.get("WEIGHTSMITH_CACHE")
-    if root:
-        return Path(root) / "sha256.json"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "weightsmith" / "sha256.json"
+    return cache_root() / "sha256.json"
 
 
 def _remembered() -> dict[str, str]:
