@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ def check_gguf_options(
     keep_blocks: str | None,
     activations: str | None,
     calibrate: bool,
-    sensitivity: str | None,
+    sensitivity: str | os.PathLike[str] | None,
     fp_layers: int | None,
 ) -> bool:
     """True for a ``gguf:`` scheme, which takes none of the Linear schemes' options (naming one is
