@@ -3,7 +3,9 @@
 Builds a Wan-shaped fp32 safetensors checkpoint (WanTransformer3DModel's real 1.3B shapes with
 fewer blocks, random data) in a temp dir, then measures, interleaved run by run (A B C A B C ...):
 
-* ``command``: the CLI in a fresh process, start-up included (wall seconds);
+* ``command``: the CLI in a fresh process, start-up included (wall seconds), with SRC's SHA-256
+  remembered from an earlier run (quantize/hashing.py); ``hashed``: the same with a fresh digest
+  cache, as the first quantize of a source hashes it;
 * ``kernels``: weightsmith's GGUF kernels alone on the same float32 matrices, already in memory,
   at torch's thread budget (the job's floor);
 * ``ggml``: ggml's reference quantizer (``ggml_quantize_chunk`` of a ``libggml-base.so``) on the
@@ -15,7 +17,8 @@ change) in the same loop, so both see the same machine. Medians are quoted, each
 average is recorded. Usage:
 
     WEIGHTSMITH_LIBGGML=/path/libggml-base.so .venv/bin/python bench/bench_quantize_speed.py \
-        [--layers 6] [--repeats 5] [--threads 2] [--compare /path/to/main] [--json out.json]
+        [--layers 6] [--repeats 5] [--threads 2] [--compare /path/to/main] [--json out.json] \
+        [--table out.md] [--src reuse.safetensors]
 
 A ``libggml-base.so`` comes from llama-cpp-python's source distribution (0.3.36, the reference in
 shared/reference/gguf.md; nothing of it is committed here): ``pip download --no-deps --no-binary
@@ -135,10 +138,13 @@ PHASE = re.compile(r"phases \(overlapping\): (.*)$", re.M)
 
 
 def time_command(
-    src: Path, dst: Path, recipe: str, pythonpath: str, threads: int
+    src: Path, dst: Path, recipe: str, pythonpath: str, threads: int, cache: Path | None = None
 ) -> tuple[float, float, dict]:
-    """(wall, CPU, phases) of the whole command in a fresh process."""
+    """(wall, CPU, phases) of the whole command in a fresh process; ``cache``: its
+    WEIGHTSMITH_CACHE (where source digests are remembered: a fresh folder hashes SRC)."""
     env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": str(threads)}
+    if cache is not None:
+        env["WEIGHTSMITH_CACHE"] = str(cache)
     cmd = [sys.executable, "-m", "weightsmith", "quantize", str(src), str(dst),
            "--scheme", f"gguf:{recipe}", "--overwrite"]  # fmt: skip
     u0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -166,6 +172,47 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def table(summary: dict, compare: str | None) -> str:
+    """The markdown table reports/quantize_speed.md quotes: medians, load averages, the targets."""
+    med, cpu, runs = summary["median_s"], summary["median_cpu_s"], summary["runs"]
+    names = {
+        "command": f"whole command, {summary['label']} (start-up included; SRC's digest remembered)",
+        "hashed": f"whole command, {summary['label']} (start-up included; SRC hashed: first quantize of it)",
+        "compare": f"whole command, {compare} (start-up included)",
+        "kernels": "weightsmith's kernels alone (same matrices, same threads)",
+        "ggml": "ggml's reference quantizer (same matrices, same threads)",
+    }
+    lines = ["| | wall s (median) | CPU s (median) | load averages |", "|---|---|---|---|"]
+    for k, label in names.items():
+        if k in med:
+            loads = ", ".join(f"{r[2]:.1f}" for r in runs[k])
+            lines.append(f"| {label} | {med[k]:.2f} | {cpu[k]:.2f} | {loads} |")
+    c = med["command"]
+    lines.append("")
+    if "ggml" in med:
+        lines.append(
+            f"ggml / command: {med['ggml'] / c:.2f}x wall, {cpu['ggml'] / cpu['command']:.2f}x CPU "
+            "(target: >= 2x faster than ggml)"
+        )
+    if "ggml" in med:
+        lines.append(
+            f"ggml / hashed command: {med['ggml'] / med['hashed']:.2f}x wall, "
+            f"{cpu['ggml'] / cpu['hashed']:.2f}x CPU"
+        )
+    for k in ("command", "hashed"):
+        lines.append(
+            f"{k} / kernels: {med[k] / med['kernels']:.2f}x wall, {cpu[k] / cpu['kernels']:.2f}x CPU "
+            "(target: within 1.5x of the kernels)"
+        )
+    ph = summary["phases_median_s"]
+    if ph:
+        lines.append(
+            "phases of the command (medians, s; they overlap): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in ph.items())
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=6)
@@ -177,13 +224,21 @@ def main() -> None:
     ap.add_argument("--compare", help="another checkout (e.g. main before a change), run in the same loop")
     ap.add_argument("--src", help="reuse a checkpoint built earlier")
     ap.add_argument("--json", help="write the raw runs here")
+    ap.add_argument("--table", help="also write the markdown table here")
     a = ap.parse_args()
     lib = os.environ.get("WEIGHTSMITH_LIBGGML")
     tmp = Path(tempfile.mkdtemp(prefix="ws-bench-speed-"))
     src = Path(a.src) if a.src else build(tmp, a.layers)
     mats = matrices(src, a.recipe)
     weights = sum(x.numel() for _, _, x in mats)
-    runs: dict[str, list[tuple[float, float, float]]] = {"command": [], "kernels": [], "ggml": []}
+    runs: dict[str, list[tuple[float, float, float]]] = {
+        "command": [],
+        "hashed": [],
+        "kernels": [],
+        "ggml": [],
+    }
+    warm = tmp / "cache-warm"  # "command": SRC's digest remembered by an untimed first run
+    time_command(src, tmp / "out.gguf", a.recipe, a.pythonpath, a.threads, warm)
     if a.compare:
         runs["compare"] = []
     phases: list[dict] = []
@@ -193,9 +248,14 @@ def main() -> None:
             wall, cpu, _ = time_command(src, tmp / "cmp.gguf", a.recipe, a.compare, a.threads)
             runs["compare"].append((wall, cpu, la))
         la = loadavg()
-        wall, cpu, ph = time_command(src, tmp / "out.gguf", a.recipe, a.pythonpath, a.threads)
+        wall, cpu, ph = time_command(src, tmp / "out.gguf", a.recipe, a.pythonpath, a.threads, warm)
         runs["command"].append((wall, cpu, la))
         phases.append(ph)
+        la = loadavg()  # "hashed": a fresh cache, SRC hashed as on its first quantize
+        wall, cpu, _ = time_command(
+            src, tmp / "out.gguf", a.recipe, a.pythonpath, a.threads, tmp / f"cache-{i}"
+        )
+        runs["hashed"].append((wall, cpu, la))
         la = loadavg()
         runs["kernels"].append((*time_kernels(mats, a.threads), la))
         if lib:
@@ -224,6 +284,10 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(summary, indent=1))
+    md = table(summary, a.compare)
+    print(md)
+    if a.table:
+        Path(a.table).write_text(md + "\n")
 
 
 if __name__ == "__main__":

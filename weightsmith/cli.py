@@ -304,6 +304,10 @@ def quantize(
       weightsmith quantize Wan2.1-T2V-1.3B-Diffusers/ wan-auto.gguf --scheme auto:gguf \\
           --target 'psnr>=32' --seeds 0,1 --steps 20 --report reports/wan-auto
     """
+    if scheme.lower().startswith("gguf:"):  # the GGUF header records the sources' SHA-256:
+        from weightsmith.quantize import hashing  # begin now, beside the imports below
+
+        hashing.start(hashing.source_files(src))
     from weightsmith.auto.command import is_auto, reject_auto_options, reject_plain_options
 
     if is_auto(scheme):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hostile_inputs import TINY_WAN
-from isolation import single_thread
+from isolation import private_cache, single_thread  # noqa: F401 (private_cache: autouse)
 
 
 @pytest.fixture(scope="session")

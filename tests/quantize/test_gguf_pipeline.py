@@ -116,7 +116,7 @@ def test_background_returns_or_reraises():
 # waits in the pipeline's quantize stage: the signal arrives while the stages are running.
 _CHILD = r"""
 import pathlib, sys, time
-import weightsmith.quantize.gguf.run as run
+import weightsmith.quantize.gguf.arrays as run  # the numpy path: a safetensors source on the CPU
 
 ready = pathlib.Path(sys.argv[1])
 real = run.encode

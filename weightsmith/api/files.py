@@ -217,22 +217,28 @@ def quantize(
             progress=progress,
         )
     reject_plain_options(scheme, {**auto, "max_tries": max_tries if max_tries != 4 else None})
-    from weightsmith.quantize.linear.run import linear_cli_kwargs
+    from weightsmith.quantize.options import check_gguf_options
     from weightsmith.quantize.schemes import find_scheme
 
     runner = find_scheme(scheme)
     # The options only some schemes take, checked against the scheme (one entry per option),
-    # before calibration runs generations.
-    extra: dict[str, Any] = linear_cli_kwargs(
-        scheme,
-        format,
-        keep_blocks,
-        activations,
-        calibrate=calibrate,
-        dst=os.fspath(dst),
-        sensitivity=None if sensitivity is None else os.fspath(sensitivity),
-        fp_layers=fp_layers,
-    )
+    # before calibration runs generations. A GGUF job takes none (and skips the Linear runner's
+    # module, which imports torch).
+    if check_gguf_options(scheme, format, keep_blocks, activations, calibrate, sensitivity, fp_layers):
+        extra: dict[str, Any] = {}
+    else:
+        from weightsmith.quantize.linear.run import linear_cli_kwargs
+
+        extra = linear_cli_kwargs(
+            scheme,
+            format,
+            keep_blocks,
+            activations,
+            calibrate=calibrate,
+            dst=os.fspath(dst),
+            sensitivity=None if sensitivity is None else os.fspath(sensitivity),
+            fp_layers=fp_layers,
+        )
     cal_lines: tuple[str, ...] = ()
     if calibrate:
         from weightsmith.verify.calibrate import calibrate_activations

@@ -6,6 +6,10 @@
 ``report`` records the choice, the frontier and the cost of the search.
 """
 
-from weightsmith.auto.search import AutoOptions, AutoResult, run_auto
+from weightsmith._lazy import lazy_getattr
+
+# Imported on first use (PEP 562): the quantize command reaches ``auto.command`` for every scheme,
+# and a plain GGUF job needs no torch.
+__getattr__ = lazy_getattr(__name__, {"AutoOptions": "search", "AutoResult": "search", "run_auto": "search"})
 
 __all__ = ["AutoOptions", "AutoResult", "run_auto"]

@@ -9,34 +9,43 @@ outputs in the order the writers laid out their headers.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from weightsmith.errors import ConversionError, DetectionError, UsageError
 from weightsmith.families import Detection, PlanOptions, detect, get_component
 from weightsmith.families.ops import Op, Spec
 from weightsmith.io.base import Checkpoint
 
+if TYPE_CHECKING:
+    import torch
+
 # The layouts the writers know how to lay out (which components have which: Component.layouts).
 DIFFUSERS, ORIGINAL, SAT = "diffusers", "original", "sat"
 
-DTYPES: dict[str, torch.dtype | None] = {
-    "keep": None,
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
-CASTABLE = {torch.float32, torch.float16, torch.bfloat16, torch.float64}
+# --dtype names to torch's names: torch is imported only for a cast (planning from headers and a
+# GGUF job's numpy path run without it).
+DTYPES: dict[str, str | None] = {"keep": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+CASTABLE_NAMES = ("float32", "float16", "bfloat16", "float64")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CASTABLE":  # the dtypes a cast applies to, as torch dtypes (imports torch)
+        import torch
+
+        return {getattr(torch, n) for n in CASTABLE_NAMES}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_dtype(name: str) -> torch.dtype | None:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise UsageError(f"unknown --dtype {name!r}", hint=f"choose one of {', '.join(DTYPES)}") from None
+    if name not in DTYPES:
+        raise UsageError(f"unknown --dtype {name!r}", hint=f"choose one of {', '.join(DTYPES)}")
+    if DTYPES[name] is None:
+        return None
+    import torch
+
+    return getattr(torch, DTYPES[name])
 
 
 def first_keys(keys: Any, n: int = 3) -> str:
@@ -115,8 +124,11 @@ def make_plan(
     prefix: str = "",
     detection: Detection | None = None,
     config: Mapping[str, Any] | None = None,
+    dtype_names: bool = False,
 ) -> Plan:
-    """Build and validate the plan that turns ``ckpt`` into ``target_layout``."""
+    """Build and validate the plan that turns ``ckpt`` into ``target_layout``. ``dtype_names``:
+    the specs carry dtype names (``"BF16"``), not torch dtypes, for a job that needs only names
+    and shapes (a GGUF job's numpy path plans without torch); no cast then."""
     det = detection or resolve_detection(ckpt, family)
     comp = get_component(det.family, det.component)
     if target_layout not in comp.layouts:
@@ -125,6 +137,7 @@ def make_plan(
             hint=f"choose one of {', '.join(comp.layouts)}",
         )
     cast = parse_dtype(dtype)
+    castable = __getattr__("CASTABLE") if cast is not None else set()
     infos = ckpt.infos
     source_config = dict(config or ckpt.config or {}) or None
     ops = comp.plan(det, infos, target_layout, PlanOptions(prefix=prefix, config=source_config))
@@ -147,10 +160,12 @@ def make_plan(
     counts: Counter = Counter()
     examples: dict[str, list[str]] = defaultdict(list)
     for op in ops:
-        ins = [Spec(k, infos[k].shape, infos[k].dtype) for k in op.inputs]
+        ins = [
+            Spec(k, infos[k].shape, infos[k].dtype_name if dtype_names else infos[k].dtype) for k in op.inputs
+        ]
         outs = op.out_specs(ins)
         if cast is not None:
-            outs = [Spec(s.name, s.shape, cast) if s.dtype in CASTABLE else s for s in outs]
+            outs = [Spec(s.name, s.shape, cast) if s.dtype in castable else s for s in outs]
         specs.extend(outs)
         counts[op.kind] += 1
         if len(examples[op.kind]) < 3:
@@ -165,16 +180,23 @@ def make_plan(
     return Plan(ckpt, det, target_layout, ops, specs, cast, source_config, counts, dict(examples))
 
 
-def stream(plan: Plan, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield output tensors in ``plan.specs`` order, reading one op's inputs at a time."""
+def stream(
+    plan: Plan, progress: bool = False, read: Callable[[str], Any] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield output tensors in ``plan.specs`` order, reading one op's inputs at a time.
+    ``read``: how an input is read (default ``plan.source.get``, torch tensors; a GGUF job's
+    numpy path passes ``plan.source.read_array``, which every op with ``arrays`` takes)."""
     from weightsmith.progress import bar
 
+    read = read or plan.source.get
+
     it = iter(plan.specs)
+    castable = __getattr__("CASTABLE") if plan.cast is not None else set()
     with bar(total=len(plan.specs), desc="convert", unit="tensor", enabled=progress) as pbar:
         for op in plan.ops:
             if not op.outputs:
                 continue
-            outs = op.apply([plan.source.get(k) for k in op.inputs])
+            outs = op.apply([read(k) for k in op.inputs])
             if len(outs) != len(op.outputs):
                 raise ConversionError(
                     f"a {op.kind} step made {len(outs)} tensors for {len(op.outputs)} outputs "
@@ -190,7 +212,7 @@ def stream(plan: Plan, progress: bool = False) -> Iterator[tuple[str, torch.Tens
                         f"not {planned}",
                         hint="the source's tensors do not match what its header declares; check the file",
                     )
-                if plan.cast is not None and t.dtype in CASTABLE and t.dtype != spec.dtype:
+                if plan.cast is not None and t.dtype in castable and t.dtype != spec.dtype:
                     t = t.to(spec.dtype)
                 yield spec.name, t
                 pbar.update(1)

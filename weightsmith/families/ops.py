@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from weightsmith.errors import ConversionError
 
@@ -42,11 +42,13 @@ class Spec:
 
 
 class Op:
-    """Base of all plan steps."""
+    """Base of all plan steps. ``arrays``: ``apply`` takes numpy arrays as well as torch tensors
+    (and gives the same bits), so a job can run the plan without torch (a GGUF quantize)."""
 
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     kind: str = "op"
+    arrays: ClassVar[bool] = False
 
     def out_specs(self, ins: Sequence[Spec]) -> list[Spec]:
         raise NotImplementedError
@@ -74,6 +76,8 @@ class OneToOne(Op):
 @dataclass(frozen=True)
 class Rename(OneToOne):
     """One tensor under a new name (the name may be unchanged)."""
+
+    arrays: ClassVar[bool] = True
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -103,6 +107,7 @@ class Regroup(Op):
     dim: int = 0
     reshape: tuple[tuple[int, ...] | None, ...] | None = None
     label: str = ""
+    arrays: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         what = f"regrouping {', '.join(self.srcs) or 'nothing'} into {', '.join(self.dsts) or 'nothing'}"
@@ -175,18 +180,49 @@ class Regroup(Op):
         return out
 
     def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        import torch
-
-        pieces: list[torch.Tensor] = []
+        pieces: list[Any] = []
         for t, n in zip(tensors, self.chunks):
-            pieces.extend(torch.chunk(t, n, dim=self.dim))
+            pieces.extend(_split(t, n, self.dim))
         out = []
         for i, idx in enumerate(self.assign):
-            t = pieces[idx[0]] if len(idx) == 1 else torch.cat([pieces[j] for j in idx], dim=self.dim)
+            t = pieces[idx[0]] if len(idx) == 1 else _cat([pieces[j] for j in idx], self.dim)
             if self.reshape and self.reshape[i] is not None:
                 t = t.reshape(self.reshape[i])
-            out.append(t.contiguous())
+            out.append(_contiguous(t))
         return out
+
+
+def _numpy(t: Any) -> Any:
+    """numpy when ``t`` is a numpy array (imported only then), else None: the plan ops' seam."""
+    if type(t).__module__ != "numpy":
+        return None
+    import numpy
+
+    return numpy
+
+
+def _split(t: Any, n: int, dim: int) -> list[Any]:
+    """``t`` cut into ``n`` equal parts along ``dim`` (views), for a tensor or an array."""
+    np_ = _numpy(t)
+    if np_ is None:
+        import torch
+
+        return list(torch.chunk(t, n, dim=dim))
+    return np_.split(t, n, axis=dim)
+
+
+def _cat(parts: list[Any], dim: int) -> Any:
+    np_ = _numpy(parts[0])
+    if np_ is None:
+        import torch
+
+        return torch.cat(parts, dim=dim)
+    return np_.concatenate(parts, axis=dim)
+
+
+def _contiguous(t: Any) -> Any:
+    np_ = _numpy(t)
+    return t.contiguous() if np_ is None else np_.ascontiguousarray(t)
 
 
 def Split(src: str, dsts: Sequence[str], dim: int = 0) -> Regroup:  # noqa: N802 - reads like a class
@@ -204,6 +240,7 @@ class Reshape(OneToOne):
     """One tensor renamed and reshaped (same number of elements)."""
 
     shape: tuple[int, ...]
+    arrays: ClassVar[bool] = True
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -218,13 +255,14 @@ class Reshape(OneToOne):
         return [Spec(self.dst, tuple(self.shape), ins[0].dtype)]
 
     def apply(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return [tensors[0].reshape(self.shape).contiguous()]
+        return [_contiguous(tensors[0].reshape(self.shape))]
 
 
 @dataclass(frozen=True)
 class Drop(Op):
     """An input deliberately left out of the output, with the reason shown in the summary."""
 
+    arrays: ClassVar[bool] = True
     src: str
     reason: str = ""
 

@@ -244,6 +244,14 @@ class Checkpoint(ABC):
         self.info(name)
         return self._read(name)
 
+    #: the storage dtypes ``read_array`` returns as numpy arrays (none: the reader needs torch)
+    array_storages: frozenset[str] = frozenset()
+
+    def read_array(self, name: str) -> Any:
+        """One tensor as a numpy array of its stored bits, without torch: float32/float16 as
+        they are, BF16 as its uint16 bit patterns. Only for storages in ``array_storages``."""
+        raise NotImplementedError(f"{type(self).__name__} reads tensors through torch")
+
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.keys():
             yield name, self.get(name)

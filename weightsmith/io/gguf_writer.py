@@ -13,12 +13,14 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from weightsmith.io.atomic import atomic_file
+
+if TYPE_CHECKING:
+    import torch
 
 # Tensor names longer than this break ComfyUI-GGUF's converter and most C readers.
 MAX_NAME = 127
@@ -68,6 +70,8 @@ def _add_kv(w: Any, key: str, value: Any) -> None:
 
 def tensor_bytes(t: torch.Tensor, qtype: str) -> np.ndarray:
     """The array GGUFWriter writes for ``t`` already encoded as ``qtype`` (floats or uint8 blocks)."""
+    import torch
+
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()

@@ -8,12 +8,14 @@ corrupt file.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from weightsmith.errors import ConversionError
 
-SpecT = tuple[str, tuple[int, ...], torch.dtype]
+if TYPE_CHECKING:
+    import torch
+
+SpecT = tuple[str, tuple[int, ...], "torch.dtype"]
 
 
 def describe(name: str, shape: Sequence[int], dtype: torch.dtype) -> str:

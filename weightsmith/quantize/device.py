@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from weightsmith.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_HINT = "use auto, cpu, cuda, cuda:N or mps"
 
@@ -12,6 +15,8 @@ DEVICE_HINT = "use auto, cpu, cuda, cuda:N or mps"
 def pick_device(device: str) -> torch.device:
     """The torch device for ``--device``: only CPU, an existing CUDA device or Apple's MPS; checked
     before any work, so that e.g. ``meta`` (no data) or a missing GPU never gets as far as a kernel."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -39,3 +44,21 @@ def pick_device(device: str) -> torch.device:
             )
         return d
     raise UsageError(f"--device {device}: the quantization kernels do not run on {d.type}", hint=DEVICE_HINT)
+
+
+# Device files a GPU's driver creates (NVIDIA, AMD ROCm, WSL's GPU bridge).
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def cpu_without_torch(device: str) -> str | None:
+    """None when ``--device`` surely means the CPU, told without importing torch (``cpu``, or
+    ``auto`` on a machine with no GPU device file); else why it may not (a job that needs to know
+    then asks torch, through :func:`pick_device`)."""
+    import os
+
+    if device == "cpu":
+        return None
+    if device != "auto":
+        return f"--device {device}"
+    found = [f for f in GPU_DEVICE_FILES if os.path.exists(f)]
+    return f"--device auto and {found[0]} exists (a GPU may be used)" if found else None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weightsmith.errors import UsageError
 from weightsmith.quantize.keep import KeepBlocks
 
 
@@ -62,3 +64,32 @@ class SchemeFamily:
     matches: Callable[[str], bool]
     run: Callable[..., Any]
     names: Callable[[], list[str]]
+
+
+def check_gguf_options(
+    scheme: str,
+    fmt: str | None,
+    keep_blocks: str | None,
+    activations: str | None,
+    calibrate: bool,
+    sensitivity: str | os.PathLike[str] | None,
+    fp_layers: int | None,
+) -> bool:
+    """True for a ``gguf:`` scheme, which takes none of the Linear schemes' options (naming one is
+    a usage error); False for any other scheme."""
+    if not scheme.lower().startswith("gguf:"):
+        return False
+    if (
+        fmt not in (None, "gguf")
+        or keep_blocks is not None
+        or activations
+        or calibrate
+        or sensitivity
+        or fp_layers
+    ):
+        raise UsageError(
+            "--format, --keep-blocks, --activations, --calibrate, --sensitivity and --fp-layers apply to "
+            "int8/fp8/int4/fp4 schemes",
+            hint="drop them for gguf: recipes (the GGUF file is the format)",
+        )
+    return True

@@ -7,10 +7,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from weightsmith.io.atomic import atomic_file
+
+if TYPE_CHECKING:
+    import torch
 
 LAYERS_SCHEMA = "weightsmith.quantize-layers/1"
 SQNR_CHUNK = 1 << 20
@@ -119,6 +121,8 @@ def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
     Summed in float64 over chunks of a million elements, so its temporaries stay a few MB whatever
     the tensor's size (whole-tensor float64 copies were the largest allocation of a GGUF run).
     """
+    import torch
+
     r, a = ref.reshape(-1), approx.reshape(-1)
     acc = Sqnr()
     for i in range(0, r.numel(), SQNR_CHUNK):

@@ -7,26 +7,42 @@ one more here (or ``register_scheme_family`` from outside the package).
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Iterator
+
 from weightsmith.errors import UsageError
-from weightsmith.quantize.gguf.run import SCHEME_FAMILY as GGUF
-from weightsmith.quantize.linear.run import SCHEME_FAMILY as LINEAR
 from weightsmith.quantize.options import SchemeFamily
 
 __all__ = ["SchemeFamily", "find_scheme", "known_schemes", "register_scheme_family"]
 
-_FAMILIES: list[SchemeFamily] = [GGUF, LINEAR]
+
+def _loader(module: str) -> Callable[[], SchemeFamily]:
+    return lambda: importlib.import_module(module).SCHEME_FAMILY
+
+
+# Each family's runner module is imported when a scheme is looked up in it, in this order: a GGUF
+# job never imports the Linear runner (torch), so its numpy path starts without torch.
+_FAMILIES: list[Callable[[], SchemeFamily]] = [
+    _loader("weightsmith.quantize.gguf.run"),
+    _loader("weightsmith.quantize.linear.run"),
+]
 
 
 def register_scheme_family(fam: SchemeFamily) -> None:
-    _FAMILIES.append(fam)
+    _FAMILIES.append(lambda: fam)
+
+
+def _families() -> Iterator[SchemeFamily]:
+    for load in _FAMILIES:
+        yield load()
 
 
 def known_schemes() -> list[str]:
-    return [n for f in _FAMILIES for n in f.names()]
+    return [n for f in _families() for n in f.names()]
 
 
 def find_scheme(scheme: str) -> SchemeFamily:
-    for f in _FAMILIES:
+    for f in _families():
         if f.matches(scheme):
             return f
     raise UsageError(f"unknown scheme {scheme!r}", hint=f"choose one of {', '.join(known_schemes())}")

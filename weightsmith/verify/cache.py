@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,9 @@ SCHEMA = "weightsmith.verify-cache/1"
 
 def default_cache_dir() -> Path:
     """``$WEIGHTSMITH_CACHE/verify``, else ``$XDG_CACHE_HOME/weightsmith/verify`` (``~/.cache``)."""
-    root = os.environ.get("WEIGHTSMITH_CACHE")
-    if root:
-        return Path(root) / "verify"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "weightsmith" / "verify"
+    from weightsmith.io.cache_paths import cache_root
+
+    return cache_root() / "verify"
 
 
 def cache_key(material: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from weightsmith.errors import QuantizationError
+from .native import non_finite_error
 
 F32 = torch.float32
 #: ggml's "all zero" threshold (GROUP_MAX_EPS)
@@ -53,13 +53,6 @@ def scratch(name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.d
         buf = torch.empty(n, dtype=dtype, device=device)
         cache[key] = buf
     return buf[:n].view(tuple(shape))
-
-
-def non_finite_error(name: str) -> QuantizationError:
-    return QuantizationError(
-        f"cannot quantize to {name}: the tensor holds NaN or infinite values",
-        hint="fix the checkpoint, or keep this tensor in F16/BF16/F32",
-    )
 
 
 def require_finite(x: torch.Tensor, name: str) -> None:

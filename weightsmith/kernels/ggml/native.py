@@ -28,10 +28,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from weightsmith.errors import QuantizationError
+
+if TYPE_CHECKING:
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,10 @@ BACKENDS = ("auto", "torch", "native")
 #: importance weights for all but Q8_0, which ignores them)
 NATIVE_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")  # fmt: skip
 IMATRIX_TYPES = tuple(t for t in NATIVE_TYPES if t != "Q8_0")
+#: elements per kernel call (row chunks run on worker threads; each chunk's energies are summed in
+#: chunk order): the same for torch and numpy callers, so both measure the same SQNR
+CHUNK_ELEMS = {"Q6_K": 1 << 17, "IQ4_NL": 1 << 16, "IQ4_XS": 1 << 16}
+DEFAULT_CHUNK_ELEMS = 1 << 18
 CFLAGS = ["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-Wno-psabi"]
 
 
@@ -248,34 +256,66 @@ def info() -> BuildInfo | None:
 Quantizer = Callable[..., bool]
 
 
-def quantizer(name: str, lib: ctypes.CDLL, imatrix: torch.Tensor | None = None) -> Quantizer | None:
+def rows_per_chunk(name: str, n: int) -> int:
+    """Rows of ``n`` elements per fused kernel call for type ``name``."""
+    return max(1, CHUNK_ELEMS.get(name, DEFAULT_CHUNK_ELEMS) // max(n, 1))
+
+
+def chunk_totals(rows: list[list[float]]) -> tuple[float, float]:
+    """(signal, noise) totals of per-chunk energy rows, added in chunk order: the same floats
+    whoever ran the chunks (torch or numpy caller, any thread schedule)."""
+    signal = noise = 0.0
+    for s, n in rows:
+        signal += s
+        noise += n
+    return signal, noise
+
+
+def non_finite_error(name: str) -> QuantizationError:
+    return QuantizationError(
+        f"cannot quantize to {name}: the tensor holds NaN or infinite values",
+        hint="fix the checkpoint, or keep this tensor in F16/BF16/F32",
+    )
+
+
+# The quantizers take torch CPU tensors or numpy arrays alike (the GGUF job's numpy path runs
+# without torch): only the address, size and layout of the buffers matter to the C code.
+Array = Any
+
+
+def quantizer(name: str, lib: ctypes.CDLL, imatrix: Array | None = None) -> Quantizer | None:
     """``fn(x, out, energy=None) -> ok`` for type ``name`` (float32 rows ``(R, n)`` in, uint8 rows out,
-    contiguous CPU tensors), or None where the type has no fused kernel. ``imatrix``: float32 ``(n,)``
-    importance weights, kept alive by the closure. ``ok`` is False for NaN/inf input. ``energy``: a
-    float64 CPU tensor of 2 to which the kernel adds the signal energy (sum x^2) and the error
-    energy (sum (decoded - x)^2) of what it quantized, measured block by block as it goes."""
+    contiguous CPU tensors or numpy arrays), or None where the type has no fused kernel. ``imatrix``:
+    float32 ``(n,)`` importance weights, kept alive by the closure. ``ok`` is False for NaN/inf input.
+    ``energy``: float64 (tensor or array) of 2 to which the kernel adds the signal energy (sum x^2)
+    and the error energy (sum (decoded - x)^2) of what it quantized, measured block by block."""
     if imatrix is None:
         if name not in NATIVE_TYPES:
             return None
         plain = getattr(lib, f"ws_quantize_{name.lower()}")
 
-        def run(x: torch.Tensor, out: torch.Tensor, energy: torch.Tensor | None = None) -> bool:
+        def run(x: Array, out: Array, energy: Array | None = None) -> bool:
             _check(x, out)
             st = _energy_ptr(energy)
-            return plain(x.data_ptr(), out.data_ptr(), x.numel(), st) == 0  # ctypes releases the GIL
+            return plain(_addr(x), _addr(out), _size(x), st) == 0  # ctypes releases the GIL
 
         return run
     if name not in IMATRIX_TYPES:
         return None
     weighted = getattr(lib, f"ws_quantize_imat_{name.lower()}")
-    qw = imatrix.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    if isinstance(imatrix, np.ndarray):
+        qw = np.ascontiguousarray(imatrix.reshape(-1), dtype=np.float32)
+    else:
+        import torch
 
-    def run_weighted(x: torch.Tensor, out: torch.Tensor, energy: torch.Tensor | None = None) -> bool:
+        qw = imatrix.detach().to(device="cpu", dtype=torch.float32).contiguous()
+
+    def run_weighted(x: Array, out: Array, energy: Array | None = None) -> bool:
         _check(x, out)
-        if x.dim() != 2 or x.shape[1] != qw.numel():
+        if len(x.shape) != 2 or x.shape[1] != _size(qw):
             raise ValueError("importance weights need (rows, n) input with n weights")
         st = _energy_ptr(energy)
-        rc = weighted(x.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], qw.data_ptr(), st)
+        rc = weighted(_addr(x), _addr(out), x.shape[0], x.shape[1], _addr(qw), st)
         if rc == 2:
             raise MemoryError("out of memory in the native GGUF kernels")
         return rc == 0
@@ -284,37 +324,52 @@ def quantizer(name: str, lib: ctypes.CDLL, imatrix: torch.Tensor | None = None) 
 
 
 def dequantizer(name: str, lib: ctypes.CDLL) -> Quantizer | None:
-    """``fn(data, out) -> ok``: uint8 rows in, float32 rows out (contiguous CPU tensors), or None
-    where the type has no fused kernel."""
+    """``fn(data, out) -> ok``: uint8 rows in, float32 rows out (contiguous CPU tensors or numpy
+    arrays), or None where the type has no fused kernel."""
     if name not in NATIVE_TYPES:
         return None
     fn = getattr(lib, f"ws_dequantize_{name.lower()}")
 
-    def run(data: torch.Tensor, out: torch.Tensor) -> bool:
+    def run(data: Array, out: Array) -> bool:
         _check(out, data)
-        return fn(data.data_ptr(), out.data_ptr(), out.numel()) == 0
+        return fn(_addr(data), _addr(out), _size(out)) == 0
 
     return run
 
 
-def _energy_ptr(energy: torch.Tensor | None) -> int | None:
+def _addr(a: Array) -> int:
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data_ptr()
+
+
+def _size(a: Array) -> int:
+    return a.size if isinstance(a, np.ndarray) else a.numel()
+
+
+def _layout(a: Array) -> tuple[bool, str, bool]:
+    """(contiguous, dtype name, on the CPU) of a numpy array or a torch tensor."""
+    if isinstance(a, np.ndarray):
+        return a.flags.c_contiguous, a.dtype.name, True
+    return a.is_contiguous(), str(a.dtype).removeprefix("torch."), a.device.type == "cpu"
+
+
+def _energy_ptr(energy: Array | None) -> int | None:
     """The address of a 2-double accumulator, or None (NULL: no measuring)."""
     if energy is None:
         return None
-    if not (energy.dtype == torch.float64 and energy.device.type == "cpu" and energy.numel() == 2):
+    contiguous, dtype, cpu = _layout(energy)
+    if not (dtype == "float64" and cpu and _size(energy) == 2):
         raise ValueError("the energy accumulator is a float64 CPU tensor of 2 elements")
-    if not energy.is_contiguous():
+    if not contiguous:
         raise ValueError("the energy accumulator must be contiguous")
-    return energy.data_ptr()
+    return _addr(energy)
 
 
-def _check(x: torch.Tensor, out: torch.Tensor) -> None:
+def _check(x: Array, out: Array) -> None:
     """The caller guarantees this; checked anyway because a wrong pointer here corrupts memory."""
-    if not (
-        x.is_contiguous() and out.is_contiguous() and x.dtype == torch.float32 and out.dtype == torch.uint8
-    ):
+    (xc, xd, xcpu), (oc, od, ocpu) = _layout(x), _layout(out)
+    if not (xc and oc and xd == "float32" and od == "uint8"):
         raise ValueError("native kernels need contiguous float32 input and uint8 output")
-    if x.device.type != "cpu" or out.device.type != "cpu":
+    if not (xcpu and ocpu):
         raise ValueError("native kernels run on CPU tensors")
 
 

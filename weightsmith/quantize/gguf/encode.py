@@ -1,31 +1,46 @@
-"""One tensor to the bytes a GGUF file stores for its ggml type, and the SQNR of that encoding."""
+"""One tensor to the bytes a GGUF file stores for its ggml type, and the SQNR of that encoding
+(torch tensors on any device; ``arrays.py`` does the same for numpy arrays, with these errors)."""
 
 from __future__ import annotations
 
 import math
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from weightsmith.errors import QuantizationError
-from weightsmith.io.gguf_writer import tensor_bytes
-from weightsmith.kernels.ggml import dequantize, quantize_measured
 from weightsmith.quantize.report import SQNR_CHUNK, Sqnr
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
 F16_MAX = 65504.0
+
+
+def not_finite(name: str, qtype: str) -> QuantizationError:
+    return QuantizationError(
+        f"tensor {name!r} holds NaN or infinite values; it cannot be quantized to {qtype}",
+        hint=f"fix the checkpoint, or keep it in float with --keep '{name}'",
+    )
+
+
+def beyond_f16(name: str, big: float) -> QuantizationError:
+    return QuantizationError(
+        f"tensor {name!r} holds values beyond F16's range (up to {big:.3g}; F16 holds {F16_MAX:g})",
+        hint="use --scheme gguf:BF16 or gguf:F32, which keep every tensor in a wider float, "
+        "or fix the checkpoint's outliers",
+    )
 
 
 def prepare(t: torch.Tensor, qtype: str, device: torch.device, name: str) -> torch.Tensor:
     """What ``encode`` quantizes: float32 on ``device`` for a quantized type (refusing NaN/inf,
     naming the tensor), ``t`` as it is for a float type. Runs in the pipeline's reading stage."""
+    import torch
+
     if qtype in ("F32", "F16", "BF16"):
         return t
     x = t.to(device=device, dtype=torch.float32)
     if x.numel() and not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
-        raise QuantizationError(
-            f"tensor {name!r} holds NaN or infinite values; it cannot be quantized to {qtype}",
-            hint=f"fix the checkpoint, or keep it in float with --keep '{name}'",
-        )
+        raise not_finite(name, qtype)
     return x
 
 
@@ -39,16 +54,16 @@ def encode(
 ) -> tuple[np.ndarray, float | None]:
     """(stored array, SQNR in dB or None for float types) for one tensor; ``prepared``: ``t`` came
     from :func:`prepare` already."""
+    import torch
+
+    from weightsmith.io.gguf_writer import tensor_bytes
+    from weightsmith.kernels.ggml import quantize_measured
+
     if qtype == "F32":
         return t.to(torch.float32).contiguous().numpy(), None
     if qtype == "F16":
         if t.is_floating_point() and t.numel() and float(t.abs().max()) > F16_MAX:
-            raise QuantizationError(
-                f"tensor {name!r} holds values beyond F16's range (up to {float(t.abs().max()):.3g}; "
-                f"F16 holds {F16_MAX:g})",
-                hint="use --scheme gguf:BF16 or gguf:F32, which keep every tensor in a wider float, "
-                "or fix the checkpoint's outliers",
-            )
+            raise beyond_f16(name, float(t.abs().max()))
         return t.to(torch.float16).contiguous().numpy(), None
     if qtype == "BF16":
         return tensor_bytes(t.to(torch.bfloat16), "BF16"), None
@@ -71,6 +86,10 @@ def blockwise_sqnr(x: torch.Tensor, q: torch.Tensor, qtype: str, name: str = "te
     (ggml's float16 block scales overflow on weights beyond ~1e5..1e9, depending on the type) is
     refused: no NaN or infinite block is ever written.
     """
+    import torch
+
+    from weightsmith.kernels.ggml import dequantize
+
     xr = x.reshape(-1, x.shape[-1]) if x.dim() else x.reshape(1, 1)
     qr = q.reshape(xr.shape[0], -1)
     step = max(1, (4 * SQNR_CHUNK) // max(1, xr.shape[1]))

@@ -30,8 +30,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from weightsmith.errors import DetectionError, UsageError
 from weightsmith.families import Component, PlanOptions, get_component
 from weightsmith.families.base import QuantSpec
@@ -180,7 +178,7 @@ def gguf_sources(
 ) -> dict[str, list[str]]:
     """GGUF name -> the Diffusers names its tensor is made of (several for a fused or regrouped
     one), through the component's own plan from its GGUF layout to Diffusers."""
-    infos = {n: TensorInfo(n, tuple(shape), torch.float32, "F32", 0) for n, shape in tensors}
+    infos = {n: TensorInfo(n, tuple(shape), "F32", "F32", 0) for n, shape in tensors}
     det = comp.detect(infos, config)
     if det is None or det.layout != comp.quant.gguf_layout:
         raise DetectionError(

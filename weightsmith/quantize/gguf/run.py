@@ -10,54 +10,80 @@ bounded pipeline (pipeline.py): a few tensors in flight, the sources hashed alon
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weightsmith._version import __version__
 from weightsmith.convert.config import load_config
-from weightsmith.convert.engine import make_plan, resolve_detection, stream
+from weightsmith.convert.engine import Plan, make_plan, resolve_detection, stream
 from weightsmith.errors import UsageError
 from weightsmith.families import Detection, get_component
 from weightsmith.families.base import DIFFUSION_PREFIX
 from weightsmith.io import Checkpoint, open_single
 from weightsmith.io.gguf_writer import GGUFTensorSpec, write_gguf
-from weightsmith.kernels.ggml import get_kernel
-from weightsmith.quantize.device import pick_device
-from weightsmith.quantize.gguf.encode import encode, prepare
-from weightsmith.quantize.gguf.imatrix import ImportanceMatrix, read_imatrix
+from weightsmith.quantize.gguf import arrays as array_path
 from weightsmith.quantize.gguf.recipes import RECIPES, RecipePlan, assign_types, get_recipe
+from weightsmith.quantize.hashing import file_sha256
 from weightsmith.quantize.keep import check_keep_globs
 from weightsmith.quantize.options import QuantizeOptions, SchemeFamily
 from weightsmith.quantize.outputs import check_outputs, staged_outputs
 from weightsmith.quantize.pipeline import Background, Phases, ahead
 from weightsmith.quantize.report import LayerRecord, QuantizeResult, layers_path, write_layer_report
 
+if TYPE_CHECKING:
+    import numpy as np
 
-def file_sha256(path: Path, chunk: int = 1 << 20, stop: threading.Event | None = None) -> str:
-    """SHA-256 of a file through one reused 1 MiB buffer (``read(n)`` would allocate n bytes per
-    call, whatever the file's size). ``stop``: give up early (the run failed; the digest is unused)."""
-    h = hashlib.sha256()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    with open(path, "rb") as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-            if stop is not None and stop.is_set():
-                break
-    return h.hexdigest()
+    from weightsmith.quantize.gguf.imatrix import ImportanceMatrix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TensorPath:
+    """How a run's tensors are read, prepared (float32, checked) and encoded: as torch tensors on
+    a device (``encode.py``), or as numpy arrays without torch (``arrays.py``); the pipeline, the
+    plan and the writer are the same."""
+
+    name: str
+    read: Callable[[Plan, bool], Iterator[tuple[str, Any]]]
+    prepare: Callable[[Any, str, str], Any]  # (tensor, ggml type, name)
+    encode: Callable[[Any, str, Any, str], tuple[np.ndarray, float | None]]  # (..., imatrix, name)
+
+
+NUMPY_PATH = TensorPath(  # looked up on each call (tests wrap the stages)
+    "numpy",
+    lambda plan, progress: array_path.read(plan, progress),
+    lambda t, qtype, name: array_path.prepare(t, qtype, name),
+    lambda x, qtype, w, name: array_path.encode(x, qtype, w, name),
+)
+
+
+def torch_path(device: str) -> TensorPath:
+    """The torch tensors' path on ``--device`` (any device, an imatrix, every plan op)."""
+    from weightsmith.quantize.device import pick_device
+    from weightsmith.quantize.gguf.encode import encode, prepare
+
+    dev = pick_device(device)
+    return TensorPath(
+        "torch",
+        lambda plan, progress: stream(plan, progress),
+        lambda t, qtype, name: prepare(t, qtype, dev, name),
+        lambda x, qtype, w, name: encode(x, qtype, dev, w, name, True),
+    )
 
 
 def recipe_plan(ck: Checkpoint, det: Detection, recipe: str, keep: tuple[str, ...] = ()) -> RecipePlan:
     """The type of every tensor of ``ck`` in its GGUF file (what ``quantize_gguf`` writes)."""
     comp = get_component(det.family, det.component)
-    plan = make_plan(ck, comp.quant.gguf_layout, detection=det, prefix="")
+    plan = make_plan(ck, comp.quant.gguf_layout, detection=det, prefix="", dtype_names=True)
     names = [(s.name.removeprefix(DIFFUSION_PREFIX), s.shape) for s in plan.specs]
     return assign_types(get_recipe(recipe), comp, names, keep, plan.source_config)
 
@@ -100,9 +126,14 @@ def run_gguf(
         raise UsageError(
             f"GGUF output {dst} should end in .gguf", hint="name the destination like model-Q4_K_M.gguf"
         )
-    dev = pick_device(opts.device)
+    if opts.device not in ("auto", "cpu"):
+        torch_path(opts.device)  # a device that does not exist is refused before any work
     check_outputs(dst, opts.overwrite, opts.report)
-    im: ImportanceMatrix | None = read_imatrix(opts.imatrix) if opts.imatrix else None
+    im: ImportanceMatrix | None = None
+    if opts.imatrix:
+        from weightsmith.quantize.gguf.imatrix import read_imatrix
+
+        im = read_imatrix(opts.imatrix)
     ck = open_single(src)
     stop = threading.Event()  # set when the run ends: a failed run leaves no hashing behind
     try:
@@ -118,7 +149,7 @@ def run_gguf(
                 hint="point at the transformer (a pipeline folder's transformer is picked automatically), "
                 "or declare quant.gguf_arch on the family's Component",
             )
-        plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="")
+        plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="", dtype_names=True)
         names = {s.name: s.name.removeprefix(DIFFUSION_PREFIX) for s in plan.specs}
         check_keep_globs(opts.keep, names.values())
         rp = assign_types(
@@ -134,6 +165,10 @@ def run_gguf(
         specs = [GGUFTensorSpec(names[s.name], s.shape, types[names[s.name]]) for s in plan.specs]
         if im is not None:
             _check_imatrix(im, specs)
+        why = array_path.refusal(opts.device, im, ck, plan, [(s.shape, s.qtype) for s in specs])
+        if why:
+            log.debug("GGUF quantize runs on torch tensors: %s", why)
+        path = NUMPY_PATH if why is None else torch_path(opts.device)
         # The sources' SHA-256 go into the header, which is written first: the header gets
         # placeholders of the same length, the hashing runs beside the quantization, and the
         # real digests are patched in before the file is renamed into place (same bytes).
@@ -153,16 +188,16 @@ def run_gguf(
         layers: list[LayerRecord] = []
 
         def read():  # stage 1: read, convert the layout, float32 on the device, refuse NaN/inf
-            for (out_name, t), tspec in zip(stream(plan, opts.progress), specs):
+            for (out_name, t), tspec in zip(path.read(plan, opts.progress), specs):
                 name = names[out_name]
-                yield name, tspec, prepare(t, tspec.qtype, dev, name), t.numel() * t.element_size()
+                yield name, tspec, path.prepare(t, tspec.qtype, name), t.nbytes
 
         def arrays():  # stage 2: quantize (the kernels measure their SQNR as they go)
             with closing(ahead(phases.timed("read", read()), 1, "read")) as tensors:
                 for name, tspec, x, before in tensors:
                     w = im.get(name) if im is not None else None
-                    arr, sqnr = phases.call("quantize", encode, x, tspec.qtype, dev, w, name, True)
-                    used = w is not None and get_kernel(tspec.qtype).uses_imatrix
+                    arr, sqnr = phases.call("quantize", path.encode, x, tspec.qtype, w, name)
+                    used = w is not None and _uses_imatrix(tspec.qtype)
                     rec = LayerRecord(
                         name, tspec.shape, tspec.qtype, reasons[name], before, arr.nbytes, sqnr, used
                     )
@@ -194,6 +229,12 @@ def run_gguf(
     return result
 
 
+def _uses_imatrix(qtype: str) -> bool:
+    from weightsmith.kernels.ggml import get_kernel
+
+    return get_kernel(qtype).uses_imatrix
+
+
 def _check_imatrix(im: ImportanceMatrix, specs: list[GGUFTensorSpec]) -> None:
     """Before any work: the imatrix belongs to this model (names it), and each entry a quantized
     tensor will use has one value per input column."""
@@ -205,7 +246,7 @@ def _check_imatrix(im: ImportanceMatrix, specs: list[GGUFTensorSpec]) -> None:
         )
     for s in specs:
         w = im.get(s.name)
-        if w is None or s.qtype in ("F32", "F16", "BF16") or not get_kernel(s.qtype).uses_imatrix:
+        if w is None or s.qtype in ("F32", "F16", "BF16") or not _uses_imatrix(s.qtype):
             continue
         if w.numel() != s.shape[-1]:
             raise UsageError(

@@ -81,7 +81,7 @@ from weightsmith.quantize.linear.formats import (
 from weightsmith.quantize.linear.measure import measured_sqnr
 from weightsmith.quantize.linear.policy import LinearPolicy
 from weightsmith.quantize.linear.sensitive import full_precision_layers
-from weightsmith.quantize.options import LinearOptions, QuantizeOptions, SchemeFamily
+from weightsmith.quantize.options import LinearOptions, QuantizeOptions, SchemeFamily, check_gguf_options
 from weightsmith.quantize.outputs import check_outputs, staged_outputs
 from weightsmith.quantize.pipeline import ahead
 from weightsmith.quantize.report import LayerRecord, QuantizeResult, layers_path, write_layer_report
@@ -151,20 +151,7 @@ def linear_cli_kwargs(
     any work (calibration runs generations: a wrong combination must end before that).
 
     GGUF recipes take none of these: naming one with a gguf: scheme is a usage error."""
-    if scheme.lower().startswith("gguf:"):
-        if (
-            fmt not in (None, "gguf")
-            or keep_blocks is not None
-            or activations
-            or calibrate
-            or sensitivity
-            or fp_layers
-        ):
-            raise UsageError(
-                "--format, --keep-blocks, --activations, --calibrate, --sensitivity and --fp-layers apply to "
-                "int8/fp8/int4/fp4 schemes",
-                hint="drop them for gguf: recipes (the GGUF file is the format)",
-            )
+    if check_gguf_options(scheme, fmt, keep_blocks, activations, calibrate, sensitivity, fp_layers):
         return {}
     if fmt == "gguf":
         raise UsageError(
