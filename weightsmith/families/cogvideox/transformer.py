@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from weightsmith.errors import ConversionError
 from weightsmith.families.base import (
     DIFFUSION_PREFIX,
@@ -52,7 +54,8 @@ from weightsmith.families.cogvideox.transformer_keys import (
     sat_drop_reason,
     transformer_units,
 )
-from weightsmith.families.ops import Drop, Fuse, Op, Regroup, Rename, Spec, Split
+from weightsmith.families.cogvideox.positions import sincos_table, table_rows
+from weightsmith.families.ops import Derive, Drop, Fuse, Op, Regroup, Rename, Spec, Split
 from weightsmith.io.base import TensorInfo
 
 
@@ -231,14 +234,29 @@ class CogVideoXTransformer(Component):
         target: str,
         options: PlanOptions,
     ) -> list[Op]:
-        """The positional table: kept, dropped (2B's sincos table to Diffusers) or derived (2B to SAT)."""
+        """The positional table: kept, dropped (2B's sincos table to Diffusers) or derived (2B to
+        ComfyUI, whose detection reads a missing table as RoPE: see ``positions``)."""
         if ins:
-            if target == SAT or detection.layout == target or variant != "2b":
+            if target == COMFY or detection.layout == target or variant != "2b":
                 return [Rename(ins[0], outs[0])]
+            why = (
+                "Diffusers recomputes it as a non-persistent buffer"
+                if target == DIFFUSERS
+                else "SAT output of 2B leaves it out, as from Diffusers (SAT rebuilds it)"
+            )
+            return [Drop(ins[0], f"CogVideoX-2B's fixed sincos table; {why}")]
+        if target == COMFY and variant == "2b":
+            dim = int(detection.facts["hidden_size"])
+            patch = int(detection.facts["patch_size"])
+            settings = grid_settings("1.0", detection.facts, options.config)
+            rows = table_rows(settings, patch)
             return [
-                Drop(
-                    ins[0],
-                    "CogVideoX-2B's fixed sincos table; Diffusers recomputes it as a non-persistent buffer",
+                Derive(
+                    outs[0],
+                    (1, rows, dim),
+                    torch.float32,
+                    lambda: sincos_table(dim, settings, patch),
+                    reason="CogVideoX-2B's sincos table, which ComfyUI's detection needs to see",
                 )
             ]
         # Diffusers -> SAT: nothing is derived. SAT's 2B builds its sincos table in reinit() and

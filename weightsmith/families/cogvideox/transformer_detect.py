@@ -178,6 +178,9 @@ def transformer_facts(
         facts["positional"] = "rope+learned"
         return "5b-i2v", facts, notes
     # 1.0 text-to-video: 2B (sincos table) or 5B (RoPE).
+    if layout == COMFY:  # ComfyUI's own rule: a stored table means absolute positions, none RoPE
+        facts["positional"] = "sincos" if has_pos else "rope"
+        return ("2b" if has_pos else "5b"), facts, notes
     if layout == SAT and has_pos:
         facts["positional"] = "sincos"
         return "2b", facts, notes

@@ -6,7 +6,7 @@ a transformer's Linear weights as INT8/FP8/INT4/FP4 safetensors, in the layout t
   safetensors hold each quantized Linear as that format defines it (see ``formats``); nvfp4 and
   mxfp4 are weight-only ``nvfp4-pack-quantized`` / ``mxfp4-pack-quantized``.
 * ``--format comfy`` (DST a ``.safetensors`` file): ComfyUI's current comfy_quant file in the
-  family's published layout (``quant.gguf_layout``) for fp8 (written per tensor), fp8-tensor,
+  layout ComfyUI's native model reads (``quant.comfy_layout``, else ``quant.gguf_layout``) for fp8 (written per tensor), fp8-tensor,
   fp8-e5m2, int8-tensor, mxfp8 and nvfp4 (padded, swizzled: see ``comfy``), for the families
   whose ``quant.comfy_fp8`` says ComfyUI loads one (else ``quant.comfy_refusal`` says why not).
   Chosen by default when DST ends in .safetensors. Calibrated activation ranges become
@@ -313,7 +313,7 @@ def run_linear(
                     f"{det.family}: {spec.comfy_refusal}",
                     hint="use --format compressed-tensors (DST without .safetensors)",
                 )
-            out_plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="")
+            out_plan = make_plan(ck, spec.comfy_layout or spec.gguf_layout, detection=det, prefix="")
             src_to_d, src_to_o = _rename_map(plan_d), _rename_map(out_plan)
             to_diffusers = {o: src_to_d[s] for s, o in src_to_o.items() if s in src_to_d}
         check_keep_globs(keep, [*to_diffusers.values(), *(s.name for s in out_plan.specs)])
