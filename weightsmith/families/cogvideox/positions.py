@@ -3,9 +3,9 @@
 ComfyUI's model detection reads the presence of ``patch_embed.pos_embedding`` as "absolute
 positions, no RoPE" and its absence as "RoPE" (comfy/model_detection.py), so a 2B file without
 the table would run there as a RoPE model. Diffusers keeps the table as a non-persistent buffer
-(never saved), so going to ComfyUI's layout it is derived here, bit for bit the buffer diffusers'
-``CogVideoXPatchEmbed`` builds for the same config (its own method computes it). ComfyUI itself
-recomputes the sincos values at run time: only the table's presence and shape matter to it.
+(never saved), so going to ComfyUI's layout it is derived here: the buffer diffusers'
+``CogVideoXPatchEmbed`` builds for the same config (its own method computes it, in float64),
+stored in float32 like ComfyUI's buffer. ComfyUI itself recomputes the sincos values at run time: only the table's presence and shape matter to it.
 """
 
 from __future__ import annotations
