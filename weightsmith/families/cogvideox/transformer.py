@@ -34,6 +34,7 @@ from weightsmith.families.cogvideox.export import CogVideoXTransformerExport
 from weightsmith.families.cogvideox.generation import CogVideoXGeneration
 from weightsmith.families.cogvideox.inputs import CogVideoXInputs
 from weightsmith.families.cogvideox.lora import CogVideoXLora
+from weightsmith.families.cogvideox.positions import sincos_table, table_rows
 from weightsmith.families.cogvideox.quant import TRANSFORMER_QUANT
 from weightsmith.families.cogvideox.tiny import COGVIDEOX_INIT, TRANSFORMER_VARIANTS, tiny_transformer_config
 from weightsmith.families.cogvideox.transformer_detect import (
@@ -54,7 +55,6 @@ from weightsmith.families.cogvideox.transformer_keys import (
     sat_drop_reason,
     transformer_units,
 )
-from weightsmith.families.cogvideox.positions import sincos_table, table_rows
 from weightsmith.families.ops import Derive, Drop, Fuse, Op, Regroup, Rename, Spec, Split
 from weightsmith.io.base import TensorInfo
 
