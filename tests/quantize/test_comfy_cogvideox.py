@@ -297,3 +297,17 @@ def test_verify_scores_a_cogvideox_comfy_candidate(tmp_path, one_thread, monkeyp
     assert res.passed and len(res.candidates) == 1
     c = res.candidates[0]
     assert not c.exact and c.worst["latent_sqnr"] >= 10 and c.worst["size_ratio"] < 1
+
+
+def test_sat_source_gives_the_same_file(work, run_cli, one_thread):
+    """From the SAT layout (fused qkv, 12-chunk adaLN) the ComfyUI file is the same, bit for bit:
+    q/k/v split out of query_key_value are quantized like Diffusers' to_q/to_k/to_v."""
+    sat = work / "5b-sat"
+    r = run_cli("convert", _source("5b-i2v", work), sat, "--to", "sat")
+    assert r.code == 0, r.err
+    dst = work / "5b-sat-fp8.safetensors"
+    quantize_linear(sat, dst, "fp8-tensor", format="comfy", progress=False, device="cpu")
+    ours, ref = _tensors(dst), _tensors(_quantized("5b-i2v", "fp8-tensor", work))
+    assert sorted(ours) == sorted(ref)
+    for k, v in ref.items():
+        assert torch.equal(ours[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
