@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def table_rows(settings: Mapping[str, Any], patch: int) -> int:
@@ -26,6 +27,7 @@ def table_rows(settings: Mapping[str, Any], patch: int) -> int:
 
 def sincos_table(dim: int, settings: Mapping[str, Any], patch: int) -> torch.Tensor:
     """The [1, rows, dim] float32 table diffusers' CogVideoXPatchEmbed registers for these settings."""
+    import torch
     from diffusers.models.embeddings import CogVideoXPatchEmbed
 
     # Only the grid attributes the method reads; building the module would allocate its

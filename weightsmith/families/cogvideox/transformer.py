@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 from weightsmith.errors import ConversionError
 from weightsmith.families.base import (
     DIFFUSION_PREFIX,
@@ -246,6 +244,8 @@ class CogVideoXTransformer(Component):
             )
             return [Drop(ins[0], f"CogVideoX-2B's fixed sincos table; {why}")]
         if target == COMFY and variant == "2b":
+            import torch  # here, not at import: the CLI's startup stays free of torch
+
             dim = int(detection.facts["hidden_size"])
             patch = int(detection.facts["patch_size"])
             settings = grid_settings("1.0", detection.facts, options.config)
