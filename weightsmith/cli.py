@@ -270,9 +270,11 @@ def quantize(
                                    carries compressed-tensors' quantization_config
                                    (nvfp4, mxfp4: weight-only, nvfp4 also W4A4 with
                                    --activations nvfp4 --calibrate)
-      --format comfy               DST is a ComfyUI comfy_quant .safetensors (Wan, original
-                                   layout; fp8 (written per tensor, = fp8-tensor), fp8-e5m2,
-                                   int8-tensor, mxfp8 or nvfp4, padded as ComfyUI reads them).
+      --format comfy               DST is a ComfyUI comfy_quant .safetensors in the names
+                                   ComfyUI's native model reads (Wan: original layout;
+                                   CogVideoX: ComfyUI's own names, layout comfy).
+                                   Schemes: fp8 (written per tensor, = fp8-tensor), fp8-e5m2,
+                                   int8-tensor, mxfp8 or nvfp4, padded as ComfyUI reads them.
                                    Layers without a calibrated input_scale, and the
                                    --fp-layers most sensitive of --sensitivity, are marked
                                    full_precision_matrix_mult

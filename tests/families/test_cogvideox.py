@@ -152,7 +152,7 @@ def official_vae_sat_to_diffusers(sat: dict[str, torch.Tensor]) -> dict[str, tor
 
 
 def test_registered_component() -> None:
-    assert TRANSFORMER.layouts == ("sat", "diffusers")
+    assert TRANSFORMER.layouts == ("sat", "diffusers", "comfy")
     assert set(VARIANTS) == {"2b", "5b", "5b-i2v", "1.5-5b", "1.5-5b-i2v"}
     assert TRANSFORMER.model_class() is CogVideoXTransformer3DModel
     assert VAE.model_class() is AutoencoderKLCogVideoX

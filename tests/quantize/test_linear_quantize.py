@@ -550,7 +550,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(work, run_cli, args, needle):
 
 def test_bad_input_api():
     with pytest.raises(UsageError, match="compressed-tensors"):
-        quantize_linear(_source("cogvideox"), _ROOT[0] / "cog.safetensors", "fp8-tensor", progress=False)
+        quantize_linear(_source("sana"), _ROOT[0] / "sana.safetensors", "fp8-tensor", progress=False)
     with pytest.raises(UsageError, match="component folder"):
         quantize_linear(_source("wan"), _ROOT[0] / "x.safetensors", "int8", format="compressed-tensors")
     assert parse_keep_blocks("first:2, last:3").first == 2 and parse_keep_blocks(None).last == 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weightsmith.convert.config import load_config
-from weightsmith.convert.engine import DIFFUSERS, ORIGINAL, SAT, Plan, make_plan, summary_lines
+from weightsmith.convert.engine import DIFFUSERS, SAT, Plan, make_plan, summary_lines
 from weightsmith.convert.write import write_plan
 from weightsmith.errors import InputError, UsageError
 from weightsmith.families import detect, get_component, layouts
@@ -147,7 +147,7 @@ def _convert_pipeline(
             if to == SAT and plan.detection.component == "vae":
                 target.mkdir()
                 target = target / "3d-vae.pt"
-            elif to == ORIGINAL:
+            elif to not in (DIFFUSERS, SAT):  # single-file layouts (original, ComfyUI's)
                 target = tmp / name / "diffusion_pytorch_model.safetensors"
                 target.parent.mkdir()
             write_plan(plan, target, shard_size=shard_size, overwrite=False, progress=progress)

@@ -147,7 +147,9 @@ class QuantSpec:
     gguf_ffn_down: tuple[str, ...] = ()
     gguf_f32: tuple[str, ...] = ()
     diffusers_reads_gguf: bool = False  # diffusers' from_single_file loads our GGUF of it
-    comfy_fp8: bool = False  # ComfyUI loads a comfy_quant / scaled-fp8 single file of it in ``gguf_layout``
+    comfy_fp8: bool = False  # ComfyUI loads a comfy_quant / scaled-fp8 single file of it in ``comfy_layout``
+    # The layout ComfyUI's native model names its weights in; None: ``gguf_layout``.
+    comfy_layout: str | None = None
     comfy_refusal: str = "ComfyUI has no native model for it"  # why not, when ``comfy_fp8`` is False
     # Kept tensors of <= 1024 elements stored as F32 (the DiT rule). False: llama.cpp's rule, only
     # 1-D tensors and norms are F32, other kept tensors F16 (text encoders).

@@ -9,6 +9,7 @@ from weightsmith.io.base import TensorInfo
 FAMILY = "cogvideox"
 SAT = "sat"
 DIFFUSERS = "diffusers"
+COMFY = "comfy"  # ComfyUI's native CogVideoX module names (comfy_keys)
 PARAMS = ("weight", "bias")
 
 # Keys a full SAT engine checkpoint (SATVideoDiffusionEngine) keeps beside the DiT: the T5 text

@@ -4,6 +4,11 @@ how GGUF recipes see the SAT layout.
 Extensions of ComfyUI-GGUF's patterns for the SAT names: the fused ``query_key_value`` counts as
 fused qkv, ``mlp.dense_4h_to_h`` as FFN-down, and the per-block adaLN Linear layers as modulation
 (kept in float, like Wan's time projection). diffusers cannot load a CogVideoX GGUF.
+
+ComfyUI files (``--format comfy``/``comfy-legacy``) are written in ComfyUI's own CogVideoX names
+(``comfy_keys``), which ComfyUI's model detection and native module read; the keep policy stays
+in Diffusers names (the writer maps every output name back). Quantized there: the q/k/v/attn_out
+and ff_proj/ff_out Linears of each block.
 """
 
 from __future__ import annotations
@@ -25,8 +30,6 @@ TRANSFORMER_QUANT = QuantSpec(
     gguf_qkv=("*.attention.query_key_value.weight",),
     gguf_ffn_down=("*.mlp.dense_4h_to_h.weight",),
     gguf_f32=("*adaLN_modulation*",),
-    comfy_refusal=(
-        "ComfyUI's native CogVideoX model (comfy/ldm/cogvideo) names its weights its own way "
-        "(blocks.N.q, ff_proj, ...), a layout weightsmith does not write yet"
-    ),
+    comfy_fp8=True,
+    comfy_layout="comfy",
 )

@@ -105,6 +105,31 @@ def _wide_transformer(variant: str) -> dict[str, Any]:
     return cfg
 
 
+def comfy_tiny_transformer_config(variant: str) -> dict[str, Any]:
+    """A tiny ``variant`` ComfyUI's CogVideoX detection reads right: it assumes what every release
+    has (attention_head_dim 64, out_channels 16, 1.5's 2x2x2 patches) and builds 1.0's position
+    table for 60x90x49 samples and 226 text tokens, so those are the released values here (the
+    2B/5B-I2V table is then [1, 17776, 64]; the model itself stays 64 wide, 2 blocks)."""
+    cfg = tiny_transformer_config(variant)
+    cfg |= {
+        "num_attention_heads": 1,
+        "attention_head_dim": 64,
+        "in_channels": 2 * 16 if cfg["in_channels"] != cfg["out_channels"] else 16,
+        "out_channels": 16,
+        "time_embed_dim": 32,
+        "text_embed_dim": 32,
+        "sample_height": 60,
+        "sample_width": 90,
+        "sample_frames": 49,
+        "max_text_seq_length": 226,
+    }
+    if cfg.get("ofs_embed_dim"):
+        cfg["ofs_embed_dim"] = 16
+    if cfg["patch_size_t"]:  # ComfyUI's 1.5 RoPE base grid (supported_models.CogVideoX_T2V)
+        cfg |= {"sample_height": 96, "sample_width": 170, "sample_frames": 81}
+    return cfg
+
+
 def tiny_vae_config() -> dict[str, Any]:
     """Constructor kwargs of the tiny VAE (diffusers' test config, with a channel change for shortcuts).
 

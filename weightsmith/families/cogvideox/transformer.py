@@ -20,16 +20,19 @@ from weightsmith.families.base import (
     register,
 )
 from weightsmith.families.cogvideox._common import (
+    COMFY,
     DIFFUSERS,
     FAMILY,
     SAT,
     local_keys,
 )
+from weightsmith.families.cogvideox.comfy_keys import COMFY_MARKERS, COMFY_REQUIRED_MARKERS
 from weightsmith.families.cogvideox.config_fields import CONFIG_FIELDS
 from weightsmith.families.cogvideox.export import CogVideoXTransformerExport
 from weightsmith.families.cogvideox.generation import CogVideoXGeneration
 from weightsmith.families.cogvideox.inputs import CogVideoXInputs
 from weightsmith.families.cogvideox.lora import CogVideoXLora
+from weightsmith.families.cogvideox.positions import sincos_table, table_rows
 from weightsmith.families.cogvideox.quant import TRANSFORMER_QUANT
 from weightsmith.families.cogvideox.tiny import COGVIDEOX_INIT, TRANSFORMER_VARIANTS, tiny_transformer_config
 from weightsmith.families.cogvideox.transformer_detect import (
@@ -50,17 +53,17 @@ from weightsmith.families.cogvideox.transformer_keys import (
     sat_drop_reason,
     transformer_units,
 )
-from weightsmith.families.ops import Drop, Fuse, Op, Regroup, Rename, Spec, Split
+from weightsmith.families.ops import Derive, Drop, Fuse, Op, Regroup, Rename, Spec, Split
 from weightsmith.io.base import TensorInfo
 
 
 @register
 class CogVideoXTransformer(Component):
-    """CogVideoX DiT (2B, 5B, 5B-I2V, 1.5-5B, 1.5-5B-I2V) in SAT and Diffusers layouts."""
+    """CogVideoX DiT (2B, 5B, 5B-I2V, 1.5-5B, 1.5-5B-I2V) in SAT, Diffusers and ComfyUI layouts."""
 
     family = FAMILY
     component = "transformer"
-    layouts = (SAT, DIFFUSERS)
+    layouts = (SAT, DIFFUSERS, COMFY)
     variants = TRANSFORMER_VARIANTS
     diffusers_class = "CogVideoXTransformer3DModel"
     config_fields = CONFIG_FIELDS
@@ -83,18 +86,24 @@ class CogVideoXTransformer(Component):
         if prefix is None:
             prefix = find_prefix(keys, DIFF_MARKERS, ("", DIFFUSION_PREFIX))
             layout = DIFFUSERS
+        if prefix is None:
+            prefix = find_prefix(keys, COMFY_MARKERS, ("", DIFFUSION_PREFIX))
+            layout = COMFY
             if prefix is None:
                 return None
         local, _ = local_keys(infos, prefix)
         shapes = {k: infos[full].shape for k, full in local.items()}
-        if layout == DIFFUSERS:
-            # CogView3/4 share the names; CogVideoX's norm1.linear is 6*hidden and it has a time_embedding.
-            if not all(m in shapes for m in DIFF_REQUIRED_MARKERS):
+        if layout != SAT:
+            # CogView3/4 share the Diffusers names; CogVideoX's norm1.linear is 6*hidden and it
+            # has a time embedding.
+            marker, required = (
+                (DIFF_MARKERS[0], DIFF_REQUIRED_MARKERS)
+                if layout == DIFFUSERS
+                else (COMFY_MARKERS[0], COMFY_REQUIRED_MARKERS)
+            )
+            if not all(m in shapes for m in required):
                 return None
-            if (
-                shapes["transformer_blocks.0.norm1.linear.weight"][0]
-                != 6 * shapes["patch_embed.text_proj.weight"][0]
-            ):
+            if shapes[marker][0] != 6 * shapes["patch_embed.text_proj.weight"][0]:
                 return None
         else:
             adaln = shapes.get("mixins.adaln_layer.adaLN_modulations.0.1.weight")
@@ -166,7 +175,8 @@ class CogVideoXTransformer(Component):
                 needed = u.group == "core" or u.group in present_groups
             missing.extend(detection.prefix + k for k in u.side(src) if needed and k not in local)
         if num_layers == 0:
-            missing.append(detection.prefix + (SAT_MARKERS[0] if src == SAT else DIFF_MARKERS[0]))
+            marker = {SAT: SAT_MARKERS[0], COMFY: COMFY_MARKERS[0]}.get(src, DIFF_MARKERS[0])
+            missing.append(detection.prefix + marker)
         self.check_keys(
             what,
             missing=missing,
@@ -184,7 +194,8 @@ class CogVideoXTransformer(Component):
             outs = tuple(out_prefix + k for k in u.side(target_layout))
             if u.kind == "pos":
                 ops.extend(self._pos_ops(detection, variant, infos, ins, outs, target_layout, options))
-            elif src == target_layout or u.kind == "rename":
+            elif src == target_layout or SAT not in (src, target_layout) or u.kind == "rename":
+                # Same layout, or Diffusers <-> ComfyUI: the same tensors under other names.
                 ops.extend(Rename(i, o) for i, o in zip(ins, outs))
             elif u.kind == "qkv":
                 # SAT's fused query_key_value rows are [q; k; v] (torch.chunk(3, dim=0) in the official map).
@@ -221,14 +232,31 @@ class CogVideoXTransformer(Component):
         target: str,
         options: PlanOptions,
     ) -> list[Op]:
-        """The positional table: kept, dropped (2B's sincos table to Diffusers) or derived (2B to SAT)."""
+        """The positional table: kept, dropped (2B's sincos table to Diffusers) or derived (2B to
+        ComfyUI, whose detection reads a missing table as RoPE: see ``positions``)."""
         if ins:
-            if target == SAT or detection.layout == target or variant != "2b":
+            if target == COMFY or detection.layout == target or variant != "2b":
                 return [Rename(ins[0], outs[0])]
+            why = (
+                "Diffusers recomputes it as a non-persistent buffer"
+                if target == DIFFUSERS
+                else "SAT output of 2B leaves it out, as from Diffusers (SAT rebuilds it)"
+            )
+            return [Drop(ins[0], f"CogVideoX-2B's fixed sincos table; {why}")]
+        if target == COMFY and variant == "2b":
+            import torch  # here, not at import: the CLI's startup stays free of torch
+
+            dim = int(detection.facts["hidden_size"])
+            patch = int(detection.facts["patch_size"])
+            settings = grid_settings("1.0", detection.facts, options.config)
+            rows = table_rows(settings, patch)
             return [
-                Drop(
-                    ins[0],
-                    "CogVideoX-2B's fixed sincos table; Diffusers recomputes it as a non-persistent buffer",
+                Derive(
+                    outs[0],
+                    (1, rows, dim),
+                    torch.float32,
+                    lambda: sincos_table(dim, settings, patch),
+                    reason="CogVideoX-2B's sincos table, which ComfyUI's detection needs to see",
                 )
             ]
         # Diffusers -> SAT: nothing is derived. SAT's 2B builds its sincos table in reinit() and

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from weightsmith.families.cogvideox._common import DIFFUSERS, SAT
+from weightsmith.families.cogvideox._common import COMFY, DIFFUSERS, SAT
 from weightsmith.families.cogvideox.transformer_keys import DIFF_POS, SAT_POS, SAT_ROPE
 
 # Released-model values of config-only knobs (layouts.md 2.2), used when no config says otherwise.
@@ -64,6 +64,15 @@ FACT_KEYS = {
         "norm_q": "transformer_blocks.0.attn1.norm_q.weight",
         "time": "time_embedding.linear_1.weight",
         "ofs": "ofs_embedding.linear_1.weight",
+        "pos": DIFF_POS,
+    },
+    COMFY: {
+        "proj": "patch_embed.proj.weight",
+        "text_proj": "patch_embed.text_proj.weight",
+        "proj_out": "proj_out.weight",
+        "norm_q": "blocks.0.norm_q.weight",
+        "time": "time_embedding_linear_1.weight",
+        "ofs": "ofs_embedding_linear_1.weight",
         "pos": DIFF_POS,
     },
 }
@@ -169,6 +178,9 @@ def transformer_facts(
         facts["positional"] = "rope+learned"
         return "5b-i2v", facts, notes
     # 1.0 text-to-video: 2B (sincos table) or 5B (RoPE).
+    if layout == COMFY:  # ComfyUI's own rule: a stored table means absolute positions, none RoPE
+        facts["positional"] = "sincos" if has_pos else "rope"
+        return ("2b" if has_pos else "5b"), facts, notes
     if layout == SAT and has_pos:
         facts["positional"] = "sincos"
         return "2b", facts, notes

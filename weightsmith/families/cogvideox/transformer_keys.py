@@ -14,7 +14,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from weightsmith.families.cogvideox._common import DIFFUSERS, PARAMS, SAT, SAT_FOREIGN_PREFIXES
+from weightsmith.families.cogvideox._common import COMFY, DIFFUSERS, PARAMS, SAT, SAT_FOREIGN_PREFIXES
+from weightsmith.families.cogvideox.comfy_keys import comfy_name
 
 # One-to-one module renames, (SAT module path, Diffusers module path); both hold .weight/.bias.
 # These restate layouts.md 2.3 rules 1-16 as whole-path pairs.
@@ -70,11 +71,12 @@ ADALN_TO_SAT = ((0, 1, 2, 6, 7, 8, 3, 4, 5, 9, 10, 11),)
 
 @dataclass(frozen=True)
 class Unit:
-    """One piece of the model in both layouts: which SAT keys become which Diffusers keys, and how.
+    """One piece of the model in every layout: which SAT keys become which Diffusers keys, and how.
 
     ``kind``: "rename" (1 <-> 1), "qkv" (1 fused <-> 3), "adaln" (1 of 12 chunks <-> 2 of 6),
     "pos" (positional table, handled per variant). ``group``: "core" units must be present; any
-    other group (optional patch bias, ofs embedding, ...) is all-or-none.
+    other group (optional patch bias, ofs embedding, ...) is all-or-none. ComfyUI's names are
+    Diffusers' renamed one for one (``comfy_keys``), so its surgery is Diffusers'.
     """
 
     kind: str
@@ -83,7 +85,11 @@ class Unit:
     group: str = "core"
 
     def side(self, layout: str) -> tuple[str, ...]:
-        return self.sat if layout == SAT else self.diff
+        if layout == SAT:
+            return self.sat
+        if layout == COMFY:
+            return tuple(comfy_name(k) for k in self.diff)
+        return self.diff
 
 
 def transformer_units(num_layers: int) -> list[Unit]:
@@ -123,6 +129,7 @@ def transformer_units(num_layers: int) -> list[Unit]:
 LAYER_RX = {
     SAT: re.compile(r"(?:transformer\.layers|mixins\.adaln_layer\.\w+)\.(\d+)\."),
     DIFFUSERS: re.compile(r"transformer_blocks\.(\d+)\."),
+    COMFY: re.compile(r"blocks\.(\d+)\."),
 }
 
 

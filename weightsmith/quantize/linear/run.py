@@ -6,7 +6,7 @@ a transformer's Linear weights as INT8/FP8/INT4/FP4 safetensors, in the layout t
   safetensors hold each quantized Linear as that format defines it (see ``formats``); nvfp4 and
   mxfp4 are weight-only ``nvfp4-pack-quantized`` / ``mxfp4-pack-quantized``.
 * ``--format comfy`` (DST a ``.safetensors`` file): ComfyUI's current comfy_quant file in the
-  family's published layout (``quant.gguf_layout``) for fp8 (written per tensor), fp8-tensor,
+  layout ComfyUI's native model reads (``quant.comfy_layout``, else ``quant.gguf_layout``) for fp8 (written per tensor), fp8-tensor,
   fp8-e5m2, int8-tensor, mxfp8 and nvfp4 (padded, swizzled: see ``comfy``), for the families
   whose ``quant.comfy_fp8`` says ComfyUI loads one (else ``quant.comfy_refusal`` says why not).
   Chosen by default when DST ends in .safetensors. Calibrated activation ranges become
@@ -37,7 +37,6 @@ from weightsmith.convert.config import load_config, output_config, provenance_co
 from weightsmith.convert.engine import Plan, make_plan, resolve_detection, stream
 from weightsmith.errors import UsageError
 from weightsmith.families import Detection, components, get_component
-from weightsmith.families.ops import Rename
 from weightsmith.io import Checkpoint, open_single
 from weightsmith.io.base import CONFIG_METADATA_KEY, dtype_name
 from weightsmith.io.quantized import SHAPES_KEY
@@ -188,8 +187,11 @@ def linear_weight_names(det: Detection, cfg: dict[str, Any]) -> set[str]:
     return {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
-def _rename_map(plan: Plan) -> dict[str, str]:
-    return {op.src: op.dst for op in plan.ops if isinstance(op, Rename)}
+def _output_map(plan: Plan) -> dict[tuple[tuple[str, ...], int], str]:
+    """Each output of ``plan`` keyed by the source tensors it comes from and its place among the
+    op's outputs: two plans of one source (Diffusers and the ComfyUI layout) then pair their names
+    through renames and surgery alike (a SAT qkv split into q, k, v in both)."""
+    return {(op.inputs, i): name for op in plan.ops if op.inputs for i, name in enumerate(op.outputs)}
 
 
 def open_source(src: str | Path, config: str | Path | None) -> Checkpoint:
@@ -300,9 +302,9 @@ def run_linear(
                     f"{det.family}: {spec.comfy_refusal}",
                     hint="use --format compressed-tensors (DST without .safetensors)",
                 )
-            out_plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="")
-            src_to_d, src_to_o = _rename_map(plan_d), _rename_map(out_plan)
-            to_diffusers = {o: src_to_d[s] for s, o in src_to_o.items() if s in src_to_d}
+            out_plan = make_plan(ck, spec.comfy_layout or spec.gguf_layout, detection=det, prefix="")
+            src_to_d, src_to_o = _output_map(plan_d), _output_map(out_plan)
+            to_diffusers = {o: src_to_d[k] for k, o in src_to_o.items() if k in src_to_d}
         check_keep_globs(keep, [*to_diffusers.values(), *(s.name for s in out_plan.specs)])
         padded = fmt == "comfy" and ls.microscaled  # ComfyUI pads nvfp4/mxfp8 rows itself
         policy = LinearPolicy(spec, ls, linear, to_diffusers.values(), keep, kb, padded=padded)
