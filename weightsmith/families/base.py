@@ -149,6 +149,12 @@ class QuantSpec:
     diffusers_reads_gguf: bool = False  # diffusers' from_single_file loads our GGUF of it
     comfy_fp8: bool = False  # ComfyUI loads a comfy_quant / scaled-fp8 single file of it in ``gguf_layout``
     comfy_refusal: str = "ComfyUI has no native model for it"  # why not, when ``comfy_fp8`` is False
+    # The layout of ComfyUI's single files of it when that is not ``gguf_layout`` (text encoders:
+    # transformers' names, where their GGUF files use llama.cpp's).
+    comfy_layout: str | None = None
+    # False: int weights go to compressed-tensors as ``int-quantized`` (an int8 ``.weight``), not
+    # ``pack-quantized``, because the model class's own code reads ``Linear.weight``.
+    ct_packed: bool = True
     # Kept tensors of <= 1024 elements stored as F32 (the DiT rule). False: llama.cpp's rule, only
     # 1-D tensors and norms are F32, other kept tensors F16 (text encoders).
     gguf_small_f32: bool = True

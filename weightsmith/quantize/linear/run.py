@@ -91,8 +91,9 @@ COMFY_FORMATS = ("comfy", "comfy-legacy")
 
 
 def comfy_families() -> str:
-    """The families ComfyUI loads a quantized single file of (``quant.comfy_fp8``), for messages."""
-    return ", ".join(c.family for c in components() if c.quant.comfy_fp8) or "none"
+    """The components ComfyUI loads a quantized single file of (``quant.comfy_fp8``), for messages."""
+    named = [f"{c.family} {c.component.replace('_', ' ')}" for c in components() if c.quant.comfy_fp8]
+    return ", ".join(named) or "none"
 
 
 def resolve_format(fmt: str | None, scheme: LinearScheme, dst: Path) -> str:
@@ -294,13 +295,6 @@ def run_linear(
         det = resolve_detection(ck, opts.family)
         comp = get_component(det.family, det.component)
         spec = comp.quant
-        if det.component != "transformer":
-            # Text encoders too: transformers 5.23 cannot load a compressed-tensors T5/UMT5 folder
-            # (its _init_weights reads .weight of the compressed Linears), so none is written yet.
-            raise UsageError(
-                f"{src} is a {det.family} {det.component}; {ls.name} quantizes transformers",
-                hint="point at the transformer (a pipeline folder's transformer is picked automatically)",
-            )
         plan_d = make_plan(ck, "diffusers", detection=det)
         cfg = output_config(plan_d)
         linear = linear_weight_names(det, cfg)
@@ -310,10 +304,10 @@ def run_linear(
             if not spec.comfy_fp8:
                 raise UsageError(
                     f"--format {fmt} writes the ComfyUI layout of {comfy_families()}; this is "
-                    f"{det.family}: {spec.comfy_refusal}",
+                    f"the {det.family} {det.component.replace('_', ' ')}: {spec.comfy_refusal}",
                     hint="use --format compressed-tensors (DST without .safetensors)",
                 )
-            out_plan = make_plan(ck, spec.gguf_layout, detection=det, prefix="")
+            out_plan = make_plan(ck, spec.comfy_layout or spec.gguf_layout, detection=det, prefix="")
             src_to_d, src_to_o = _rename_map(plan_d), _rename_map(out_plan)
             to_diffusers = {o: src_to_d[s] for s, o in src_to_o.items() if s in src_to_d}
         check_keep_globs(keep, [*to_diffusers.values(), *(s.name for s in out_plan.specs)])
@@ -351,7 +345,7 @@ def run_linear(
                 module = s.name.removesuffix(".weight")
                 if fmt == "compressed-tensors":
                     lls = scheme_of(s.name)
-                    specs += ct_specs(module, s.shape, lls, ct_format(lls, activations), activations)  # type: ignore[arg-type]
+                    specs += ct_specs(module, s.shape, lls, ct_format(lls, activations, spec.ct_packed), activations)  # type: ignore[arg-type]
                 elif fmt == "comfy":
                     specs += comfy_quant_specs(module, s.shape, ls, matmul[s.name])
                     if padded and any(n % (ls.group_size or 1) for n in s.shape):
@@ -410,7 +404,7 @@ def run_linear(
                         igs, seen = input_global_scale(absmax, module)
                         if not seen:
                             unseen.append(module)
-                    items = ct_tensors(module, qw, ct_format(lls, activations), igs)
+                    items = ct_tensors(module, qw, ct_format(lls, activations, spec.ct_packed), igs)
                 elif fmt == "comfy":
                     items = comfy_quant_tensors(module, qw, matmul[name])
                 else:
@@ -437,9 +431,9 @@ def run_linear(
             if folder:
                 if per_layer is not None:
                     used = {n: per_layer[n] for n, d in decisions.items() if d.quantize}
-                    qcfg = ct_mixed_quantization_config(used, sorted(ignore))
+                    qcfg = ct_mixed_quantization_config(used, sorted(ignore), spec.ct_packed)
                 else:
-                    qcfg = ct_quantization_config(ls, activations, sorted(ignore))
+                    qcfg = ct_quantization_config(ls, activations, sorted(ignore), spec.ct_packed)
                 write_diffusers_component(
                     tmp,
                     specs,
