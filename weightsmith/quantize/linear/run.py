@@ -345,7 +345,9 @@ def run_linear(
                 module = s.name.removesuffix(".weight")
                 if fmt == "compressed-tensors":
                     lls = scheme_of(s.name)
-                    specs += ct_specs(module, s.shape, lls, ct_format(lls, activations, spec.ct_packed), activations)  # type: ignore[arg-type]
+                    specs += ct_specs(
+                        module, s.shape, lls, ct_format(lls, activations, spec.ct_packed), activations
+                    )  # type: ignore[arg-type]
                 elif fmt == "comfy":
                     specs += comfy_quant_specs(module, s.shape, ls, matmul[s.name])
                     if padded and any(n % (ls.group_size or 1) for n in s.shape):
