@@ -70,7 +70,10 @@ def inspect(path: str, as_json: bool) -> None:
     "to",
     required=True,
     type=LAYOUT,
-    help="Target layout: diffusers (component folder), original (Wan/Sana reference names), sat (CogVideoX).",
+    help=(
+        "Target layout: diffusers (component folder), original (Wan/Sana reference names), sat (CogVideoX), "
+        "llamacpp (text encoders' GGUF names); transformers = diffusers for text encoders."
+    ),
 )
 @click.option("--family", type=FAMILY, help="Insist on this family.")
 @click.option(

@@ -74,7 +74,7 @@ def _comfyui_dequantize(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def _plain(src: Path, tmp: Path, run_cli) -> dict[str, torch.Tensor]:
-    r = run_cli("convert", src, tmp / "plain", "--to", "diffusers", "--dtype", "fp32")
+    r = run_cli("convert", src, tmp / "plain", "--to", "transformers", "--dtype", "fp32")
     assert r.code == 0, r.err
     return load_file(str(tmp / "plain" / "model.safetensors"))
 
@@ -207,3 +207,10 @@ def test_comfyui_file_of_sana_text_encoder_is_refused(folders, tmp_path, run_cli
     assert r.code == 2 and r.err.count("\n") == 1, r.err
     assert "ComfyUI has no Sana model" in r.words and "--format compressed-tensors" in r.words
     assert not dst.exists() and not list(tmp_path.iterdir())
+
+
+def test_to_transformers_names_text_encoders_only(tiny_wan, tmp_path, run_cli):
+    r = run_cli("convert", tiny_wan, tmp_path / "x", "--to", "transformers")
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "has no 'diffusers' layout" not in r.words and "transformers" in r.words
+    assert not (tmp_path / "x").exists()

@@ -176,6 +176,9 @@ class Component(ABC):
     family: ClassVar[str]
     component: ClassVar[str]  # "transformer" or "vae"
     layouts: ClassVar[tuple[str, ...]]  # e.g. ("sat", "diffusers") or ("original", "diffusers")
+    # Other names of a layout (``convert --to ALIAS``): a text encoder's diffusers layout is
+    # transformers' own names, so ``transformers`` says the same.
+    layout_aliases: ClassVar[Mapping[str, str]] = {}
     # Layouts whose round trip is not bit-exact by their own convention, with why (tests compare
     # those to float rounding); every other layout round-trips bit for bit.
     inexact_layouts: ClassVar[Mapping[str, str]] = {}
