@@ -90,10 +90,12 @@ FORMATS = ("compressed-tensors", "comfy", "comfy-legacy")
 COMFY_FORMATS = ("comfy", "comfy-legacy")
 
 
-def comfy_families() -> str:
-    """The components ComfyUI loads a quantized single file of (``quant.comfy_fp8``), for messages."""
-    named = [f"{c.family} {c.component.replace('_', ' ')}" for c in components() if c.quant.comfy_fp8]
-    return ", ".join(named) or "none"
+def comfy_families(component: str | None = None) -> str:
+    """The components (of kind ``component``, else all, transformers first) ComfyUI loads a
+    quantized single file of (``quant.comfy_fp8``), for messages."""
+    comps = [c for c in components() if c.quant.comfy_fp8 and component in (None, c.component)]
+    comps.sort(key=lambda c: c.component != "transformer")
+    return ", ".join(f"{c.family} {c.component.replace('_', ' ')}" for c in comps) or "none"
 
 
 def resolve_format(fmt: str | None, scheme: LinearScheme, dst: Path) -> str:
@@ -303,7 +305,7 @@ def run_linear(
         else:
             if not spec.comfy_fp8:
                 raise UsageError(
-                    f"--format {fmt} writes the ComfyUI layout of {comfy_families()}; this is "
+                    f"--format {fmt} writes the ComfyUI layout of {comfy_families(det.component)}; this is "
                     f"the {det.family} {det.component.replace('_', ' ')}: {spec.comfy_refusal}",
                     hint="use --format compressed-tensors (DST without .safetensors)",
                 )
