@@ -214,3 +214,18 @@ def test_to_transformers_names_text_encoders_only(tiny_wan, tmp_path, run_cli):
     assert r.code == 2 and r.err.count("\n") == 1, r.err
     assert "has no 'diffusers' layout" not in r.words and "transformers" in r.words
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("quantize", "{te}", "{tmp}/x.safetensors", "--scheme", "fp8", "--calibrate"),
+        ("sensitivity", "{te}", "--scheme", "int8"),
+    ],
+)
+def test_text_encoder_where_a_transformer_is_expected(args, folders, tmp_path, run_cli):
+    """Calibration and sensitivity run the transformer's generations: one line naming what to pass."""
+    r = run_cli(*(a.format(te=folders["wan"], tmp=tmp_path) for a in args))
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "text_encoder, not a transformer" in r.words and "pass the transformer" in r.words
+    assert not list(tmp_path.iterdir())
