@@ -1,12 +1,13 @@
 """`weightsmith quantize SRC DST --scheme {int8,fp8,fp8-tensor,fp8-e5m2,int4,int4-g64,int4-g32,int4-asym,nvfp4,mxfp4,mxfp8}`:
-a transformer's Linear weights as INT8/FP8/INT4/FP4 safetensors, in the layout their consumers load.
+a transformer's (or text encoder's) Linear weights as INT8/FP8/INT4/FP4 safetensors, in the layout their consumers load.
 
 * ``--format compressed-tensors`` (default; DST a folder): a Diffusers component folder whose
   config.json is the Diffusers config plus compressed-tensors' ``quantization_config``, and whose
   safetensors hold each quantized Linear as that format defines it (see ``formats``); nvfp4 and
   mxfp4 are weight-only ``nvfp4-pack-quantized`` / ``mxfp4-pack-quantized``.
 * ``--format comfy`` (DST a ``.safetensors`` file): ComfyUI's current comfy_quant file in the
-  family's published layout (``quant.gguf_layout``) for fp8 (written per tensor), fp8-tensor,
+  family's published layout (``quant.comfy_layout``, else ``quant.gguf_layout``: T5/UMT5 text
+  encoders in transformers' names) for fp8 (written per tensor), fp8-tensor,
   fp8-e5m2, int8-tensor, mxfp8 and nvfp4 (padded, swizzled: see ``comfy``), for the families
   whose ``quant.comfy_fp8`` says ComfyUI loads one (else ``quant.comfy_refusal`` says why not).
   Chosen by default when DST ends in .safetensors. Calibrated activation ranges become
