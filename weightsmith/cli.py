@@ -70,7 +70,10 @@ def inspect(path: str, as_json: bool) -> None:
     "to",
     required=True,
     type=LAYOUT,
-    help="Target layout: diffusers (component folder), original (Wan/Sana reference names), sat (CogVideoX).",
+    help=(
+        "Target layout: diffusers (component folder), original (Wan/Sana reference names), sat (CogVideoX), "
+        "llamacpp (text encoders' GGUF names); transformers = diffusers for text encoders."
+    ),
 )
 @click.option("--family", type=FAMILY, help="Insist on this family.")
 @click.option(
@@ -252,7 +255,7 @@ def quantize(
     report: str | None,
     **gen: Any,
 ) -> None:
-    """Quantize the transformer in SRC into DST with a named scheme.
+    """Quantize the transformer (or a text encoder) in SRC into DST with a named scheme.
 
     \b
     GGUF (--scheme gguf:TYPE): DST is one .gguf file with original-layout tensor names,
@@ -279,6 +282,9 @@ def quantize(
                                    --fp-layers most sensitive of --sensitivity, are marked
                                    full_precision_matrix_mult
       --format comfy-legacy        DST is a legacy ComfyUI scaled-fp8 .safetensors (fp8-tensor)
+    A T5 / UMT5 text encoder (CogVideoX's, Wan's) goes to ComfyUI's files in transformers'
+    names (t5xxl / umt5_xxl fp8_e4m3fn_scaled); to compressed-tensors folders that
+    transformers' from_pretrained loads. Sana's Gemma-2: compressed-tensors only.
 
     --calibrate runs reference generations of SRC (as verify does; --seeds, --steps [8],
     --height, --width, --frames, --prompts, --text-len) and measures each Linear's largest
@@ -295,6 +301,7 @@ def quantize(
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-fp8-scaled.safetensors --scheme fp8-tensor
       weightsmith quantize Sana_1600M_1024px_diffusers/ sana-w4a4/ --scheme nvfp4 --activations nvfp4 --calibrate --seeds 0-3
       weightsmith quantize Wan2.1-T2V-14B-Diffusers/ wan-nvfp4.safetensors --scheme nvfp4 --format comfy
+      weightsmith quantize models_t5_umt5-xxl-enc-bf16.pth umt5_xxl_fp8_e4m3fn_scaled.safetensors --scheme fp8 --format comfy-legacy
 
     \b
     AUTO (--scheme auto:gguf | auto:compressed-tensors): each layer's cost at each type is

@@ -1,4 +1,4 @@
-"""verify with a quantized text-encoder candidate: text prompts through the baseline folder's
+"""verify with a quantized text-encoder candidate (GGUF, ComfyUI scaled fp8): text prompts through the baseline folder's
 tokenizer and the candidate's encoder, prompt-embedding metrics per prompt, then the latent and
 frame metrics of the baseline's transformer driven by those embeddings (tiny Wan pipeline)."""
 
@@ -55,12 +55,15 @@ def test_gguf_text_encoder_is_scored_through_the_pipeline(wan_with_text_encoder,
     pipe = wan_with_text_encoder
     q8 = tmp_path / "te-Q8_0.gguf"
     quantize(str(pipe / "text_encoder"), str(q8), scheme="gguf:Q8_0")
+    fp8 = tmp_path / "te-fp8-scaled.safetensors"  # ComfyUI's scaled-fp8 text-encoder file
+    quantize(str(pipe / "text_encoder"), str(fp8), scheme="fp8", format="comfy-legacy")
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red car driving along the coast\na bird over the ocean\n")
     r = run_cli(
         "verify",
         pipe,
         q8,
+        fp8,
         pipe / "text_encoder",
         *GEN,
         "--prompts",
@@ -72,12 +75,13 @@ def test_gguf_text_encoder_is_scored_through_the_pipeline(wan_with_text_encoder,
     )
     assert r.code == 0, r.err
     doc = json.loads(r.out)
-    quant, same = doc["candidates"]
-    assert [it["prompt"] for it in quant["items"]] == ["prompt0", "prompt1"]
-    for it in quant["items"]:
-        m = it["metrics"]
-        assert 0.9 < m["prompt_cosine"] < 1.0 and 10 < m["prompt_sqnr"] < math.inf
-        assert m["latent_sqnr"] < math.inf and "psnr" in m
+    quant, fp8_scaled, same = doc["candidates"]
+    for cand in (quant, fp8_scaled):
+        assert [it["prompt"] for it in cand["items"]] == ["prompt0", "prompt1"]
+        for it in cand["items"]:
+            m = it["metrics"]
+            assert 0.9 < m["prompt_cosine"] < 1.0 and 10 < m["prompt_sqnr"] < math.inf
+            assert m["latent_sqnr"] < math.inf and "psnr" in m
     assert "prompt_sqnr" in (tmp_path / "rep" / "report.md").read_text()
     assert same["exact"] and all(it["metrics"]["prompt_cosine"] == 1.0 for it in same["items"])
 

@@ -131,6 +131,7 @@ def make_plan(
     and shapes (a GGUF job's numpy path plans without torch); no cast then."""
     det = detection or resolve_detection(ckpt, family)
     comp = get_component(det.family, det.component)
+    target_layout = comp.layout_aliases.get(target_layout, target_layout)
     if target_layout not in comp.layouts:
         raise UsageError(
             f"{det.family} {det.component} has no {target_layout!r} layout",

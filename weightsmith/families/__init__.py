@@ -45,4 +45,5 @@ BUILTIN = (cogvideox, wan, sana)
 
 def layouts() -> list[str]:
     """Every layout some registered component is known in (the choices of ``convert --to``)."""
-    return sorted({layout for comp in components() for layout in comp.layouts})
+    names = {layout for comp in components() for layout in comp.layouts}
+    return sorted(names | {alias for comp in components() for alias in comp.layout_aliases})

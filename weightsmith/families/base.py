@@ -148,9 +148,14 @@ class QuantSpec:
     gguf_f32: tuple[str, ...] = ()
     diffusers_reads_gguf: bool = False  # diffusers' from_single_file loads our GGUF of it
     comfy_fp8: bool = False  # ComfyUI loads a comfy_quant / scaled-fp8 single file of it in ``comfy_layout``
-    # The layout ComfyUI's native model names its weights in; None: ``gguf_layout``.
-    comfy_layout: str | None = None
     comfy_refusal: str = "ComfyUI has no native model for it"  # why not, when ``comfy_fp8`` is False
+    # The layout of ComfyUI's single files of it when that is not ``gguf_layout``: the names
+    # ComfyUI's native model reads (CogVideoX's own; text encoders: transformers' names, where
+    # their GGUF files use llama.cpp's). None: ``gguf_layout``.
+    comfy_layout: str | None = None
+    # False: int weights go to compressed-tensors as ``int-quantized`` (an int8 ``.weight``), not
+    # ``pack-quantized``, because the model class's own code reads ``Linear.weight``.
+    ct_packed: bool = True
     # Kept tensors of <= 1024 elements stored as F32 (the DiT rule). False: llama.cpp's rule, only
     # 1-D tensors and norms are F32, other kept tensors F16 (text encoders).
     gguf_small_f32: bool = True
@@ -172,6 +177,9 @@ class Component(ABC):
     family: ClassVar[str]
     component: ClassVar[str]  # "transformer" or "vae"
     layouts: ClassVar[tuple[str, ...]]  # e.g. ("sat", "diffusers") or ("original", "diffusers")
+    # Other names of a layout (``convert --to ALIAS``): a text encoder's diffusers layout is
+    # transformers' own names, so ``transformers`` says the same.
+    layout_aliases: ClassVar[Mapping[str, str]] = {}
     # Layouts whose round trip is not bit-exact by their own convention, with why (tests compare
     # those to float rounding); every other layout round-trips bit for bit.
     inexact_layouts: ClassVar[Mapping[str, str]] = {}

@@ -198,6 +198,11 @@ class T5Encoder(TextEncoder):
         gguf_v=("enc.blk.*.attn_v.weight",),
         gguf_ffn_down=("enc.blk.*.ffn_down.weight",),
         gguf_small_f32=False,
+        # ComfyUI loads T5-XXL / UMT5-XXL single files (scaled fp8, comfy_quant) in transformers'
+        # names, no prefix; its T5 module has no Linear but q/k/v/o, wi_0/wi_1/wo.
+        comfy_fp8=True,
+        comfy_layout="diffusers",
+        ct_packed=False,  # transformers' T5/UMT5 _init_weights reads q/k/v/o/wi/wo ``.weight``
     )
 
     def detect(

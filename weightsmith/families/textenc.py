@@ -42,6 +42,7 @@ class TextEncoder(Component):
 
     component = "text_encoder"
     weights_stem = "model"
+    layout_aliases = {"transformers": "diffusers"}  # its diffusers layout is transformers' names
     tiny_init = TEXT_INIT
     # A tied alias (name in the model's state dict) -> the tensor it shares, saved once under that name.
     tied: ClassVar[Mapping[str, str]] = {}

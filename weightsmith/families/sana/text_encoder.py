@@ -57,6 +57,10 @@ class SanaTextEncoder(TextEncoder):
         gguf_v=("blk.*.attn_v.weight",),
         gguf_ffn_down=("blk.*.ffn_down.weight",),
         gguf_small_f32=False,
+        comfy_refusal=(
+            "ComfyUI has no Sana model to use its Gemma-2 with (its Gemma-2 text-encoder loader "
+            "serves Lumina 2)"
+        ),
     )
     diffusers_class = "Gemma2Model"
     label = "Sana text encoder (Gemma-2)"

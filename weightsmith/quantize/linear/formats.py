@@ -60,12 +60,16 @@ CT_LAYOUT_VERSION = "0.20.0"
 # compressed-tensors: writing
 
 
-def ct_format(scheme: LinearScheme, activations: str | None) -> str:
-    """The format name compressed-tensors itself infers for this scheme (its priority order)."""
+def ct_format(scheme: LinearScheme, activations: str | None, packed: bool = True) -> str:
+    """The format name compressed-tensors itself infers for this scheme (its priority order).
+
+    ``packed=False`` (``QuantSpec.ct_packed``): weight-only int weights as ``int-quantized`` (an
+    int8 ``.weight``) instead of ``pack-quantized``'s ``weight_packed``, for model classes whose
+    code reads ``Linear.weight`` (transformers' T5/UMT5 ``_init_weights``)."""
     if scheme.kind == "fp4":
         return NVFP4_PACK if scheme.nvfp4 else MXFP4_PACK
     if activations is None:
-        return PACK if scheme.kind == "int" else NAIVE
+        return (PACK if packed else INT_Q) if scheme.kind == "int" else NAIVE
     return INT_Q if scheme.kind == "int" else FLOAT_Q
 
 
@@ -150,10 +154,10 @@ def ct_activation_args(activations: str | None) -> dict[str, Any] | None:
 
 
 def ct_quantization_config(
-    scheme: LinearScheme, activations: str | None, ignore: list[str]
+    scheme: LinearScheme, activations: str | None, ignore: list[str], packed: bool = True
 ) -> dict[str, Any]:
     """The ``quantization_config`` object of config.json, keyed as compressed-tensors writes it."""
-    fmt = ct_format(scheme, activations)
+    fmt = ct_format(scheme, activations, packed)
     return {
         "version": CT_LAYOUT_VERSION,
         "quant_method": "compressed-tensors",
@@ -176,7 +180,9 @@ def ct_quantization_config(
     }
 
 
-def ct_mixed_quantization_config(layers: dict[str, LinearScheme], ignore: list[str]) -> dict[str, Any]:
+def ct_mixed_quantization_config(
+    layers: dict[str, LinearScheme], ignore: list[str], packed: bool = True
+) -> dict[str, Any]:
     """``quantization_config`` for one scheme per layer (weight-only): one config group per scheme
     whose ``targets`` are its layers' module names, each group with its own format, and the top
     level format ``mixed-precision`` when the groups' formats differ (compressed-tensors' way)."""
@@ -193,7 +199,7 @@ def ct_mixed_quantization_config(layers: dict[str, LinearScheme], ignore: list[s
             "weights": ct_weight_args(ls),
             "input_activations": None,
             "output_activations": None,
-            "format": ct_format(ls, None),
+            "format": ct_format(ls, None, packed),
         }
     formats = {g["format"] for g in groups.values()}
     return {

@@ -1,12 +1,13 @@
 """`weightsmith quantize SRC DST --scheme {int8,fp8,fp8-tensor,fp8-e5m2,int4,int4-g64,int4-g32,int4-asym,nvfp4,mxfp4,mxfp8}`:
-a transformer's Linear weights as INT8/FP8/INT4/FP4 safetensors, in the layout their consumers load.
+a transformer's (or text encoder's) Linear weights as INT8/FP8/INT4/FP4 safetensors, in the layout their consumers load.
 
 * ``--format compressed-tensors`` (default; DST a folder): a Diffusers component folder whose
   config.json is the Diffusers config plus compressed-tensors' ``quantization_config``, and whose
   safetensors hold each quantized Linear as that format defines it (see ``formats``); nvfp4 and
   mxfp4 are weight-only ``nvfp4-pack-quantized`` / ``mxfp4-pack-quantized``.
 * ``--format comfy`` (DST a ``.safetensors`` file): ComfyUI's current comfy_quant file in the
-  layout ComfyUI's native model reads (``quant.comfy_layout``, else ``quant.gguf_layout``) for fp8 (written per tensor), fp8-tensor,
+  layout ComfyUI's native model reads (``quant.comfy_layout``, else ``quant.gguf_layout``; T5/UMT5
+  text encoders in transformers' names) for fp8 (written per tensor), fp8-tensor,
   fp8-e5m2, int8-tensor, mxfp8 and nvfp4 (padded, swizzled: see ``comfy``), for the families
   whose ``quant.comfy_fp8`` says ComfyUI loads one (else ``quant.comfy_refusal`` says why not).
   Chosen by default when DST ends in .safetensors. Calibrated activation ranges become
@@ -89,9 +90,12 @@ FORMATS = ("compressed-tensors", "comfy", "comfy-legacy")
 COMFY_FORMATS = ("comfy", "comfy-legacy")
 
 
-def comfy_families() -> str:
-    """The families ComfyUI loads a quantized single file of (``quant.comfy_fp8``), for messages."""
-    return ", ".join(c.family for c in components() if c.quant.comfy_fp8) or "none"
+def comfy_families(component: str | None = None) -> str:
+    """The components (of kind ``component``, else all, transformers first) ComfyUI loads a
+    quantized single file of (``quant.comfy_fp8``), for messages."""
+    comps = [c for c in components() if c.quant.comfy_fp8 and component in (None, c.component)]
+    comps.sort(key=lambda c: c.component != "transformer")
+    return ", ".join(f"{c.family} {c.component.replace('_', ' ')}" for c in comps) or "none"
 
 
 def resolve_format(fmt: str | None, scheme: LinearScheme, dst: Path) -> str:
@@ -283,13 +287,6 @@ def run_linear(
         det = resolve_detection(ck, opts.family)
         comp = get_component(det.family, det.component)
         spec = comp.quant
-        if det.component != "transformer":
-            # Text encoders too: transformers 5.23 cannot load a compressed-tensors T5/UMT5 folder
-            # (its _init_weights reads .weight of the compressed Linears), so none is written yet.
-            raise UsageError(
-                f"{src} is a {det.family} {det.component}; {ls.name} quantizes transformers",
-                hint="point at the transformer (a pipeline folder's transformer is picked automatically)",
-            )
         plan_d = make_plan(ck, "diffusers", detection=det)
         cfg = output_config(plan_d)
         linear = linear_weight_names(det, cfg)
@@ -298,8 +295,8 @@ def run_linear(
         else:
             if not spec.comfy_fp8:
                 raise UsageError(
-                    f"--format {fmt} writes the ComfyUI layout of {comfy_families()}; this is "
-                    f"{det.family}: {spec.comfy_refusal}",
+                    f"--format {fmt} writes the ComfyUI layout of {comfy_families(det.component)}; this is "
+                    f"the {det.family} {det.component.replace('_', ' ')}: {spec.comfy_refusal}",
                     hint="use --format compressed-tensors (DST without .safetensors)",
                 )
             out_plan = make_plan(ck, spec.comfy_layout or spec.gguf_layout, detection=det, prefix="")
@@ -340,7 +337,9 @@ def run_linear(
                 module = s.name.removesuffix(".weight")
                 if fmt == "compressed-tensors":
                     lls = scheme_of(s.name)
-                    specs += ct_specs(module, s.shape, lls, ct_format(lls, activations), activations)  # type: ignore[arg-type]
+                    specs += ct_specs(
+                        module, s.shape, lls, ct_format(lls, activations, spec.ct_packed), activations
+                    )  # type: ignore[arg-type]
                 elif fmt == "comfy":
                     specs += comfy_quant_specs(module, s.shape, ls, matmul[s.name])
                     if padded and any(n % (ls.group_size or 1) for n in s.shape):
@@ -399,7 +398,7 @@ def run_linear(
                         igs, seen = input_global_scale(absmax, module)
                         if not seen:
                             unseen.append(module)
-                    items = ct_tensors(module, qw, ct_format(lls, activations), igs)
+                    items = ct_tensors(module, qw, ct_format(lls, activations, spec.ct_packed), igs)
                 elif fmt == "comfy":
                     items = comfy_quant_tensors(module, qw, matmul[name])
                 else:
@@ -426,9 +425,9 @@ def run_linear(
             if folder:
                 if per_layer is not None:
                     used = {n: per_layer[n] for n, d in decisions.items() if d.quantize}
-                    qcfg = ct_mixed_quantization_config(used, sorted(ignore))
+                    qcfg = ct_mixed_quantization_config(used, sorted(ignore), spec.ct_packed)
                 else:
-                    qcfg = ct_quantization_config(ls, activations, sorted(ignore))
+                    qcfg = ct_quantization_config(ls, activations, sorted(ignore), spec.ct_packed)
                 write_diffusers_component(
                     tmp,
                     specs,

@@ -134,6 +134,12 @@ class QuantLinear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         return self.quantized_weight().dequantize()
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight in the compute dtype. Model code reads it: transformers' T5 FFN
+        casts its input to ``wo.weight.dtype`` every forward (one more dequantization there)."""
+        return self.dequantized_weight().to(self.compute_dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.compute_dtype
         w = self.dequantized_weight().to(dtype)
