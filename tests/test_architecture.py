@@ -176,6 +176,7 @@ LAYERS: dict[str, int] = {
     "weightsmith.demo": 9,
     "weightsmith.api": 9,  # the Python API: the verbs over everything below
     "weightsmith.cli": 10,  # the command line: options parsed, the API called, results printed
+    "weightsmith.cli_auto": 10,
     "weightsmith.cli_choices": 10,
     "weightsmith.cli_progress": 10,
     "weightsmith.verify.cli": 10,
