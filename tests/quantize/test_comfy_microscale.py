@@ -351,7 +351,10 @@ def test_families_without_a_native_comfyui_model_are_refused(family, tmp_path, r
     src = save_fixture(Fixture(family, "transformer", variant, "diffusers", "diffusers-folder"), tmp_path)
     r = run_cli("quantize", src, tmp_path / "x.safetensors", "--scheme", "nvfp4")
     assert r.code == 2 and r.err.count("\n") == 1, r.err
-    assert "writes the ComfyUI layout of cogvideox transformer, wan transformer" in r.words and "no native Sana model" in r.words
+    assert (
+        "writes the ComfyUI layout of cogvideox transformer, wan transformer" in r.words
+        and "no native Sana model" in r.words
+    )
     assert not (tmp_path / "x.safetensors").exists()
 
 
