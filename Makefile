@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.weightsmith-installed
 # The CPU build of torch that lies on this disk; override on CUDA machines (TORCH=torch).
 TORCH  ?= torch==2.13.0
+# The full suite runs in this many processes (pytest-xdist; a file's tests stay together so its
+# module fixtures are built once). 2 = this project's CI machine.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-onnx-slow test-onnx-vae lint format bench clean
 
@@ -31,7 +34,7 @@ test: $(STAMP)
 	$(BIN)/python -m mypy
 	WEIGHTSMITH_GGML_BACKEND=torch $(BIN)/python -m pytest -p no:cacheprovider $(KERNEL_TESTS)
 	WEIGHTSMITH_NATIVE_CFLAGS="-DNL=8 -mprefer-vector-width=256" $(BIN)/python -m pytest -p no:cacheprovider $(KERNEL_TESTS)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The ONNX export of every VAE and of the transformer variants with further interfaces (minutes of
 # tracing each, so not part of `make test`; reports/onnx_vae_trace.md says why). test-onnx-vae: old name.
