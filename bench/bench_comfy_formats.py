@@ -206,9 +206,7 @@ def calibrate_section(rows: list[dict], info: dict) -> list[str]:
 
 def tiny_rows(tmp: Path) -> list[dict]:
     from weightsmith.convert.run import convert
-    from weightsmith.verify import VerifyOptions, verify
-    from weightsmith.verify.settings import GenerationSettings
-    from weightsmith.verify.tiny import TINY_SIZE, save_tiny_pipeline
+    from weightsmith.verify.tiny import save_tiny_pipeline
 
     family, variant = "wan", "2.1-t2v"
     pipe = save_tiny_pipeline(tmp / "pipe", family, variant)
@@ -223,23 +221,34 @@ def tiny_rows(tmp: Path) -> list[dict]:
         overwrite=True,
         progress=False,
     ).dst
-    cands, labels = [], {}
+    labels = {}
     for label, scheme, fmt in RUNS:
         dst = artifact(tmp, label, fmt)
         quantize(Path(src), dst, scheme, fmt)
-        cands.append(str(dst))
         labels[str(dst)] = label
+    return scored_rows(pipe, family, labels, Path(f32), tmp / "cache", [r[0] for r in RUNS])
+
+
+def scored_rows(
+    pipe: Path, family: str, labels: dict[str, str], f32: Path, cache: Path, order: list[str]
+) -> list[dict]:
+    """Verify the artifacts ``labels`` names (path -> run label) against ``pipe``: one row each
+    (per loader), size over ``f32``'s, in the runs' ``order``."""
+    from weightsmith.verify import VerifyOptions, verify
+    from weightsmith.verify.settings import GenerationSettings
+    from weightsmith.verify.tiny import TINY_SIZE
+
     h, w, f = TINY_SIZE[family]
     res = verify(
         VerifyOptions(
             str(pipe),
-            cands,
+            list(labels),
             GenerationSettings(height=h, width=w, frames=f, steps=4, seeds=(0, 1), text_len=8),
-            cache_dir=tmp / "cache",
+            cache_dir=cache,
             progress=False,
         )
     )
-    ref = size_on_disk(Path(f32))
+    ref = size_on_disk(f32)
     rows = []
     for c in res.candidates:
         name, _, loader = c.label.partition(" [")
@@ -253,7 +262,6 @@ def tiny_rows(tmp: Path) -> list[dict]:
                 ssim=c.worst.get("ssim"),
             )
         )
-    order = [r[0] for r in RUNS]
     return sorted(rows, key=lambda r: (order.index(r["label"].split(" (")[0]), r["label"]))
 
 
@@ -301,9 +309,7 @@ def cog_rows(tmp: Path) -> list[dict]:
     """The tiny CogVideoX pipeline's artifacts verified against its float pipeline; size over
     the float32 file in ComfyUI's layout."""
     from weightsmith.convert.run import convert
-    from weightsmith.verify import VerifyOptions, verify
-    from weightsmith.verify.settings import GenerationSettings
-    from weightsmith.verify.tiny import TINY_SIZE, save_tiny_pipeline
+    from weightsmith.verify.tiny import save_tiny_pipeline
 
     pipe = save_tiny_pipeline(tmp / "cog-pipe", COG_FAMILY, COG_VARIANT)
     f32 = convert(
@@ -314,39 +320,13 @@ def cog_rows(tmp: Path) -> list[dict]:
         overwrite=True,
         progress=False,
     ).dst
-    cands, labels = [], {}
+    labels = {}
     for label, scheme, fmt in COG_RUNS:
         dst = artifact(tmp / "cog-out", label, fmt)
         dst.parent.mkdir(exist_ok=True)
         quantize(pipe / "transformer", dst, scheme, fmt)
-        cands.append(str(dst))
         labels[str(dst)] = label
-    h, w, f = TINY_SIZE[COG_FAMILY]
-    res = verify(
-        VerifyOptions(
-            str(pipe),
-            cands,
-            GenerationSettings(height=h, width=w, frames=f, steps=4, seeds=(0, 1), text_len=8),
-            cache_dir=tmp / "cog-cache",
-            progress=False,
-        )
-    )
-    ref = size_on_disk(Path(f32))
-    rows = []
-    for c in res.candidates:
-        name, _, loader = c.label.partition(" [")
-        path = next(p for p in labels if Path(p).name == name)
-        rows.append(
-            dict(
-                label=labels[path] + (f" ({loader.rstrip(']')})" if loader else ""),
-                ratio=size_on_disk(Path(path)) / ref,
-                latent_sqnr=c.worst.get("latent_sqnr"),
-                psnr=c.worst.get("psnr"),
-                ssim=c.worst.get("ssim"),
-            )
-        )
-    order = [r[0] for r in COG_RUNS]
-    return sorted(rows, key=lambda r: (order.index(r["label"].split(" (")[0]), r["label"]))
+    return scored_rows(pipe, COG_FAMILY, labels, Path(f32), tmp / "cog-cache", [r[0] for r in COG_RUNS])
 
 
 def cog_section(rows: list[dict], seconds: float) -> list[str]:
