@@ -416,11 +416,9 @@ def file_digest(paths: list[Path], memo: dict[str, str] | None = None) -> str:
         if memo is not None and key in memo:
             d = memo[key]
         else:
-            fh = hashlib.sha256()
-            with open(p, "rb") as f:
-                while b := f.read(1 << 24):
-                    fh.update(b)
-            d = fh.hexdigest()
+            from weightsmith.quantize.hashing import file_sha256
+
+            d = file_sha256(p)  # also remembered across runs by file stamp
             if memo is not None:
                 memo[key] = d
         h.update(p.name.encode() + b"\0" + d.encode())
