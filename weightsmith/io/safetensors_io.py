@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from weightsmith.errors import ConversionError, CorruptFileError, UnsupportedFormatError
 from weightsmith.io.base import PLAIN_DTYPES, Checkpoint, TensorInfo, dtype_name
+from weightsmith.io.ranges import read_range
 from weightsmith.io.structured import parse_json, read_json_file
 
 if TYPE_CHECKING:
@@ -280,30 +280,11 @@ class SafetensorsFile:
             ) from None
 
     def read_array(self, name: str) -> np.ndarray:
-        """The tensor's stored bits as a numpy array (BF16 as uint16), read straight into it with
-        ``preadv`` (no intermediate copy; the GIL is released while the disk reads)."""
-        import numpy as np
-
+        """The tensor's stored bits as a numpy array (BF16 as uint16): large tensors mapped
+        read-only from the file, small ones read into a fresh array (``ranges.py`` says why)."""
         info = self.infos[name]
-        out = np.empty(info.shape, dtype=ARRAY_DTYPES[info.storage])
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        pos, start = 0, self.data_start + self.offsets[name]
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                while pos < info.nbytes:
-                    n = os.preadv(fd, [view[pos:]], start + pos)
-                    if n <= 0:
-                        raise OSError("the file ended early")
-                    pos += n
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise CorruptFileError(
-                f"{self.path}: reading tensor {name!r} failed ({e.strerror or e})",
-                hint="the file may have changed or be damaged; re-download it",
-            ) from None
-        return out
+        start = self.data_start + self.offsets[name]
+        return read_range(self.path, start, info.shape, ARRAY_DTYPES[info.storage], info.nbytes, name)
 
     def close(self) -> None:
         self._handle = None

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
-ABI_VERSION = 5
+ABI_VERSION = 6
 BACKENDS = ("auto", "torch", "native")
 #: types with a fused kernel (symbol ``ws_quantize_<name lower>``, and ``ws_quantize_imat_<name>`` with
 #: importance weights for all but Q8_0, which ignores them)
@@ -216,6 +216,7 @@ def load(path: Path) -> ctypes.CDLL:
         ("ws_quantize_", NATIVE_TYPES, [p, p, n, p]),
         ("ws_dequantize_", NATIVE_TYPES, [p, p, n]),
         ("ws_quantize_imat_", IMATRIX_TYPES, [p, p, n, n, p, p]),
+        ("ws_", ("F32_TO_F16",), [p, p, n, p]),
     ):
         for name in names:
             fn = getattr(lib, prefix + name.lower())

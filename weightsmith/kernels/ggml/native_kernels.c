@@ -1223,4 +1223,20 @@ int ws_quantize_imat_iq4_nl(IMAT_ARGS) { IMAT_LOOP(NL * 32, NL * 18, weights_iq4
 int ws_quantize_imat_iq4_xs(IMAT_ARGS) { IMAT_LOOP(NL * 32, SBT * 136, weights_iq4_xs, tile_iq4(xp, wp, yp, 1), 256, 136, dq_iq4_xs) }
 
 /* bumped whenever the functions above change meaning, so stale builds are never loaded */
-int ws_abi_version(void) { return 5; }
+/* A float32 tensor stored as F16 without torch: the bits as torch rounds them (nearest even,
+ * overflow to inf), and in the same pass the largest |x| (the caller refuses values beyond F16)
+ * and whether any x is NaN (the caller lets torch cast those: its NaN bits are its own). */
+int ws_f32_to_f16(const float *x, uint16_t *y, int64_t n, float *amax) {
+    float m = 0.f;
+    int nan = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        nan |= a != a;
+        m = a > m ? a : m;
+        y[i] = f2h(x[i]);
+    }
+    *amax = m;
+    return nan;
+}
+
+int ws_abi_version(void) { return 6; }

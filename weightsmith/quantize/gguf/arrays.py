@@ -22,7 +22,7 @@ import numpy as np
 from weightsmith.convert.engine import Plan, stream
 from weightsmith.io.base import Checkpoint
 from weightsmith.kernels.ggml import native
-from weightsmith.kernels.ggml.native_arrays import quantize_array
+from weightsmith.kernels.ggml.native_arrays import f16_array, quantize_array
 from weightsmith.quantize.device import cpu_without_torch
 from weightsmith.quantize.gguf.encode import F16_MAX, beyond_f16, not_finite
 from weightsmith.quantize.report import Sqnr
@@ -81,12 +81,6 @@ def to_float32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def f16_bits(x: np.ndarray) -> np.ndarray:
-    """NaN-free float32 to float16 as torch rounds: nearest-even, overflow to inf (numpy's cast)."""
-    with np.errstate(over="ignore"):
-        return x.astype(np.float16)
-
-
 def bf16_bits(x: np.ndarray) -> np.ndarray:
     """NaN-free float32 to BF16 bit patterns (uint16), rounded to nearest-even as torch does."""
     u = x.view(np.uint32)
@@ -117,12 +111,15 @@ def encode(x: np.ndarray, qtype: str, imatrix: Any, name: str) -> tuple[np.ndarr
     if qtype == "F32":
         return to_float32(x), None
     if qtype == "F16":
-        f = to_float32(x)
-        if f.size and float(np.abs(f).max()) > F16_MAX:  # NaN passes, as in torch's check
-            raise beyond_f16(name, float(np.abs(f).max()))
         if x.dtype == np.float16:
+            f = to_float32(x)
+            if f.size and float(np.abs(f).max()) > F16_MAX:  # NaN passes, as in torch's check
+                raise beyond_f16(name, float(np.abs(f).max()))
             return np.ascontiguousarray(x), None
-        return (_torch_cast(x, "float16").view(np.float16) if np.isnan(f).any() else f16_bits(f)), None
+        half, amax, nan = f16_array(to_float32(x), native.library(required=True))
+        if amax > F16_MAX:
+            raise beyond_f16(name, amax)
+        return (_torch_cast(x, "float16").view(np.float16) if nan else half), None
     if qtype == "BF16":
         if x.dtype == BF16_BITS:
             bits = x
