@@ -143,6 +143,10 @@ def time_command(
     """(wall, CPU, phases) of the whole command in a fresh process; ``cache``: its
     WEIGHTSMITH_CACHE (where source digests are remembered: a fresh folder hashes SRC)."""
     env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": str(threads)}
+    # An installed weightsmith runs from the .pyc files pip compiled; a shell that sets
+    # PYTHONDONTWRITEBYTECODE (this workplace's does) would charge every run ~0.3 s of compiling
+    # the sources again. The untimed first run writes them (for --compare's checkout too).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if cache is not None:
         env["WEIGHTSMITH_CACHE"] = str(cache)
     cmd = [sys.executable, "-m", "weightsmith", "quantize", str(src), str(dst),
@@ -241,6 +245,7 @@ def main() -> None:
     time_command(src, tmp / "out.gguf", a.recipe, a.pythonpath, a.threads, warm)
     if a.compare:
         runs["compare"] = []
+        time_command(src, tmp / "cmp.gguf", a.recipe, a.compare, a.threads)  # untimed: its .pyc
     phases: list[dict] = []
     for i in range(a.repeats):  # (wall, CPU, load average) per run, interleaved
         if a.compare:
