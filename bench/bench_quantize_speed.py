@@ -35,7 +35,6 @@ import ctypes
 import json
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -134,6 +133,18 @@ def time_ggml(mats: list, threads: int, lib_path: str) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+# `python -m weightsmith ...` that prints its peak RSS at exit. The kernel's high-water mark of this
+# process image (VmHWM), not the child's ru_maxrss: that one also counts the bench's own pages
+# (1.2 GB of matrices) at the fork, before exec.
+PEAK_WRAPPER = (
+    "import atexit, runpy, sys\n"
+    "def peak():\n"
+    "    hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+    "    print('VmHWM', hwm[0] if hwm else 0, file=sys.stderr)\n"
+    "atexit.register(peak)\n"
+    "sys.argv[0] = 'weightsmith'\n"
+    "runpy.run_module('weightsmith', run_name='__main__', alter_sys=True)\n"
+)
 PHASE = re.compile(r"phases \(overlapping\): (.*)$", re.M)
 
 
@@ -149,18 +160,26 @@ def time_command(
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     if cache is not None:
         env["WEIGHTSMITH_CACHE"] = str(cache)
-    cmd = [sys.executable, "-m", "weightsmith", "quantize", str(src), str(dst),
+    cmd = [sys.executable, "-c", PEAK_WRAPPER, "quantize", str(src), str(dst),
            "--scheme", f"gguf:{recipe}", "--overwrite"]  # fmt: skip
-    u0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     # cwd = the checkout: `python -m` puts the working folder first on sys.path, ahead of PYTHONPATH
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=pythonpath)
+    p = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=pythonpath
+    )
+    with ThreadPoolExecutor(2) as pool:  # drain both pipes, then reap the child ourselves: its rusage
+        out, err = pool.submit(p.stdout.read), pool.submit(p.stderr.read)  # type: ignore[union-attr]
+        _, status, ru = os.wait4(p.pid, 0)
+        r = subprocess.CompletedProcess(cmd, os.waitstatus_to_exitcode(status), out.result(), err.result())
+    p.returncode = r.returncode
     wall = time.perf_counter() - t0
-    u1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (u1.ru_utime - u0.ru_utime) + (u1.ru_stime - u0.ru_stime)
+    cpu = ru.ru_utime + ru.ru_stime
     if r.returncode != 0:
         raise SystemExit(f"command failed ({r.returncode}): {r.stderr[-2000:]}")
     phases = {}
+    peak = re.search(r"^VmHWM (\d+)$", r.stderr, re.M)
+    if peak:
+        phases["peak RSS MiB"] = int(peak.group(1)) / 1024
     m = PHASE.search(r.stderr + r.stdout)
     if m:  # "read 1.20 s, quantize 3.40 s, ..."
         for part in m.group(1).split(", "):

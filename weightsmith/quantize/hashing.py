@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import tempfile
 import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
+from typing import BinaryIO
 
 from weightsmith.io.cache_paths import cache_root
 
@@ -31,6 +33,9 @@ KEPT = 256  # digests remembered at most (the oldest are forgotten first)
 # A file changed this recently is not remembered: file times tick coarsely (a few ms), so a write
 # right after this hash could leave them and the size as they were (git's "racy" case).
 RACY_SECONDS = 2.0
+# Bytes of a file mapped at a time while it is hashed (a multiple of every mmap granularity): the
+# pages stay in our RSS only while their window is hashed.
+WINDOW = 64 << 20
 
 
 def _key(path: Path) -> tuple[str, int, int] | None:
@@ -93,17 +98,43 @@ def _hash(path: Path, chunk: int, stop: threading.Event | None) -> str:
         if known is not None:
             return known
     h = hashlib.sha256()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
     with open(path, "rb") as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])  # hashlib releases the GIL on large updates
-            if stop is not None and stop.is_set():
-                return h.hexdigest()  # unused (the run failed): not remembered
+        if not _hash_mapped(f, h, stop):
+            buf = bytearray(chunk)
+            view = memoryview(buf)
+            while n := f.readinto(buf):
+                h.update(view[:n])  # hashlib releases the GIL on large updates
+                if stop is not None and stop.is_set():
+                    return h.hexdigest()  # unused (the run failed): not remembered
+    if stop is not None and stop.is_set():
+        return h.hexdigest()
     digest = h.hexdigest()
     if stamp is not None and _stamp(path) == stamp:  # unchanged while it was read
         _remember(stamp, digest)
     return digest
+
+
+def _hash_mapped(f: BinaryIO, h: hashlib._Hash, stop: threading.Event | None) -> bool:
+    """Feed ``h`` the file through read-only maps of ``WINDOW`` bytes at a time (the page cache's
+    pages, no copy into a buffer: ~0.2 of 1.4 CPU s on a 1.2 GB file); False, with ``f`` left where
+    reading should go on, where a map cannot be made or the file shrinks while it is read."""
+    fd = f.fileno()
+    size = os.fstat(fd).st_size
+    pos = 0
+    try:
+        while pos < size and not (stop is not None and stop.is_set()):
+            n = min(WINDOW, size - pos)
+            if os.fstat(fd).st_size < pos + n:  # shrinking: a map past the end would SIGBUS
+                break
+            with mmap.mmap(fd, n, access=mmap.ACCESS_READ, offset=pos) as m:
+                h.update(m)  # the GIL is released on large updates
+            pos += n
+        else:
+            return True
+    except (OSError, ValueError):  # not mappable (a pipe, a special file): read it instead
+        pass
+    f.seek(pos)
+    return False
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20, stop: threading.Event | None = None) -> str:
