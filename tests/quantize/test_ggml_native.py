@@ -16,6 +16,7 @@ import torch
 
 from weightsmith.errors import QuantizationError
 from weightsmith.kernels.ggml import dequantize, get_kernel, native, quantize
+from weightsmith.kernels.ggml.native_arrays import f16_array
 
 TYPES = list(native.NATIVE_TYPES)
 
@@ -151,6 +152,33 @@ def test_build_is_cached(lib) -> None:
     assert again.path == first.path and time.perf_counter() - t0 < 2.0
 
 
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+def test_a_remembered_build_starts_without_the_compiler(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Start-up does not run the compiler once a build with the same source, compiler and flags
+    exists; another source (or flags) asks the compiler again."""
+    src = tmp_path / "k.c"
+    src.write_text("int ws_abi_version(void) { return 0; }\n")
+    monkeypatch.setattr(native, "SOURCE", src)
+    info = native.build(tmp_path / "out", march=False)
+    assert info.path is not None, info.error
+
+    def compiler_runs(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the compiler ran")
+
+    monkeypatch.setattr(native.subprocess, "run", compiler_runs)
+    again = native.build(tmp_path / "out", march=False)
+    assert (again.path, again.flags) == (info.path, info.flags)
+    src.write_text("int ws_abi_version(void) { return 1; }\n")
+    with pytest.raises(AssertionError, match="the compiler ran"):
+        native.build(tmp_path / "out", march=False)
+    monkeypatch.setenv("WEIGHTSMITH_NATIVE_CFLAGS", "-O1")
+    src.write_text("int ws_abi_version(void) { return 0; }\n")
+    with pytest.raises(AssertionError, match="the compiler ran"):
+        native.build(tmp_path / "out", march=False)
+
+
 def _has_avx2() -> bool:
     try:
         return " avx2" in Path("/proc/cpuinfo").read_text()
@@ -188,6 +216,13 @@ def test_other_builds_give_the_same_bytes(lib, tmp_path: Path, flags: list[str],
             assert np.array_equal(back.numpy(), dequantize(out, qtype, x.shape, backend="torch").numpy()), (
                 qtype
             )
+    # F16 outputs of the numpy path: every finite float32 kind (ties, subnormals, overflow to inf)
+    bits = np.random.default_rng(3).integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+    f = bits.view(np.float32)
+    f = f[np.isfinite(f)]
+    half, amax, nan = f16_array(f, variant)
+    want = torch.from_numpy(f.copy()).to(torch.float16).view(torch.int16).numpy()
+    assert np.array_equal(half.view(np.int16), want) and amax == np.abs(f).max() and not nan
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "getuid") or shutil.which("cc") is None, reason="POSIX, cc")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -149,12 +150,67 @@ def _check_private(folder: Path) -> None:
         )
 
 
+def _quick_key(cc: str, extra_flags: list[str] | None, march: bool) -> str | None:
+    """What decides a build, known without running the compiler: the source, the compiler's file
+    (path, size, modification time), the requested flags and the CPU. Asking the compiler for its
+    version and probing its flags took three compiler runs (~50 ms) at every command's start."""
+    exe = shutil.which(cc)
+    if exe is None:
+        return None
+    try:
+        st = os.stat(os.path.realpath(exe))
+    except OSError:
+        return None
+    parts = [
+        SOURCE.read_bytes(),
+        os.path.realpath(exe).encode(),
+        f"{st.st_size}:{st.st_mtime_ns}:{march}".encode(),
+        os.environ.get("WEIGHTSMITH_NATIVE_CFLAGS", "").encode(),
+        " ".join(extra_flags or []).encode(),
+        _cpu_signature().encode(),
+    ]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
+
+
+def _remembered_build(folder: Path, quick: str | None) -> tuple[Path, tuple[str, ...]] | None:
+    """(library, flags) an earlier build with the same quick key made in ``folder``, if still there."""
+    if quick is None:
+        return None
+    try:
+        _check_private(folder)
+        data = json.loads((folder / f"ggml_kernels-{quick}.json").read_text())
+        lib = folder / str(data["library"])
+        if lib.parent == folder and lib.is_file():
+            return lib, tuple(str(f) for f in data["flags"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _remember_build(folder: Path, quick: str | None, lib: Path, flags: list[str]) -> None:
+    if quick is None:
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".probe-", suffix=".json", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"library": lib.name, "flags": flags}, f)
+        os.replace(tmp, folder / f"ggml_kernels-{quick}.json")
+    except OSError:
+        pass
+
+
 def build(out_dir: Path | None = None, extra_flags: list[str] | None = None, march: bool = True) -> BuildInfo:
     """Compile ``native_kernels.c`` (or reuse an earlier build with the same source, compiler, flags and
     CPU). Returns the library path, or the reason there is none; never raises for a missing compiler."""
     cc = _compiler()
     if cc is None:
         return BuildInfo(None, None, (), "no C compiler found (set CC, or install gcc)")
+    target_dirs = [out_dir] if out_dir else [cache_dir(), _private_tmp()]
+    quick = _quick_key(cc, extra_flags, march)
+    for folder in target_dirs:
+        known = _remembered_build(folder, quick)
+        if known is not None:
+            return BuildInfo(known[0], cc, known[1])
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, timeout=60).stdout.decode(
             errors="replace"
@@ -169,7 +225,6 @@ def build(out_dir: Path | None = None, extra_flags: list[str] | None = None, mar
     key = hashlib.sha256(
         b"\0".join([source, version.encode(), " ".join(flags).encode(), _cpu_signature().encode()])
     ).hexdigest()[:20]
-    target_dirs = [out_dir] if out_dir else [cache_dir(), _private_tmp()]
     last_error = "no writable folder for the built library"
     for folder in target_dirs:
         lib = folder / f"ggml_kernels-{key}.so"
@@ -180,6 +235,7 @@ def build(out_dir: Path | None = None, extra_flags: list[str] | None = None, mar
             last_error = f"cannot use {folder}: {exc}"
             continue
         if lib.is_file():
+            _remember_build(folder, quick, lib, flags)
             return BuildInfo(lib, cc, tuple(flags))
         try:
             fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=folder)
@@ -197,6 +253,7 @@ def build(out_dir: Path | None = None, extra_flags: list[str] | None = None, mar
                     None, cc, tuple(flags), f"{cc} failed: {msg[-1] if msg else proc.returncode}"
                 )
             os.replace(tmp, lib)  # atomic: a concurrent build of the same key writes the same bytes
+            _remember_build(folder, quick, lib, flags)
             return BuildInfo(lib, cc, tuple(flags))
         except (OSError, subprocess.SubprocessError) as exc:
             last_error = f"building with {cc} failed: {exc}"
