@@ -10,7 +10,6 @@ when freed, so peak memory follows what the stream holds.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_MMAP_THRESHOLD = -3
 THRESHOLD_BYTES = 1 << 20
@@ -18,11 +17,10 @@ THRESHOLD_BYTES = 1 << 20
 
 def release_large_allocations() -> bool:
     """Pin glibc's mmap threshold; returns False where there is no glibc (nothing to do)."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
+    # The symbols already loaded into this process (libc among them where Python runs on it):
+    # ctypes.util.find_library("c") would run `ldconfig -p` at every command's start.
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
         return bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES))
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return False

@@ -110,7 +110,7 @@ def _march_flags(cc: str) -> list[str]:
 
 def _cpu_signature() -> str:
     """Identifies the CPU a -march=native build is valid for (model and feature flags)."""
-    parts = [platform.machine(), platform.processor()]
+    parts = [platform.machine()]  # (platform.processor() runs `uname -p` on Linux: start-up time)
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
