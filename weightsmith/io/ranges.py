@@ -29,6 +29,7 @@ MAP_MIN_BYTES = 1 << 20
 # Ask the kernel to fill the page tables as it maps (Linux): the faults are then taken by the
 # reading thread, not by the quantizing threads that touch the pages later.
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+_CAN_MAP = hasattr(mmap, "MAP_SHARED") and hasattr(mmap, "PROT_READ")  # POSIX maps (not Windows')
 
 
 def read_range(
@@ -42,7 +43,7 @@ def read_range(
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
-            if nbytes >= MAP_MIN_BYTES and start % dt.itemsize == 0:
+            if nbytes >= MAP_MIN_BYTES and start % dt.itemsize == 0 and _CAN_MAP:
                 return _mapped(fd, path, start, shape, dt, nbytes, name)
             return _copied(fd, start, shape, dt, nbytes)
         finally:
