@@ -155,6 +155,7 @@ LAYERS: dict[str, int] = {
     "weightsmith.errors": 0,
     "weightsmith.memory": 0,
     "weightsmith.progress": 0,
+    "weightsmith.threads": 0,
     "weightsmith.kernels": 1,
     "weightsmith.io": 2,
     "weightsmith.families": 3,

@@ -140,3 +140,23 @@ def test_tensor_info_names_dtypes_without_torch():
     assert odd.dtype is torch.float8_e8m0fnu
     with pytest.raises(AttributeError):
         by_name.shape = (1,)  # type: ignore[misc]
+
+
+_BLAS_PROBE = """
+import json, os, sys
+before = os.environ.get("OPENBLAS_NUM_THREADS")
+from weightsmith.threads import import_numpy_without_blas_threads
+import_numpy_without_blas_threads()
+print(json.dumps([len(os.listdir("/proc/self/task")), "numpy" in sys.modules, os.environ.get("OPENBLAS_NUM_THREADS"), before]))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc (Linux)")
+def test_numpy_loads_without_blas_threads_and_the_environment_is_given_back():
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run(
+        [sys.executable, "-c", _BLAS_PROBE], env=env, capture_output=True, text=True, check=True
+    )
+    threads, loaded, after, before = json.loads(out.stdout)
+    assert loaded and threads == 1  # OpenBLAS started no thread of its own
+    assert after is None and before is None

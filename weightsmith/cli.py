@@ -317,6 +317,9 @@ def quantize(
         from weightsmith.quantize import hashing  # begin now, beside the imports below
 
         hashing.start(hashing.source_files(src))
+    from weightsmith.threads import import_numpy_without_blas_threads
+
+    import_numpy_without_blas_threads()
     from weightsmith.auto.command import is_auto, reject_auto_options, reject_plain_options
 
     if is_auto(scheme):
