@@ -52,19 +52,25 @@ def quantize_array(
     of float32 rows ``x`` ``(rows, n)`` quantized to ``name`` by the C kernels, measured as they go.
     NaN/inf input (the kernels tell, from their block scales) raises ``non_finite`` (default: the
     kernels' own error)."""
-    fused = native.quantizer(name, lib)  # type: ignore[arg-type]
-    if fused is None:
+    if name not in native.NATIVE_TYPES:
         raise ValueError(f"no fused kernel for {name}")
+    fused = getattr(lib, f"ws_quantize_{name.lower()}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     rows, n = x.shape
     out = np.empty((rows, n // block_size * type_size), dtype=np.uint8)
     step = native.rows_per_chunk(name, n)
     starts = range(0, rows, step)
     energy = np.zeros((len(starts), 2), dtype=np.float64)
+    # Addresses taken once: numpy's ``.ctypes`` and slicing per chunk cost ~0.1 CPU s per worker
+    # thread on the speed bench's ~1,500 chunks. ``x``, ``out`` and ``energy`` are C-contiguous
+    # arrays of the dtypes the kernel takes (made or checked just above) and outlive the calls.
+    x0, out0, e0 = x.ctypes.data, out.ctypes.data, energy.ctypes.data
+    x_row, out_row = n * 4, out.shape[1]
 
-    def run(i: int) -> bool:
+    def run(i: int) -> bool:  # ctypes releases the GIL during the call
         r0 = starts[i]
-        return fused(x[r0 : r0 + step], out[r0 : r0 + step], energy[i])
+        count = min(step, rows - r0) * n
+        return fused(x0 + r0 * x_row, out0 + r0 * out_row, count, e0 + 16 * i) == 0
 
     budget = workers or thread_budget()
     if min(budget, len(starts)) > 1:
