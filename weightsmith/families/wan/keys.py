@@ -40,6 +40,72 @@ def _fill(template: str, groups: Mapping[str, str]) -> str:
     return _TOKEN.sub(lambda m: groups[m.group(1)], template)
 
 
+_WHOLE = re.compile(r"\{(\w+)\}")  # a placeholder that is a whole dotted token
+_DIGITS = frozenset("0123456789")
+
+
+def _field_ok(name: str, value: str) -> bool:
+    """Whether ``value`` (one dotted token) is what placeholder ``name`` stands for."""
+    rx = _FIELD_RX.get(name)
+    if rx is not None:
+        return rx.fullmatch(value) is not None
+    return bool(value) and _DIGITS.issuperset(value)
+
+
+_FIELD_RX = {name: re.compile(rx) for name, rx in FIELDS.items()}
+
+
+class _Side:
+    """One side's templates, matched token by token: templates are grouped by their token count
+    and placeholder positions, and a key is looked up by its literal tokens in each group. No
+    regex is compiled (compiling a table's ~80 patterns took ~25-60 ms of every command's start;
+    detection maps every key). A template with a placeholder inside a token takes a regex."""
+
+    def __init__(self, templates: Sequence[str]) -> None:
+        self.templates = tuple(templates)
+        self.groups: dict[tuple[int, tuple[int, ...]], dict[tuple[str, ...], list[int]]] = {}
+        self.slots: list[tuple[tuple[int, str], ...]] = []
+        self.partial: list[int] = []  # indices that need a regex
+        for idx, t in enumerate(self.templates):
+            toks = t.split(".")
+            slots = tuple((i, m.group(1)) for i, tok in enumerate(toks) if (m := _WHOLE.fullmatch(tok)))
+            self.slots.append(slots)
+            where = tuple(i for i, _ in slots)
+            lits = tuple(tok for i, tok in enumerate(toks) if i not in where)
+            if any("{" in tok for tok in lits):
+                self.partial.append(idx)
+                continue
+            self.groups.setdefault((len(toks), where), {}).setdefault(lits, []).append(idx)
+
+    @functools.cached_property
+    def _regexes(self) -> dict[int, re.Pattern[str]]:
+        return {idx: _compile(self.templates[idx]) for idx in self.partial}
+
+    def match(self, key: str) -> tuple[int, dict[str, str]] | None:
+        """(index of the first template matching the whole key, its placeholder values), or None."""
+        toks = key.split(".")
+        best: tuple[int, dict[str, str]] | None = None
+        for (n, where), table in self.groups.items():
+            if n != len(toks):
+                continue
+            lits = tuple(tok for i, tok in enumerate(toks) if i not in where)
+            for idx in table.get(lits, ()):
+                if best is not None and idx > best[0]:
+                    break
+                values = {name: toks[i] for i, name in self.slots[idx]}
+                if all(_field_ok(name, v) for name, v in values.items()):
+                    best = (idx, values)
+                    break
+        for idx in self.partial:
+            if best is not None and idx > best[0]:
+                break
+            m = self._regexes[idx].fullmatch(key)
+            if m:
+                best = (idx, m.groupdict())
+                break
+        return best
+
+
 class KeyMap:
     """A one-to-one renaming between two layouts, given as ``(a_template, b_template)`` pairs.
 
@@ -55,31 +121,21 @@ class KeyMap:
                     hint="both templates of a pair must name the same {placeholders}",
                 )
         self.pairs = tuple(pairs)
-
-    # compiled on first use: a table's ~80 patterns took ~25 ms of every command's start-up
-    @functools.cached_property
-    def _ab(self) -> list[tuple[re.Pattern[str], str]]:
-        return [(_compile(a), b) for a, b in self.pairs]
-
-    @functools.cached_property
-    def _ba(self) -> list[tuple[re.Pattern[str], str]]:
-        return [(_compile(b), a) for a, b in self.pairs]
+        self._a, self._b = _Side([a for a, _ in pairs]), _Side([b for _, b in pairs])
+        self._a_names, self._b_names = tuple(a for a, _ in pairs), tuple(b for _, b in pairs)
 
     @staticmethod
-    def _apply(table: list[tuple[re.Pattern[str], str]], key: str) -> str | None:
-        for rx, target in table:
-            m = rx.fullmatch(key)
-            if m:
-                return _fill(target, m.groupdict())
-        return None
+    def _apply(side: _Side, targets: Sequence[str], key: str) -> str | None:
+        found = side.match(key)
+        return None if found is None else _fill(targets[found[0]], found[1])
 
     def a_to_b(self, key: str) -> str | None:
         """``key`` (layout a) in layout b, or None when no template knows it."""
-        return self._apply(self._ab, key)
+        return self._apply(self._a, self._b_names, key)
 
     def b_to_a(self, key: str) -> str | None:
         """``key`` (layout b) in layout a, or None when no template knows it."""
-        return self._apply(self._ba, key)
+        return self._apply(self._b, self._a_names, key)
 
 
 def locate(keys: Iterable[str], markers: Mapping[str, Sequence[str]]) -> tuple[str, str] | None:
