@@ -24,7 +24,7 @@ import torch
 from weightsmith.families import components
 from weightsmith.families.inputs import example_inputs
 from weightsmith.families.tiny_init import build_tiny
-from weightsmith.onnx.trace import _quiet, dynamic_shapes
+from weightsmith.onnx.trace import _quiet, _uncached_fake_dispatch, dynamic_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ def measure(comp, part: str, tiny: bool = False) -> dict:
     args = tuple(example_inputs(plan.inputs, plan.sizes).values())
     row: dict = {"family": comp.family, "part": part, "dynamic": ",".join(plan.dynamic())}
     onnx_args = {"dynamo": True, "optimize": False, "verbose": False, "report": False, "opset_version": 18}
-    with comp.export.patched(model), torch.no_grad(), _quiet():
+    with comp.export.patched(model), torch.no_grad(), _quiet(), _uncached_fake_dispatch():
         t = time.perf_counter()
         ep = torch.export.export(module, args, dynamic_shapes=(dynamic_shapes(plan),))
         row["export_s"] = time.perf_counter() - t
