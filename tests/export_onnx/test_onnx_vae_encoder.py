@@ -13,6 +13,8 @@ from onnxkit import check_parts_match_torch, export_vae_part
 from weightsmith.families import components
 from weightsmith.families.export import VAE_ENCODER
 
+pytestmark = pytest.mark.slow  # seconds of tracing per family (still run by make test)
+
 VAES = [pytest.param(c, id=c.family) for c in components() if c.export is not None and c.component == "vae"]
 
 
