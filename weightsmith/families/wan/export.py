@@ -91,7 +91,7 @@ class WanVAEExport(VAEExport):
         """Three stages of one resnet each, both resampling in time and space (x4 in time, as
         ``_encode``'s 4-frame chunks assume), the mid block's attention: every op kind and cache
         path of the released VAE. A spatial-only stage is left out: its resample is the
-        time-resampling one's without the causal time convolution. Half the tiny VAE's nodes."""
+        time-resampling one's without the causal time convolution. About 60% of the tiny VAE's nodes."""
         if tiny.get("patch_size"):  # 2.2's residual, patchified VAE keeps its tiny shape
             return dict(tiny)
         return {
