@@ -36,8 +36,8 @@ test: $(STAMP)
 	WEIGHTSMITH_NATIVE_CFLAGS="-DNL=8 -mprefer-vector-width=256" $(BIN)/python -m pytest -p no:cacheprovider $(KERNEL_TESTS)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-# The ONNX export of every VAE and of the transformer variants with further interfaces (minutes of
-# tracing each, so not part of `make test`; reports/onnx_vae_trace.md says why). test-onnx-vae: old name.
+# The ONNX export of the transformer variants with further interfaces (minutes of tracing each, so
+# not part of `make test`; the VAE halves are, reports/onnx_vae_trace.md). test-onnx-vae: old name.
 test-onnx-slow test-onnx-vae: $(STAMP)
 	WEIGHTSMITH_ONNX_SLOW=1 $(BIN)/python -m pytest -p no:cacheprovider tests/export_onnx/test_onnx_export.py
 

@@ -1,14 +1,15 @@
-"""Opt-in: where the time of a tiny VAE's ONNX export goes (why the VAE export tests are opt-in).
+"""Where the time of a tiny VAE's ONNX export goes (what the VAE export tests of `make test` cost).
 
-For each registered VAE part (decoder, encoder) of the tiny fixtures, on the module and plan
+For each registered VAE part (decoder, encoder) of the export-test models
+(``Component.tiny_export_config``; ``--tiny``: the tiny fixtures'), on the module and plan
 ``weightsmith.onnx.trace`` uses: ``torch.export.export`` with the plan's dynamic dims, then
 ``torch.onnx.export`` of that exported program (the exporter's decompositions plus the onnxscript
 translation), and for comparison the whole ``torch.onnx.export`` with every dimension static.
 The aten node count is what the cost scales with. (cProfile is not used: its per-call overhead
-inflates sympy-heavy symbolic-shape code several times over.) Writes reports/onnx_vae_trace.md
-(not with ``--print`` or a filter).
+inflates sympy-heavy symbolic-shape code several times over.) Prints a markdown table; the
+sections of reports/onnx_vae_trace.md quote its runs (with the load they ran under).
 
-    .venv/bin/python bench/bench_onnx_vae_trace.py [--family F] [--part P] [--print]
+    .venv/bin/python bench/bench_onnx_vae_trace.py [--family F] [--part P] [--tiny]
 """
 
 from __future__ import annotations
@@ -22,21 +23,23 @@ import torch
 
 from weightsmith.families import components
 from weightsmith.families.inputs import example_inputs
-from weightsmith.onnx.trace import _quiet, dynamic_shapes
+from weightsmith.families.tiny_init import build_tiny
+from weightsmith.onnx.trace import _quiet, _uncached_fake_dispatch, dynamic_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(comp, part: str) -> dict:
+def measure(comp, part: str, tiny: bool = False) -> dict:
     variant = comp.variants[0]
-    model = comp.tiny_model(variant, 0).eval()
+    cfg = comp.tiny_config(variant) if tiny else comp.tiny_export_config(variant)
+    model = build_tiny(lambda **kw: comp.instantiate(variant, kw), cfg, 0, comp.tiny_init).eval()
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     plan = comp.export_plan(config, variant, part)
     module = comp.export.module(model, plan)
     args = tuple(example_inputs(plan.inputs, plan.sizes).values())
     row: dict = {"family": comp.family, "part": part, "dynamic": ",".join(plan.dynamic())}
     onnx_args = {"dynamo": True, "optimize": False, "verbose": False, "report": False, "opset_version": 18}
-    with comp.export.patched(model), torch.no_grad(), _quiet():
+    with comp.export.patched(model), torch.no_grad(), _quiet(), _uncached_fake_dispatch():
         t = time.perf_counter()
         ep = torch.export.export(module, args, dynamic_shapes=(dynamic_shapes(plan),))
         row["export_s"] = time.perf_counter() - t
@@ -54,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--family")
     ap.add_argument("--part")
-    ap.add_argument("--print", action="store_true", help="print only; leave the report alone")
+    ap.add_argument("--tiny", action="store_true", help="the tiny fixtures, not the export-test models")
     a = ap.parse_args()
     rows = []
     for comp in components():
@@ -62,7 +65,7 @@ def main() -> None:
             continue
         for part in comp.export.parts:
             if a.part in (None, part):
-                rows.append(measure(comp, part))
+                rows.append(measure(comp, part, a.tiny))
                 print(rows[-1], flush=True)
     load = os.getloadavg()[0]
     lines = [
@@ -82,8 +85,6 @@ def main() -> None:
             f"| {r['static_total_s']:.1f} |"
         )
     print("\n".join(lines))
-    if not a.print and not (a.family or a.part):
-        (ROOT / "reports" / "onnx_vae_trace.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

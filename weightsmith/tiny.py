@@ -22,6 +22,7 @@ from weightsmith.families import Component, PlanOptions, components, get_compone
 from weightsmith.families.base import DIFFUSION_PREFIX
 from weightsmith.families.ops import run_in_memory
 from weightsmith.families.textenc import LLAMACPP
+from weightsmith.families.tiny_init import build_tiny
 from weightsmith.io.base import infos_from_state_dict
 from weightsmith.io.writers import write_diffusers_component, write_safetensors, write_sat, write_torch_file
 
@@ -139,6 +140,23 @@ def save_fixture(fx: Fixture, folder: str | Path, seed: int = 0) -> Path:
     if fx.container == "gguf":
         return _write_gguf_fixture(base.with_suffix(".gguf"), state, _gguf_arch(comp))
     raise UsageError(f"unknown container {fx.container}", hint=f"one of {', '.join(CONTAINERS[fx.layout])}")
+
+
+def save_export_fixture(family: str, component: str, variant: str, folder: str | Path, seed: int = 0) -> Path:
+    """The model the ONNX export tests trace (``Component.tiny_export_config``: the tiny one, cut
+    to the op kinds its graph needs) as a Diffusers component folder under ``folder``."""
+    comp = get_component(family, component)
+    model = build_tiny(
+        lambda **kw: comp.instantiate(variant, kw), comp.tiny_export_config(variant), seed, comp.tiny_init
+    )
+    state = {k: v.detach().contiguous() for k, v in comp.checkpoint_state(model).items()}
+    cfg = comp.folder_config(variant, comp.model_config(model))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = folder / f"{family}-{component}-{variant}-export"
+    return write_diffusers_component(
+        base, _specs(state), _items(state), cfg, overwrite=True, stem=comp.weights_stem
+    )
 
 
 def _gguf_arch(comp: Component) -> str:

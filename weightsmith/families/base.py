@@ -294,6 +294,12 @@ class Component(ABC):
             lambda **kw: self.instantiate(variant, kw), cfg, seed, SIGNAL if wide else self.tiny_init
         )
 
+    def tiny_export_config(self, variant: str) -> dict[str, Any]:
+        """The tiny ``variant`` the ONNX export tests trace: ``tiny_config`` as the component's
+        export adapter cuts it (``ExportAdapter.test_config``; tracing time follows node count)."""
+        tiny = self.tiny_config(variant)
+        return tiny if self.export is None else self.export.test_config(tiny)
+
     # How the class is built, configured and saved. Diffusers classes take their config as keyword
     # arguments; a component whose class is another library's (a transformers text encoder)
     # overrides these five and nothing else needs to know.

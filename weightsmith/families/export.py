@@ -102,6 +102,15 @@ class ExportAdapter:
         """The model as it is traced (families override to swap what exports badly)."""
         yield model
 
+    def test_config(self, tiny: Mapping[str, Any]) -> dict[str, Any]:
+        """The config export tests trace, from the component's tiny one (``tiny_config``).
+
+        Tracing time follows the graph's node count, so a family may cut its tiny model further
+        here, keeping every op kind and code path the export of a full-size model takes (stages
+        that resample in time and space, attention, the causal cache). Default: ``tiny`` as is.
+        """
+        return dict(tiny)
+
     def check_part(self, part: str, title: str) -> None:
         if part not in self.parts:
             raise UsageError(f"the {title} has no part {part!r}", hint="one of: " + ", ".join(self.parts))

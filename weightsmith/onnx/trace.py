@@ -10,6 +10,10 @@ The exporter's onnxscript optimizer is not run: its no-op rule drops ``x + 1e-15
 ``x + 0`` (onnxscript 0.7), which turns Sana's linear attention ``0 / (0 + eps)`` into NaN.
 ONNX Runtime optimizes the graph itself when it loads it.
 
+Fake-tensor dispatch runs without its cache while tracing (``_uncached_fake_dispatch``): with
+free dimensions a cache hit rebuilds the output's symbolic sizes and strides, which costs more than
+the meta function it saves (reports/onnx_vae_trace.md). The cache only memoizes; the graph is the same.
+
 Graphs are written with their weights as external data (one ``<name>.onnx.data`` file beside the
 graph) when they would pass protobuf's 2 GB, streamed from the torch tensors without a second
 in-memory copy (onnx_ir's ``TorchTensor`` wraps each parameter).
@@ -101,6 +105,15 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(lv)
 
 
+@contextlib.contextmanager
+def _uncached_fake_dispatch() -> Iterator[None]:
+    """torch's fake-tensor dispatch cache off for the block (see the module doc)."""
+    import torch._dynamo
+
+    with torch._dynamo.config.patch(fake_tensor_cache_enabled=False):
+        yield
+
+
 def export_graph(
     module: nn.Module,
     plan: ExportPlan,
@@ -121,7 +134,7 @@ def export_graph(
     if external is None:
         external = weight_bytes(module) > PROTOBUF_LIMIT
     try:
-        with _quiet(), torch.no_grad():
+        with _quiet(), torch.no_grad(), _uncached_fake_dispatch():
             program = torch.onnx.export(
                 module,
                 args,

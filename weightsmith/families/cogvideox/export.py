@@ -10,6 +10,7 @@ VAE: it decodes and encodes in Python loops over frame batches, so frames are tr
 ``CogVideoXSafeConv3d`` picks, from the input's size in Python, whether to split the convolution
 along frames (inputs over 2 GB): under a free batch that test cannot be traced, so the export
 runs each as the plain ``Conv3d`` it subclasses (the same numbers; the split only saves memory).
+Export tests trace a three-block tiny VAE (``CogVideoXVAEExport.test_config``).
 """
 
 from __future__ import annotations
@@ -84,6 +85,18 @@ def vae_geometry(config: Mapping[str, Any]) -> VAEGeometry:
 
 
 class CogVideoXVAEExport(VAEExport):
+    def test_config(self, tiny: Mapping[str, Any]) -> dict[str, Any]:
+        """Three blocks: two that resample in time and space (x4 in time, as released) and the last,
+        which keeps its size, with a channel change for resnet shortcuts: every op kind of the
+        released four-block VAE, whose third block resamples in space only (the same convolution
+        without the time pooling or interpolation)."""
+        return {
+            **tiny,
+            "down_block_types": ("CogVideoXDownBlock3D",) * 3,
+            "up_block_types": ("CogVideoXUpBlock3D",) * 3,
+            "block_out_channels": (8, 16, 16),
+        }
+
     @contextlib.contextmanager
     def patched(self, model: nn.Module) -> Iterator[nn.Module]:
         from torch import nn

@@ -11,7 +11,8 @@ the only length at which the model computes what it means. Diffusers builds the
 rotary tables in float64 (off Apple GPUs); the export casts them to float32 once, so the graph
 holds and computes them in float32 (ONNX Runtime's float64 kernels are few and slow).
 VAE: the class runs its causal cache in a Python loop over latent chunks, so the frame count is
-traced in (one graph per frame count); batch, height and width are free.
+traced in (one graph per frame count); batch, height and width are free. Export tests trace a
+smaller tiny VAE (``WanVAEExport.test_config``): the loop unrolls every layer once per chunk.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from weightsmith.families.export import ExportPlan, TransformerExport, VAEGeometry
+from weightsmith.families.export import ExportPlan, TransformerExport, VAEExport, VAEGeometry
 
 if TYPE_CHECKING:  # torch on use: the registry is read torch-free (start-up)
     from torch import nn
@@ -83,3 +84,21 @@ def vae_geometry(config: Mapping[str, Any]) -> VAEGeometry:
         temporal=int(config.get("scale_factor_temporal") or 4),
         static_frames=True,
     )
+
+
+class WanVAEExport(VAEExport):
+    def test_config(self, tiny: Mapping[str, Any]) -> dict[str, Any]:
+        """Three stages of one resnet each, both resampling in time and space (x4 in time, as
+        ``_encode``'s 4-frame chunks assume), the mid block's attention: every op kind and cache
+        path of the released VAE. A spatial-only stage is left out: its resample is the
+        time-resampling one's without the causal time convolution. About 60% of the tiny VAE's nodes."""
+        if tiny.get("patch_size"):  # 2.2's residual, patchified VAE keeps its tiny shape
+            return dict(tiny)
+        return {
+            **tiny,
+            "dim_mult": [1, 2, 4],
+            "num_res_blocks": 1,
+            "temperal_downsample": [True, True],
+            "scale_factor_spatial": 4,
+            "scale_factor_temporal": 4,
+        }

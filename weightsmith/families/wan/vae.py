@@ -26,10 +26,9 @@ from typing import Any
 
 from weightsmith.errors import ConversionError, UsageError
 from weightsmith.families.base import NO_OPTIONS, Component, Detection, PlanOptions, first_few, register
-from weightsmith.families.export import VAEExport
 from weightsmith.families.ops import Op, Rename
 from weightsmith.families.wan.config_fields import CONFIG_FIELDS
-from weightsmith.families.wan.export import vae_geometry
+from weightsmith.families.wan.export import WanVAEExport, vae_geometry
 from weightsmith.families.wan.keys import KeyMap, locate
 from weightsmith.io.base import TensorInfo
 
@@ -324,7 +323,7 @@ class WanVAE(Component):
     diffusers_class = "AutoencoderKLWan"
     config_fields = CONFIG_FIELDS
     label = "Wan VAE"
-    export = VAEExport(vae_geometry)
+    export = WanVAEExport(vae_geometry)
 
     def detect(
         self, infos: Mapping[str, TensorInfo], config: Mapping[str, Any] | None = None

@@ -1,0 +1,27 @@
+"""Every family's VAE decoder exported through the API from its export-test fixture (the tiny VAE
+cut to the op kinds its graph needs: ``Component.tiny_export_config``), then run in ONNX Runtime
+at the plan's two shapes and compared with the torch model (``onnxkit``, ORT_RTOL). The encoders
+are in test_onnx_vae_encoder.py: one file per half, so that ``--dist loadfile`` traces them on
+both workers (seconds each: reports/onnx_vae_trace.md). One export per family (module-scoped).
+"""
+
+from __future__ import annotations
+
+import pytest
+from onnxkit import check_parts_match_torch, export_vae_part
+
+from weightsmith.families import components
+from weightsmith.families.export import VAE_DECODER
+
+pytestmark = pytest.mark.slow  # seconds of tracing per family (still run by make test)
+
+VAES = [pytest.param(c, id=c.family) for c in components() if c.export is not None and c.component == "vae"]
+
+
+@pytest.fixture(scope="module", params=VAES)
+def exported(request, tmp_path_factory):
+    return export_vae_part(tmp_path_factory, request.param, VAE_DECODER)
+
+
+def test_vae_decoder_matches_torch_in_onnxruntime_at_two_shapes(exported):
+    check_parts_match_torch(*exported)
