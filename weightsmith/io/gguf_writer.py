@@ -126,6 +126,7 @@ def write_gguf(
     it = iter(tensors)
     with atomic_file(dst, overwrite) as tmp:
         try:
+            _open_output(w, tmp)
             w.write_header_to_file(path=tmp)
             kv_start = w.fout[0].tell()
             w.write_kv_data_to_file()
@@ -150,13 +151,34 @@ def write_gguf(
     return Path(dst)
 
 
+def _open_output(w: Any, tmp: Path) -> None:
+    """Hand the writer its file opened read-write without truncation (it is new and empty).
+
+    gguf opens it with ``open(path, "wb")``, and on ext4 a file once truncated to zero has all its
+    dirty pages written back whenever a handle on it closes (the auto_da_alloc rule for
+    replace-by-truncate; we replace by rename): that cost ~0.14 s of a 240 MB quantize, spent at
+    the end. Where this gguf's writer does not keep its files as ``fout``/``state``/``path``, it
+    opens the file itself as before."""
+    import gguf.gguf_writer as gw
+
+    states = getattr(gw, "WriterState", None)
+    if states is None or getattr(w, "state", None) is not getattr(states, "NO_FILE", None):
+        return
+    w.path = Path(tmp)
+    w.fout = [open(tmp, "r+b")]  # noqa: SIM115 (closed by the writer's close())
+    w.state = states.EMPTY
+
+
 def _patch_header(path: Path, f: Any, start: int, end: int, values: Mapping[str, str]) -> None:
     """Replace each placeholder (found exactly once in the key/value bytes ``[start, end)`` of the
     file at ``path``, open for writing as ``f``) by its value, in place: the file keeps its length
     and every offset."""
-    with open(path, "rb") as r:
-        r.seek(start)
-        kv = r.read(end - start)
+    try:  # through our own read-write handle (``_open_output``): no second open of the file
+        kv = os.pread(f.fileno(), end - start, start)
+    except OSError:  # gguf opened it write-only itself
+        with open(path, "rb") as r:
+            r.seek(start)
+            kv = r.read(end - start)
     for holder, value in values.items():
         old, new = holder.encode(), value.encode()
         at = kv.find(old)

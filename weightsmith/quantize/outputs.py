@@ -42,4 +42,8 @@ def staged_outputs(
         main = stack.enter_context((atomic_dir if folder else atomic_file)(dst, overwrite))
         out = scratch / dst.name
         yield out, table
+        if not folder:
+            # Rename onto a free name: ext4 writes back every dirty page of a file renamed over
+            # another one before the rename returns (auto_da_alloc), ~0.17 s of a 240 MB GGUF.
+            os.unlink(main)
         os.replace(out, main)
