@@ -180,6 +180,7 @@ LAYERS: dict[str, int] = {
     "weightsmith.cli_auto": 10,
     "weightsmith.cli_choices": 10,
     "weightsmith.cli_progress": 10,
+    "weightsmith.cli_entry": 10,
     "weightsmith.verify.cli": 10,
     "weightsmith.publish.cli": 10,
     "weightsmith.__main__": 10,

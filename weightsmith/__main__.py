@@ -1,4 +1,4 @@
-from weightsmith.cli import main
+from weightsmith.cli_entry import entry
 
 if __name__ == "__main__":
-    main()
+    entry()
