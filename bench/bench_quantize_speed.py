@@ -35,6 +35,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -166,6 +167,10 @@ def time_command(
     # before the clock starts (replacing a 240 MB file costs ~0.1 s of freeing its blocks on ext4).
     for old in (dst, dst.with_name(dst.name + ".layers.json")):
         old.unlink(missing_ok=True)
+    # ... and with no earlier run's output still being written back: the runs write ~0.7 GB a round,
+    # and the kernel's flusher threads (CPU and disk the clock would charge to whichever run comes
+    # next) start once gigabytes are dirty. One quantize on its own never gets there.
+    os.sync()
     t0 = time.perf_counter()
     # cwd = the checkout: `python -m` puts the working folder first on sys.path, ahead of PYTHONPATH
     p = subprocess.Popen(
@@ -284,9 +289,11 @@ def main() -> None:
             src, tmp / "out.gguf", a.recipe, a.pythonpath, a.threads, tmp / f"cache-{i}"
         )
         runs["hashed"].append((wall, cpu, la))
+        os.sync()  # (see time_command)
         la = loadavg()
         runs["kernels"].append((*time_kernels(mats, a.threads), la))
         if lib:
+            os.sync()
             la = loadavg()
             runs["ggml"].append((*time_ggml(mats, a.threads, lib), la))
         print(
@@ -316,6 +323,7 @@ def main() -> None:
     print(md)
     if a.table:
         Path(a.table).write_text(md + "\n")
+    shutil.rmtree(tmp, ignore_errors=True)  # the outputs (and the checkpoint, unless --src)
 
 
 if __name__ == "__main__":
