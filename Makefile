@@ -34,7 +34,7 @@ test: $(STAMP)
 	$(BIN)/python -m mypy
 	WEIGHTSMITH_GGML_BACKEND=torch $(BIN)/python -m pytest -p no:cacheprovider $(KERNEL_TESTS)
 	WEIGHTSMITH_NATIVE_CFLAGS="-DNL=8 -mprefer-vector-width=256" $(BIN)/python -m pytest -p no:cacheprovider $(KERNEL_TESTS)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # The ONNX export of the transformer variants with further interfaces (minutes of tracing each, so
 # not part of `make test`; the VAE halves are, reports/onnx_vae_trace.md). test-onnx-vae: old name.
