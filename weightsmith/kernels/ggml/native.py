@@ -341,6 +341,12 @@ def non_finite_error(name: str) -> QuantizationError:
 Array = Any
 
 
+def plain_kernel(name: str, lib: ctypes.CDLL) -> Any | None:
+    """The C function ``ws_quantize_<name>(x, y, n, st)`` itself (addresses and an element count;
+    0 = ok), or None where ``name`` has no fused kernel. :func:`quantizer` wraps it for tensors."""
+    return getattr(lib, f"ws_quantize_{name.lower()}") if name in NATIVE_TYPES else None
+
+
 def quantizer(name: str, lib: ctypes.CDLL, imatrix: Array | None = None) -> Quantizer | None:
     """``fn(x, out, energy=None) -> ok`` for type ``name`` (float32 rows ``(R, n)`` in, uint8 rows out,
     contiguous CPU tensors or numpy arrays), or None where the type has no fused kernel. ``imatrix``:
@@ -348,9 +354,9 @@ def quantizer(name: str, lib: ctypes.CDLL, imatrix: Array | None = None) -> Quan
     ``energy``: float64 (tensor or array) of 2 to which the kernel adds the signal energy (sum x^2)
     and the error energy (sum (decoded - x)^2) of what it quantized, measured block by block."""
     if imatrix is None:
-        if name not in NATIVE_TYPES:
+        plain = plain_kernel(name, lib)
+        if plain is None:
             return None
-        plain = getattr(lib, f"ws_quantize_{name.lower()}")
 
         def run(x: Array, out: Array, energy: Array | None = None) -> bool:
             _check(x, out)

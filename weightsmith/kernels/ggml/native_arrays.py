@@ -52,9 +52,9 @@ def quantize_array(
     of float32 rows ``x`` ``(rows, n)`` quantized to ``name`` by the C kernels, measured as they go.
     NaN/inf input (the kernels tell, from their block scales) raises ``non_finite`` (default: the
     kernels' own error)."""
-    if name not in native.NATIVE_TYPES:
+    fused = native.plain_kernel(name, lib)  # type: ignore[arg-type]
+    if fused is None:
         raise ValueError(f"no fused kernel for {name}")
-    fused = getattr(lib, f"ws_quantize_{name.lower()}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     rows, n = x.shape
     out = np.empty((rows, n // block_size * type_size), dtype=np.uint8)

@@ -112,9 +112,9 @@ def encode(x: np.ndarray, qtype: str, imatrix: Any, name: str) -> tuple[np.ndarr
         return to_float32(x), None
     if qtype == "F16":
         if x.dtype == np.float16:
-            f = to_float32(x)
-            if f.size and float(np.abs(f).max()) > F16_MAX:  # NaN passes, as in torch's check
-                raise beyond_f16(name, float(np.abs(f).max()))
+            top = float(np.abs(to_float32(x)).max()) if x.size else 0.0
+            if top > F16_MAX:  # NaN passes, as in torch's check
+                raise beyond_f16(name, top)
             return np.ascontiguousarray(x), None
         half, amax, nan = f16_array(to_float32(x), native.library(required=True))
         if amax > F16_MAX:
