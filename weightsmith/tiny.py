@@ -22,7 +22,6 @@ from weightsmith.families import Component, PlanOptions, components, get_compone
 from weightsmith.families.base import DIFFUSION_PREFIX
 from weightsmith.families.ops import run_in_memory
 from weightsmith.families.textenc import LLAMACPP
-from weightsmith.families.tiny_init import build_tiny
 from weightsmith.io.base import infos_from_state_dict
 from weightsmith.io.writers import write_diffusers_component, write_safetensors, write_sat, write_torch_file
 
@@ -108,10 +107,7 @@ def save_fixture(fx: Fixture, folder: str | Path, seed: int = 0) -> Path:
     comp = get_component(fx.family, fx.component)
     base = folder / fx.name
     if fx.container == "diffusers-folder":
-        cfg = comp.folder_config(fx.variant, config)
-        return write_diffusers_component(
-            base, _specs(state), _items(state), cfg, overwrite=True, stem=comp.weights_stem
-        )
+        return _write_folder(comp, base, fx.variant, state, config)
     if fx.container in ("safetensors", "prefixed"):
         return write_safetensors(
             base.with_suffix(".safetensors"), _specs(state), _items(state), overwrite=True
@@ -146,14 +142,18 @@ def save_export_fixture(family: str, component: str, variant: str, folder: str |
     """The model the ONNX export tests trace (``Component.tiny_export_config``: the tiny one, cut
     to the op kinds its graph needs) as a Diffusers component folder under ``folder``."""
     comp = get_component(family, component)
-    model = build_tiny(
-        lambda **kw: comp.instantiate(variant, kw), comp.tiny_export_config(variant), seed, comp.tiny_init
-    )
+    model = comp.tiny_model(variant, seed, config=comp.tiny_export_config(variant))
     state = {k: v.detach().contiguous() for k, v in comp.checkpoint_state(model).items()}
-    cfg = comp.folder_config(variant, comp.model_config(model))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    base = folder / f"{family}-{component}-{variant}-export"
+    return _write_folder(
+        comp, folder / f"{family}-{component}-{variant}-export", variant, state, comp.model_config(model)
+    )
+
+
+def _write_folder(comp: Component, base: Path, variant: str, state: dict, config: Mapping[str, Any]) -> Path:
+    """``state`` as a Diffusers component folder at ``base`` with the config a loader expects."""
+    cfg = comp.folder_config(variant, config)
     return write_diffusers_component(
         base, _specs(state), _items(state), cfg, overwrite=True, stem=comp.weights_stem
     )

@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from weightsmith.families import get_component
+from weightsmith.families import components, get_component
 from weightsmith.families.export import TRANSFORMER
 from weightsmith.families.inputs import example_inputs
 from weightsmith.load import load_model
@@ -73,3 +74,17 @@ def export_vae_part(tmp_path_factory, comp, part: str) -> tuple[Path, Path, Expo
     src = save_export_fixture(comp.family, comp.component, comp.variants[0], base / "src")
     dst = base / "out"
     return src, dst, export_onnx(src, dst, component=part)
+
+
+VAES = [pytest.param(c, id=c.family) for c in components() if c.export is not None and c.component == "vae"]
+
+
+def vae_part_fixture(part: str):
+    """A module-scoped ``exported`` fixture: ``part`` of every family's export-test VAE, one
+    export per family (:func:`export_vae_part`)."""
+
+    @pytest.fixture(scope="module", params=VAES)
+    def exported(request, tmp_path_factory):
+        return export_vae_part(tmp_path_factory, request.param, part)
+
+    return exported

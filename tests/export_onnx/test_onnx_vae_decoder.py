@@ -8,19 +8,13 @@ both workers (seconds each: reports/onnx_vae_trace.md). One export per family (m
 from __future__ import annotations
 
 import pytest
-from onnxkit import check_parts_match_torch, export_vae_part
+from onnxkit import check_parts_match_torch, vae_part_fixture
 
-from weightsmith.families import components
 from weightsmith.families.export import VAE_DECODER
 
 pytestmark = pytest.mark.slow  # seconds of tracing per family (still run by make test)
 
-VAES = [pytest.param(c, id=c.family) for c in components() if c.export is not None and c.component == "vae"]
-
-
-@pytest.fixture(scope="module", params=VAES)
-def exported(request, tmp_path_factory):
-    return export_vae_part(tmp_path_factory, request.param, VAE_DECODER)
+exported = vae_part_fixture(VAE_DECODER)
 
 
 def test_vae_decoder_matches_torch_in_onnxruntime_at_two_shapes(exported):

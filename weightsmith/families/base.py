@@ -283,13 +283,16 @@ class Component(ABC):
             hint="override Component.tiny_config to build tiny test models of it",
         )
 
-    def tiny_model(self, variant: str, seed: int = 0, wide: bool = False) -> torch.nn.Module:
+    def tiny_model(
+        self, variant: str, seed: int = 0, wide: bool = False, config: Mapping[str, Any] | None = None
+    ) -> torch.nn.Module:
         """A tiny random-weight instance of the real diffusers class shaped like ``variant``.
 
-        Built from ``tiny_config(variant, wide)``; weights drawn with ``tiny_init`` (``SIGNAL`` when
-        ``wide``: weights that carry a signal through the blocks, as verification needs).
+        Built from ``tiny_config(variant, wide)`` (or ``config``, e.g. ``tiny_export_config``);
+        weights drawn with ``tiny_init`` (``SIGNAL`` when ``wide``: weights that carry a signal
+        through the blocks, as verification needs).
         """
-        cfg = self.tiny_config(variant, wide)
+        cfg = self.tiny_config(variant, wide) if config is None else dict(config)
         return build_tiny(
             lambda **kw: self.instantiate(variant, kw), cfg, seed, SIGNAL if wide else self.tiny_init
         )
